@@ -1,0 +1,163 @@
+//! Composition: config -> policy store -> services -> listener.
+//!
+//! [`App::run`] takes the listener and a shutdown future, so tests bind
+//! `127.0.0.1:0` and run exactly the production path.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Config;
+use crate::grpc::AuthorizerService;
+use crate::grpc::proto::{self, authorizer_server::AuthorizerServer};
+use crate::policy_store::{LoadError, LoadOptions, PolicyStore, WatchOptions, spawn_watcher};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("policy directory `{dir}` did not load:\n{source}")]
+    InitialLoad {
+        dir: String,
+        #[source]
+        source: LoadError,
+    },
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A configured server whose first policy set has loaded.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    store: Arc<PolicyStore>,
+}
+
+/// The service name health reports under, besides the empty (whole-server) one.
+const AUTHORIZER_SERVICE: &str = "cedar_pdp.v1.Authorizer";
+
+impl App {
+    /// Loads the policy directory once. A set that does not load is an error
+    /// here: the server never starts without a good set.
+    pub fn build(config: Config) -> Result<Self, AppError> {
+        let store = Arc::new(PolicyStore::new(
+            config.policies.clone(),
+            LoadOptions {
+                validate_policies: config.validation.policies,
+            },
+        ));
+        store.reload().map_err(|source| AppError::InitialLoad {
+            dir: config.policies.display().to_string(),
+            source,
+        })?;
+        Ok(Self { config, store })
+    }
+
+    /// The policy store the server answers from.
+    pub fn store(&self) -> &Arc<PolicyStore> {
+        &self.store
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains in-flight
+    /// calls for at most `limits.shutdown_grace`.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), AppError> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        set_health(&reporter, ServingStatus::NotServing).await;
+        let follow_health = tokio::spawn(follow_readiness(self.store.clone(), reporter.clone()));
+        let _watcher = spawn_watcher(
+            self.store.clone(),
+            WatchOptions {
+                debounce: self.config.reload.debounce,
+                rescan_interval: Some(self.config.reload.rescan_interval).filter(|d| !d.is_zero()),
+            },
+        );
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let limit = self.config.limits.max_message_bytes;
+        let authorizer = AuthorizerServer::new(AuthorizerService::new(
+            self.store.clone(),
+            self.config.limits.max_batch_size,
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, policies = %self.config.policies.display(), "serving");
+        }
+        let draining = Arc::new(Notify::new());
+        let signal = {
+            let draining = draining.clone();
+            async move {
+                shutdown.await;
+                follow_health.abort();
+                set_health(&reporter, ServingStatus::NotServing).await;
+                tracing::info!("shutting down: draining in-flight calls");
+                draining.notify_one();
+            }
+        };
+        let server = Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(authorizer)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                signal,
+            );
+        let grace = self.config.limits.shutdown_grace;
+        tokio::select! {
+            result = server => result?,
+            () = grace_elapsed(&draining, grace) => {
+                tracing::warn!(?grace, "shutdown grace elapsed; dropping unfinished calls");
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn grace_elapsed(draining: &Notify, grace: Duration) {
+    draining.notified().await;
+    tokio::time::sleep(grace).await;
+}
+
+/// Health follows readiness: SERVING once a snapshot is live. A failed reload
+/// keeps the last good set, so it never flips health back.
+async fn follow_readiness(store: Arc<PolicyStore>, reporter: HealthReporter) {
+    let mut generation = store.subscribe();
+    loop {
+        if *generation.borrow_and_update() > 0 {
+            set_health(&reporter, ServingStatus::Serving).await;
+            return;
+        }
+        if generation.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(AUTHORIZER_SERVICE, status)
+        .await;
+}

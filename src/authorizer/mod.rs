@@ -1,0 +1,121 @@
+//! Pure evaluation: (snapshot, query) -> decision. Knows nothing of gRPC or
+//! files; the schema, when present, shapes how context and entities parse.
+
+use cedar_policy::entities_errors::EntitiesError;
+use cedar_policy::{
+    Context, ContextJsonError, Entities, EntityUid, Request, RequestValidationError,
+};
+
+use crate::policy_store::Snapshot;
+
+/// One authorization question, in Cedar's JSON forms.
+#[derive(Clone, Debug)]
+pub struct Query {
+    pub principal: EntityUid,
+    pub action: EntityUid,
+    pub resource: EntityUid,
+    /// A JSON object in Cedar's context format.
+    pub context: serde_json::Map<String, serde_json::Value>,
+    /// Cedar JSON entity objects, merged with the snapshot's entities.
+    pub entities: Vec<serde_json::Value>,
+}
+
+/// An error Cedar raised while evaluating one policy; that policy is skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    pub policy_id: String,
+    pub message: String,
+}
+
+/// The answer to a [`Query`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allow: bool,
+    /// Sorted, so equal decisions compare equal.
+    pub determining_policies: Vec<String>,
+    /// Sorted by policy id.
+    pub errors: Vec<PolicyError>,
+}
+
+/// Why a query could not be evaluated. Each is the caller's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizeError {
+    #[error("invalid entities: {0}")]
+    Entities(#[source] Box<EntitiesError>),
+    /// A request entity has the uid of a different entity loaded from disk.
+    #[error(
+        "invalid entities: {0} (entities loaded from the policy directory cannot be redefined by a request)"
+    )]
+    EntityConflict(#[source] Box<EntitiesError>),
+    #[error("invalid context: {0}")]
+    Context(#[source] Box<ContextJsonError>),
+    #[error("request does not match the schema: {0}")]
+    Schema(#[source] Box<RequestValidationError>),
+}
+
+impl AuthorizeError {
+    /// The request field the error is about, for structured error details.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Entities(_) | Self::EntityConflict(_) => "entities",
+            Self::Context(_) => "context",
+            Self::Schema(_) => "request",
+        }
+    }
+}
+
+/// Evaluates `query` against `snapshot`.
+pub fn authorize(snapshot: &Snapshot, query: Query) -> Result<Decision, AuthorizeError> {
+    let schema = snapshot.schema.as_ref();
+    let merged;
+    let entities = if query.entities.is_empty() {
+        &snapshot.entities
+    } else {
+        let extra = Entities::from_json_value(serde_json::Value::Array(query.entities), schema)
+            .map_err(|e| AuthorizeError::Entities(Box::new(e)))?;
+        merged = snapshot
+            .entities
+            .clone()
+            .add_entities(extra, schema)
+            .map_err(|e| match e {
+                EntitiesError::Duplicate(_) => AuthorizeError::EntityConflict(Box::new(e)),
+                other => AuthorizeError::Entities(Box::new(other)),
+            })?;
+        &merged
+    };
+    let context = Context::from_json_value(
+        serde_json::Value::Object(query.context),
+        schema.map(|s| (s, &query.action)),
+    )
+    .map_err(|e| AuthorizeError::Context(Box::new(e)))?;
+    let request = Request::new(
+        query.principal,
+        query.action,
+        query.resource,
+        context,
+        schema,
+    )
+    .map_err(|e| AuthorizeError::Schema(Box::new(e)))?;
+
+    let response =
+        cedar_policy::Authorizer::new().is_authorized(&request, &snapshot.policies, entities);
+    let diagnostics = response.diagnostics();
+    let mut determining_policies: Vec<String> =
+        diagnostics.reason().map(ToString::to_string).collect();
+    determining_policies.sort_unstable();
+    let mut errors: Vec<PolicyError> = diagnostics
+        .errors()
+        .map(|e| match e {
+            cedar_policy::AuthorizationError::PolicyEvaluationError(e) => PolicyError {
+                policy_id: e.policy_id().to_string(),
+                message: e.inner().to_string(),
+            },
+        })
+        .collect();
+    errors.sort_by(|a, b| a.policy_id.cmp(&b.policy_id));
+    Ok(Decision {
+        allow: response.decision() == cedar_policy::Decision::Allow,
+        determining_policies,
+        errors,
+    })
+}

@@ -1,0 +1,230 @@
+//! Command-line parsing and the subcommands. `serve` is the default.
+//!
+//! Exit codes: 0 success (and `authorize` allow), 1 failure (invalid
+//! policies, a failed call), 2 `authorize` deny (Cedar CLI's convention: a
+//! deny is a result, not a failure), 64 bad usage or config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::App;
+use crate::client::{self, AuthorizeArgs};
+use crate::config::{Config, ConfigError, LogFormat};
+use crate::policy_store::{LoadError, LoadOptions, build, read_dir};
+use crate::telemetry;
+
+/// Exit code for bad flags or config (sysexits `EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+
+/// cedar-pdp: a Cedar policy decision point sidecar.
+#[derive(Debug, Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the Authorizer gRPC API (the default).
+    Serve(ServeArgs),
+    /// Load a policy directory as the server would, and report every error.
+    Validate(ValidateArgs),
+    /// Ask a running server for one decision.
+    Authorize(AuthorizeArgs),
+}
+
+/// Flags of `serve`. Each overrides the config key named in its help.
+#[derive(Debug, Default, Args)]
+struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, value_name = "FILE", env = "CEDAR_PDP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Policy directory [config: policies] [default: policies].
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// gRPC listen address [config: listen] [default: 127.0.0.1:50051].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Log format [config: log.format] [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` [config: log.level] [default: info].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    /// Policy directory.
+    #[arg(long, value_name = "DIR", default_value = "policies")]
+    policies: PathBuf,
+    /// Config file whose `[validation]` settings apply.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_path(path)?,
+            None => Config::default(),
+        };
+        if let Some(p) = self.policies {
+            config.policies = p;
+        }
+        if let Some(l) = self.listen {
+            config.listen = l;
+        }
+        if let Some(f) = self.log_format {
+            config.log.format = f;
+        }
+        if let Some(l) = self.log_level {
+            config.log.level = l;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Parses the command line and runs the chosen command.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+        Some(Command::Validate(args)) => validate(args),
+        Some(Command::Authorize(args)) => client::main(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("cedar-pdp: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    telemetry::init(config.log.format, &config.log.level);
+    let addr = match config.listen_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("cedar-pdp: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let app = match App::build(config) {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("cedar-pdp: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cedar-pdp: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on `{addr}`: {e}"))?;
+        app.run(listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("cedar-pdp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn validate(args: ValidateArgs) -> ExitCode {
+    let validate_policies = match &args.config {
+        Some(path) => match Config::from_path(path) {
+            Ok(c) => c.validation.policies,
+            Err(e) => {
+                eprintln!("cedar-pdp: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => true,
+    };
+    let options = LoadOptions { validate_policies };
+    let loaded = read_dir(&args.policies).and_then(|sources| build(sources, &options, 1));
+    match loaded {
+        Ok(snapshot) => {
+            println!(
+                "ok: {} policies, {} entities, schema {}, revision {}",
+                snapshot.policy_count,
+                snapshot.entity_count,
+                if snapshot.schema.is_some() {
+                    "loaded"
+                } else {
+                    "absent"
+                },
+                snapshot.revision
+            );
+            ExitCode::SUCCESS
+        }
+        Err(LoadError::Invalid(problems)) => {
+            // Paths as the user typed them, so editors and CI annotate them.
+            for p in &problems {
+                let file = args.policies.join(&p.file);
+                eprintln!("{}:{}:{}: {}", file.display(), p.line, p.column, p.message);
+            }
+            eprintln!("{} error(s)", problems.len());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("cedar-pdp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The config file (TOML). Every command-line flag has a key here; flags win.
+//! [`Config::validate`] reports every problem at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration of `cedar-pdp serve`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: String,
+    /// The policy directory.
+    pub policies: PathBuf,
+    pub log: LogConfig,
+    pub reload: ReloadConfig,
+    pub validation: ValidationConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[log]`: process logs (not decision records).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `cedar_pdp=debug`. `RUST_LOG` wins.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[reload]`: when the policy directory is re-read.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Quiet time after the last file event before reloading.
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+    /// Periodic rescan, for volumes where file events are missed. `0s` disables it.
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
+}
+
+/// `[validation]`: how strictly a policy set is checked before it goes live.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Validate policies strictly against the schema, when there is one.
+    /// Turning this off keeps the schema for parsing requests only.
+    pub policies: bool,
+}
+
+/// `[limits]`: bounds on what one call may cost.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most items in one `BatchAuthorize`.
+    pub max_batch_size: usize,
+    /// Largest accepted gRPC message, in bytes.
+    pub max_message_bytes: usize,
+    /// How long a graceful shutdown waits for in-flight calls.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".to_string(),
+            policies: PathBuf::from("policies"),
+            log: LogConfig::default(),
+            reload: ReloadConfig::default(),
+            validation: ValidationConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(250),
+            rescan_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self { policies: true }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_size: 100,
+            max_message_bytes: 4 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{}`: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid config:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Reads and validates a TOML config file.
+    pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        text.parse()
+    }
+
+    /// The parsed listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|e| {
+            ConfigError::Invalid(vec![format!(
+                "`listen`: `{}` is not an address like `127.0.0.1:50051`: {e}",
+                self.listen
+            )])
+        })
+    }
+
+    /// Checks every key and reports all problems together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(ConfigError::Invalid(p)) = self.listen_addr() {
+            problems.extend(p);
+        }
+        if self.policies.as_os_str().is_empty() {
+            problems.push("`policies`: must name a directory".to_string());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!(
+                "`log.level`: `{}` is not a filter: {e}",
+                self.log.level
+            ));
+        }
+        if self.reload.debounce.is_zero() || self.reload.debounce > Duration::from_secs(60) {
+            problems.push("`reload.debounce`: must be between 1ms and 60s".to_string());
+        }
+        if !self.reload.rescan_interval.is_zero()
+            && self.reload.rescan_interval < Duration::from_secs(1)
+        {
+            problems.push("`reload.rescan_interval`: must be 0s (off) or at least 1s".to_string());
+        }
+        if !(1..=10_000).contains(&self.limits.max_batch_size) {
+            problems.push("`limits.max_batch_size`: must be between 1 and 10000".to_string());
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&self.limits.max_message_bytes) {
+            problems
+                .push("`limits.max_message_bytes`: must be between 1 KiB and 256 MiB".to_string());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+impl FromStr for Config {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!("".parse::<Config>().unwrap(), Config::default());
+    }
+
+    #[test]
+    fn reads_every_section() {
+        let c: Config = r#"
+            listen = "0.0.0.0:9000"
+            policies = "/etc/cedar"
+            [log]
+            format = "json"
+            level = "debug"
+            [reload]
+            debounce = "100ms"
+            rescan_interval = "0s"
+            [validation]
+            policies = false
+            [limits]
+            max_batch_size = 7
+            max_message_bytes = 65536
+            shutdown_grace = "3s"
+        "#
+        .parse()
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.reload.debounce, Duration::from_millis(100));
+        assert!(!c.validation.policies);
+        assert_eq!(c.limits.max_batch_size, 7);
+        assert_eq!(c.limits.shutdown_grace, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let err = "listen = \"nope\"\n[limits]\nmax_batch_size = 0\n"
+            .parse::<Config>()
+            .unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            unreachable!("expected Invalid, got {err}")
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn rejects_unknown_keys() {
+        assert!(matches!(
+            "lisen = \"x\"".parse::<Config>(),
+            Err(ConfigError::Parse(_))
+        ));
+    }
+}

@@ -1,0 +1,9 @@
+//! The gRPC face of cedar-pdp: generated code, the `Authorizer` service, the
+//! proto-to-Cedar conversion and the one mapping from errors to statuses.
+
+pub mod convert;
+pub mod proto;
+mod service;
+pub mod status;
+
+pub use service::AuthorizerService;

@@ -1,0 +1,20 @@
+//! cedar-pdp: a Cedar policy decision point that runs as a sidecar.
+//!
+//! # Layout
+//! - [`cli`]: command-line parsing and the subcommands' entry points.
+//! - [`config`]: the TOML config file, merged with flags, and its validation.
+//! - [`app`]: composition: config -> policy store -> gRPC services -> listener.
+//! - [`policy_store`]: the only reader of policy files; loads, watches and swaps snapshots.
+//! - [`authorizer`]: pure evaluation of one request against one snapshot.
+//! - [`grpc`]: generated code, service impls, and the one error-to-status mapping.
+//! - [`client`]: the `cedar-pdp authorize` client.
+//! - [`telemetry`]: log output setup.
+
+pub mod app;
+pub mod authorizer;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod grpc;
+pub mod policy_store;
+pub mod telemetry;

@@ -1,0 +1,537 @@
+//! Reads a policy directory and builds a [`Snapshot`]: the one boundary where
+//! files turn into Cedar values. Loading is all or nothing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use miette::Diagnostic;
+use sha2::{Digest, Sha256};
+
+use super::snapshot::Snapshot;
+
+/// How deep symlinked directory trees are followed; guards against loops.
+const MAX_DEPTH: usize = 32;
+/// A single policy file larger than this is refused rather than read whole.
+const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Options that change how a directory is turned into a snapshot.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Validate policies strictly against the schema when one is present.
+    pub validate_policies: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            validate_policies: true,
+        }
+    }
+}
+
+/// Why a policy directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The directory, or a file in it, could not be read.
+    #[error("cannot read `{}`: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The directory holds no `.cedar` file; serving an empty set would deny
+    /// everything, which is never what a half-synced volume means.
+    #[error("no `.cedar` policy files under `{}`", .0.display())]
+    NoPolicies(PathBuf),
+    /// Files were read but do not form a valid policy set.
+    #[error("{}", Problems(.0))]
+    Invalid(Vec<SourceProblem>),
+}
+
+/// One problem in one file, located as `file:line:column`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceProblem {
+    /// Path relative to the policy directory.
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for SourceProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+struct Problems<'a>(&'a [SourceProblem]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileKind {
+    Policies,
+    CedarSchema,
+    JsonSchema,
+    Entities,
+}
+
+impl FileKind {
+    fn of(name: &str) -> Option<Self> {
+        if name.ends_with(".cedarschema.json") {
+            Some(Self::JsonSchema)
+        } else if name.ends_with(".cedarschema") {
+            Some(Self::CedarSchema)
+        } else if name.ends_with(".entities.json") {
+            Some(Self::Entities)
+        } else if name.ends_with(".cedar") {
+            Some(Self::Policies)
+        } else {
+            None
+        }
+    }
+}
+
+struct SourceFile {
+    /// Relative to the policy directory, with `/` separators.
+    rel: String,
+    kind: FileKind,
+    text: String,
+}
+
+/// The raw contents of a policy directory, read but not parsed.
+pub struct Sources {
+    root: PathBuf,
+    files: Vec<SourceFile>,
+    digest: String,
+}
+
+impl Sources {
+    /// SHA-256 over every relevant file's relative path and content.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The short form of the digest that is shown as the policy revision.
+    pub fn revision(&self) -> String {
+        format!("sha256:{}", &self.digest[..16])
+    }
+}
+
+/// Reads every policy, schema and entities file under `root`.
+///
+/// Hidden entries are skipped, so a ConfigMap's `..2026_…` and `..data`
+/// folders are read only through the visible symlinks that point into them.
+pub fn read_dir(root: &Path) -> Result<Sources, LoadError> {
+    let io = |path: &Path, source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(root).map_err(|e| io(root, e))?;
+    if !meta.is_dir() {
+        return Err(io(
+            root,
+            std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        ));
+    }
+    let walker = walkdir::WalkDir::new(root)
+        .follow_links(true)
+        .max_depth(MAX_DEPTH)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+    let mut files = Vec::new();
+    for entry in walker {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(root).to_path_buf();
+            LoadError::Io {
+                path,
+                source: e.into(),
+            }
+        })?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let Some(kind) = FileKind::of(&entry.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let path = entry.path();
+        let len = entry.metadata().map_err(|e| io(path, e.into()))?.len();
+        if len > MAX_FILE_BYTES {
+            return Err(io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::FileTooLarge,
+                    format!("larger than {MAX_FILE_BYTES} bytes"),
+                ),
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+        let rel = path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        files.push(SourceFile { rel, kind, text });
+    }
+    files.sort_by(|a, b| a.rel.cmp(&b.rel));
+
+    let mut hasher = Sha256::new();
+    for f in &files {
+        hasher.update((f.rel.len() as u64).to_le_bytes());
+        hasher.update(f.rel.as_bytes());
+        hasher.update((f.text.len() as u64).to_le_bytes());
+        hasher.update(f.text.as_bytes());
+    }
+    let digest = hex::encode(hasher.finalize());
+    Ok(Sources {
+        root: root.to_path_buf(),
+        files,
+        digest,
+    })
+}
+
+/// Parses and validates `sources` into a snapshot. Reports every problem
+/// found, not just the first.
+pub fn build(
+    sources: Sources,
+    options: &LoadOptions,
+    generation: u64,
+) -> Result<Snapshot, LoadError> {
+    let mut problems = Vec::new();
+
+    let schema = parse_schema(&sources, &mut problems);
+    let (policies, origins) = parse_policies(&sources, &mut problems);
+    if !sources.files.iter().any(|f| f.kind == FileKind::Policies) {
+        return Err(LoadError::NoPolicies(sources.root));
+    }
+    if let (Some(schema), true) = (&schema, options.validate_policies && problems.is_empty()) {
+        validate(schema, &policies, &origins, &sources, &mut problems);
+    }
+    let entities = parse_entities(&sources, schema.as_ref(), &mut problems);
+    if !problems.is_empty() {
+        return Err(LoadError::Invalid(problems));
+    }
+
+    let policy_count = policies.num_of_policies();
+    let entity_count = entities.len();
+    Ok(Snapshot {
+        revision: sources.revision(),
+        digest: sources.digest,
+        generation,
+        loaded_at: SystemTime::now(),
+        policy_count,
+        entity_count,
+        policies,
+        schema,
+        entities,
+    })
+}
+
+fn parse_schema(sources: &Sources, problems: &mut Vec<SourceProblem>) -> Option<Schema> {
+    let files: Vec<_> = sources
+        .files
+        .iter()
+        .filter(|f| matches!(f.kind, FileKind::CedarSchema | FileKind::JsonSchema))
+        .collect();
+    if files.len() > 1 {
+        let names: Vec<_> = files.iter().map(|f| format!("`{}`", f.rel)).collect();
+        problems.push(SourceProblem {
+            file: files[1].rel.clone(),
+            line: 1,
+            column: 1,
+            message: format!("more than one schema file: {}", names.join(", ")),
+        });
+        return None;
+    }
+    let file = files.first()?;
+    if file.kind == FileKind::JsonSchema {
+        return Schema::from_json_str(&file.text)
+            .map_err(|e| problems.push(problem(&file.rel, &file.text, &e)))
+            .ok();
+    }
+    match Schema::from_cedarschema_str(&file.text) {
+        Ok((schema, warnings)) => {
+            for w in warnings {
+                tracing::warn!(file = %file.rel, "schema warning: {w}");
+            }
+            Some(schema)
+        }
+        Err(e) => {
+            problems.push(problem(&file.rel, &file.text, &e));
+            None
+        }
+    }
+}
+
+/// Parses every `.cedar` file and gives each policy its final id: the `@id`
+/// annotation, or `<file>#<index>`. Returns where each id came from.
+fn parse_policies(
+    sources: &Sources,
+    problems: &mut Vec<SourceProblem>,
+) -> (PolicySet, HashMap<PolicyId, usize>) {
+    let mut set = PolicySet::new();
+    let mut origins: HashMap<PolicyId, usize> = HashMap::new();
+    for (file_idx, file) in sources.files.iter().enumerate() {
+        if file.kind != FileKind::Policies {
+            continue;
+        }
+        let parsed = match PolicySet::from_str(&file.text) {
+            Ok(parsed) => parsed,
+            Err(errs) => {
+                problems.extend(errs.iter().map(|e| problem(&file.rel, &file.text, e)));
+                continue;
+            }
+        };
+        if let Some(t) = parsed.templates().next() {
+            problems.push(SourceProblem {
+                file: file.rel.clone(),
+                line: 1,
+                column: 1,
+                message: format!(
+                    "policy templates are not supported: `{}` has a slot; write a static policy",
+                    t.id()
+                ),
+            });
+            continue;
+        }
+        // The parser names policies `policy<N>` in file order.
+        let mut in_file: Vec<_> = parsed
+            .policies()
+            .map(|p| {
+                let index = p
+                    .id()
+                    .to_string()
+                    .strip_prefix("policy")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(usize::MAX);
+                (index, p)
+            })
+            .collect();
+        in_file.sort_by_key(|(index, _)| *index);
+        for (index, policy) in in_file {
+            let id = match policy.annotation("id") {
+                Some(id) => PolicyId::new(id),
+                None => PolicyId::new(format!("{}#{index}", file.rel)),
+            };
+            if let Some(&first) = origins.get(&id) {
+                let (line, column) = find_id_annotation(&file.text, id.as_ref());
+                problems.push(SourceProblem {
+                    file: file.rel.clone(),
+                    line,
+                    column,
+                    message: format!(
+                        "duplicate policy id `{id}`: already used in `{}`",
+                        sources.files[first].rel
+                    ),
+                });
+                continue;
+            }
+            if let Err(e) = set.add(policy.new_id(id.clone())) {
+                problems.push(SourceProblem {
+                    file: file.rel.clone(),
+                    line: 1,
+                    column: 1,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+            origins.insert(id, file_idx);
+        }
+    }
+    (set, origins)
+}
+
+fn validate(
+    schema: &Schema,
+    policies: &PolicySet,
+    origins: &HashMap<PolicyId, usize>,
+    sources: &Sources,
+    problems: &mut Vec<SourceProblem>,
+) {
+    let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
+    for err in result.validation_errors() {
+        match origins.get(err.policy_id()) {
+            Some(&idx) => {
+                let file = &sources.files[idx];
+                problems.push(problem(&file.rel, &file.text, err));
+            }
+            None => problems.push(SourceProblem {
+                file: "<schema>".to_string(),
+                line: 1,
+                column: 1,
+                message: err.to_string(),
+            }),
+        }
+    }
+    for warning in result.validation_warnings() {
+        tracing::warn!("policy validation warning: {warning}");
+    }
+}
+
+fn parse_entities(
+    sources: &Sources,
+    schema: Option<&Schema>,
+    problems: &mut Vec<SourceProblem>,
+) -> Entities {
+    let mut merged = match schema.map(Schema::action_entities) {
+        Some(Ok(actions)) => actions,
+        Some(Err(e)) => {
+            problems.push(SourceProblem {
+                file: "<schema>".to_string(),
+                line: 1,
+                column: 1,
+                message: format!("cannot build action entities: {e}"),
+            });
+            Entities::empty()
+        }
+        None => Entities::empty(),
+    };
+    for file in sources
+        .files
+        .iter()
+        .filter(|f| f.kind == FileKind::Entities)
+    {
+        let json: serde_json::Value = match serde_json::from_str(&file.text) {
+            Ok(json) => json,
+            Err(e) => {
+                problems.push(SourceProblem {
+                    file: file.rel.clone(),
+                    line: e.line(),
+                    column: e.column(),
+                    message: format!("invalid JSON: {e}"),
+                });
+                continue;
+            }
+        };
+        let added = match Entities::from_json_value(json, schema) {
+            Ok(parsed) => merged.clone().add_entities(parsed, schema),
+            Err(e) => Err(e),
+        };
+        match added {
+            Ok(all) => merged = all,
+            Err(e) => problems.push(SourceProblem {
+                file: file.rel.clone(),
+                line: 1,
+                column: 1,
+                message: render_diagnostic(&e),
+            }),
+        }
+    }
+    merged
+}
+
+/// Locates a diagnostic in `text` by its first labelled span.
+fn problem(file: &str, text: &str, diag: &(impl Diagnostic + ?Sized)) -> SourceProblem {
+    let offset = first_offset(diag);
+    let (line, column) = offset.map_or((1, 1), |o| line_column(text, o));
+    SourceProblem {
+        file: file.to_string(),
+        line,
+        column,
+        message: render_diagnostic(diag),
+    }
+}
+
+fn first_offset(diag: &(impl Diagnostic + ?Sized)) -> Option<usize> {
+    if let Some(label) = diag.labels().and_then(|mut l| l.next()) {
+        return Some(label.offset());
+    }
+    diag.related()
+        .and_then(|mut related| related.find_map(|d| d.labels().and_then(|mut l| l.next())))
+        .map(|label| label.offset())
+}
+
+fn render_diagnostic(diag: &(impl Diagnostic + ?Sized)) -> String {
+    let mut message = diag.to_string();
+    if let Some(related) = diag.related() {
+        for r in related {
+            message.push_str("; ");
+            message.push_str(&r.to_string());
+        }
+    }
+    if let Some(help) = diag.help() {
+        message.push_str(&format!(" (help: {help})"));
+    }
+    message
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// The parser keeps no public source location per policy, so a duplicate
+/// `@id` is located by its annotation text.
+fn find_id_annotation(text: &str, id: &str) -> (usize, usize) {
+    let needle = format!("\"{id}\"");
+    let mut search = 0;
+    while let Some(at) = text[search..].find("@id") {
+        let start = search + at;
+        let rest = &text[start..];
+        let end = rest.find(')').unwrap_or(rest.len());
+        if rest[..end].contains(&needle) {
+            return line_column(text, start);
+        }
+        search = start + 3;
+    }
+    (1, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_column_counts_from_one() {
+        let text = "ab\ncd\né f";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 4), (2, 2));
+        assert_eq!(line_column(text, 9), (3, 3));
+    }
+
+    #[test]
+    fn finds_id_annotation() {
+        let text =
+            "permit(principal,action,resource);\n  @id(\"x\")\nforbid(principal,action,resource);";
+        assert_eq!(find_id_annotation(text, "x"), (2, 3));
+        assert_eq!(find_id_annotation(text, "y"), (1, 1));
+    }
+
+    #[test]
+    fn kinds_by_suffix() {
+        assert_eq!(FileKind::of("a.cedar"), Some(FileKind::Policies));
+        assert_eq!(FileKind::of("a.cedarschema"), Some(FileKind::CedarSchema));
+        assert_eq!(
+            FileKind::of("a.cedarschema.json"),
+            Some(FileKind::JsonSchema)
+        );
+        assert_eq!(FileKind::of("a.entities.json"), Some(FileKind::Entities));
+        assert_eq!(FileKind::of("a.json"), None);
+    }
+}

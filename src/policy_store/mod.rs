@@ -1,0 +1,121 @@
+//! The policy store: the only reader of policy files.
+//!
+//! It holds the live [`Snapshot`] behind an [`ArcSwapOption`], so a request
+//! takes one snapshot with a single atomic load and never sees a partial set.
+//! A reload builds a new snapshot apart from the live one and swaps it in only
+//! when the whole directory is valid; on failure the last good one stays.
+
+mod loader;
+mod snapshot;
+mod watcher;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::watch;
+
+pub use loader::{LoadError, LoadOptions, SourceProblem, Sources, build, read_dir};
+pub use snapshot::Snapshot;
+pub use watcher::{WatchOptions, spawn_watcher};
+
+/// The outcome of the most recent load attempt.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadStatus {
+    /// `None` when the last attempt succeeded (or changed nothing).
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<SystemTime>,
+}
+
+/// What a successful [`PolicyStore::reload`] did.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// A new snapshot is live.
+    Swapped(Arc<Snapshot>),
+    /// The files hash to the live revision; nothing was rebuilt.
+    Unchanged,
+}
+
+/// Owns the live snapshot of one policy directory.
+#[derive(Debug)]
+pub struct PolicyStore {
+    dir: PathBuf,
+    options: LoadOptions,
+    live: ArcSwapOption<Snapshot>,
+    status: Mutex<ReloadStatus>,
+    // INVARIANT: held for the whole of a reload, so loads never race and the
+    // generation counts successful swaps exactly.
+    reload_lock: Mutex<()>,
+    generation: watch::Sender<u64>,
+}
+
+impl PolicyStore {
+    /// A store with nothing loaded yet; requests get `UNAVAILABLE` until the
+    /// first successful [`reload`](Self::reload).
+    pub fn new(dir: impl Into<PathBuf>, options: LoadOptions) -> Self {
+        Self {
+            dir: dir.into(),
+            options,
+            live: ArcSwapOption::empty(),
+            status: Mutex::new(ReloadStatus::default()),
+            reload_lock: Mutex::new(()),
+            generation: watch::Sender::new(0),
+        }
+    }
+
+    /// The directory this store reads.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The live snapshot, if any set has loaded yet.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.live.load_full()
+    }
+
+    /// Follows the live generation: 0 until the first load, then one more
+    /// for each swap.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// The outcome of the most recent load attempt.
+    pub fn status(&self) -> ReloadStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the directory and, when its contents changed, builds and swaps in
+    /// a new snapshot. Blocking: call it from a blocking thread.
+    pub fn reload(&self) -> Result<Reloaded, LoadError> {
+        let _serial = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let result = self.load_changed();
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        status.last_attempt_at = Some(SystemTime::now());
+        status.last_error = result.as_ref().err().map(ToString::to_string);
+        result
+    }
+
+    fn load_changed(&self) -> Result<Reloaded, LoadError> {
+        let sources = read_dir(&self.dir)?;
+        let current = self.live.load();
+        if current
+            .as_ref()
+            .is_some_and(|s| s.digest == sources.digest())
+        {
+            return Ok(Reloaded::Unchanged);
+        }
+        let generation = current.as_ref().map_or(0, |s| s.generation) + 1;
+        drop(current);
+        let snapshot = Arc::new(build(sources, &self.options, generation)?);
+        self.live.store(Some(Arc::clone(&snapshot)));
+        self.generation.send_replace(generation);
+        Ok(Reloaded::Swapped(snapshot))
+    }
+}

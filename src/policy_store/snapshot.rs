@@ -1,0 +1,24 @@
+//! An immutable, fully validated policy set: what one request is judged by.
+
+use std::time::SystemTime;
+
+use cedar_policy::{Entities, PolicySet, Schema};
+
+/// One loaded policy directory. Never mutated after it is built; a reload
+/// builds a new one and swaps it in.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Short content digest shown to clients, e.g. `sha256:0123abcd…`.
+    pub revision: String,
+    /// Full SHA-256 of the contents, used to skip reloads that change nothing.
+    pub digest: String,
+    /// How many successful loads, this one included.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    pub policy_count: usize,
+    pub entity_count: usize,
+    pub policies: PolicySet,
+    pub schema: Option<Schema>,
+    /// Entities from `*.entities.json`, plus the schema's action entities.
+    pub entities: Entities,
+}

@@ -1,0 +1,178 @@
+//! Shared harness: starts the real server on an ephemeral loopback port, with
+//! the production `App::run`, and hands out generated tonic clients.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness"
+)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cedar_pdp::app::App;
+use cedar_pdp::config::Config;
+use cedar_pdp::grpc::proto::authorizer_client::AuthorizerClient;
+use cedar_pdp::grpc::proto::{self, GetPolicyStatusRequest, PolicyStatus};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// A running server; shuts down when dropped or on [`TestServer::stop`].
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), cedar_pdp::app::AppError>>>,
+}
+
+/// A config for tests: fast debounce, frequent rescans.
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.policies = dir.to_path_buf();
+    config.reload.debounce = Duration::from_millis(50);
+    config.reload.rescan_interval = Duration::from_secs(1);
+    config
+}
+
+impl TestServer {
+    /// Starts a server over `dir` with [`test_config`].
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with(test_config(dir)).await
+    }
+
+    /// Starts a server with `config`; panics when the policies do not load.
+    pub async fn start_with(config: Config) -> Self {
+        let app = App::build(config).expect("policy directory loads");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> AuthorizerClient<Channel> {
+        AuthorizerClient::connect(self.url()).await.unwrap()
+    }
+
+    /// Graceful shutdown; returns the server's result.
+    pub async fn stop(mut self) -> Result<(), cedar_pdp::app::AppError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("server stops within 20s")
+            .unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some` or `deadline` passes.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the server reports a generation above `after`.
+pub async fn wait_for_generation(
+    client: &mut AuthorizerClient<Channel>,
+    after: u64,
+) -> PolicyStatus {
+    eventually("a policy reload", Duration::from_secs(15), || {
+        let mut client = client.clone();
+        async move {
+            let s = client
+                .get_policy_status(GetPolicyStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            (s.generation > after).then_some(s)
+        }
+    })
+    .await
+}
+
+/// Waits until `GetPolicyStatus` shows a reload error.
+pub async fn wait_for_reload_error(client: &mut AuthorizerClient<Channel>) -> PolicyStatus {
+    eventually("a reload error", Duration::from_secs(15), || {
+        let mut client = client.clone();
+        async move {
+            let s = client
+                .get_policy_status(GetPolicyStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            (!s.last_reload_error.is_empty()).then_some(s)
+        }
+    })
+    .await
+}
+
+pub fn uid(t: &str, id: &str) -> Option<proto::EntityUid> {
+    Some(proto::EntityUid {
+        r#type: t.to_string(),
+        id: id.to_string(),
+    })
+}
+
+/// A request with no context or entities.
+pub fn request(principal: (&str, &str), action: (&str, &str), resource: (&str, &str)) -> proto::AuthorizeRequest {
+    proto::AuthorizeRequest {
+        principal: uid(principal.0, principal.1),
+        action: uid(action.0, action.1),
+        resource: uid(resource.0, resource.1),
+        ..Default::default()
+    }
+}
+
+/// Writes `text` to `dir/name` via a temp file and rename, as deploy tools do.
+pub fn write_atomic(dir: &Path, name: &str, text: &str) {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+}
+
+/// The crate root's sibling `shared/` folder; fails clearly when missing.
+pub fn shared_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    assert!(
+        dir.is_dir(),
+        "`{}` is missing: the conformance corpus lives in ../shared next to the crate root",
+        dir.display()
+    );
+    dir
+}
