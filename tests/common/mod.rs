@@ -30,8 +30,10 @@ pub struct TestServer {
 
 /// A config for tests: fast debounce, frequent rescans.
 pub fn test_config(dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.policies = dir.to_path_buf();
+    let mut config = Config {
+        policies: dir.to_path_buf(),
+        ..Config::default()
+    };
     config.reload.debounce = Duration::from_millis(50);
     config.reload.rescan_interval = Duration::from_secs(1);
     config
@@ -149,7 +151,11 @@ pub fn uid(t: &str, id: &str) -> Option<proto::EntityUid> {
 }
 
 /// A request with no context or entities.
-pub fn request(principal: (&str, &str), action: (&str, &str), resource: (&str, &str)) -> proto::AuthorizeRequest {
+pub fn request(
+    principal: (&str, &str),
+    action: (&str, &str),
+    resource: (&str, &str),
+) -> proto::AuthorizeRequest {
     proto::AuthorizeRequest {
         principal: uid(principal.0, principal.1),
         action: uid(action.0, action.1),
