@@ -40,17 +40,34 @@ pub struct Decision {
 /// Why a query could not be evaluated. Each is the caller's fault.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorizeError {
-    #[error("invalid entities: {0}")]
+    #[error("invalid entities: {}", chain(.0.as_ref()))]
     Entities(#[source] Box<EntitiesError>),
     /// A request entity has the uid of a different entity loaded from disk.
     #[error(
-        "invalid entities: {0} (entities loaded from the policy directory cannot be redefined by a request)"
+        "invalid entities: {} (entities loaded from the policy directory cannot be redefined by a request)",
+        chain(.0.as_ref())
     )]
     EntityConflict(#[source] Box<EntitiesError>),
-    #[error("invalid context: {0}")]
+    #[error("invalid context: {}", chain(.0.as_ref()))]
     Context(#[source] Box<ContextJsonError>),
-    #[error("request does not match the schema: {0}")]
+    #[error("request does not match the schema: {}", chain(.0.as_ref()))]
     Schema(#[source] Box<RequestValidationError>),
+}
+
+/// An error and its sources, `: `-joined. Cedar often keeps the useful part
+/// (which attribute, which value) in a source, not in the top message.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
 }
 
 impl AuthorizeError {

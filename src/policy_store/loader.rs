@@ -442,7 +442,7 @@ fn parse_entities(
 }
 
 /// Locates a diagnostic in `text` by its first labelled span.
-fn problem(file: &str, text: &str, diag: &(impl Diagnostic + ?Sized)) -> SourceProblem {
+fn problem(file: &str, text: &str, diag: &(impl Diagnostic + 'static)) -> SourceProblem {
     let offset = first_offset(diag);
     let (line, column) = offset.map_or((1, 1), |o| line_column(text, o));
     SourceProblem {
@@ -462,8 +462,8 @@ fn first_offset(diag: &(impl Diagnostic + ?Sized)) -> Option<usize> {
         .map(|label| label.offset())
 }
 
-fn render_diagnostic(diag: &(impl Diagnostic + ?Sized)) -> String {
-    let mut message = diag.to_string();
+fn render_diagnostic(diag: &(impl Diagnostic + 'static)) -> String {
+    let mut message = crate::authorizer::chain(diag);
     if let Some(related) = diag.related() {
         for r in related {
             message.push_str("; ");

@@ -1,0 +1,179 @@
+//! The decision record (one JSON line per decision) and field masking.
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+/// Bumped when a field changes meaning or is removed; adding fields is not a
+/// breaking change.
+pub const RECORD_VERSION: u32 = 1;
+
+/// A Cedar entity reference as it appears in a record.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct EntityRef {
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub id: String,
+}
+
+/// Who connected to the PDP, as far as the transport knows.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Caller {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_addr: Option<String>,
+}
+
+/// An evaluation error, as in the API.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RecordError {
+    pub policy_id: String,
+    pub message: String,
+}
+
+/// One decision, as written to the decision log.
+#[derive(Clone, Debug, Serialize)]
+pub struct DecisionRecord {
+    pub record_version: u32,
+    pub decision_id: String,
+    /// RFC 3339, microseconds, UTC.
+    pub timestamp: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub request_id: String,
+    pub caller: Caller,
+    pub principal: EntityRef,
+    pub action: EntityRef,
+    pub resource: EntityRef,
+    pub context: Json,
+    pub workload: Json,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    pub determining_policies: Vec<String>,
+    pub errors: Vec<RecordError>,
+    pub policy_revision: String,
+    pub policy_generation: u64,
+    pub latency_us: u64,
+}
+
+/// What happens to a field named by a masking rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaskAction {
+    /// Replace the value with `"***"`.
+    Mask,
+    /// Remove the field.
+    Remove,
+}
+
+/// Placeholder that replaces masked values.
+pub const MASKED: &str = "***";
+
+/// Field paths such as `context.token` to mask or remove before a record
+/// reaches any sink.
+#[derive(Clone, Debug, Default)]
+pub struct Masker {
+    rules: Vec<(Vec<String>, MaskAction)>,
+}
+
+impl Masker {
+    /// Builds a masker; paths start at a record field (`context`, `workload`).
+    pub fn new(mask: &[String], remove: &[String]) -> Self {
+        let split = |p: &String| p.split('.').map(str::to_string).collect::<Vec<_>>();
+        let rules = mask
+            .iter()
+            .map(|p| (split(p), MaskAction::Mask))
+            .chain(remove.iter().map(|p| (split(p), MaskAction::Remove)))
+            .collect();
+        Self { rules }
+    }
+
+    /// Whether any rule is configured.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Applies every rule to the record's `context` and `workload`.
+    pub fn apply(&self, record: &mut DecisionRecord) {
+        for (path, action) in &self.rules {
+            let Some((root, rest)) = path.split_first() else {
+                continue;
+            };
+            let target = match root.as_str() {
+                "context" => &mut record.context,
+                "workload" => &mut record.workload,
+                _ => continue,
+            };
+            apply_path(target, rest, *action);
+        }
+    }
+}
+
+fn apply_path(value: &mut Json, path: &[String], action: MaskAction) {
+    let Some((head, rest)) = path.split_first() else {
+        return;
+    };
+    let Json::Object(map) = value else {
+        return;
+    };
+    if rest.is_empty() {
+        match action {
+            MaskAction::Remove => {
+                map.remove(head);
+            }
+            MaskAction::Mask => {
+                if let Some(v) = map.get_mut(head) {
+                    *v = Json::String(MASKED.to_string());
+                }
+            }
+        }
+    } else if let Some(child) = map.get_mut(head) {
+        apply_path(child, rest, action);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(context: Json) -> DecisionRecord {
+        let e = |t: &str| EntityRef {
+            type_name: t.into(),
+            id: "x".into(),
+        };
+        DecisionRecord {
+            record_version: RECORD_VERSION,
+            decision_id: "d".into(),
+            timestamp: "t".into(),
+            trace_id: String::new(),
+            span_id: String::new(),
+            request_id: String::new(),
+            caller: Caller::default(),
+            principal: e("P"),
+            action: e("A"),
+            resource: e("R"),
+            context,
+            workload: Json::Null,
+            decision: "deny",
+            determining_policies: vec![],
+            errors: vec![],
+            policy_revision: "r".into(),
+            policy_generation: 1,
+            latency_us: 1,
+        }
+    }
+
+    #[test]
+    fn masks_and_removes_nested_paths() {
+        let m = Masker::new(
+            &["context.token".into(), "context.user.ssn".into()],
+            &["context.password".into(), "context.absent.x".into()],
+        );
+        let mut r = record(json!({
+            "token": "secret", "password": "pw", "user": {"ssn": "123", "name": "a"}, "keep": 1
+        }));
+        m.apply(&mut r);
+        assert_eq!(
+            r.context,
+            json!({"token": MASKED, "user": {"ssn": MASKED, "name": "a"}, "keep": 1})
+        );
+    }
+}

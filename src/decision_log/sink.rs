@@ -1,0 +1,70 @@
+//! Sinks and the writer loop.
+
+use std::io::Write;
+use std::path::Path;
+
+use file_rotate::compression::Compression;
+use file_rotate::suffix::AppendCount;
+use file_rotate::{ContentLimit, FileRotate};
+use tokio::sync::mpsc;
+
+use super::{DecisionLogError, DecisionRecord};
+
+/// A file that rotates to `path.1`, `path.2`, … once it passes `max_bytes`.
+pub fn rotating_file(
+    path: &Path,
+    max_bytes: usize,
+    max_files: usize,
+) -> Result<FileRotate<AppendCount>, DecisionLogError> {
+    // FileRotate creates the file lazily; open it now so a bad path fails at
+    // start-up rather than on the first decision.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| DecisionLogError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(FileRotate::new(
+        path,
+        AppendCount::new(max_files),
+        ContentLimit::BytesSurpassed(max_bytes),
+        Compression::None,
+        None,
+    ))
+}
+
+/// Writes records as JSON lines until every sender is gone. Flushes whenever
+/// the queue is momentarily empty, so lines reach the sink in batches.
+pub fn drain(mut rx: mpsc::Receiver<DecisionRecord>, sink: Box<dyn Write + Send>) -> u64 {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
+    let mut written = 0u64;
+    let mut failing = false;
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(record) = next {
+            match write_line(&mut out, &record) {
+                Ok(()) => written += 1,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!("decision log write failed: {e}");
+                }
+                Err(_) => {}
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = out.flush() {
+            tracing::error!("decision log flush failed: {e}");
+        } else {
+            failing = false;
+        }
+    }
+    let _ = out.flush();
+    written
+}
+
+fn write_line(out: &mut impl Write, record: &DecisionRecord) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, record)?;
+    out.write_all(b"\n")
+}
