@@ -63,6 +63,39 @@ fn decide(
     }
 }
 
+/// Evaluates every item; an invalid item is denied on its own.
+fn decide_batch(
+    snapshot: &Snapshot,
+    requests: Vec<AuthorizeRequest>,
+    shared: &[serde_json::Value],
+) -> Vec<AuthorizeResponse> {
+    requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, req)| match decide(snapshot, req, shared) {
+            Ok(resp) => resp,
+            // An invalid item fails closed on its own; the rest still run.
+            Err((request_id, err)) => {
+                let message = match err {
+                    ApiError::Field(f) => f.within(&format!("requests[{i}]")).to_string(),
+                    other => format!("`requests[{i}]`: {other}"),
+                };
+                AuthorizeResponse {
+                    decision: Decision::Deny as i32,
+                    determining_policies: Vec::new(),
+                    errors: vec![EvaluationError {
+                        policy_id: String::new(),
+                        message,
+                    }],
+                    decision_id: new_decision_id(),
+                    policy_revision: snapshot.revision.clone(),
+                    request_id,
+                }
+            }
+        })
+        .collect()
+}
+
 fn new_decision_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -94,32 +127,12 @@ impl Authorizer for AuthorizerService {
         let snapshot = self.snapshot()?;
         let shared = entities_to_json(batch.entities, &batch.entities_json, "entities")
             .map_err(ApiError::from)?;
-        let responses = batch
-            .requests
-            .into_iter()
-            .enumerate()
-            .map(|(i, req)| match decide(&snapshot, req, &shared) {
-                Ok(resp) => resp,
-                // An invalid item fails closed on its own; the rest still run.
-                Err((request_id, err)) => {
-                    let message = match err {
-                        ApiError::Field(f) => f.within(&format!("requests[{i}]")).to_string(),
-                        other => format!("`requests[{i}]`: {other}"),
-                    };
-                    AuthorizeResponse {
-                        decision: Decision::Deny as i32,
-                        determining_policies: Vec::new(),
-                        errors: vec![EvaluationError {
-                            policy_id: String::new(),
-                            message,
-                        }],
-                        decision_id: new_decision_id(),
-                        policy_revision: snapshot.revision.clone(),
-                        request_id,
-                    }
-                }
-            })
-            .collect();
+        // A batch can take milliseconds of CPU; keep it off the async workers
+        // so health checks and other calls are not starved.
+        let responses =
+            tokio::task::spawn_blocking(move || decide_batch(&snapshot, batch.requests, &shared))
+                .await
+                .map_err(|e| Status::internal(format!("batch evaluation failed: {e}")))?;
         Ok(Response::new(BatchAuthorizeResponse { responses }))
     }
 
@@ -128,13 +141,13 @@ impl Authorizer for AuthorizerService {
         _request: Request<GetPolicyStatusRequest>,
     ) -> Result<Response<PolicyStatus>, Status> {
         // Answered even before the first load, so the load error is visible.
-        let status = self.store.status();
+        let (snapshot, status) = self.store.state();
         let mut out = PolicyStatus {
             last_reload_error: status.last_error.unwrap_or_default(),
             last_reload_attempt_at: status.last_attempt_at.map(timestamp),
             ..PolicyStatus::default()
         };
-        if let Some(snapshot) = self.store.snapshot() {
+        if let Some(snapshot) = snapshot {
             out.revision = snapshot.revision.clone();
             out.generation = snapshot.generation;
             out.loaded_at = Some(timestamp(snapshot.loaded_at));

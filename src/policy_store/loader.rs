@@ -136,36 +136,95 @@ impl Sources {
     }
 }
 
-/// Reads every policy, schema and entities file under `root`.
+/// How often a read is retried when the directory changes under it.
+const READ_ATTEMPTS: usize = 8;
+
+/// Reads every policy, schema and entities file under `root`, as one
+/// consistent version of the directory.
 ///
 /// Hidden entries are skipped, so a ConfigMap's `..2026_…` and `..data`
 /// folders are read only through the visible symlinks that point into them.
+/// Every file is read through its resolved path, and the read is kept only if
+/// every path still resolves the same way afterwards: otherwise a symlink swap
+/// (kubelet, git-sync) happened mid-read and files from two versions could mix.
 pub fn read_dir(root: &Path) -> Result<Sources, LoadError> {
-    let io = |path: &Path, source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(root).map_err(|e| io(root, e))?;
-    if !meta.is_dir() {
-        return Err(io(
-            root,
-            std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
-        ));
+    let mut last = None;
+    for _ in 0..READ_ATTEMPTS {
+        match read_once(root) {
+            Ok((sources, resolved)) if resolved.unchanged(root) => return Ok(sources),
+            Ok(_) => {
+                last = Some(LoadError::Io {
+                    path: root.to_path_buf(),
+                    source: std::io::Error::other("directory changed while it was read"),
+                });
+            }
+            Err(ReadError::Moved(e)) => last = Some(e),
+            Err(ReadError::Fatal(e)) => return Err(e),
+        }
     }
-    let walker = walkdir::WalkDir::new(root)
+    Err(last.unwrap_or_else(|| LoadError::Io {
+        path: root.to_path_buf(),
+        source: std::io::Error::other("directory kept changing while it was read"),
+    }))
+}
+
+enum ReadError {
+    /// Something vanished mid-read: a symlink swap, worth a retry.
+    Moved(LoadError),
+    Fatal(LoadError),
+}
+
+/// Where the root and every file resolved to during one read.
+struct Resolved {
+    root: PathBuf,
+    files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Resolved {
+    fn unchanged(&self, root: &Path) -> bool {
+        std::fs::canonicalize(root).is_ok_and(|r| r == self.root)
+            && self
+                .files
+                .iter()
+                .all(|(link, target)| std::fs::canonicalize(link).is_ok_and(|t| &t == target))
+    }
+}
+
+fn read_once(root: &Path) -> Result<(Sources, Resolved), ReadError> {
+    let io = |path: &Path, source: std::io::Error| {
+        let moved = source.kind() == std::io::ErrorKind::NotFound;
+        let err = LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if moved {
+            ReadError::Moved(err)
+        } else {
+            ReadError::Fatal(err)
+        }
+    };
+    let canonical_root = std::fs::canonicalize(root).map_err(|e| match io(root, e) {
+        // A missing root is a configuration problem, not a swap in progress.
+        ReadError::Moved(e) | ReadError::Fatal(e) => ReadError::Fatal(e),
+    })?;
+    if !canonical_root.is_dir() {
+        return Err(ReadError::Fatal(LoadError::Io {
+            path: root.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        }));
+    }
+    let walker = walkdir::WalkDir::new(&canonical_root)
         .follow_links(true)
         .max_depth(MAX_DEPTH)
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
     let mut files = Vec::new();
+    let mut resolved = Vec::new();
     for entry in walker {
         let entry = entry.map_err(|e| {
             let path = e.path().unwrap_or(root).to_path_buf();
-            LoadError::Io {
-                path,
-                source: e.into(),
-            }
+            io(&path, e.into())
         })?;
         if !entry.file_type().is_file() {
             continue;
@@ -174,25 +233,27 @@ pub fn read_dir(root: &Path) -> Result<Sources, LoadError> {
             continue;
         };
         let path = entry.path();
-        let len = entry.metadata().map_err(|e| io(path, e.into()))?.len();
+        let target = std::fs::canonicalize(path).map_err(|e| io(path, e))?;
+        let len = std::fs::metadata(&target).map_err(|e| io(path, e))?.len();
         if len > MAX_FILE_BYTES {
-            return Err(io(
-                path,
-                std::io::Error::new(
+            return Err(ReadError::Fatal(LoadError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
                     std::io::ErrorKind::FileTooLarge,
                     format!("larger than {MAX_FILE_BYTES} bytes"),
                 ),
-            ));
+            }));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+        let text = std::fs::read_to_string(&target).map_err(|e| io(path, e))?;
         let rel = path
-            .strip_prefix(root)
+            .strip_prefix(&canonical_root)
             .unwrap_or(path)
             .components()
             .map(|c| c.as_os_str().to_string_lossy())
             .collect::<Vec<_>>()
             .join("/");
         files.push(SourceFile { rel, kind, text });
+        resolved.push((path.to_path_buf(), target));
     }
     files.sort_by(|a, b| a.rel.cmp(&b.rel));
 
@@ -204,11 +265,18 @@ pub fn read_dir(root: &Path) -> Result<Sources, LoadError> {
         hasher.update(f.text.as_bytes());
     }
     let digest = hex::encode(hasher.finalize());
-    Ok(Sources {
+    let sources = Sources {
         root: root.to_path_buf(),
         files,
         digest,
-    })
+    };
+    Ok((
+        sources,
+        Resolved {
+            root: canonical_root,
+            files: resolved,
+        },
+    ))
 }
 
 /// Parses and validates `sources` into a snapshot. Reports every problem
@@ -225,7 +293,7 @@ pub fn build(
     if !sources.files.iter().any(|f| f.kind == FileKind::Policies) {
         return Err(LoadError::NoPolicies(sources.root));
     }
-    if let (Some(schema), true) = (&schema, options.validate_policies && problems.is_empty()) {
+    if let (Some(schema), true) = (&schema, options.validate_policies) {
         validate(schema, &policies, &origins, &sources, &mut problems);
     }
     let entities = parse_entities(&sources, schema.as_ref(), &mut problems);

@@ -88,6 +88,13 @@ impl PolicyStore {
             .clone()
     }
 
+    /// The live snapshot and the last attempt's outcome, read together so a
+    /// caller never sees a new generation beside an old error.
+    pub fn state(&self) -> (Option<Arc<Snapshot>>, ReloadStatus) {
+        let status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.live.load_full(), status.clone())
+    }
+
     /// Reads the directory and, when its contents changed, builds and swaps in
     /// a new snapshot. Blocking: call it from a blocking thread.
     pub fn reload(&self) -> Result<Reloaded, LoadError> {
@@ -95,27 +102,33 @@ impl PolicyStore {
             .reload_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let result = self.load_changed();
+        let built = self.build_if_changed();
+        // The swap and the status change happen under one lock; see `state`.
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         status.last_attempt_at = Some(SystemTime::now());
-        status.last_error = result.as_ref().err().map(ToString::to_string);
-        result
+        status.last_error = built.as_ref().err().map(ToString::to_string);
+        let snapshot = match built? {
+            Some(snapshot) => snapshot,
+            None => return Ok(Reloaded::Unchanged),
+        };
+        self.live.store(Some(Arc::clone(&snapshot)));
+        drop(status);
+        self.generation.send_replace(snapshot.generation);
+        Ok(Reloaded::Swapped(snapshot))
     }
 
-    fn load_changed(&self) -> Result<Reloaded, LoadError> {
+    /// A new snapshot, or `None` when the files hash to the live revision.
+    fn build_if_changed(&self) -> Result<Option<Arc<Snapshot>>, LoadError> {
         let sources = read_dir(&self.dir)?;
         let current = self.live.load();
         if current
             .as_ref()
             .is_some_and(|s| s.digest == sources.digest())
         {
-            return Ok(Reloaded::Unchanged);
+            return Ok(None);
         }
         let generation = current.as_ref().map_or(0, |s| s.generation) + 1;
         drop(current);
-        let snapshot = Arc::new(build(sources, &self.options, generation)?);
-        self.live.store(Some(Arc::clone(&snapshot)));
-        self.generation.send_replace(generation);
-        Ok(Reloaded::Swapped(snapshot))
+        Ok(Some(Arc::new(build(sources, &self.options, generation)?)))
     }
 }

@@ -1,0 +1,549 @@
+//! The real binary: `validate`, `serve` (and no subcommand), `authorize`,
+//! exit codes, config errors, JSON logs and SIGTERM.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// How long the binary may take to do anything, on a slow shared machine.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cedar-pdp"));
+    // The environment must not change what the binary does.
+    cmd.env_remove("RUST_LOG").env_remove("CEDAR_PDP_CONFIG");
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// What a finished run printed.
+#[derive(Debug)]
+struct Ran {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// Waits for `child` up to `deadline`; kills it and fails when it overstays.
+fn wait_bounded(child: &mut Child, deadline: Duration, what: &str) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `cmd` to completion with output captured in files (no pipe can fill
+/// up and stall it), bounded by [`DEADLINE`].
+fn run(mut cmd: Command) -> Ran {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let err = tempfile::NamedTempFile::new().unwrap();
+    cmd.stdout(out.reopen().unwrap())
+        .stderr(err.reopen().unwrap());
+    let what = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap();
+    let status = wait_bounded(&mut child, DEADLINE, &what);
+    Ran {
+        status,
+        stdout: std::fs::read_to_string(out.path()).unwrap(),
+        stderr: std::fs::read_to_string(err.path()).unwrap(),
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const POLICIES: &str = r#"@id("allow-alice")
+permit(principal == User::"alice", action == Action::"view", resource);
+
+@id("edit-with-mfa")
+permit(principal == User::"alice", action == Action::"edit", resource)
+when { context.mfa == true };
+
+@id("owner-deletes")
+permit(principal, action == Action::"delete", resource)
+when { resource has owner && resource.owner == principal };
+"#;
+
+fn good_dir() -> TempDir {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "policy.cedar", POLICIES);
+    dir
+}
+
+fn validate(dir: &Path) -> Ran {
+    let mut cmd = bin();
+    cmd.arg("validate").arg("--policies").arg(dir);
+    run(cmd)
+}
+
+#[test]
+fn validate_accepts_a_good_directory() {
+    let dir = good_dir();
+    let ran = validate(dir.path());
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(
+        ran.stdout
+            .starts_with("ok: 3 policies, 0 entities, schema absent, revision sha256:"),
+        "{ran:?}"
+    );
+}
+
+#[test]
+fn validate_reports_a_syntax_error_and_a_duplicate_id_in_two_files() {
+    let dir = TempDir::new().unwrap();
+    // Line 3, column 18: the `action` after the missing comma.
+    write(
+        dir.path(),
+        "a.cedar",
+        "permit(principal, action, resource);\n\npermit(principal action, resource);\n",
+    );
+    write(
+        dir.path(),
+        "b.cedar",
+        "@id(\"x\")\npermit(principal, action, resource);\n",
+    );
+    // Line 2, column 3: where the second `@id("x")` starts.
+    write(
+        dir.path(),
+        "c.cedar",
+        "\n  @id(\"x\")\nforbid(principal, action, resource);\n",
+    );
+    let ran = validate(dir.path());
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    let d = dir.path().display();
+    let lines: Vec<&str> = ran.stderr.lines().collect();
+    assert!(
+        lines.contains(&format!("{d}/a.cedar:3:18: unexpected token `action`").as_str()),
+        "{ran:?}"
+    );
+    assert!(
+        lines.contains(
+            &format!("{d}/c.cedar:2:3: duplicate policy id `x`: already used in `b.cedar`")
+                .as_str()
+        ),
+        "{ran:?}"
+    );
+    assert_eq!(lines.last(), Some(&"2 error(s)"), "{ran:?}");
+    assert!(ran.stdout.is_empty(), "{ran:?}");
+}
+
+#[test]
+fn validate_reports_schema_errors_in_two_files() {
+    let dir = TempDir::new().unwrap();
+    write(
+        dir.path(),
+        "schema.cedarschema",
+        "entity User;\nentity Photo;\naction view appliesTo { principal: User, resource: Photo };\n",
+    );
+    write(
+        dir.path(),
+        "people.cedar",
+        "@id(\"x\")\npermit(principal, action == Action::\"view\", resource)\n  when { principal.age > 3 };\n",
+    );
+    write(
+        dir.path(),
+        "photos/sizes.cedar",
+        "@id(\"y\")\npermit(principal, action == Action::\"view\", resource)\n  when { resource.size > 3 };\n",
+    );
+    let ran = validate(dir.path());
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    let d = dir.path().display();
+    for want in [
+        format!(
+            "{d}/people.cedar:3:10: for policy `x`, attribute `age` on entity type `User` not found"
+        ),
+        format!(
+            "{d}/photos/sizes.cedar:3:10: for policy `y`, attribute `size` on entity type `Photo` not found"
+        ),
+    ] {
+        assert!(
+            ran.stderr.lines().any(|l| l == want),
+            "missing `{want}`: {ran:?}"
+        );
+    }
+    assert!(ran.stderr.ends_with("2 error(s)\n"), "{ran:?}");
+}
+
+#[test]
+fn validate_rejects_a_directory_without_policies() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "schema.cedarschema", "entity User;\n");
+    let ran = validate(dir.path());
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("no `.cedar` policy files"), "{ran:?}");
+}
+
+#[test]
+fn serve_with_invalid_policies_exits_with_the_location() {
+    let dir = TempDir::new().unwrap();
+    write(
+        dir.path(),
+        "a.cedar",
+        "permit(principal, action, resource);\n\npermit(principal action, resource);\n",
+    );
+    // With the subcommand, and without it (serve is the default).
+    for subcommand in [Some("serve"), None] {
+        let mut cmd = bin();
+        cmd.args(subcommand)
+            .arg("--policies")
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0"]);
+        let ran = run(cmd);
+        assert_eq!(ran.code(), Some(1), "{subcommand:?}: {ran:?}");
+        assert!(
+            ran.stderr.contains("did not load")
+                && ran
+                    .stderr
+                    .contains("a.cedar:3:18: unexpected token `action`"),
+            "{subcommand:?}: {ran:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_config_exits_64_with_a_clear_message() {
+    let dir = good_dir();
+    let unknown = write(dir.path(), "unknown.toml", "lisen = \"127.0.0.1:1\"\n");
+    let nope = write(dir.path(), "nope.toml", "listen = \"nope\"\n");
+    let cases: Vec<(Vec<&std::ffi::OsStr>, &str)> = vec![
+        (
+            vec!["serve".as_ref(), "--config".as_ref(), unknown.as_os_str()],
+            "unknown field `lisen`",
+        ),
+        (
+            vec!["--config".as_ref(), unknown.as_os_str()],
+            "unknown field `lisen`",
+        ),
+        (
+            vec!["serve".as_ref(), "--config".as_ref(), nope.as_os_str()],
+            "`listen`: `nope` is not an address",
+        ),
+        (
+            vec!["serve".as_ref(), "--listen".as_ref(), "nope".as_ref()],
+            "`listen`: `nope` is not an address",
+        ),
+        (
+            vec![
+                "validate".as_ref(),
+                "--config".as_ref(),
+                unknown.as_os_str(),
+            ],
+            "unknown field `lisen`",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut cmd = bin();
+        cmd.args(&args).arg("--policies").arg(dir.path());
+        let ran = run(cmd);
+        assert_eq!(ran.code(), Some(64), "{args:?}: {ran:?}");
+        assert!(
+            ran.stderr.starts_with("cedar-pdp: invalid config") && ran.stderr.contains(want),
+            "{args:?}: {ran:?}"
+        );
+    }
+}
+
+/// A `cedar-pdp serve` child process; killed if the test fails early.
+struct Served {
+    child: Child,
+    addr: String,
+    stderr: PathBuf,
+    _logs: TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Served {
+    /// Starts the server on a free loopback port and waits until its health
+    /// service says SERVING. Retries with another port if one was taken in
+    /// between.
+    fn start(dir: &Path, extra: &[&str]) -> Self {
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr = format!("127.0.0.1:{port}");
+            let logs = TempDir::new().unwrap();
+            let stderr = logs.path().join("stderr.log");
+            let child = bin()
+                .arg("serve")
+                .arg("--policies")
+                .arg(dir)
+                .args(["--listen", &addr])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(File::create(&stderr).unwrap())
+                .spawn()
+                .unwrap();
+            let mut served = Self {
+                child,
+                addr,
+                stderr,
+                _logs: logs,
+            };
+            match served.wait_until_serving() {
+                Ok(()) => return served,
+                Err(log) if log.contains("cannot listen") => continue,
+                Err(log) => panic!("the server exited before serving:\n{log}"),
+            }
+        }
+        panic!("no free port after three tries");
+    }
+
+    fn wait_until_serving(&mut self) -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = format!("http://{}", self.addr);
+        let start = Instant::now();
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                return Err(self.log());
+            }
+            let serving = runtime.block_on(async {
+                let check = async {
+                    let channel = tonic::transport::Channel::from_shared(url.clone())
+                        .ok()?
+                        .connect()
+                        .await
+                        .ok()?;
+                    let mut health = HealthClient::new(channel);
+                    let resp = health
+                        .check(HealthCheckRequest {
+                            service: "cedar_pdp.v1.Authorizer".to_string(),
+                        })
+                        .await
+                        .ok()?;
+                    Some(resp.into_inner().status == ServingStatus::Serving as i32)
+                };
+                tokio::time::timeout(Duration::from_secs(2), check)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(false)
+            });
+            if serving {
+                return Ok(());
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the server did not report SERVING within {DEADLINE:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn authorize(&self, args: &[&str]) -> Ran {
+        let mut cmd = bin();
+        cmd.args(["authorize", "--addr", &self.addr]).args(args);
+        run(cmd)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(kill.success(), "kill -TERM {pid} failed");
+        wait_bounded(&mut self.child, DEADLINE, "the server after SIGTERM")
+    }
+}
+
+fn who(principal: &str, action: &str, resource: &str) -> Vec<String> {
+    vec![
+        "--principal".into(),
+        principal.into(),
+        "--action".into(),
+        action.into(),
+        "--resource".into(),
+        resource.into(),
+    ]
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn serve_answers_authorize_and_stops_on_sigterm() {
+    let dir = good_dir();
+    let mut served = Served::start(dir.path(), &[]);
+
+    let allow = served.authorize(&args(&who(
+        "User::\"alice\"",
+        "Action::\"view\"",
+        "Photo::\"p\"",
+    )));
+    assert_eq!(allow.code(), Some(0), "{allow:?}");
+    let mut out = allow.stdout.lines();
+    assert_eq!(out.next(), Some("ALLOW"), "{allow:?}");
+    assert_eq!(
+        out.next(),
+        Some("determining policies: allow-alice"),
+        "{allow:?}"
+    );
+    assert!(
+        allow.stdout.contains("policy revision: sha256:"),
+        "{allow:?}"
+    );
+
+    let deny = served.authorize(&args(&who(
+        "User::\"bob\"",
+        "Action::\"view\"",
+        "Photo::\"p\"",
+    )));
+    assert_eq!(
+        deny.code(),
+        Some(2),
+        "a deny is a result, not a failure: {deny:?}"
+    );
+    assert!(
+        deny.stdout
+            .starts_with("DENY\ndetermining policies: (none)\n"),
+        "{deny:?}"
+    );
+
+    // --context: the policy needs `context.mfa`.
+    let edit = who("User::\"alice\"", "Action::\"edit\"", "Photo::\"p\"");
+    let mut with_mfa = args(&edit);
+    with_mfa.extend(["--context", r#"{"mfa": true}"#]);
+    let ran = served.authorize(&with_mfa);
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(
+        ran.stdout
+            .starts_with("ALLOW\ndetermining policies: edit-with-mfa\n"),
+        "{ran:?}"
+    );
+    let mut without_mfa = args(&edit);
+    without_mfa.extend(["--context", r#"{"mfa": false}"#]);
+    let ran = served.authorize(&without_mfa);
+    assert_eq!(ran.code(), Some(2), "{ran:?}");
+    // A context that is not an object is the caller's error.
+    let mut bad_context = args(&edit);
+    bad_context.extend(["--context", "[1]"]);
+    let ran = served.authorize(&bad_context);
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("InvalidArgument"), "{ran:?}");
+
+    // --entities: the resource's owner comes from the request's entities.
+    let entities = write(
+        dir.path(),
+        "request-entities.json",
+        r#"[{"uid": {"type": "Photo", "id": "p"}, "attrs": {"owner": {"__entity": {"type": "User", "id": "alice"}}}, "parents": []}]"#,
+    );
+    let delete = who("User::\"alice\"", "Action::\"delete\"", "Photo::\"p\"");
+    let mut with_entities = args(&delete);
+    with_entities.extend(["--entities", entities.to_str().unwrap()]);
+    let ran = served.authorize(&with_entities);
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(
+        ran.stdout
+            .starts_with("ALLOW\ndetermining policies: owner-deletes\n"),
+        "{ran:?}"
+    );
+    let ran = served.authorize(&args(&delete));
+    assert_eq!(
+        ran.code(),
+        Some(2),
+        "without the entities there is no owner: {ran:?}"
+    );
+
+    let status = served.terminate();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM is a clean stop:\n{}",
+        served.log()
+    );
+    assert!(served.log().contains("stopped"), "{}", served.log());
+}
+
+#[test]
+fn authorize_without_a_server_fails_with_exit_1() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = bin();
+    cmd.args(["authorize", "--addr", &format!("127.0.0.1:{port}")])
+        .args(who("User::\"alice\"", "Action::\"view\"", "Photo::\"p\""));
+    let ran = run(cmd);
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("cannot connect"), "{ran:?}");
+    assert!(ran.stdout.is_empty(), "{ran:?}");
+}
+
+#[test]
+fn log_format_json_writes_json_lines_to_stderr() {
+    let dir = good_dir();
+    let mut served = Served::start(dir.path(), &["--log-format", "json"]);
+    let status = served.terminate();
+    assert_eq!(status.code(), Some(0), "{}", served.log());
+
+    let log = served.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for line in &lines {
+        assert!(
+            line["level"].is_string() && line["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    let serving = lines
+        .iter()
+        .find(|l| l["message"] == "serving")
+        .unwrap_or_else(|| panic!("no `serving` line in:\n{log}"));
+    assert_eq!(serving["addr"], served.addr.as_str(), "{serving}");
+    assert!(lines.iter().any(|l| l["message"] == "stopped"), "{log}");
+}
