@@ -15,6 +15,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
+use crate::decision_log::{DecisionLog, DecisionLogError, LogWriter, warn_on_drops};
 use crate::grpc::AuthorizerService;
 use crate::grpc::proto::{self, authorizer_server::AuthorizerServer};
 use crate::policy_store::{LoadError, LoadOptions, PolicyStore, WatchOptions, spawn_watcher};
@@ -30,6 +31,8 @@ pub enum AppError {
     },
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    DecisionLog(#[from] DecisionLogError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -39,7 +42,11 @@ pub enum AppError {
 pub struct App {
     config: Config,
     store: Arc<PolicyStore>,
+    log: Option<(DecisionLog, LogWriter)>,
 }
+
+/// How long shutdown waits for the decision log to drain.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The service name health reports under, besides the empty (whole-server) one.
 const AUTHORIZER_SERVICE: &str = "cedar_pdp.v1.Authorizer";
@@ -58,7 +65,12 @@ impl App {
             dir: config.policies.display().to_string(),
             source,
         })?;
-        Ok(Self { config, store })
+        let log = if config.decision_log.enabled {
+            Some(DecisionLog::start(&config.decision_log)?)
+        } else {
+            None
+        };
+        Ok(Self { config, store, log })
     }
 
     /// The policy store the server answers from.
@@ -93,12 +105,19 @@ impl App {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         let limit = self.config.limits.max_message_bytes;
-        let authorizer = AuthorizerServer::new(AuthorizerService::new(
-            self.store.clone(),
-            self.config.limits.max_batch_size,
-        ))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+        let mut service =
+            AuthorizerService::new(self.store.clone(), self.config.limits.max_batch_size);
+        let (writer, drop_warnings) = match self.log {
+            Some((log, writer)) => {
+                service = service.with_decision_log(log.clone());
+                let warnings = tokio::spawn(warn_on_drops(log, Duration::from_secs(10)));
+                (Some(writer), Some(warnings))
+            }
+            None => (None, None),
+        };
+        let authorizer = AuthorizerServer::new(service)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
 
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, policies = %self.config.policies.display(), "serving");
@@ -128,6 +147,21 @@ impl App {
             result = server => result?,
             () = grace_elapsed(&draining, grace) => {
                 tracing::warn!(?grace, "shutdown grace elapsed; dropping unfinished calls");
+            }
+        }
+        // The server and its services are gone; the last log handle goes with
+        // the warning task, so the writer drains the queue and stops.
+        if let Some(task) = drop_warnings {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(writer) = writer {
+            match writer.finish(LOG_FLUSH_TIMEOUT).await {
+                Some(written) => tracing::info!(written, "decision log flushed"),
+                None => tracing::error!(
+                    timeout = ?LOG_FLUSH_TIMEOUT,
+                    "decision log did not finish flushing"
+                ),
             }
         }
         tracing::info!("stopped");

@@ -20,6 +20,7 @@ pub struct Config {
     pub reload: ReloadConfig,
     pub validation: ValidationConfig,
     pub limits: LimitsConfig,
+    pub decision_log: DecisionLogConfig,
 }
 
 /// `[log]`: process logs (not decision records).
@@ -74,6 +75,63 @@ pub struct LimitsConfig {
     pub shutdown_grace: Duration,
 }
 
+/// `[decision_log]`: one JSON record per decision, written off the request path.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecisionLogConfig {
+    pub enabled: bool,
+    pub sink: LogSink,
+    /// File path, for `sink = "file"`.
+    pub path: PathBuf,
+    /// Rotate the file once it passes this size.
+    pub max_file_bytes: usize,
+    /// Rotated files kept beside the live one.
+    pub max_files: usize,
+    /// Records queued between the request path and the writer.
+    pub queue_capacity: usize,
+    pub on_full: OnFull,
+    /// Field paths (`context.token`) whose values are replaced by `***`.
+    pub mask: Vec<String>,
+    /// Field paths removed from the record.
+    pub remove: Vec<String>,
+}
+
+/// Where decision records go.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogSink {
+    #[default]
+    Stdout,
+    File,
+}
+
+/// What a call does when the decision-log queue is full.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFull {
+    /// Wait for room: backpressure, nothing lost.
+    #[default]
+    Block,
+    /// Drop the record and count it.
+    Drop,
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            sink: LogSink::Stdout,
+            path: PathBuf::from("decisions.log"),
+            max_file_bytes: 100 * 1024 * 1024,
+            max_files: 5,
+            queue_capacity: 16 * 1024,
+            on_full: OnFull::Block,
+            mask: Vec::new(),
+            remove: Vec::new(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -83,6 +141,7 @@ impl Default for Config {
             reload: ReloadConfig::default(),
             validation: ValidationConfig::default(),
             limits: LimitsConfig::default(),
+            decision_log: DecisionLogConfig::default(),
         }
     }
 }
@@ -186,6 +245,24 @@ impl Config {
             problems
                 .push("`limits.max_message_bytes`: must be between 1 KiB and 256 MiB".to_string());
         }
+        let log = &self.decision_log;
+        if log.queue_capacity < self.limits.max_batch_size {
+            problems.push(
+                "`decision_log.queue_capacity`: must hold at least one full batch (`limits.max_batch_size`)"
+                    .to_string(),
+            );
+        }
+        if log.max_file_bytes < 1024 {
+            problems.push("`decision_log.max_file_bytes`: must be at least 1 KiB".to_string());
+        }
+        for path in log.mask.iter().chain(&log.remove) {
+            let root = path.split('.').next().unwrap_or_default();
+            if !matches!(root, "context" | "workload") || !path.contains('.') {
+                problems.push(format!(
+                    "`decision_log`: `{path}` must start with `context.` or `workload.`"
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -251,6 +328,17 @@ mod tests {
             unreachable!("expected Invalid, got {err}")
         };
         assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn readme_reference_is_the_default() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").unwrap() + "```toml\n".len();
+        let end = start + readme[start..].find("```").unwrap();
+        assert_eq!(
+            readme[start..end].parse::<Config>().unwrap(),
+            Config::default()
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`authorizer`]: pure evaluation of one request against one snapshot.
 //! - [`grpc`]: generated code, service impls, and the one error-to-status mapping.
 //! - [`client`]: the `cedar-pdp authorize` client.
+//! - [`decision_log`]: the only writer of decision records; a bounded queue and a writer thread.
 //! - [`telemetry`]: log output setup.
 
 pub mod app;
@@ -15,6 +16,7 @@ pub mod authorizer;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod decision_log;
 pub mod grpc;
 pub mod policy_store;
 pub mod telemetry;

@@ -65,15 +65,17 @@ impl DecisionLog {
             )?),
         };
         let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer_dropped = Arc::clone(&dropped);
         let thread = std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || sink::drain(rx, sink))
+            .spawn(move || sink::drain(rx, sink, &writer_dropped))
             .map_err(DecisionLogError::Spawn)?;
         let log = Self {
             tx,
             on_full: config.on_full,
             masker: Arc::new(Masker::new(&config.mask, &config.remove)),
-            dropped: Arc::new(AtomicU64::new(0)),
+            dropped,
         };
         Ok((log, LogWriter { thread }))
     }

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use file_rotate::compression::Compression;
 use file_rotate::suffix::AppendCount;
@@ -37,7 +38,11 @@ pub fn rotating_file(
 
 /// Writes records as JSON lines until every sender is gone. Flushes whenever
 /// the queue is momentarily empty, so lines reach the sink in batches.
-pub fn drain(mut rx: mpsc::Receiver<DecisionRecord>, sink: Box<dyn Write + Send>) -> u64 {
+pub fn drain(
+    mut rx: mpsc::Receiver<DecisionRecord>,
+    sink: Box<dyn Write + Send>,
+    dropped: &AtomicU64,
+) -> u64 {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let mut written = 0u64;
     let mut failing = false;
@@ -46,11 +51,14 @@ pub fn drain(mut rx: mpsc::Receiver<DecisionRecord>, sink: Box<dyn Write + Send>
         while let Some(record) = next {
             match write_line(&mut out, &record) {
                 Ok(()) => written += 1,
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::error!("decision log write failed: {e}");
+                // A record that cannot be written is counted, never lost silently.
+                Err(e) => {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                    if !failing {
+                        failing = true;
+                        tracing::error!("decision log write failed: {e}");
+                    }
                 }
-                Err(_) => {}
             }
             next = rx.try_recv().ok();
         }

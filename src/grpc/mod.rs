@@ -1,6 +1,7 @@
 //! The gRPC face of cedar-pdp: generated code, the `Authorizer` service, the
 //! proto-to-Cedar conversion and the one mapping from errors to statuses.
 
+mod audit;
 pub mod convert;
 pub mod proto;
 mod service;

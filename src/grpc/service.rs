@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use tonic::{Request, Response, Status};
 
+use super::audit::{CallInfo, Subject};
 use super::convert::{entities_to_json, query_from_request};
 use super::proto::authorizer_server::Authorizer;
 use super::proto::{
@@ -13,6 +14,7 @@ use super::proto::{
 };
 use super::status::ApiError;
 use crate::authorizer;
+use crate::decision_log::DecisionLog;
 use crate::policy_store::{PolicyStore, Snapshot};
 
 /// Answers authorization requests from the store's live snapshot.
@@ -20,6 +22,7 @@ use crate::policy_store::{PolicyStore, Snapshot};
 pub struct AuthorizerService {
     store: Arc<PolicyStore>,
     max_batch_size: usize,
+    log: Option<DecisionLog>,
 }
 
 impl AuthorizerService {
@@ -28,7 +31,14 @@ impl AuthorizerService {
         Self {
             store,
             max_batch_size,
+            log: None,
         }
+    }
+
+    /// Records every decision to `log`.
+    pub fn with_decision_log(mut self, log: DecisionLog) -> Self {
+        self.log = Some(log);
+        self
     }
 
     fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
@@ -36,17 +46,32 @@ impl AuthorizerService {
     }
 }
 
+/// One item's outcome: the response or the reason it could not be
+/// evaluated, and the request side of its decision record when logging.
+type Outcome = (
+    Result<AuthorizeResponse, (String, ApiError)>,
+    Option<Subject>,
+);
+
 /// Evaluates one request against one snapshot.
 fn decide(
     snapshot: &Snapshot,
     req: AuthorizeRequest,
     shared: &[serde_json::Value],
-) -> Result<AuthorizeResponse, (String, ApiError)> {
+    audit: bool,
+) -> Outcome {
     let request_id = req.request_id.clone();
+    let has_workload = req.workload.is_some();
+    let mut subject = audit.then(|| Subject::of(&req));
     let decided = query_from_request(req, shared)
         .map_err(ApiError::from)
-        .and_then(|q| authorizer::authorize(snapshot, q).map_err(ApiError::from));
-    match decided {
+        .and_then(|q| {
+            subject = subject
+                .take()
+                .map(|s| s.with_context(&q.context, has_workload));
+            authorizer::authorize(snapshot, q).map_err(ApiError::from)
+        });
+    let response = match decided {
         Ok(d) => Ok(AuthorizeResponse {
             decision: if d.allow {
                 Decision::Allow
@@ -60,7 +85,8 @@ fn decide(
             request_id,
         }),
         Err(e) => Err((request_id, e)),
-    }
+    };
+    (response, subject)
 }
 
 /// Evaluates every item; an invalid item is denied on its own.
@@ -68,19 +94,20 @@ fn decide_batch(
     snapshot: &Snapshot,
     requests: Vec<AuthorizeRequest>,
     shared: &[serde_json::Value],
-) -> Vec<AuthorizeResponse> {
+    audit: bool,
+) -> Vec<(AuthorizeResponse, Option<Subject>)> {
     requests
         .into_iter()
         .enumerate()
-        .map(|(i, req)| match decide(snapshot, req, shared) {
-            Ok(resp) => resp,
+        .map(|(i, req)| match decide(snapshot, req, shared, audit) {
+            (Ok(resp), subject) => (resp, subject),
             // An invalid item fails closed on its own; the rest still run.
-            Err((request_id, err)) => {
+            (Err((request_id, err)), subject) => {
                 let message = match err {
                     ApiError::Field(f) => f.within(&format!("requests[{i}]")).to_string(),
                     other => format!("`requests[{i}]`: {other}"),
                 };
-                AuthorizeResponse {
+                let resp = AuthorizeResponse {
                     decision: Decision::Deny as i32,
                     determining_policies: Vec::new(),
                     errors: vec![EvaluationError {
@@ -90,7 +117,8 @@ fn decide_batch(
                     decision_id: new_decision_id(),
                     policy_revision: snapshot.revision.clone(),
                     request_id,
-                }
+                };
+                (resp, subject)
             }
         })
         .collect()
@@ -106,16 +134,27 @@ impl Authorizer for AuthorizerService {
         &self,
         request: Request<AuthorizeRequest>,
     ) -> Result<Response<AuthorizeResponse>, Status> {
+        let call = CallInfo::of(request.remote_addr(), request.metadata());
         let snapshot = self.snapshot()?;
-        decide(&snapshot, request.into_inner(), &[])
-            .map(Response::new)
-            .map_err(|(_, e)| e.into())
+        // Reserve the log slot first: a decision that is made always has room
+        // to be recorded, even if the call is cancelled right after.
+        let mut slots = match &self.log {
+            Some(log) => Some(log.reserve(1).await),
+            None => None,
+        };
+        let (response, subject) = decide(&snapshot, request.into_inner(), &[], slots.is_some());
+        let response = response.map_err(|(_, e)| Status::from(e))?;
+        if let (Some(slots), Some(subject)) = (slots.as_mut(), subject) {
+            slots.submit(subject.into_record(&response, &call, &snapshot));
+        }
+        Ok(Response::new(response))
     }
 
     async fn batch_authorize(
         &self,
         request: Request<BatchAuthorizeRequest>,
     ) -> Result<Response<BatchAuthorizeResponse>, Status> {
+        let call = CallInfo::of(request.remote_addr(), request.metadata());
         let batch = request.into_inner();
         if batch.requests.len() > self.max_batch_size {
             return Err(ApiError::BatchTooLarge {
@@ -129,10 +168,26 @@ impl Authorizer for AuthorizerService {
             .map_err(ApiError::from)?;
         // A batch can take milliseconds of CPU; keep it off the async workers
         // so health checks and other calls are not starved.
-        let responses =
-            tokio::task::spawn_blocking(move || decide_batch(&snapshot, batch.requests, &shared))
-                .await
-                .map_err(|e| Status::internal(format!("batch evaluation failed: {e}")))?;
+        let mut slots = match &self.log {
+            Some(log) => Some(log.reserve(batch.requests.len()).await),
+            None => None,
+        };
+        let audit = slots.is_some();
+        let decided = {
+            let snapshot = Arc::clone(&snapshot);
+            tokio::task::spawn_blocking(move || {
+                decide_batch(&snapshot, batch.requests, &shared, audit)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("batch evaluation failed: {e}")))?
+        };
+        let mut responses = Vec::with_capacity(decided.len());
+        for (response, subject) in decided {
+            if let (Some(slots), Some(subject)) = (slots.as_mut(), subject) {
+                slots.submit(subject.into_record(&response, &call, &snapshot));
+            }
+            responses.push(response);
+        }
         Ok(Response::new(BatchAuthorizeResponse { responses }))
     }
 

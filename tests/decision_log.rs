@@ -1,0 +1,192 @@
+//! The decision log end to end: a real server writing to a real file.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use cedar_pdp::config::{Config, LogSink};
+use cedar_pdp::grpc::proto;
+use common::{TestServer, request, test_config};
+use serde_json::Value as Json;
+
+const POLICY: &str = r#"
+@id("allow-alice")
+permit (principal == User::"alice", action, resource);
+"#;
+
+fn logging_config(dir: &Path, log: &Path) -> Config {
+    let mut config = test_config(dir);
+    config.decision_log.enabled = true;
+    config.decision_log.sink = LogSink::File;
+    config.decision_log.path = log.to_path_buf();
+    config.decision_log.mask = vec!["context.token".into(), "context.user.ssn".into()];
+    config.decision_log.remove = vec!["context.password".into()];
+    config
+}
+
+fn read_records(path: &Path) -> Vec<Json> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is one JSON record"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_carry_every_field_and_masked_values_never_reach_the_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.cedar"), POLICY).unwrap();
+    let log = dir.path().join("out").join("decisions.log");
+    std::fs::create_dir(log.parent().unwrap()).unwrap();
+    let server = TestServer::start_with(logging_config(dir.path(), &log)).await;
+    let mut client = server.client().await;
+
+    let mut req = request(("User", "alice"), ("Action", "read"), ("Doc", "d1"));
+    req.request_id = "req-42".into();
+    req.context_json = r#"{"token": "s3cr3t-token", "password": "hunter2", "user": {"ssn": "123-45-6789", "name": "al"}, "keep": 7}"#.into();
+    req.workload = Some(proto::Workload {
+        spiffe_id: "spiffe://example.org/ns/a/sa/b".into(),
+        namespace: "a".into(),
+        service_account: "b".into(),
+        labels: Default::default(),
+    });
+    let mut call = tonic::Request::new(req);
+    call.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    let allow = client.authorize(call).await.unwrap().into_inner();
+    let deny = client
+        .authorize(request(("User", "bob"), ("Action", "read"), ("Doc", "d1")))
+        .await
+        .unwrap()
+        .into_inner();
+    drop(client);
+    server.stop().await.unwrap();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    for secret in ["s3cr3t-token", "hunter2", "123-45-6789"] {
+        assert!(!text.contains(secret), "`{secret}` reached the sink");
+    }
+    let records = read_records(&log);
+    assert_eq!(records.len(), 2, "{text}");
+    let r = records
+        .iter()
+        .find(|r| r["decision_id"] == allow.decision_id.as_str())
+        .expect("the allow is logged");
+    assert_eq!(r["record_version"], 1);
+    assert_eq!(r["request_id"], "req-42");
+    assert_eq!(r["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(
+        r["caller"]["peer_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{r}"
+    );
+    assert_eq!(
+        r["principal"],
+        serde_json::json!({"type": "User", "id": "alice"})
+    );
+    assert_eq!(
+        r["action"],
+        serde_json::json!({"type": "Action", "id": "read"})
+    );
+    assert_eq!(
+        r["resource"],
+        serde_json::json!({"type": "Doc", "id": "d1"})
+    );
+    assert_eq!(
+        r["context"],
+        serde_json::json!({"token": "***", "user": {"ssn": "***", "name": "al"}, "keep": 7})
+    );
+    assert_eq!(r["workload"]["spiffe_id"], "spiffe://example.org/ns/a/sa/b");
+    assert_eq!(r["decision"], "allow");
+    assert_eq!(
+        r["determining_policies"],
+        serde_json::json!(["allow-alice"])
+    );
+    assert_eq!(r["errors"], serde_json::json!([]));
+    assert_eq!(r["policy_revision"], allow.policy_revision.as_str());
+    assert_eq!(r["policy_generation"], 1);
+    assert!(r["latency_us"].is_u64());
+    let ts = r["timestamp"].as_str().unwrap();
+    assert!(
+        humantime::parse_rfc3339(ts).is_ok() && ts.contains('.'),
+        "{ts}"
+    );
+
+    let d = records
+        .iter()
+        .find(|r| r["decision_id"] == deny.decision_id.as_str())
+        .expect("the deny is logged");
+    assert_eq!(d["decision"], "deny");
+    assert_eq!(d["trace_id"], "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_returned_under_load_is_in_the_log_after_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.cedar"), POLICY).unwrap();
+    let log = dir.path().join("decisions.log");
+    let mut config = logging_config(dir.path(), &log);
+    // A small queue, so callers really wait on the writer.
+    config.decision_log.queue_capacity = 100;
+    let server = TestServer::start_with(config).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8 {
+        let mut client = server.client().await;
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..150 {
+                let who = if (t + i) % 2 == 0 { "alice" } else { "bob" };
+                if i % 10 == 0 {
+                    let batch = proto::BatchAuthorizeRequest {
+                        requests: vec![
+                            request((("User"), who), ("Action", "read"), ("Doc", "x"));
+                            5
+                        ],
+                        ..Default::default()
+                    };
+                    let resp = client.batch_authorize(batch).await.unwrap().into_inner();
+                    ids.extend(resp.responses.into_iter().map(|r| r.decision_id));
+                } else {
+                    let resp = client
+                        .authorize(request(("User", who), ("Action", "read"), ("Doc", "x")))
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    ids.push(resp.decision_id);
+                }
+            }
+            ids
+        });
+    }
+    let mut returned = HashSet::new();
+    while let Some(ids) = tasks.join_next().await {
+        returned.extend(ids.unwrap());
+    }
+    server.stop().await.unwrap();
+
+    let logged: HashSet<String> = read_records(&log)
+        .into_iter()
+        .map(|r| r["decision_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(returned.len(), 8 * (135 + 15 * 5));
+    let missing: Vec<_> = returned.difference(&logged).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} decisions missing, e.g. {missing:?}",
+        returned.len() - returned.intersection(&logged).count()
+    );
+}
