@@ -14,10 +14,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::admin::{self, Readiness};
 use crate::config::Config;
 use crate::decision_log::{DecisionLog, DecisionLogError, LogWriter, warn_on_drops};
 use crate::grpc::AuthorizerService;
 use crate::grpc::proto::{self, authorizer_server::AuthorizerServer};
+use crate::metrics::Metrics;
 use crate::policy_store::{LoadError, LoadOptions, PolicyStore, WatchOptions, spawn_watcher};
 
 /// Why the server could not start or stopped with an error.
@@ -43,6 +45,7 @@ pub struct App {
     config: Config,
     store: Arc<PolicyStore>,
     log: Option<(DecisionLog, LogWriter)>,
+    admin: Option<TcpListener>,
 }
 
 /// How long shutdown waits for the decision log to drain.
@@ -70,7 +73,23 @@ impl App {
         } else {
             None
         };
-        Ok(Self { config, store, log })
+        Ok(Self {
+            config,
+            store,
+            log,
+            admin: None,
+        })
+    }
+
+    /// The configured admin address, if the admin listener is on.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.config.admin_listen.parse().ok()
+    }
+
+    /// Also serves `/metrics`, `/healthz` and `/readyz` on `listener`.
+    pub fn with_admin_listener(mut self, listener: TcpListener) -> Self {
+        self.admin = Some(listener);
+        self
     }
 
     /// The policy store the server answers from.
@@ -87,7 +106,8 @@ impl App {
     ) -> Result<(), AppError> {
         let (reporter, health) = tonic_health::server::health_reporter();
         set_health(&reporter, ServingStatus::NotServing).await;
-        let follow_health = tokio::spawn(follow_readiness(self.store.clone(), reporter.clone()));
+        let readiness = Readiness::new(self.store.clone(), self.config.reload.max_policy_age);
+        let follow_health = tokio::spawn(follow_readiness(readiness.clone(), reporter.clone()));
         let _watcher = spawn_watcher(
             self.store.clone(),
             WatchOptions {
@@ -105,8 +125,15 @@ impl App {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         let limit = self.config.limits.max_message_bytes;
-        let mut service =
-            AuthorizerService::new(self.store.clone(), self.config.limits.max_batch_size);
+        let metrics = Arc::new(Metrics::new(
+            self.store.clone(),
+            self.log.as_ref().map(|(log, _)| log.dropped_counter()),
+        ));
+        let mut service = AuthorizerService::new(
+            self.store.clone(),
+            self.config.limits.max_batch_size,
+            metrics.clone(),
+        );
         let (writer, drop_warnings) = match self.log {
             Some((log, writer)) => {
                 service = service.with_decision_log(log.clone());
@@ -122,6 +149,15 @@ impl App {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, policies = %self.config.policies.display(), "serving");
         }
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = self.admin.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "admin listener: /metrics /healthz /readyz");
+            }
+            tokio::spawn(admin::serve(listener, metrics, readiness, async move {
+                let _ = admin_stopped.await;
+            }))
+        });
         let draining = Arc::new(Notify::new());
         let signal = {
             let draining = draining.clone();
@@ -149,6 +185,13 @@ impl App {
                 tracing::warn!(?grace, "shutdown grace elapsed; dropping unfinished calls");
             }
         }
+        // Probes and scrapes keep answering through the drain, then stop.
+        let _ = admin_stop.send(());
+        if let Some(admin) = admin
+            && let Ok(Err(e)) = admin.await
+        {
+            tracing::warn!("admin listener failed: {e}");
+        }
         // The server and its services are gone; the last log handle goes with
         // the warning task, so the writer drains the queue and stops.
         if let Some(task) = drop_warnings {
@@ -174,17 +217,28 @@ async fn grace_elapsed(draining: &Notify, grace: Duration) {
     tokio::time::sleep(grace).await;
 }
 
-/// Health follows readiness: SERVING once a snapshot is live. A failed reload
-/// keeps the last good set, so it never flips health back.
-async fn follow_readiness(store: Arc<PolicyStore>, reporter: HealthReporter) {
-    let mut generation = store.subscribe();
+/// gRPC health follows readiness, re-checked on every reload and every
+/// second, so a stale set (`reload.max_policy_age`) turns it NOT_SERVING too.
+async fn follow_readiness(readiness: Readiness, reporter: HealthReporter) {
+    let mut generation = readiness.store().subscribe();
+    let mut last = None;
     loop {
-        if *generation.borrow_and_update() > 0 {
-            set_health(&reporter, ServingStatus::Serving).await;
-            return;
+        let status = match readiness.check() {
+            Ok(()) => ServingStatus::Serving,
+            Err(reason) => {
+                if last == Some(ServingStatus::Serving) {
+                    tracing::warn!("not ready: {reason}");
+                }
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            set_health(&reporter, status).await;
+            last = Some(status);
         }
-        if generation.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = generation.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }

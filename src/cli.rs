@@ -50,6 +50,10 @@ struct ServeArgs {
     /// gRPC listen address [config: listen] [default: 127.0.0.1:50051].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// Admin HTTP address for /metrics, /healthz, /readyz; empty disables
+    /// [config: admin_listen] [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
     /// Log format [config: log.format] [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -79,6 +83,9 @@ impl ServeArgs {
         }
         if let Some(l) = self.listen {
             config.listen = l;
+        }
+        if let Some(a) = self.admin_listen {
+            config.admin_listen = a;
         }
         if let Some(f) = self.log_format {
             config.log.format = f;
@@ -146,6 +153,14 @@ fn serve(args: ServeArgs) -> ExitCode {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on `{addr}`: {e}"))?;
+        let app = match app.admin_addr() {
+            Some(admin) => app.with_admin_listener(
+                tokio::net::TcpListener::bind(admin)
+                    .await
+                    .map_err(|e| format!("cannot listen on `{admin}` (admin_listen): {e}"))?,
+            ),
+            None => app,
+        };
         app.run(listener, shutdown_signal())
             .await
             .map_err(|e| e.to_string())

@@ -16,6 +16,8 @@ pub struct Config {
     pub listen: String,
     /// The policy directory.
     pub policies: PathBuf,
+    /// Admin HTTP listener (`/metrics`, `/healthz`, `/readyz`); empty disables it.
+    pub admin_listen: String,
     pub log: LogConfig,
     pub reload: ReloadConfig,
     pub validation: ValidationConfig,
@@ -51,6 +53,10 @@ pub struct ReloadConfig {
     /// Periodic rescan, for volumes where file events are missed. `0s` disables it.
     #[serde(with = "humantime_serde")]
     pub rescan_interval: Duration,
+    /// Not ready when reloads keep failing and the last good load is older
+    /// than this. `0s` disables the check.
+    #[serde(with = "humantime_serde")]
+    pub max_policy_age: Duration,
 }
 
 /// `[validation]`: how strictly a policy set is checked before it goes live.
@@ -137,6 +143,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:50051".to_string(),
             policies: PathBuf::from("policies"),
+            admin_listen: "127.0.0.1:9464".to_string(),
             log: LogConfig::default(),
             reload: ReloadConfig::default(),
             validation: ValidationConfig::default(),
@@ -160,6 +167,7 @@ impl Default for ReloadConfig {
         Self {
             debounce: Duration::from_millis(250),
             rescan_interval: Duration::from_secs(30),
+            max_policy_age: Duration::ZERO,
         }
     }
 }
@@ -220,6 +228,12 @@ impl Config {
         let mut problems = Vec::new();
         if let Err(ConfigError::Invalid(p)) = self.listen_addr() {
             problems.extend(p);
+        }
+        if !self.admin_listen.is_empty() && self.admin_listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "`admin_listen`: `{}` is not an address like `127.0.0.1:9464` (empty disables it)",
+                self.admin_listen
+            ));
         }
         if self.policies.as_os_str().is_empty() {
             problems.push("`policies`: must name a directory".to_string());

@@ -3,14 +3,17 @@
 //! # Layout
 //! - [`cli`]: command-line parsing and the subcommands' entry points.
 //! - [`config`]: the TOML config file, merged with flags, and its validation.
+//! - [`admin`]: the admin HTTP listener: metrics, liveness, readiness.
 //! - [`app`]: composition: config -> policy store -> gRPC services -> listener.
 //! - [`policy_store`]: the only reader of policy files; loads, watches and swaps snapshots.
 //! - [`authorizer`]: pure evaluation of one request against one snapshot.
 //! - [`grpc`]: generated code, service impls, and the one error-to-status mapping.
+//! - [`metrics`]: Prometheus metrics, read by the admin listener.
 //! - [`client`]: the `cedar-pdp authorize` client.
 //! - [`decision_log`]: the only writer of decision records; a bounded queue and a writer thread.
 //! - [`telemetry`]: log output setup.
 
+pub mod admin;
 pub mod app;
 pub mod authorizer;
 pub mod cli;
@@ -18,5 +21,6 @@ pub mod client;
 pub mod config;
 pub mod decision_log;
 pub mod grpc;
+pub mod metrics;
 pub mod policy_store;
 pub mod telemetry;

@@ -865,7 +865,9 @@ async fn unavailable_before_any_set_is_loaded() {
     let dir = fixture(&[("policies.cedar", SIMPLE_POLICIES)]);
     // Never reloaded, so no snapshot is live.
     let store = PolicyStore::new(dir.path(), LoadOptions::default());
-    let service = AuthorizerService::new(Arc::new(store), 100);
+    let store = Arc::new(store);
+    let metrics = Arc::new(cedar_pdp::metrics::Metrics::new(store.clone(), None));
+    let service = AuthorizerService::new(store, 100, metrics);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

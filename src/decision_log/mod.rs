@@ -95,6 +95,12 @@ impl DecisionLog {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// The drop counter alone, for readers (metrics) that must not keep the
+    /// queue open: a live handle would stop the writer from finishing.
+    pub fn dropped_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.dropped)
+    }
+
     fn enqueue(&self, record: DecisionRecord) {
         if self.tx.try_send(record).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -15,6 +15,7 @@ use super::proto::{
 use super::status::ApiError;
 use crate::authorizer;
 use crate::decision_log::DecisionLog;
+use crate::metrics::Metrics;
 use crate::policy_store::{PolicyStore, Snapshot};
 
 /// Answers authorization requests from the store's live snapshot.
@@ -23,15 +24,17 @@ pub struct AuthorizerService {
     store: Arc<PolicyStore>,
     max_batch_size: usize,
     log: Option<DecisionLog>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthorizerService {
     /// A service over `store` that refuses batches above `max_batch_size`.
-    pub fn new(store: Arc<PolicyStore>, max_batch_size: usize) -> Self {
+    pub fn new(store: Arc<PolicyStore>, max_batch_size: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
             max_batch_size,
             log: None,
+            metrics,
         }
     }
 
@@ -128,9 +131,8 @@ fn new_decision_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-#[tonic::async_trait]
-impl Authorizer for AuthorizerService {
-    async fn authorize(
+impl AuthorizerService {
+    async fn authorize_call(
         &self,
         request: Request<AuthorizeRequest>,
     ) -> Result<Response<AuthorizeResponse>, Status> {
@@ -144,13 +146,17 @@ impl Authorizer for AuthorizerService {
         };
         let (response, subject) = decide(&snapshot, request.into_inner(), &[], slots.is_some());
         let response = response.map_err(|(_, e)| Status::from(e))?;
+        self.metrics.decision(
+            response.decision == Decision::Allow as i32,
+            call.started.elapsed(),
+        );
         if let (Some(slots), Some(subject)) = (slots.as_mut(), subject) {
             slots.submit(subject.into_record(&response, &call, &snapshot));
         }
         Ok(Response::new(response))
     }
 
-    async fn batch_authorize(
+    async fn batch_call(
         &self,
         request: Request<BatchAuthorizeRequest>,
     ) -> Result<Response<BatchAuthorizeResponse>, Status> {
@@ -182,13 +188,39 @@ impl Authorizer for AuthorizerService {
             .map_err(|e| Status::internal(format!("batch evaluation failed: {e}")))?
         };
         let mut responses = Vec::with_capacity(decided.len());
+        let took = call.started.elapsed();
         for (response, subject) in decided {
+            self.metrics
+                .decision(response.decision == Decision::Allow as i32, took);
             if let (Some(slots), Some(subject)) = (slots.as_mut(), subject) {
                 slots.submit(subject.into_record(&response, &call, &snapshot));
             }
             responses.push(response);
         }
         Ok(Response::new(BatchAuthorizeResponse { responses }))
+    }
+}
+
+#[tonic::async_trait]
+impl Authorizer for AuthorizerService {
+    async fn authorize(
+        &self,
+        request: Request<AuthorizeRequest>,
+    ) -> Result<Response<AuthorizeResponse>, Status> {
+        let _inflight = self.metrics.inflight();
+        self.authorize_call(request)
+            .await
+            .inspect_err(|s| self.metrics.request_error(s.code()))
+    }
+
+    async fn batch_authorize(
+        &self,
+        request: Request<BatchAuthorizeRequest>,
+    ) -> Result<Response<BatchAuthorizeResponse>, Status> {
+        let _inflight = self.metrics.inflight();
+        self.batch_call(request)
+            .await
+            .inspect_err(|s| self.metrics.request_error(s.code()))
     }
 
     async fn get_policy_status(

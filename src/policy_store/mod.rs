@@ -26,6 +26,11 @@ pub struct ReloadStatus {
     /// `None` when the last attempt succeeded (or changed nothing).
     pub last_error: Option<String>,
     pub last_attempt_at: Option<SystemTime>,
+    pub last_success_at: Option<SystemTime>,
+    /// Load attempts since start, by outcome.
+    pub successes: u64,
+    pub unchanged: u64,
+    pub failures: u64,
 }
 
 /// What a successful [`PolicyStore::reload`] did.
@@ -107,10 +112,19 @@ impl PolicyStore {
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         status.last_attempt_at = Some(SystemTime::now());
         status.last_error = built.as_ref().err().map(ToString::to_string);
-        let snapshot = match built? {
-            Some(snapshot) => snapshot,
-            None => return Ok(Reloaded::Unchanged),
+        let snapshot = match built {
+            Err(e) => {
+                status.failures += 1;
+                return Err(e);
+            }
+            Ok(None) => {
+                status.unchanged += 1;
+                return Ok(Reloaded::Unchanged);
+            }
+            Ok(Some(snapshot)) => snapshot,
         };
+        status.successes += 1;
+        status.last_success_at = Some(snapshot.loaded_at);
         self.live.store(Some(Arc::clone(&snapshot)));
         drop(status);
         self.generation.send_replace(snapshot.generation);

@@ -24,6 +24,8 @@ use tonic::transport::Channel;
 /// A running server; shuts down when dropped or on [`TestServer::stop`].
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), cedar_pdp::app::AppError>>>,
 }
@@ -50,12 +52,16 @@ impl TestServer {
         let app = App::build(config).expect("policy directory loads");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let app = app.with_admin_listener(admin);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(listener, async move {
             let _ = rx.await;
         }));
         Self {
             addr,
+            admin_addr,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -88,6 +94,34 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
     }
+}
+
+/// A plain HTTP/1.0 GET against the admin listener: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await.unwrap();
+        raw
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), io)
+        .await
+        .expect("admin answers within 10s");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("an HTTP status line");
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// Polls `check` until it returns `Some` or `deadline` passes.
