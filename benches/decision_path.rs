@@ -1,0 +1,73 @@
+//! In-process decision path: proto request -> Cedar query -> decision, on one
+//! live snapshot. No socket, no logging: the floor every call pays.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "benchmark"
+)]
+
+use std::path::Path;
+
+use cedar_pdp::authorizer;
+use cedar_pdp::grpc::convert::query_from_request;
+use cedar_pdp::grpc::proto;
+use cedar_pdp::policy_store::{LoadOptions, build, read_dir};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn uid(t: &str, id: &str) -> Option<proto::EntityUid> {
+    Some(proto::EntityUid {
+        r#type: t.into(),
+        id: id.into(),
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let options = LoadOptions::default();
+
+    // The shipped example: schema-checked context, entities from disk.
+    let example = build(read_dir(&root.join("policies")).unwrap(), &options, 1).unwrap();
+    let example_req = proto::AuthorizeRequest {
+        principal: uid("Mesh::Workload", "spiffe://example.org/ns/shop/sa/frontend"),
+        action: uid("Mesh::Action", "call"),
+        resource: uid("Mesh::Service", "shop/checkout"),
+        context_json: r#"{"source_ip": "10.0.1.7"}"#.into(),
+        ..Default::default()
+    };
+    let q = query_from_request(example_req.clone(), &[]).unwrap();
+    assert!(authorizer::authorize(&example, q).unwrap().allow);
+    c.bench_function("example_policies/call_same_namespace", |b| {
+        b.iter(|| {
+            let q = query_from_request(example_req.clone(), &[]).unwrap();
+            authorizer::authorize(&example, q).unwrap()
+        });
+    });
+
+    // The Cerbos-equivalent request: attributes travel in the request.
+    let peer_dir = root.join("../shared/peers/cedar-equivalent");
+    if peer_dir.is_dir() {
+        let peer = build(read_dir(&peer_dir).unwrap(), &options, 1).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(peer_dir.join("request.json")).unwrap())
+                .unwrap();
+        let peer_req = proto::AuthorizeRequest {
+            principal: uid("Workload", "spiffe://example.org/ns/payments/sa/api"),
+            action: uid("Action", "read"),
+            resource: uid("Document", "doc-1"),
+            entities_json: json["entities"].to_string(),
+            ..Default::default()
+        };
+        let q = query_from_request(peer_req.clone(), &[]).unwrap();
+        assert!(authorizer::authorize(&peer, q).unwrap().allow);
+        c.bench_function("cerbos_equivalent/read_document", |b| {
+            b.iter(|| {
+                let q = query_from_request(peer_req.clone(), &[]).unwrap();
+                authorizer::authorize(&peer, q).unwrap()
+            });
+        });
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
