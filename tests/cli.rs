@@ -7,72 +7,21 @@
     reason = "tests"
 )]
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::binary::{self, Ran, Served, bin};
 use tempfile::TempDir;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// How long the binary may take to do anything, on a slow shared machine.
 const DEADLINE: Duration = Duration::from_secs(15);
 
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cedar-pdp"));
-    // The environment must not change what the binary does.
-    cmd.env_remove("RUST_LOG").env_remove("CEDAR_PDP_CONFIG");
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-/// What a finished run printed.
-#[derive(Debug)]
-struct Ran {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-}
-
-/// Waits for `child` up to `deadline`; kills it and fails when it overstays.
-fn wait_bounded(child: &mut Child, deadline: Duration, what: &str) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs `cmd` to completion with output captured in files (no pipe can fill
-/// up and stall it), bounded by [`DEADLINE`].
-fn run(mut cmd: Command) -> Ran {
-    let out = tempfile::NamedTempFile::new().unwrap();
-    let err = tempfile::NamedTempFile::new().unwrap();
-    cmd.stdout(out.reopen().unwrap())
-        .stderr(err.reopen().unwrap());
-    let what = format!("{cmd:?}");
-    let mut child = cmd.spawn().unwrap();
-    let status = wait_bounded(&mut child, DEADLINE, &what);
-    Ran {
-        status,
-        stdout: std::fs::read_to_string(out.path()).unwrap(),
-        stderr: std::fs::read_to_string(err.path()).unwrap(),
-    }
+/// Runs `cmd` to completion with output captured, bounded by [`DEADLINE`].
+fn run(cmd: Command) -> Ran {
+    binary::run(cmd, DEADLINE)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -275,126 +224,6 @@ fn bad_config_exits_64_with_a_clear_message() {
     }
 }
 
-/// A `cedar-pdp serve` child process; killed if the test fails early.
-struct Served {
-    child: Child,
-    addr: String,
-    stderr: PathBuf,
-    _logs: TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Served {
-    /// Starts the server on a free loopback port and waits until its health
-    /// service says SERVING. Retries with another port if one was taken in
-    /// between.
-    fn start(dir: &Path, extra: &[&str]) -> Self {
-        for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr = format!("127.0.0.1:{port}");
-            let logs = TempDir::new().unwrap();
-            let stderr = logs.path().join("stderr.log");
-            let child = bin()
-                .arg("serve")
-                .arg("--policies")
-                .arg(dir)
-                .args(["--listen", &addr])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(File::create(&stderr).unwrap())
-                .spawn()
-                .unwrap();
-            let mut served = Self {
-                child,
-                addr,
-                stderr,
-                _logs: logs,
-            };
-            match served.wait_until_serving() {
-                Ok(()) => return served,
-                Err(log) if log.contains("cannot listen") => continue,
-                Err(log) => panic!("the server exited before serving:\n{log}"),
-            }
-        }
-        panic!("no free port after three tries");
-    }
-
-    fn wait_until_serving(&mut self) -> Result<(), String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let url = format!("http://{}", self.addr);
-        let start = Instant::now();
-        loop {
-            if self.child.try_wait().unwrap().is_some() {
-                return Err(self.log());
-            }
-            let serving = runtime.block_on(async {
-                let check = async {
-                    let channel = tonic::transport::Channel::from_shared(url.clone())
-                        .ok()?
-                        .connect()
-                        .await
-                        .ok()?;
-                    let mut health = HealthClient::new(channel);
-                    let resp = health
-                        .check(HealthCheckRequest {
-                            service: "cedar_pdp.v1.Authorizer".to_string(),
-                        })
-                        .await
-                        .ok()?;
-                    Some(resp.into_inner().status == ServingStatus::Serving as i32)
-                };
-                tokio::time::timeout(Duration::from_secs(2), check)
-                    .await
-                    .ok()
-                    .flatten()
-                    .unwrap_or(false)
-            });
-            if serving {
-                return Ok(());
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "the server did not report SERVING within {DEADLINE:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn authorize(&self, args: &[&str]) -> Ran {
-        let mut cmd = bin();
-        cmd.args(["authorize", "--addr", &self.addr]).args(args);
-        run(cmd)
-    }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(kill.success(), "kill -TERM {pid} failed");
-        wait_bounded(&mut self.child, DEADLINE, "the server after SIGTERM")
-    }
-}
-
 fn who(principal: &str, action: &str, resource: &str) -> Vec<String> {
     vec![
         "--principal".into(),
@@ -413,7 +242,7 @@ fn args(v: &[String]) -> Vec<&str> {
 #[test]
 fn serve_answers_authorize_and_stops_on_sigterm() {
     let dir = good_dir();
-    let mut served = Served::start(dir.path(), &[]);
+    let mut served = Served::start(dir.path(), &[], DEADLINE);
 
     let allow = served.authorize(&args(&who(
         "User::\"alice\"",
@@ -523,7 +352,7 @@ fn authorize_without_a_server_fails_with_exit_1() {
 #[test]
 fn log_format_json_writes_json_lines_to_stderr() {
     let dir = good_dir();
-    let mut served = Served::start(dir.path(), &["--log-format", "json"]);
+    let mut served = Served::start(dir.path(), &["--log-format", "json"], DEADLINE);
     let status = served.terminate();
     assert_eq!(status.code(), Some(0), "{}", served.log());
 

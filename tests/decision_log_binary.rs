@@ -7,10 +7,10 @@
     reason = "tests"
 )]
 
+mod common;
+
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,10 +19,8 @@ use cedar_pdp::config::{DecisionLogConfig, LogSink, OnFull};
 use cedar_pdp::decision_log::{Caller, DecisionLog, DecisionRecord, EntityRef, RECORD_VERSION};
 use cedar_pdp::grpc::proto;
 use cedar_pdp::grpc::proto::authorizer_client::AuthorizerClient;
+use common::binary::Served;
 use tempfile::TempDir;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// How long the binary may take to do anything, on a slow shared machine.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -31,129 +29,6 @@ const POLICY: &str = r#"
 @id("allow-alice")
 permit (principal == User::"alice", action, resource);
 "#;
-
-/// A `cedar-pdp serve` child; killed if the test fails early.
-struct Served {
-    child: Child,
-    addr: String,
-    stderr: PathBuf,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Served {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Starts `serve --config` on a free loopback port (written into the
-    /// config as `listen`) and waits until health says SERVING.
-    async fn start(work: &Path, config_body: &str) -> Self {
-        for attempt in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr = format!("127.0.0.1:{port}");
-            let config = work.join(format!("config-{attempt}.toml"));
-            std::fs::write(&config, format!("listen = \"{addr}\"\n{config_body}")).unwrap();
-            let stderr = work.join(format!("stderr-{attempt}.log"));
-            let child = Command::new(env!("CARGO_BIN_EXE_cedar-pdp"))
-                .env_remove("RUST_LOG")
-                .env_remove("CEDAR_PDP_CONFIG")
-                .arg("serve")
-                .arg("--config")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&stderr).unwrap())
-                .spawn()
-                .unwrap();
-            let mut served = Self {
-                child,
-                addr,
-                stderr,
-            };
-            match served.wait_until_serving().await {
-                Ok(()) => return served,
-                Err(log) if log.contains("cannot listen") => continue,
-                Err(log) => panic!("the server exited before serving:\n{log}"),
-            }
-        }
-        panic!("no free port after three tries");
-    }
-
-    async fn wait_until_serving(&mut self) -> Result<(), String> {
-        let url = format!("http://{}", self.addr);
-        let start = Instant::now();
-        loop {
-            if self.child.try_wait().unwrap().is_some() {
-                return Err(self.log());
-            }
-            let check = async {
-                let channel = tonic::transport::Channel::from_shared(url.clone())
-                    .ok()?
-                    .connect()
-                    .await
-                    .ok()?;
-                let resp = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: "cedar_pdp.v1.Authorizer".to_string(),
-                    })
-                    .await
-                    .ok()?;
-                Some(resp.into_inner().status == ServingStatus::Serving as i32)
-            };
-            let serving = tokio::time::timeout(Duration::from_secs(2), check)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(false);
-            if serving {
-                return Ok(());
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "the server did not report SERVING within {DEADLINE:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn send_sigterm(&self) {
-        let pid = self.child.id().to_string();
-        let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(kill.success(), "kill -TERM {pid} failed");
-    }
-
-    /// Polls for exit up to `deadline`; fails (and kills) when it overstays.
-    async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if start.elapsed() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "the server did not exit within {deadline:?} of SIGTERM:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 fn alice_request(n: u64) -> proto::AuthorizeRequest {
     let uid = |t: &str, id: &str| {
@@ -226,7 +101,7 @@ on_full = "block"
         policies.display(),
         log_path.display()
     );
-    let mut served = Served::start(work.path(), &body).await;
+    let mut served = Served::start_with_config(work.path(), &body, DEADLINE).await;
     let url = format!("http://{}", served.addr);
 
     let received = Arc::new(AtomicUsize::new(0));

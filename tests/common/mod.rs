@@ -8,6 +8,8 @@
     reason = "test harness"
 )]
 
+pub mod binary;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
