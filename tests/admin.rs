@@ -10,6 +10,10 @@ mod common;
 
 use std::time::Duration;
 
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
 use common::{TestServer, http_get, request, test_config, wait_for_reload_error, write_atomic};
 
 const POLICY: &str = r#"@id("allow-alice")
@@ -176,6 +180,29 @@ async fn readiness_turns_stale_after_max_policy_age_of_failed_reloads() {
         .await;
     assert_eq!(status, 503);
     assert!(body.contains("stale") && body.contains("p.cedar"), "{body}");
+    // gRPC health follows the same rule.
+    let health = HealthClient::new(
+        tonic::transport::Channel::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    common::eventually("gRPC health NOT_SERVING", Duration::from_secs(15), || {
+        let mut health = health.clone();
+        async move {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: "cedar_pdp.v1.Authorizer".into(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status;
+            (status == ServingStatus::NotServing as i32).then_some(())
+        }
+    })
+    .await;
     // Liveness is unaffected, and the last good set still answers.
     assert_eq!(http_get(server.admin_addr, "/healthz").await.0, 200);
     client
@@ -186,6 +213,21 @@ async fn readiness_turns_stale_after_max_policy_age_of_failed_reloads() {
     write_atomic(dir.path(), "p.cedar", POLICY);
     common::eventually("readyz to recover", Duration::from_secs(15), || async {
         (http_get(server.admin_addr, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    common::eventually("gRPC health SERVING again", Duration::from_secs(15), || {
+        let mut health = health.clone();
+        async move {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status;
+            (status == ServingStatus::Serving as i32).then_some(())
+        }
     })
     .await;
 }
