@@ -127,7 +127,24 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    telemetry::init(config.log.format, &config.log.level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cedar-pdp: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The gRPC span exporter binds to the runtime it is built in.
+    let telemetry = {
+        let _enter = runtime.enter();
+        match telemetry::init(config.log.format, &config.log.level, &config.otel) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("cedar-pdp: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    };
     let addr = match config.listen_addr() {
         Ok(addr) => addr,
         Err(e) => {
@@ -139,13 +156,6 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(app) => app,
         Err(e) => {
             eprintln!("cedar-pdp: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cedar-pdp: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -165,6 +175,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             .await
             .map_err(|e| e.to_string())
     });
+    // After the drain: flush buffered spans last.
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -23,6 +23,7 @@ pub struct Config {
     pub validation: ValidationConfig,
     pub limits: LimitsConfig,
     pub decision_log: DecisionLogConfig,
+    pub otel: OtelConfig,
 }
 
 /// `[log]`: process logs (not decision records).
@@ -122,6 +123,28 @@ pub enum OnFull {
     Drop,
 }
 
+/// `[otel]`: OpenTelemetry span export. The standard `OTEL_*` variables win.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtelConfig {
+    /// OTLP endpoint; empty (and no `OTEL_EXPORTER_OTLP_*ENDPOINT`) means no
+    /// exporter runs and decision spans cost nothing.
+    pub endpoint: String,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: String,
+    pub service_name: String,
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            protocol: "grpc".to_string(),
+            service_name: "cedar-pdp".to_string(),
+        }
+    }
+}
+
 impl Default for DecisionLogConfig {
     fn default() -> Self {
         Self {
@@ -149,6 +172,7 @@ impl Default for Config {
             validation: ValidationConfig::default(),
             limits: LimitsConfig::default(),
             decision_log: DecisionLogConfig::default(),
+            otel: OtelConfig::default(),
         }
     }
 }
@@ -258,6 +282,12 @@ impl Config {
         if !(1024..=256 * 1024 * 1024).contains(&self.limits.max_message_bytes) {
             problems
                 .push("`limits.max_message_bytes`: must be between 1 KiB and 256 MiB".to_string());
+        }
+        if !matches!(self.otel.protocol.as_str(), "grpc" | "http/protobuf") {
+            problems.push(format!(
+                "`otel.protocol`: `{}` is not `grpc` or `http/protobuf`",
+                self.otel.protocol
+            ));
         }
         let log = &self.decision_log;
         if log.queue_capacity < self.limits.max_batch_size {

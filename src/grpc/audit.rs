@@ -17,6 +17,8 @@ pub struct CallInfo {
     pub peer_addr: Option<SocketAddr>,
     /// From the caller's W3C `traceparent`, when it sent a valid one.
     pub trace_id: String,
+    /// The decision span's id, when spans are exported.
+    pub span_id: String,
     pub started: Instant,
 }
 
@@ -31,8 +33,18 @@ impl CallInfo {
         Self {
             peer_addr,
             trace_id,
+            span_id: String::new(),
             started: Instant::now(),
         }
+    }
+
+    /// Uses the exported span's ids, which continue the caller's trace.
+    pub fn with_span(mut self, ids: Option<(String, String)>) -> Self {
+        if let Some((trace_id, span_id)) = ids {
+            self.trace_id = trace_id;
+            self.span_id = span_id;
+        }
+        self
     }
 }
 
@@ -101,7 +113,7 @@ impl Subject {
             decision_id: response.decision_id.clone(),
             timestamp: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
             trace_id: call.trace_id.clone(),
-            span_id: String::new(),
+            span_id: call.span_id.clone(),
             request_id: response.request_id.clone(),
             caller: Caller {
                 peer_addr: call.peer_addr.map(|a| a.to_string()),

@@ -5,6 +5,7 @@ mod audit;
 pub mod convert;
 pub mod proto;
 mod service;
+mod spans;
 pub mod status;
 
 pub use service::AuthorizerService;

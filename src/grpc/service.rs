@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tonic::{Request, Response, Status};
+use tracing::Span;
 
 use super::audit::{CallInfo, Subject};
 use super::convert::{entities_to_json, query_from_request};
@@ -12,6 +13,7 @@ use super::proto::{
     AuthorizeRequest, AuthorizeResponse, BatchAuthorizeRequest, BatchAuthorizeResponse, Decision,
     EvaluationError, GetPolicyStatusRequest, PolicyStatus,
 };
+use super::spans;
 use super::status::ApiError;
 use crate::authorizer;
 use crate::decision_log::DecisionLog;
@@ -98,33 +100,51 @@ fn decide_batch(
     requests: Vec<AuthorizeRequest>,
     shared: &[serde_json::Value],
     audit: bool,
+    parent: &Span,
 ) -> Vec<(AuthorizeResponse, Option<Subject>)> {
     requests
         .into_iter()
         .enumerate()
-        .map(|(i, req)| match decide(snapshot, req, shared, audit) {
-            (Ok(resp), subject) => (resp, subject),
-            // An invalid item fails closed on its own; the rest still run.
-            (Err((request_id, err)), subject) => {
-                let message = match err {
-                    ApiError::Field(f) => f.within(&format!("requests[{i}]")).to_string(),
-                    other => format!("`requests[{i}]`: {other}"),
-                };
-                let resp = AuthorizeResponse {
-                    decision: Decision::Deny as i32,
-                    determining_policies: Vec::new(),
-                    errors: vec![EvaluationError {
-                        policy_id: String::new(),
-                        message,
-                    }],
-                    decision_id: new_decision_id(),
-                    policy_revision: snapshot.revision.clone(),
-                    request_id,
-                };
-                (resp, subject)
-            }
+        .map(|(i, req)| {
+            let span = spans::authorize(Some(parent));
+            spans::record_request(&span, &req);
+            let outcome = decide_item(snapshot, req, shared, audit, i);
+            spans::record_response(&span, &outcome.0);
+            outcome
         })
         .collect()
+}
+
+/// One batch item; an invalid one is denied with the reason in `errors`.
+fn decide_item(
+    snapshot: &Snapshot,
+    req: AuthorizeRequest,
+    shared: &[serde_json::Value],
+    audit: bool,
+    i: usize,
+) -> (AuthorizeResponse, Option<Subject>) {
+    match decide(snapshot, req, shared, audit) {
+        (Ok(resp), subject) => (resp, subject),
+        // An invalid item fails closed on its own; the rest still run.
+        (Err((request_id, err)), subject) => {
+            let message = match err {
+                ApiError::Field(f) => f.within(&format!("requests[{i}]")).to_string(),
+                other => format!("`requests[{i}]`: {other}"),
+            };
+            let resp = AuthorizeResponse {
+                decision: Decision::Deny as i32,
+                determining_policies: Vec::new(),
+                errors: vec![EvaluationError {
+                    policy_id: String::new(),
+                    message,
+                }],
+                decision_id: new_decision_id(),
+                policy_revision: snapshot.revision.clone(),
+                request_id,
+            };
+            (resp, subject)
+        }
+    }
 }
 
 fn new_decision_id() -> String {
@@ -135,8 +155,11 @@ impl AuthorizerService {
     async fn authorize_call(
         &self,
         request: Request<AuthorizeRequest>,
+        span: &Span,
     ) -> Result<Response<AuthorizeResponse>, Status> {
-        let call = CallInfo::of(request.remote_addr(), request.metadata());
+        let call =
+            CallInfo::of(request.remote_addr(), request.metadata()).with_span(spans::ids(span));
+        spans::record_request(span, request.get_ref());
         let snapshot = self.snapshot()?;
         // Reserve the log slot first: a decision that is made always has room
         // to be recorded, even if the call is cancelled right after.
@@ -146,6 +169,7 @@ impl AuthorizerService {
         };
         let (response, subject) = decide(&snapshot, request.into_inner(), &[], slots.is_some());
         let response = response.map_err(|(_, e)| Status::from(e))?;
+        spans::record_response(span, &response);
         self.metrics.decision(
             response.decision == Decision::Allow as i32,
             call.started.elapsed(),
@@ -159,9 +183,12 @@ impl AuthorizerService {
     async fn batch_call(
         &self,
         request: Request<BatchAuthorizeRequest>,
+        span: &Span,
     ) -> Result<Response<BatchAuthorizeResponse>, Status> {
-        let call = CallInfo::of(request.remote_addr(), request.metadata());
+        let call =
+            CallInfo::of(request.remote_addr(), request.metadata()).with_span(spans::ids(span));
         let batch = request.into_inner();
+        span.record("cedar.batch_size", batch.requests.len() as u64);
         if batch.requests.len() > self.max_batch_size {
             return Err(ApiError::BatchTooLarge {
                 len: batch.requests.len(),
@@ -170,6 +197,7 @@ impl AuthorizerService {
             .into());
         }
         let snapshot = self.snapshot()?;
+        span.record("cedar.policy_revision", snapshot.revision.as_str());
         let shared = entities_to_json(batch.entities, &batch.entities_json, "entities")
             .map_err(ApiError::from)?;
         // A batch can take milliseconds of CPU; keep it off the async workers
@@ -181,8 +209,9 @@ impl AuthorizerService {
         let audit = slots.is_some();
         let decided = {
             let snapshot = Arc::clone(&snapshot);
+            let parent = span.clone();
             tokio::task::spawn_blocking(move || {
-                decide_batch(&snapshot, batch.requests, &shared, audit)
+                decide_batch(&snapshot, batch.requests, &shared, audit, &parent)
             })
             .await
             .map_err(|e| Status::internal(format!("batch evaluation failed: {e}")))?
@@ -208,9 +237,12 @@ impl Authorizer for AuthorizerService {
         request: Request<AuthorizeRequest>,
     ) -> Result<Response<AuthorizeResponse>, Status> {
         let _inflight = self.metrics.inflight();
-        self.authorize_call(request)
-            .await
-            .inspect_err(|s| self.metrics.request_error(s.code()))
+        let span = spans::authorize(None);
+        spans::continue_trace(&span, request.metadata());
+        self.authorize_call(request, &span).await.inspect_err(|s| {
+            spans::record_failure(&span, s);
+            self.metrics.request_error(s.code());
+        })
     }
 
     async fn batch_authorize(
@@ -218,9 +250,12 @@ impl Authorizer for AuthorizerService {
         request: Request<BatchAuthorizeRequest>,
     ) -> Result<Response<BatchAuthorizeResponse>, Status> {
         let _inflight = self.metrics.inflight();
-        self.batch_call(request)
-            .await
-            .inspect_err(|s| self.metrics.request_error(s.code()))
+        let span = spans::batch();
+        spans::continue_trace(&span, request.metadata());
+        self.batch_call(request, &span).await.inspect_err(|s| {
+            spans::record_failure(&span, s);
+            self.metrics.request_error(s.code());
+        })
     }
 
     async fn get_policy_status(

@@ -1,0 +1,212 @@
+//! Decision spans reach a real OTLP receiver and continue the caller's trace.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cedar_pdp::config::{LogFormat, OtelConfig};
+use cedar_pdp::grpc::proto;
+use common::{TestServer, request};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+#[derive(Clone, Default)]
+struct Receiver(Arc<Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn attrs(span: &Span) -> HashMap<String, String> {
+    span.attributes
+        .iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                Some(Value::IntValue(i)) => i.to_string(),
+                Some(Value::BoolValue(b)) => b.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), v)
+        })
+        .collect()
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+fn traced<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE}-{PARENT}-01").parse().unwrap(),
+    );
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_spans_continue_the_callers_trace_with_their_attributes() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let telemetry = Arc::new(
+        cedar_pdp::telemetry::init(
+            LogFormat::Text,
+            "warn",
+            &OtelConfig {
+                endpoint: format!("http://{otlp}"),
+                protocol: "grpc".into(),
+                service_name: "cedar-pdp-test".into(),
+            },
+        )
+        .unwrap(),
+    );
+    assert!(telemetry.exporting());
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        "@id(\"allow-alice\")\npermit (principal == User::\"alice\", action, resource);\n",
+    )
+    .unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client().await;
+
+    let mut allow_req = request(("User", "alice"), ("Action", "read"), ("Doc", "d"));
+    allow_req.request_id = "req-allow".into();
+    allow_req.workload = Some(proto::Workload {
+        spiffe_id: "spiffe://example.org/ns/a/sa/b".into(),
+        ..Default::default()
+    });
+    let allow = client
+        .authorize(traced(allow_req))
+        .await
+        .unwrap()
+        .into_inner();
+    let deny = client
+        .authorize(traced(request(
+            ("User", "bob"),
+            ("Action", "read"),
+            ("Doc", "d"),
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    let batch = client
+        .batch_authorize(traced(proto::BatchAuthorizeRequest {
+            requests: vec![
+                request(("User", "alice"), ("Action", "read"), ("Doc", "d")),
+                request(("User", "bob"), ("Action", "read"), ("Doc", "d")),
+            ],
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let failed = client
+        .authorize(traced(request(
+            ("not a type", "x"),
+            ("Action", "a"),
+            ("R", "r"),
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::InvalidArgument);
+
+    let spans = common::eventually("spans to arrive", Duration::from_secs(20), || {
+        let telemetry = telemetry.clone();
+        let receiver = receiver.clone();
+        async move {
+            tokio::task::spawn_blocking(move || telemetry.flush())
+                .await
+                .unwrap();
+            let spans = receiver.0.lock().unwrap().clone();
+            (spans.iter().filter(|s| s.name == "cedar.authorize").count() >= 5).then_some(spans)
+        }
+    })
+    .await;
+
+    let by_decision_id = |id: &str| {
+        spans
+            .iter()
+            .find(|s| attrs(s).get("cedar.decision_id").map(String::as_str) == Some(id))
+            .unwrap_or_else(|| panic!("no span for decision {id}"))
+    };
+    let a = by_decision_id(&allow.decision_id);
+    assert_eq!(hex(&a.trace_id), TRACE);
+    assert_eq!(hex(&a.parent_span_id), PARENT);
+    let at = attrs(a);
+    assert_eq!(at["cedar.principal"], "User::\"alice\"");
+    assert_eq!(at["cedar.action"], "Action::\"read\"");
+    assert_eq!(at["cedar.resource"], "Doc::\"d\"");
+    assert_eq!(at["cedar.decision"], "allow");
+    assert_eq!(at["cedar.determining_policies"], "allow-alice");
+    assert_eq!(at["cedar.error_count"], "0");
+    assert_eq!(at["cedar.policy_revision"], allow.policy_revision);
+    assert_eq!(at["cedar.request_id"], "req-allow");
+    assert_eq!(
+        at["cedar.workload.spiffe_id"],
+        "spiffe://example.org/ns/a/sa/b"
+    );
+    // A deny is not an error.
+    let d = by_decision_id(&deny.decision_id);
+    assert_eq!(attrs(d)["cedar.decision"], "deny");
+    assert_ne!(d.status.as_ref().map_or(0, |s| s.code), 2);
+
+    // The batch: one span, one child per item, all in the caller's trace.
+    let b = spans
+        .iter()
+        .find(|s| s.name == "cedar.batch_authorize")
+        .unwrap();
+    assert_eq!(hex(&b.trace_id), TRACE);
+    assert_eq!(hex(&b.parent_span_id), PARENT);
+    for item in &batch.responses {
+        let s = by_decision_id(&item.decision_id);
+        assert_eq!(s.parent_span_id, b.span_id);
+        assert_eq!(hex(&s.trace_id), TRACE);
+    }
+
+    // A failed request is the only error status.
+    let f = spans
+        .iter()
+        .find(|s| s.name == "cedar.authorize" && !attrs(s).contains_key("cedar.decision_id"))
+        .expect("the failed call has a span");
+    assert_eq!(f.status.as_ref().unwrap().code, 2, "status ERROR");
+    drop(client);
+    server.stop().await.unwrap();
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
