@@ -203,6 +203,31 @@ async fn decision_spans_continue_the_callers_trace_with_their_attributes() {
         .find(|s| s.name == "cedar.authorize" && !attrs(s).contains_key("cedar.decision_id"))
         .expect("the failed call has a span");
     assert_eq!(f.status.as_ref().unwrap().code, 2, "status ERROR");
+
+    // A reload emits its own span.
+    common::write_atomic(
+        dir.path(),
+        "p.cedar",
+        "permit (principal, action, resource);\n",
+    );
+    let status = common::wait_for_generation(&mut client, 1).await;
+    let reload = common::eventually("a reload span", Duration::from_secs(20), || {
+        let telemetry = telemetry.clone();
+        let receiver = receiver.clone();
+        let revision = status.revision.clone();
+        async move {
+            tokio::task::spawn_blocking(move || telemetry.flush())
+                .await
+                .unwrap();
+            let spans = receiver.0.lock().unwrap().clone();
+            spans.into_iter().find(|s| {
+                s.name == "cedar.policy_reload"
+                    && attrs(s).get("cedar.policy_revision") == Some(&revision)
+            })
+        }
+    })
+    .await;
+    assert_eq!(attrs(&reload)["cedar.result"], "success");
     drop(client);
     server.stop().await.unwrap();
 }

@@ -54,7 +54,37 @@ async fn run(store: Arc<PolicyStore>, options: WatchOptions) {
             _ = rescan.tick(), if options.rescan_interval.is_some() => {}
         }
         let reload_store = Arc::clone(&store);
-        match tokio::task::spawn_blocking(move || reload_store.reload()).await {
+        let span = tracing::info_span!(
+            target: crate::telemetry::SPAN_TARGET,
+            "cedar.policy_reload",
+            cedar.result = tracing::field::Empty,
+            cedar.policy_revision = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_message = tracing::field::Empty,
+        );
+        let reload_span = span.clone();
+        let reloaded =
+            tokio::task::spawn_blocking(move || reload_span.in_scope(|| reload_store.reload()))
+                .await;
+        match &reloaded {
+            Ok(Ok(Reloaded::Swapped(s))) => {
+                span.record("cedar.result", "success");
+                span.record("cedar.policy_revision", s.revision.as_str());
+            }
+            Ok(Ok(Reloaded::Unchanged)) => {
+                span.record("cedar.result", "unchanged");
+            }
+            Ok(Err(e)) => {
+                span.record("cedar.result", "error");
+                span.record("otel.status_code", "error");
+                span.record("otel.status_message", e.to_string());
+            }
+            Err(_) => {
+                span.record("otel.status_code", "error");
+            }
+        }
+        drop(span);
+        match reloaded {
             Ok(Ok(Reloaded::Swapped(snapshot))) => tracing::info!(
                 revision = %snapshot.revision,
                 generation = snapshot.generation,
