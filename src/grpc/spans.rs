@@ -30,20 +30,14 @@ impl Extractor for Metadata<'_> {
     }
 }
 
-/// A `cedar.authorize` span; a child of `parent` for batch items.
+/// A `cedar.authorize` span; a child of `parent` for batch items, otherwise
+/// a root whose remote parent is set by [`continue_trace`].
 pub fn authorize(parent: Option<&Span>) -> Span {
-    match parent {
-        Some(parent) => tracing::info_span!(target: SPAN_TARGET, parent: parent, "cedar.authorize",
-            cedar.principal = Empty, cedar.action = Empty, cedar.resource = Empty,
-            cedar.decision = Empty, cedar.determining_policies = Empty, cedar.error_count = Empty,
-            cedar.policy_revision = Empty, cedar.decision_id = Empty, cedar.request_id = Empty,
-            cedar.workload.spiffe_id = Empty, otel.status_code = Empty, otel.status_message = Empty),
-        None => tracing::info_span!(target: SPAN_TARGET, "cedar.authorize",
-            cedar.principal = Empty, cedar.action = Empty, cedar.resource = Empty,
-            cedar.decision = Empty, cedar.determining_policies = Empty, cedar.error_count = Empty,
-            cedar.policy_revision = Empty, cedar.decision_id = Empty, cedar.request_id = Empty,
-            cedar.workload.spiffe_id = Empty, otel.status_code = Empty, otel.status_message = Empty),
-    }
+    tracing::info_span!(target: SPAN_TARGET, parent: parent.and_then(Span::id), "cedar.authorize",
+        cedar.principal = Empty, cedar.action = Empty, cedar.resource = Empty,
+        cedar.decision = Empty, cedar.determining_policies = Empty, cedar.error_count = Empty,
+        cedar.policy_revision = Empty, cedar.decision_id = Empty, cedar.request_id = Empty,
+        cedar.workload.spiffe_id = Empty, otel.status_code = Empty, otel.status_message = Empty)
 }
 
 /// The span of a whole `BatchAuthorize` call.
