@@ -190,3 +190,42 @@ async fn every_decision_returned_under_load_is_in_the_log_after_shutdown() {
         returned.len() - returned.intersection(&logged).count()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_sink_rotates_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.cedar"), POLICY).unwrap();
+    let log = dir.path().join("decisions.log");
+    let mut config = logging_config(dir.path(), &log);
+    config.decision_log.max_file_bytes = 4096;
+    config.decision_log.max_files = 3;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let resp = client
+            .authorize(request(
+                ("User", "alice"),
+                ("Action", "read"),
+                ("Doc", "d1"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(resp.decision_id);
+    }
+    drop(client);
+    server.stop().await.unwrap();
+
+    let rotated = log.with_file_name("decisions.log.1");
+    assert!(rotated.is_file(), "no rotated file next to the log");
+    for path in [&log, &rotated] {
+        let len = std::fs::metadata(path).unwrap().len();
+        // A file passes the limit by at most the record that crossed it.
+        assert!(len < 4096 + 2048, "`{}` is {len} bytes", path.display());
+    }
+    // The newest records are in the live file, whole and parseable.
+    let newest = read_records(&log);
+    let last = newest.last().unwrap();
+    assert_eq!(last["decision_id"], ids.last().unwrap().as_str());
+}
