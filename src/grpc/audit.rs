@@ -38,6 +38,16 @@ impl CallInfo {
         }
     }
 
+    /// Only the start time, for calls whose decisions are not logged.
+    pub fn started_now() -> Self {
+        Self {
+            peer_addr: None,
+            trace_id: String::new(),
+            span_id: String::new(),
+            started: Instant::now(),
+        }
+    }
+
     /// Uses the exported span's ids, which continue the caller's trace.
     pub fn with_span(mut self, ids: Option<(String, String)>) -> Self {
         if let Some((trace_id, span_id)) = ids {

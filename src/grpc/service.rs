@@ -46,6 +46,16 @@ impl AuthorizerService {
         self
     }
 
+    /// Peer and trace ids feed only the decision log; without it, skip them.
+    fn call_info<T>(&self, request: &Request<T>, span: &Span) -> CallInfo {
+        match self.log {
+            Some(_) => {
+                CallInfo::of(request.remote_addr(), request.metadata()).with_span(spans::ids(span))
+            }
+            None => CallInfo::started_now(),
+        }
+    }
+
     fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
         self.store.snapshot().ok_or(ApiError::NotReady)
     }
@@ -157,8 +167,7 @@ impl AuthorizerService {
         request: Request<AuthorizeRequest>,
         span: &Span,
     ) -> Result<Response<AuthorizeResponse>, Status> {
-        let call =
-            CallInfo::of(request.remote_addr(), request.metadata()).with_span(spans::ids(span));
+        let call = self.call_info(&request, span);
         spans::record_request(span, request.get_ref());
         let snapshot = self.snapshot()?;
         // Reserve the log slot first: a decision that is made always has room
@@ -185,8 +194,7 @@ impl AuthorizerService {
         request: Request<BatchAuthorizeRequest>,
         span: &Span,
     ) -> Result<Response<BatchAuthorizeResponse>, Status> {
-        let call =
-            CallInfo::of(request.remote_addr(), request.metadata()).with_span(spans::ids(span));
+        let call = self.call_info(&request, span);
         let batch = request.into_inner();
         span.record("cedar.batch_size", batch.requests.len() as u64);
         if batch.requests.len() > self.max_batch_size {
