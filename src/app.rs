@@ -10,17 +10,18 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::admin::{self, Readiness};
 use crate::config::Config;
 use crate::decision_log::{DecisionLog, DecisionLogError, LogWriter, warn_on_drops};
-use crate::grpc::AuthorizerService;
 use crate::grpc::proto::{self, authorizer_server::AuthorizerServer};
+use crate::grpc::{AuthorizerService, ExtAuthzService, ServiceOptions};
 use crate::metrics::Metrics;
 use crate::policy_store::{LoadError, LoadOptions, PolicyStore, WatchOptions, spawn_watcher};
+use crate::transport::{self, Listener, ReloadingTls, TlsAccept, TlsError};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,8 @@ pub enum AppError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     DecisionLog(#[from] DecisionLogError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -46,6 +49,7 @@ pub struct App {
     store: Arc<PolicyStore>,
     log: Option<(DecisionLog, LogWriter)>,
     admin: Option<TcpListener>,
+    tls: Option<Arc<ReloadingTls>>,
 }
 
 /// How long shutdown waits for the decision log to drain.
@@ -68,6 +72,11 @@ impl App {
             dir: config.policies.display().to_string(),
             source,
         })?;
+        let tls = if config.tls.enabled() {
+            Some(Arc::new(ReloadingTls::load(&config.tls)?))
+        } else {
+            None
+        };
         let log = if config.decision_log.enabled {
             Some(DecisionLog::start(&config.decision_log)?)
         } else {
@@ -78,6 +87,7 @@ impl App {
             store,
             log,
             admin: None,
+            tls,
         })
     }
 
@@ -101,9 +111,10 @@ impl App {
     /// calls for at most `limits.shutdown_grace`.
     pub async fn run(
         self,
-        listener: TcpListener,
+        listener: impl Into<Listener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AppError> {
+        let listener = listener.into();
         let (reporter, health) = tonic_health::server::health_reporter();
         set_health(&reporter, ServingStatus::NotServing).await;
         let readiness = Readiness::new(self.store.clone(), self.config.reload.max_policy_age);
@@ -131,7 +142,7 @@ impl App {
         ));
         let mut service = AuthorizerService::new(
             self.store.clone(),
-            self.config.limits.max_batch_size,
+            ServiceOptions::from_config(&self.config),
             metrics.clone(),
         );
         let (writer, drop_warnings) = match self.log {
@@ -142,13 +153,36 @@ impl App {
             }
             None => (None, None),
         };
+        let ext_authz = self.config.ext_authz.enabled.then(|| {
+            AuthorizationServer::new(ExtAuthzService::new(
+                service.clone(),
+                &self.config.ext_authz,
+            ))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+        });
         let authorizer = AuthorizerServer::new(service)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, policies = %self.config.policies.display(), "serving");
-        }
+        tracing::info!(
+            addr = %listener.describe(),
+            tls = self.tls.is_some(),
+            ext_authz = ext_authz.is_some(),
+            policies = %self.config.policies.display(),
+            "serving"
+        );
+        let tls_watcher = self
+            .tls
+            .as_ref()
+            .map(|tls| tls.clone().spawn_watcher(self.config.tls.reload_interval));
+        let incoming = transport::incoming(
+            listener,
+            self.tls.map(|tls| TlsAccept {
+                tls,
+                handshake_timeout: self.config.tls.handshake_timeout,
+            }),
+        );
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = self.admin.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
@@ -174,16 +208,17 @@ impl App {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(authorizer)
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                signal,
-            );
+            .add_optional_service(ext_authz)
+            .serve_with_incoming_shutdown(incoming, signal);
         let grace = self.config.limits.shutdown_grace;
         tokio::select! {
             result = server => result?,
             () = grace_elapsed(&draining, grace) => {
                 tracing::warn!(?grace, "shutdown grace elapsed; dropping unfinished calls");
             }
+        }
+        if let Some(task) = tls_watcher {
+            task.abort();
         }
         // Probes and scrapes keep answering through the drain, then stop.
         let _ = admin_stop.send(());

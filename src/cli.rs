@@ -11,9 +11,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app::App;
 use crate::client::{self, AuthorizeArgs};
-use crate::config::{Config, ConfigError, LogFormat};
+use crate::config::{Config, ConfigError, ListenAddr, LogFormat};
 use crate::policy_store::{LoadError, LoadOptions, build, read_dir};
 use crate::telemetry;
+use crate::transport::{Listener, UnixSocket};
 
 /// Exit code for bad flags or config (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
@@ -152,6 +153,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let socket_mode = config.unix_socket_mode().unwrap_or(0o660);
     let app = match App::build(config) {
         Ok(app) => app,
         Err(e) => {
@@ -160,9 +162,15 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on `{addr}`: {e}"))?;
+        let listener: Listener = match &addr {
+            ListenAddr::Tcp(a) => tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("cannot listen on `{a}`: {e}"))?
+                .into(),
+            ListenAddr::Unix(path) => UnixSocket::bind(path, socket_mode)
+                .map_err(|e| format!("cannot listen on a Unix socket: {e}"))?
+                .into(),
+        };
         let app = match app.admin_addr() {
             Some(admin) => app.with_admin_listener(
                 tokio::net::TcpListener::bind(admin)

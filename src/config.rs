@@ -12,7 +12,7 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// gRPC listen address.
+    /// gRPC listen address: `host:port`, or `unix:///path/to.sock`.
     pub listen: String,
     /// The policy directory.
     pub policies: PathBuf,
@@ -24,6 +24,175 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub decision_log: DecisionLogConfig,
     pub otel: OtelConfig,
+    pub unix_socket: UnixSocketConfig,
+    pub tls: TlsConfig,
+    pub caller: CallerConfig,
+    pub ext_authz: ExtAuthzConfig,
+}
+
+/// Where the gRPC server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// `[unix_socket]`: the socket file, when `listen` is `unix://`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UnixSocketConfig {
+    /// File mode of the socket, in octal, e.g. `"0660"`.
+    pub mode: String,
+}
+
+impl Default for UnixSocketConfig {
+    fn default() -> Self {
+        Self {
+            mode: "0660".to_string(),
+        }
+    }
+}
+
+/// `[tls]`: TLS on the gRPC listener. Off while `cert` is empty.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server (e.g. its SVID).
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// PEM trust bundle that client certificates must chain to.
+    pub client_ca: PathBuf,
+    pub client_auth: ClientAuth,
+    /// How often the three files are checked for changes; SVIDs rotate hourly.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// A connection that has not finished its handshake by then is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured at all.
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            client_ca: PathBuf::new(),
+            client_auth: ClientAuth::Required,
+            reload_interval: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether clients must present a certificate.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
+    None,
+}
+
+/// `[caller]`: what the transport proved about the caller, and how it is used.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallerConfig {
+    /// Context key under which verified caller facts reach policies; empty
+    /// keeps them out of the context (they are still logged and traced).
+    pub context_key: String,
+    /// Reject a request whose `workload.spiffe_id` is not the verified caller.
+    pub bind_workload: BindWorkload,
+}
+
+impl Default for CallerConfig {
+    fn default() -> Self {
+        Self {
+            context_key: "caller".to_string(),
+            bind_workload: BindWorkload::Auto,
+        }
+    }
+}
+
+/// When caller binding applies.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BindWorkload {
+    /// On exactly when client certificates are required.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// `[ext_authz]`: how an Envoy `CheckRequest` becomes a Cedar request.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExtAuthzConfig {
+    /// Serve `envoy.service.auth.v3.Authorization` beside the Authorizer.
+    pub enabled: bool,
+    /// Entity type of the source workload.
+    pub principal_type: String,
+    pub namespace_type: String,
+    pub trust_domain_type: String,
+    /// The principal when the source has no (SPIFFE) principal, as a Cedar
+    /// uid such as `Mesh::Workload::"anonymous"`.
+    pub anonymous_principal: String,
+    /// Entity type of actions; the id is the HTTP method unless a route matches.
+    pub action_type: String,
+    pub resource_type: String,
+    /// Resource id template over `{host}`, `{path}`, `{method}`, `{service}`.
+    pub resource_id: String,
+    /// Entity type of `resource.service`, named `<namespace>/<service account>`
+    /// of the destination's SPIFFE ID (or the host without port).
+    pub service_type: String,
+    /// Request headers copied into `context.headers`; never all of them.
+    pub headers: Vec<String>,
+    /// HTTP status of a deny.
+    pub deny_status: u16,
+    /// HTTP status when the request could not be evaluated (still a deny).
+    pub error_status: u16,
+    /// Method + path prefix overrides of the action id; first match wins.
+    pub routes: Vec<ExtAuthzRoute>,
+}
+
+/// One `[[ext_authz.routes]]` entry.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzRoute {
+    /// HTTP method; empty matches any.
+    #[serde(default)]
+    pub method: String,
+    pub path_prefix: String,
+    pub action: String,
+}
+
+impl Default for ExtAuthzConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            principal_type: "Mesh::Workload".to_string(),
+            namespace_type: "Mesh::Namespace".to_string(),
+            trust_domain_type: "Mesh::TrustDomain".to_string(),
+            anonymous_principal: r#"Mesh::Workload::"anonymous""#.to_string(),
+            action_type: "Mesh::Action".to_string(),
+            resource_type: "Mesh::HttpRoute".to_string(),
+            resource_id: "{host}{path}".to_string(),
+            service_type: "Mesh::Service".to_string(),
+            headers: Vec::new(),
+            deny_status: 403,
+            error_status: 403,
+            routes: Vec::new(),
+        }
+    }
 }
 
 /// `[log]`: process logs (not decision records).
@@ -80,6 +249,19 @@ pub struct LimitsConfig {
     /// How long a graceful shutdown waits for in-flight calls.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Most entities one request (or batch) may carry.
+    pub max_entities_per_request: usize,
+    /// Deepest nesting of records and sets in a context or entity.
+    pub max_context_depth: usize,
+    /// Largest context, as Cedar JSON bytes.
+    pub max_context_bytes: usize,
+    /// Longest single string (ids, values, keys), in bytes.
+    pub max_string_bytes: usize,
+    /// Calls evaluated at once; more are shed with `RESOURCE_EXHAUSTED`.
+    pub max_in_flight: usize,
+    /// Longest a call may take; a shorter `grpc-timeout` from the client wins.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 /// `[decision_log]`: one JSON record per decision, written off the request path.
@@ -173,6 +355,10 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             decision_log: DecisionLogConfig::default(),
             otel: OtelConfig::default(),
+            unix_socket: UnixSocketConfig::default(),
+            tls: TlsConfig::default(),
+            caller: CallerConfig::default(),
+            ext_authz: ExtAuthzConfig::default(),
         }
     }
 }
@@ -208,6 +394,12 @@ impl Default for LimitsConfig {
             max_batch_size: 100,
             max_message_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            max_entities_per_request: 1_000,
+            max_context_depth: 16,
+            max_context_bytes: 64 * 1024,
+            max_string_bytes: 16 * 1024,
+            max_in_flight: 1_024,
+            request_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -238,13 +430,46 @@ impl Config {
     }
 
     /// The parsed listen address.
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.listen.parse().map_err(|e| {
+    pub fn listen_addr(&self) -> Result<ListenAddr, ConfigError> {
+        if let Some(path) = self.listen.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(ConfigError::Invalid(vec![format!(
+                    "`listen`: `{}` must name an absolute path, like `unix:///run/cedar-pdp.sock`",
+                    self.listen
+                )]));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        self.listen.parse().map(ListenAddr::Tcp).map_err(|e| {
             ConfigError::Invalid(vec![format!(
-                "`listen`: `{}` is not an address like `127.0.0.1:50051`: {e}",
+                "`listen`: `{}` is not an address like `127.0.0.1:50051` or `unix:///path`: {e}",
                 self.listen
             )])
         })
+    }
+
+    /// The socket file mode, e.g. `0o660`.
+    pub fn unix_socket_mode(&self) -> Result<u32, String> {
+        u32::from_str_radix(self.unix_socket.mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                format!(
+                    "`unix_socket.mode`: `{}` is not an octal file mode like `0660`",
+                    self.unix_socket.mode
+                )
+            })
+    }
+
+    /// Whether `workload.spiffe_id` must match the verified caller.
+    pub fn binds_workload(&self) -> bool {
+        match self.caller.bind_workload {
+            BindWorkload::Always => true,
+            BindWorkload::Never => false,
+            BindWorkload::Auto => {
+                self.tls.enabled() && self.tls.client_auth == ClientAuth::Required
+            }
+        }
     }
 
     /// Checks every key and reports all problems together.
@@ -259,6 +484,12 @@ impl Config {
                 self.admin_listen
             ));
         }
+        if let Err(p) = self.unix_socket_mode() {
+            problems.push(p);
+        }
+        self.validate_tls(&mut problems);
+        self.validate_limits(&mut problems);
+        self.validate_ext_authz(&mut problems);
         if self.policies.as_os_str().is_empty() {
             problems.push("`policies`: must name a directory".to_string());
         }
@@ -311,6 +542,126 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+impl Config {
+    fn validate_tls(&self, problems: &mut Vec<String>) {
+        let tls = &self.tls;
+        if !tls.enabled() {
+            if !tls.key.as_os_str().is_empty() || !tls.client_ca.as_os_str().is_empty() {
+                problems
+                    .push("`tls.cert`: required when `tls.key` or `tls.client_ca` is set".into());
+            }
+            if self.caller.bind_workload == BindWorkload::Always {
+                problems.push(
+                    "`caller.bind_workload = \"always\"` needs TLS client certificates (`tls.cert`, `tls.client_ca`)"
+                        .into(),
+                );
+            }
+            return;
+        }
+        if tls.key.as_os_str().is_empty() {
+            problems.push("`tls.key`: required when `tls.cert` is set".into());
+        }
+        if tls.client_auth != ClientAuth::None && tls.client_ca.as_os_str().is_empty() {
+            problems.push("`tls.client_ca`: required unless `tls.client_auth = \"none\"`".into());
+        }
+        if tls.client_auth == ClientAuth::None && self.caller.bind_workload == BindWorkload::Always
+        {
+            problems.push(
+                "`caller.bind_workload = \"always\"` needs client certificates; `tls.client_auth` is `none`"
+                    .into(),
+            );
+        }
+        if tls.reload_interval < Duration::from_millis(100) {
+            problems.push("`tls.reload_interval`: must be at least 100ms".into());
+        }
+        if tls.handshake_timeout.is_zero() {
+            problems.push("`tls.handshake_timeout`: must be more than 0s".into());
+        }
+    }
+
+    fn validate_limits(&self, problems: &mut Vec<String>) {
+        let l = &self.limits;
+        let checks: [(&str, usize, usize, usize); 5] = [
+            (
+                "max_entities_per_request",
+                l.max_entities_per_request,
+                0,
+                1_000_000,
+            ),
+            ("max_context_depth", l.max_context_depth, 1, 64),
+            (
+                "max_context_bytes",
+                l.max_context_bytes,
+                16,
+                256 * 1024 * 1024,
+            ),
+            (
+                "max_string_bytes",
+                l.max_string_bytes,
+                16,
+                256 * 1024 * 1024,
+            ),
+            ("max_in_flight", l.max_in_flight, 1, 1_000_000),
+        ];
+        for (key, value, min, max) in checks {
+            if !(min..=max).contains(&value) {
+                problems.push(format!("`limits.{key}`: must be between {min} and {max}"));
+            }
+        }
+        if l.request_timeout.is_zero() {
+            problems.push("`limits.request_timeout`: must be more than 0s".into());
+        }
+    }
+
+    fn validate_ext_authz(&self, problems: &mut Vec<String>) {
+        let x = &self.ext_authz;
+        for (key, value) in [
+            ("principal_type", &x.principal_type),
+            ("namespace_type", &x.namespace_type),
+            ("trust_domain_type", &x.trust_domain_type),
+            ("action_type", &x.action_type),
+            ("resource_type", &x.resource_type),
+            ("service_type", &x.service_type),
+        ] {
+            if cedar_policy::EntityTypeName::from_str(value).is_err() {
+                problems.push(format!(
+                    "`ext_authz.{key}`: `{value}` is not a Cedar entity type"
+                ));
+            }
+        }
+        if cedar_policy::EntityUid::from_str(&x.anonymous_principal).is_err() {
+            problems.push(format!(
+                "`ext_authz.anonymous_principal`: `{}` is not a Cedar entity uid like `Mesh::Workload::\"anonymous\"`",
+                x.anonymous_principal
+            ));
+        }
+        for (key, status) in [
+            ("deny_status", x.deny_status),
+            ("error_status", x.error_status),
+        ] {
+            if !(400..=599).contains(&status) {
+                problems.push(format!(
+                    "`ext_authz.{key}`: `{status}` is not an HTTP error status (400-599)"
+                ));
+            }
+        }
+        for h in &x.headers {
+            if h.is_empty() || h.bytes().any(|b| b.is_ascii_uppercase() || b == b' ') {
+                problems.push(format!(
+                    "`ext_authz.headers`: `{h}` must be a lower-case header name"
+                ));
+            }
+        }
+        for (i, r) in x.routes.iter().enumerate() {
+            if r.action.is_empty() || !r.path_prefix.starts_with('/') {
+                problems.push(format!(
+                    "`ext_authz.routes[{i}]`: needs an `action` and a `path_prefix` starting with `/`"
+                ));
+            }
         }
     }
 }

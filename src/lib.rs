@@ -12,6 +12,8 @@
 //! - [`client`]: the `cedar-pdp authorize` client.
 //! - [`decision_log`]: the only writer of decision records; a bounded queue and a writer thread.
 //! - [`telemetry`]: log output setup.
+//! - [`transport`]: TCP, Unix socket and reloading TLS listeners, and the peer facts they prove.
+//! - [`identity`]: SPIFFE IDs and the caller facts handed to policies.
 
 pub mod admin;
 pub mod app;
@@ -21,6 +23,8 @@ pub mod client;
 pub mod config;
 pub mod decision_log;
 pub mod grpc;
+pub mod identity;
 pub mod metrics;
 pub mod policy_store;
 pub mod telemetry;
+pub mod transport;

@@ -20,6 +20,16 @@ pub struct EntityRef {
 pub struct Caller {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_addr: Option<String>,
+    /// From a verified client certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
+    /// Unix socket peer credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
 }
 
 /// An evaluation error, as in the API.

@@ -1,7 +1,6 @@
 //! Turns a call and its decision into a [`DecisionRecord`]. Only runs when
 //! the decision log is on, so the hot path pays nothing otherwise.
 
-use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use serde_json::{Map, Value as Json};
@@ -9,12 +8,13 @@ use tonic::metadata::MetadataMap;
 
 use super::proto;
 use crate::decision_log::{Caller, DecisionRecord, EntityRef, RECORD_VERSION, RecordError};
+use crate::identity::PeerFacts;
 use crate::policy_store::Snapshot;
 
 /// What the transport knows about one call.
 #[derive(Clone, Debug)]
 pub struct CallInfo {
-    pub peer_addr: Option<SocketAddr>,
+    pub peer: PeerFacts,
     /// From the caller's W3C `traceparent`, when it sent a valid one.
     pub trace_id: String,
     /// The decision span's id, when spans are exported.
@@ -24,14 +24,14 @@ pub struct CallInfo {
 
 impl CallInfo {
     /// Reads the peer address and trace context of a request.
-    pub fn of(peer_addr: Option<SocketAddr>, metadata: &MetadataMap) -> Self {
+    pub fn of(peer: PeerFacts, metadata: &MetadataMap) -> Self {
         let trace_id = metadata
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(trace_id_of)
             .unwrap_or_default();
         Self {
-            peer_addr,
+            peer,
             trace_id,
             span_id: String::new(),
             started: Instant::now(),
@@ -41,7 +41,7 @@ impl CallInfo {
     /// Only the start time, for calls whose decisions are not logged.
     pub fn started_now() -> Self {
         Self {
-            peer_addr: None,
+            peer: PeerFacts::default(),
             trace_id: String::new(),
             span_id: String::new(),
             started: Instant::now(),
@@ -126,7 +126,11 @@ impl Subject {
             span_id: call.span_id.clone(),
             request_id: response.request_id.clone(),
             caller: Caller {
-                peer_addr: call.peer_addr.map(|a| a.to_string()),
+                peer_addr: call.peer.addr.map(|a| a.to_string()),
+                spiffe_id: call.peer.spiffe.as_ref().map(|s| s.id.clone()),
+                uid: call.peer.unix.map(|u| u.uid),
+                gid: call.peer.unix.map(|u| u.gid),
+                pid: call.peer.unix.and_then(|u| u.pid),
             },
             principal: self.principal,
             action: self.action,

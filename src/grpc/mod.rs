@@ -3,9 +3,12 @@
 
 mod audit;
 pub mod convert;
+mod ext_authz;
+pub mod limits;
 pub mod proto;
 mod service;
 mod spans;
 pub mod status;
 
-pub use service::AuthorizerService;
+pub use ext_authz::ExtAuthzService;
+pub use service::{AuthorizerService, ServiceOptions};

@@ -1,13 +1,18 @@
 //! The `cedar_pdp.v1.Authorizer` service.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use serde_json::Value as Json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Span;
 
 use super::audit::{CallInfo, Subject};
-use super::convert::{entities_to_json, query_from_request};
+use super::convert::{InvalidField, entities_to_json, query_from_request};
+use super::limits::Limits;
 use super::proto::authorizer_server::Authorizer;
 use super::proto::{
     AuthorizeRequest, AuthorizeResponse, BatchAuthorizeRequest, BatchAuthorizeResponse, Decision,
@@ -16,25 +21,63 @@ use super::proto::{
 use super::spans;
 use super::status::ApiError;
 use crate::authorizer;
+use crate::config::Config;
 use crate::decision_log::DecisionLog;
+use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
 use crate::policy_store::{PolicyStore, Snapshot};
+
+/// How the service bounds and shapes calls; built from the config.
+#[derive(Clone, Debug)]
+pub struct ServiceOptions {
+    pub max_batch_size: usize,
+    pub limits: Limits,
+    /// Calls evaluated at once; the rest are shed.
+    pub max_in_flight: usize,
+    pub request_timeout: Duration,
+    /// Context key for verified caller facts; `None` keeps them out.
+    pub caller_key: Option<String>,
+    /// Reject a `workload.spiffe_id` that is not the verified caller's.
+    pub bind_workload: bool,
+}
+
+impl ServiceOptions {
+    /// The options `config` asks for.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_batch_size: config.limits.max_batch_size,
+            limits: Limits::from(&config.limits),
+            max_in_flight: config.limits.max_in_flight,
+            request_timeout: config.limits.request_timeout,
+            caller_key: Some(config.caller.context_key.clone()).filter(|k| !k.is_empty()),
+            bind_workload: config.binds_workload(),
+        }
+    }
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self::from_config(&Config::default())
+    }
+}
 
 /// Answers authorization requests from the store's live snapshot.
 #[derive(Clone, Debug)]
 pub struct AuthorizerService {
     store: Arc<PolicyStore>,
-    max_batch_size: usize,
+    opts: Arc<ServiceOptions>,
+    permits: Arc<Semaphore>,
     log: Option<DecisionLog>,
     metrics: Arc<Metrics>,
 }
 
 impl AuthorizerService {
-    /// A service over `store` that refuses batches above `max_batch_size`.
-    pub fn new(store: Arc<PolicyStore>, max_batch_size: usize, metrics: Arc<Metrics>) -> Self {
+    /// A service over `store`, bounded by `opts`.
+    pub fn new(store: Arc<PolicyStore>, opts: ServiceOptions, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
-            max_batch_size,
+            permits: Arc::new(Semaphore::new(opts.max_in_flight)),
+            opts: Arc::new(opts),
             log: None,
             metrics,
         }
@@ -47,17 +90,123 @@ impl AuthorizerService {
     }
 
     /// Peer and trace ids feed only the decision log; without it, skip them.
-    fn call_info<T>(&self, request: &Request<T>, span: &Span) -> CallInfo {
+    pub(super) fn call_info(
+        &self,
+        peer: Option<&PeerFacts>,
+        metadata: &MetadataMap,
+        span: &Span,
+    ) -> CallInfo {
         match self.log {
-            Some(_) => {
-                CallInfo::of(request.remote_addr(), request.metadata()).with_span(spans::ids(span))
-            }
+            Some(_) => CallInfo::of(peer.cloned().unwrap_or_default(), metadata)
+                .with_span(spans::ids(span)),
             None => CallInfo::started_now(),
         }
     }
 
-    fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
+    pub(super) fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
         self.store.snapshot().ok_or(ApiError::NotReady)
+    }
+
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A slot among the calls evaluated at once; none left sheds the call.
+    pub(super) fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded {
+                max: self.opts.max_in_flight,
+            })
+    }
+
+    /// The configured timeout, or the client's shorter `grpc-timeout`.
+    pub(super) fn timeout(&self, metadata: &MetadataMap) -> Duration {
+        grpc_timeout(metadata).map_or(self.opts.request_timeout, |t| {
+            t.min(self.opts.request_timeout)
+        })
+    }
+
+    /// Runs `call`, failing it with `DEADLINE_EXCEEDED` after `timeout`.
+    pub(super) async fn within<T>(
+        &self,
+        timeout: Duration,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(ApiError::DeadlineExceeded { timeout }.into()))
+    }
+}
+
+/// The client's `grpc-timeout` header: an integer and a unit (H M S m u n).
+fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// What a request is judged with besides itself: the verified caller, and
+/// how the service treats it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Judge<'a> {
+    pub opts: &'a ServiceOptions,
+    pub peer: Option<&'a PeerFacts>,
+}
+
+impl Judge<'_> {
+    /// Caller binding: a workload may only speak for itself.
+    fn check_binding(&self, req: &AuthorizeRequest) -> Result<(), ApiError> {
+        if !self.opts.bind_workload {
+            return Ok(());
+        }
+        let Some(claimed) = req.workload.as_ref().map(|w| w.spiffe_id.as_str()) else {
+            return Ok(());
+        };
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let verified = self
+            .peer
+            .and_then(|p| p.spiffe.as_ref())
+            .map(|s| s.id.as_str());
+        if verified == Some(claimed) {
+            return Ok(());
+        }
+        Err(ApiError::CallerMismatch {
+            claimed: claimed.to_string(),
+            verified: verified.unwrap_or_default().to_string(),
+        })
+    }
+
+    /// Adds the verified caller facts under the reserved context key.
+    fn add_caller(&self, context: &mut serde_json::Map<String, Json>) -> Result<(), InvalidField> {
+        let Some(key) = &self.opts.caller_key else {
+            return Ok(());
+        };
+        if context.contains_key(key) {
+            return Err(InvalidField {
+                field: format!("context.{key}"),
+                message: "is reserved for the verified caller (`caller.context_key`); rename the context key".into(),
+            });
+        }
+        if let Some(peer) = self.peer.filter(|p| p.is_verified()) {
+            context.insert(key.clone(), peer.to_context());
+        }
+        Ok(())
     }
 }
 
@@ -69,21 +218,32 @@ type Outcome = (
 );
 
 /// Evaluates one request against one snapshot.
-fn decide(
+pub(super) fn decide(
     snapshot: &Snapshot,
     req: AuthorizeRequest,
     shared: &[serde_json::Value],
     audit: bool,
+    judge: Judge<'_>,
 ) -> Outcome {
     let request_id = req.request_id.clone();
     let has_workload = req.workload.is_some();
     let mut subject = audit.then(|| Subject::of(&req));
-    let decided = query_from_request(req, shared)
-        .map_err(ApiError::from)
-        .and_then(|q| {
+    let decided = judge
+        .check_binding(&req)
+        .and_then(|()| {
+            judge
+                .opts
+                .limits
+                .check_context_json(&req.context_json)
+                .map_err(ApiError::from)
+        })
+        .and_then(|()| query_from_request(req, shared).map_err(ApiError::from))
+        .and_then(|mut q| {
+            judge.opts.limits.check_query(&q)?;
             subject = subject
                 .take()
                 .map(|s| s.with_context(&q.context, has_workload));
+            judge.add_caller(&mut q.context)?;
             authorizer::authorize(snapshot, q).map_err(ApiError::from)
         });
     let response = match decided {
@@ -111,6 +271,7 @@ fn decide_batch(
     shared: &[serde_json::Value],
     audit: bool,
     parent: &Span,
+    judge: Judge<'_>,
 ) -> Vec<(AuthorizeResponse, Option<Subject>)> {
     requests
         .into_iter()
@@ -118,7 +279,7 @@ fn decide_batch(
         .map(|(i, req)| {
             let span = spans::authorize(Some(parent));
             spans::record_request(&span, &req);
-            let outcome = decide_item(snapshot, req, shared, audit, i);
+            let outcome = decide_item(snapshot, req, shared, audit, i, judge);
             spans::record_response(&span, &outcome.0);
             outcome
         })
@@ -132,8 +293,9 @@ fn decide_item(
     shared: &[serde_json::Value],
     audit: bool,
     i: usize,
+    judge: Judge<'_>,
 ) -> (AuthorizeResponse, Option<Subject>) {
-    match decide(snapshot, req, shared, audit) {
+    match decide(snapshot, req, shared, audit, judge) {
         (Ok(resp), subject) => (resp, subject),
         // An invalid item fails closed on its own; the rest still run.
         (Err((request_id, err)), subject) => {
@@ -157,7 +319,7 @@ fn decide_item(
     }
 }
 
-fn new_decision_id() -> String {
+pub(super) fn new_decision_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
@@ -167,26 +329,48 @@ impl AuthorizerService {
         request: Request<AuthorizeRequest>,
         span: &Span,
     ) -> Result<Response<AuthorizeResponse>, Status> {
-        let call = self.call_info(&request, span);
-        spans::record_request(span, request.get_ref());
+        let peer = request.extensions().get::<PeerFacts>().cloned();
+        let call = self.call_info(peer.as_ref(), request.metadata(), span);
         let snapshot = self.snapshot()?;
+        let response = self
+            .decide_one(&snapshot, request.into_inner(), peer.as_ref(), call, span)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    /// One decision with its span, metrics and decision record: the path
+    /// `Authorize` and ext_authz `Check` share.
+    pub(super) async fn decide_one(
+        &self,
+        snapshot: &Snapshot,
+        request: AuthorizeRequest,
+        peer: Option<&PeerFacts>,
+        call: CallInfo,
+        span: &Span,
+    ) -> Result<AuthorizeResponse, ApiError> {
+        spans::record_request(span, &request);
+        spans::record_peer(span, peer);
         // Reserve the log slot first: a decision that is made always has room
         // to be recorded, even if the call is cancelled right after.
         let mut slots = match &self.log {
             Some(log) => Some(log.reserve(1).await),
             None => None,
         };
-        let (response, subject) = decide(&snapshot, request.into_inner(), &[], slots.is_some());
-        let response = response.map_err(|(_, e)| Status::from(e))?;
+        let judge = Judge {
+            opts: &self.opts,
+            peer,
+        };
+        let (response, subject) = decide(snapshot, request, &[], slots.is_some(), judge);
+        let response = response.map_err(|(_, e)| e)?;
         spans::record_response(span, &response);
         self.metrics.decision(
             response.decision == Decision::Allow as i32,
             call.started.elapsed(),
         );
         if let (Some(slots), Some(subject)) = (slots.as_mut(), subject) {
-            slots.submit(subject.into_record(&response, &call, &snapshot));
+            slots.submit(subject.into_record(&response, &call, snapshot));
         }
-        Ok(Response::new(response))
+        Ok(response)
     }
 
     async fn batch_call(
@@ -194,13 +378,14 @@ impl AuthorizerService {
         request: Request<BatchAuthorizeRequest>,
         span: &Span,
     ) -> Result<Response<BatchAuthorizeResponse>, Status> {
-        let call = self.call_info(&request, span);
+        let peer = request.extensions().get::<PeerFacts>().cloned();
+        let call = self.call_info(peer.as_ref(), request.metadata(), span);
         let batch = request.into_inner();
         span.record("cedar.batch_size", batch.requests.len() as u64);
-        if batch.requests.len() > self.max_batch_size {
+        if batch.requests.len() > self.opts.max_batch_size {
             return Err(ApiError::BatchTooLarge {
                 len: batch.requests.len(),
-                max: self.max_batch_size,
+                max: self.opts.max_batch_size,
             }
             .into());
         }
@@ -208,6 +393,17 @@ impl AuthorizerService {
         span.record("cedar.policy_revision", snapshot.revision.as_str());
         let shared = entities_to_json(batch.entities, &batch.entities_json, "entities")
             .map_err(ApiError::from)?;
+        if shared.len() > self.opts.limits.max_entities {
+            return Err(ApiError::from(InvalidField {
+                field: "entities".into(),
+                message: format!(
+                    "{} shared entities; the limit is {} (`limits.max_entities_per_request`)",
+                    shared.len(),
+                    self.opts.limits.max_entities
+                ),
+            })
+            .into());
+        }
         // A batch can take milliseconds of CPU; keep it off the async workers
         // so health checks and other calls are not starved.
         let mut slots = match &self.log {
@@ -218,8 +414,13 @@ impl AuthorizerService {
         let decided = {
             let snapshot = Arc::clone(&snapshot);
             let parent = span.clone();
+            let opts = self.opts.clone();
             tokio::task::spawn_blocking(move || {
-                decide_batch(&snapshot, batch.requests, &shared, audit, &parent)
+                let judge = Judge {
+                    opts: &opts,
+                    peer: peer.as_ref(),
+                };
+                decide_batch(&snapshot, batch.requests, &shared, audit, &parent, judge)
             })
             .await
             .map_err(|e| Status::internal(format!("batch evaluation failed: {e}")))?
@@ -247,7 +448,12 @@ impl Authorizer for AuthorizerService {
         let _inflight = self.metrics.inflight();
         let span = spans::authorize(None);
         spans::continue_trace(&span, request.metadata());
-        self.authorize_call(request, &span).await.inspect_err(|s| {
+        let timeout = self.timeout(request.metadata());
+        let call = async {
+            let _permit = self.admit()?;
+            self.authorize_call(request, &span).await
+        };
+        self.within(timeout, call).await.inspect_err(|s| {
             spans::record_failure(&span, s);
             self.metrics.request_error(s.code());
         })
@@ -260,7 +466,12 @@ impl Authorizer for AuthorizerService {
         let _inflight = self.metrics.inflight();
         let span = spans::batch();
         spans::continue_trace(&span, request.metadata());
-        self.batch_call(request, &span).await.inspect_err(|s| {
+        let timeout = self.timeout(request.metadata());
+        let call = async {
+            let _permit = self.admit()?;
+            self.batch_call(request, &span).await
+        };
+        self.within(timeout, call).await.inspect_err(|s| {
             spans::record_failure(&span, s);
             self.metrics.request_error(s.code());
         })

@@ -10,6 +10,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::proto;
+use crate::identity::PeerFacts;
 use crate::telemetry::SPAN_TARGET;
 
 struct Metadata<'a>(&'a MetadataMap);
@@ -37,7 +38,8 @@ pub fn authorize(parent: Option<&Span>) -> Span {
         cedar.principal = Empty, cedar.action = Empty, cedar.resource = Empty,
         cedar.decision = Empty, cedar.determining_policies = Empty, cedar.error_count = Empty,
         cedar.policy_revision = Empty, cedar.decision_id = Empty, cedar.request_id = Empty,
-        cedar.workload.spiffe_id = Empty, otel.status_code = Empty, otel.status_message = Empty)
+        cedar.workload.spiffe_id = Empty, cedar.caller.spiffe_id = Empty, cedar.caller.uid = Empty,
+        cedar.caller.pid = Empty, otel.status_code = Empty, otel.status_message = Empty)
 }
 
 /// The span of a whole `BatchAuthorize` call.
@@ -83,6 +85,22 @@ pub fn record_request(span: &Span, req: &proto::AuthorizeRequest) {
     span.record("cedar.request_id", req.request_id.as_str());
     if let Some(w) = &req.workload {
         span.record("cedar.workload.spiffe_id", w.spiffe_id.as_str());
+    }
+}
+
+/// Records what the transport proved about the caller.
+pub fn record_peer(span: &Span, peer: Option<&PeerFacts>) {
+    let Some(peer) = peer.filter(|_| !span.is_disabled()) else {
+        return;
+    };
+    if let Some(s) = &peer.spiffe {
+        span.record("cedar.caller.spiffe_id", s.id.as_str());
+    }
+    if let Some(u) = &peer.unix {
+        span.record("cedar.caller.uid", u64::from(u.uid));
+        if let Some(pid) = u.pid {
+            span.record("cedar.caller.pid", i64::from(pid));
+        }
     }
 }
 

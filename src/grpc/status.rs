@@ -18,6 +18,19 @@ pub enum ApiError {
     NotReady,
     #[error("batch has {len} requests; the limit is {max} (`limits.max_batch_size`)")]
     BatchTooLarge { len: usize, max: usize },
+    #[error(
+        "overloaded: {max} calls are already being evaluated (`limits.max_in_flight`); retry with backoff"
+    )]
+    Overloaded { max: usize },
+    #[error(
+        "deadline of {timeout:?} exceeded (`limits.request_timeout` or the client's `grpc-timeout`)"
+    )]
+    DeadlineExceeded { timeout: std::time::Duration },
+    /// A workload tried to ask as someone other than the verified caller.
+    #[error(
+        "`workload.spiffe_id` `{claimed}` is not the verified caller `{verified}`; a workload may only ask for itself (`caller.bind_workload`)"
+    )]
+    CallerMismatch { claimed: String, verified: String },
 }
 
 impl ApiError {
@@ -28,6 +41,9 @@ impl ApiError {
                 Code::InvalidArgument
             }
             Self::NotReady => Code::Unavailable,
+            Self::Overloaded { .. } => Code::ResourceExhausted,
+            Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Self::CallerMismatch { .. } => Code::PermissionDenied,
         }
     }
 
@@ -36,7 +52,8 @@ impl ApiError {
             Self::Field(f) => Some(f.field.clone()),
             Self::Authorize(e) => Some(e.field().to_string()),
             Self::BatchTooLarge { .. } => Some("requests".to_string()),
-            Self::NotReady => None,
+            Self::CallerMismatch { .. } => Some("workload.spiffe_id".to_string()),
+            Self::NotReady | Self::Overloaded { .. } | Self::DeadlineExceeded { .. } => None,
         }
     }
 }

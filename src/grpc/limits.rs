@@ -1,0 +1,246 @@
+//! Per-request bounds on what a caller may send. Message size is bounded by
+//! tonic before decoding; these bound the shape of what was decoded, so that
+//! no request can make evaluation cost more than the limits allow.
+
+use serde_json::Value as Json;
+
+use super::convert::InvalidField;
+use crate::authorizer::Query;
+use crate::config::LimitsConfig;
+
+/// The configured bounds, checked on every request.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_entities: usize,
+    pub max_depth: usize,
+    pub max_context_bytes: usize,
+    pub max_string_bytes: usize,
+}
+
+impl From<&LimitsConfig> for Limits {
+    fn from(c: &LimitsConfig) -> Self {
+        Self {
+            max_entities: c.max_entities_per_request,
+            max_depth: c.max_context_depth,
+            max_context_bytes: c.max_context_bytes,
+            max_string_bytes: c.max_string_bytes,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::from(&LimitsConfig::default())
+    }
+}
+
+impl Limits {
+    /// Checks raw JSON text before it is parsed.
+    pub fn check_context_json(&self, text: &str) -> Result<(), InvalidField> {
+        if text.len() > self.max_context_bytes {
+            return Err(self.too_big("context_json", text.len()));
+        }
+        Ok(())
+    }
+
+    /// Checks a converted query: entity count, and the depth, string lengths
+    /// and size of its context and entities.
+    pub fn check_query(&self, q: &Query) -> Result<(), InvalidField> {
+        for (field, uid) in [
+            ("principal", &q.principal),
+            ("action", &q.action),
+            ("resource", &q.resource),
+        ] {
+            let id: &str = uid.id().unescaped();
+            let type_len = uid.type_name().to_string().len();
+            if id.len() > self.max_string_bytes || type_len > self.max_string_bytes {
+                return Err(self.long_string(field, id.len().max(type_len)));
+            }
+        }
+        if q.entities.len() > self.max_entities {
+            return Err(InvalidField {
+                field: "entities".into(),
+                message: format!(
+                    "{} entities; the limit is {} (`limits.max_entities_per_request`)",
+                    q.entities.len(),
+                    self.max_entities
+                ),
+            });
+        }
+        let mut size = 0;
+        for (k, v) in &q.context {
+            let field = format!("context.{k}");
+            self.check_string(&field, k)?;
+            size += k.len() + self.walk(v, &field, 0)?;
+            if size > self.max_context_bytes {
+                return Err(self.too_big("context", size));
+            }
+        }
+        for (i, e) in q.entities.iter().enumerate() {
+            self.walk_entity(e, &format!("entities[{i}]"))?;
+        }
+        Ok(())
+    }
+
+    /// Walks `v`, which sits inside `depth` records and sets; returns its
+    /// approximate JSON size.
+    fn walk(&self, v: &Json, field: &str, depth: usize) -> Result<usize, InvalidField> {
+        // Cedar's `__entity` / `__extn` escapes are JSON objects but not
+        // Cedar records, so they do not count as a level.
+        let is_escape = |map: &serde_json::Map<String, Json>| {
+            map.len() == 1 && (map.contains_key("__entity") || map.contains_key("__extn"))
+        };
+        let inner_depth = match v {
+            Json::Object(map) if is_escape(map) => depth,
+            Json::Array(_) | Json::Object(_) => depth + 1,
+            _ => depth,
+        };
+        if inner_depth > self.max_depth {
+            return Err(InvalidField {
+                field: field.into(),
+                message: format!(
+                    "nested deeper than {} records and sets (`limits.max_context_depth`)",
+                    self.max_depth
+                ),
+            });
+        }
+        Ok(match v {
+            Json::Null | Json::Bool(_) | Json::Number(_) => 8,
+            Json::String(s) => {
+                self.check_string(field, s)?;
+                s.len() + 2
+            }
+            Json::Array(items) => {
+                let mut size = 2;
+                for (i, item) in items.iter().enumerate() {
+                    size += self.walk(item, &format!("{field}[{i}]"), inner_depth)? + 1;
+                }
+                size
+            }
+            Json::Object(map) => {
+                let mut size = 2;
+                for (k, item) in map {
+                    let inner = format!("{field}.{k}");
+                    self.check_string(&inner, k)?;
+                    size += k.len() + 4 + self.walk(item, &inner, inner_depth)?;
+                }
+                size
+            }
+        })
+    }
+
+    /// An entity's attrs and tags are records whose values start at depth 0.
+    fn walk_entity(&self, e: &Json, field: &str) -> Result<(), InvalidField> {
+        let Json::Object(map) = e else {
+            return self.walk(e, field, 0).map(drop);
+        };
+        for (k, v) in map {
+            let inner = format!("{field}.{k}");
+            match (k.as_str(), v) {
+                ("attrs" | "tags", Json::Object(record)) => {
+                    for (name, value) in record {
+                        let at = format!("{inner}.{name}");
+                        self.check_string(&at, name)?;
+                        self.walk(value, &at, 0)?;
+                    }
+                }
+                _ => {
+                    self.walk(v, &inner, 0)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_string(&self, field: &str, s: &str) -> Result<(), InvalidField> {
+        if s.len() > self.max_string_bytes {
+            return Err(self.long_string(field, s.len()));
+        }
+        Ok(())
+    }
+
+    fn long_string(&self, field: &str, len: usize) -> InvalidField {
+        InvalidField {
+            field: field.into(),
+            message: format!(
+                "a string of {len} bytes; the limit is {} (`limits.max_string_bytes`)",
+                self.max_string_bytes
+            ),
+        }
+    }
+
+    fn too_big(&self, field: &str, size: usize) -> InvalidField {
+        InvalidField {
+            field: field.into(),
+            message: format!(
+                "{size} bytes; the limit is {} (`limits.max_context_bytes`)",
+                self.max_context_bytes
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use std::str::FromStr;
+
+    use cedar_policy::EntityUid;
+    use serde_json::json;
+
+    use super::*;
+
+    fn query(context: Json) -> Query {
+        let uid = |s| EntityUid::from_str(s).unwrap();
+        Query {
+            principal: uid(r#"User::"a""#),
+            action: uid(r#"Action::"b""#),
+            resource: uid(r#"Doc::"c""#),
+            context: context.as_object().cloned().unwrap(),
+            entities: Vec::new(),
+        }
+    }
+
+    fn nested(depth: usize) -> Json {
+        (0..depth).fold(json!(1), |inner, _| json!({ "a": inner }))
+    }
+
+    #[test]
+    fn depth_is_bounded_at_the_edge() {
+        let limits = Limits {
+            max_depth: 4,
+            ..Limits::default()
+        };
+        assert!(
+            limits
+                .check_query(&query(json!({ "x": nested(4) })))
+                .is_ok()
+        );
+        let err = limits
+            .check_query(&query(json!({ "x": nested(5) })))
+            .unwrap_err();
+        assert!(err.field.starts_with("context.x.a"), "{err}");
+    }
+
+    #[test]
+    fn strings_and_size_are_bounded() {
+        let limits = Limits {
+            max_string_bytes: 10,
+            max_context_bytes: 100,
+            ..Limits::default()
+        };
+        assert!(
+            limits
+                .check_query(&query(json!({ "s": "0123456789" })))
+                .is_ok()
+        );
+        let err = limits
+            .check_query(&query(json!({ "s": "0123456789x" })))
+            .unwrap_err();
+        assert_eq!(err.field, "context.s");
+        let many: serde_json::Map<String, Json> =
+            (0..20).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let err = limits.check_query(&query(Json::Object(many))).unwrap_err();
+        assert_eq!(err.field, "context");
+    }
+}

@@ -1,0 +1,269 @@
+//! Listeners: TCP or a Unix socket, optionally TLS. Each accepted connection
+//! carries the [`PeerFacts`] the transport proved, which tonic hands to every
+//! request on it as an extension.
+
+pub mod tls;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use crate::identity::{PeerFacts, UnixPeer};
+pub use tls::{ReloadingTls, TlsError};
+
+/// Where the gRPC server accepts connections.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixSocket),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Self {
+        Self::Tcp(l)
+    }
+}
+
+impl From<UnixSocket> for Listener {
+    fn from(s: UnixSocket) -> Self {
+        Self::Unix(s)
+    }
+}
+
+impl Listener {
+    /// A printable address, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|e| format!("tcp ({e})")),
+            Self::Unix(s) => format!("unix://{}", s.path.display()),
+        }
+    }
+}
+
+/// A bound Unix socket that removes its file when dropped.
+#[derive(Debug)]
+pub struct UnixSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+/// Why a Unix socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("`{}` is in use by another server", .0.display())]
+    InUse(PathBuf),
+    #[error("`{}` exists and is not a socket; refusing to replace it", .0.display())]
+    NotASocket(PathBuf),
+    #[error("cannot bind `{}`: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl UnixSocket {
+    /// Binds `path` with file mode `mode`. A stale socket left by a process
+    /// that died is replaced; a live one, or any other file, is an error.
+    pub fn bind(path: &Path, mode: u32) -> Result<Self, BindError> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let io_err = |source| BindError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(BindError::InUse(path.to_path_buf()));
+                }
+                std::fs::remove_file(path).map_err(io_err)?;
+            }
+            Ok(_) => return Err(BindError::NotASocket(path.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(io_err)?;
+        let socket = Self {
+            listener,
+            path: path.to_path_buf(),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
+        Ok(socket)
+    }
+
+    /// The socket file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// One accepted (and, with TLS, handshaken) connection.
+pub struct Conn {
+    io: Box<dyn Io>,
+    facts: PeerFacts,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = PeerFacts;
+
+    fn connect_info(&self) -> PeerFacts {
+        self.facts.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_shutdown(cx)
+    }
+}
+
+/// TLS settings for [`incoming`].
+#[derive(Clone, Debug)]
+pub struct TlsAccept {
+    pub tls: Arc<ReloadingTls>,
+    pub handshake_timeout: Duration,
+}
+
+/// Accepts connections until the returned stream is dropped. Handshakes run
+/// on their own tasks, so a slow client cannot hold up others; accept errors
+/// (such as running out of file descriptors) are logged and retried.
+pub fn incoming(listener: Listener, tls: Option<TlsAccept>) -> ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        // Owns the listener (and so the socket file) until the server stops.
+        loop {
+            let accepted = tokio::select! {
+                () = tx.closed() => return,
+                a = accept(&listener) => a,
+            };
+            let (io, facts) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match &tls {
+                None => {
+                    if tx.send(Ok(Conn { io, facts })).await.is_err() {
+                        return;
+                    }
+                }
+                Some(tls) => {
+                    let tx = tx.clone();
+                    let tls = tls.clone();
+                    tokio::spawn(async move {
+                        if let Some(conn) = handshake(io, facts, &tls).await {
+                            let _ = tx.send(Ok(conn)).await;
+                        }
+                    });
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn accept(listener: &Listener) -> io::Result<(Box<dyn Io>, PeerFacts)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (stream, addr) = l.accept().await?;
+            stream.set_nodelay(true)?;
+            let facts = PeerFacts {
+                addr: Some(addr),
+                ..PeerFacts::default()
+            };
+            Ok((Box::new(stream), facts))
+        }
+        Listener::Unix(s) => {
+            let (stream, _) = s.listener.accept().await?;
+            let cred = stream.peer_cred()?;
+            let facts = PeerFacts {
+                unix: Some(UnixPeer {
+                    uid: cred.uid(),
+                    gid: cred.gid(),
+                    pid: cred.pid(),
+                }),
+                ..PeerFacts::default()
+            };
+            Ok((Box::new(stream), facts))
+        }
+    }
+}
+
+async fn handshake(io: Box<dyn Io>, mut facts: PeerFacts, tls: &TlsAccept) -> Option<Conn> {
+    let accept = tls.tls.acceptor().accept(io);
+    match tokio::time::timeout(tls.handshake_timeout, accept).await {
+        Ok(Ok(stream)) => {
+            facts.spiffe = tls::peer_spiffe_id(stream.get_ref().1.peer_certificates());
+            Some(Conn {
+                io: Box::new(stream),
+                facts,
+            })
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = ?facts.addr, "TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = ?facts.addr, "TLS handshake timed out");
+            None
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! TLS for the gRPC listener, with the certificate, key and client trust
+//! bundle re-read from disk while serving. SVIDs rotate hourly, so the live
+//! material sits behind `ArcSwap`s that new handshakes read; connections
+//! already open keep the session they negotiated. A bad file never replaces
+//! good material.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
+use sha2::{Digest, Sha256};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{ClientAuth, TlsConfig};
+use crate::identity::SpiffeId;
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read `{}`: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{}` holds no PEM certificate", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("`{}`: {message}", path.display())]
+    Pem { path: PathBuf, message: String },
+    #[error("`{}` does not match certificate `{}`: {source}", key.display(), cert.display())]
+    KeyMismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("invalid TLS material: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("invalid client trust bundle `{}`: {message}", path.display())]
+    TrustBundle { path: PathBuf, message: String },
+}
+
+/// The server's TLS config, whose certificate and client verifier follow
+/// the files on disk.
+pub struct ReloadingTls {
+    files: TlsConfig,
+    provider: Arc<CryptoProvider>,
+    cert: Arc<ArcSwap<CertifiedKey>>,
+    verifier: Arc<SwappableVerifier>,
+    acceptor: TlsAcceptor,
+    digest: Mutex<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ReloadingTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadingTls {
+    /// Loads the files once; any problem is an error, so the server does not
+    /// start without good material.
+    pub fn load(files: &TlsConfig) -> Result<Self, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (material, digest) = Material::read(files, &provider)?;
+        let cert = Arc::new(ArcSwap::from(material.cert));
+        let verifier = Arc::new(SwappableVerifier {
+            current: ArcSwap::from_pointee(material.verifier),
+            mandatory: files.client_auth == ClientAuth::Required,
+            offered: files.client_auth != ClientAuth::None,
+        });
+        let mut config = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier.clone())
+            .with_cert_resolver(Arc::new(Resolver(cert.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self {
+            files: files.clone(),
+            provider,
+            cert,
+            verifier,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            digest: Mutex::new(digest),
+        })
+    }
+
+    /// Accepts TLS connections with the live material.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor.clone()
+    }
+
+    /// Re-reads the files. `Ok(true)` when new material went live, `Ok(false)`
+    /// when nothing changed; on error the old material stays.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let mut last = self.digest.lock().unwrap_or_else(|p| p.into_inner());
+        if read_digest(&self.files)? == *last {
+            return Ok(false);
+        }
+        let (material, digest) = Material::read(&self.files, &self.provider)?;
+        self.cert.store(material.cert);
+        self.verifier.current.store(Arc::new(material.verifier));
+        *last = digest;
+        Ok(true)
+    }
+
+    /// Checks the files every `interval` until the returned task is aborted.
+    pub fn spawn_watcher(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(interval).await;
+                let tls = self.clone();
+                match tokio::task::spawn_blocking(move || tls.reload()).await {
+                    Ok(Ok(true)) => {
+                        failing = false;
+                        tracing::info!("TLS certificate and trust bundle reloaded");
+                    }
+                    Ok(Ok(false)) => failing = false,
+                    Ok(Err(e)) => {
+                        // Rotation may write the files one at a time; say so
+                        // once per failure streak, not every interval.
+                        if !failing {
+                            tracing::warn!("TLS reload failed; keeping the current material: {e}");
+                        }
+                        failing = true;
+                    }
+                    Err(e) => tracing::error!("TLS reload task failed: {e}"),
+                }
+            }
+        })
+    }
+}
+
+/// The SPIFFE ID in a verified peer certificate's URI SAN, if any.
+pub fn peer_spiffe_id(certs: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> {
+    let leaf = certs?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
+            SpiffeId::parse(uri).ok()
+        }
+        _ => None,
+    })
+}
+
+struct Material {
+    cert: Arc<CertifiedKey>,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn paths(files: &TlsConfig) -> Vec<&Path> {
+    let mut paths = vec![files.cert.as_path(), files.key.as_path()];
+    if files.client_auth != ClientAuth::None {
+        paths.push(files.client_ca.as_path());
+    }
+    paths
+}
+
+fn read_digest(files: &TlsConfig) -> Result<[u8; 32], TlsError> {
+    let mut hasher = Sha256::new();
+    for path in paths(files) {
+        let bytes = read(path)?;
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    Ok(hasher.finalize().into())
+}
+
+fn certificates(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(path.to_path_buf()));
+    }
+    Ok(certs)
+}
+
+impl Material {
+    fn read(
+        files: &TlsConfig,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<(Self, [u8; 32]), TlsError> {
+        // Digest first: if a file changes while we read, the next check sees
+        // a different digest and reads again.
+        let digest = read_digest(files)?;
+        let chain = certificates(&files.cert, &read(&files.cert)?)?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?).map_err(|e| TlsError::Pem {
+            path: files.key.clone(),
+            message: e.to_string(),
+        })?;
+        let signing_key = provider.key_provider.load_private_key(key)?;
+        let cert = CertifiedKey::new(chain, signing_key);
+        cert.keys_match().map_err(|source| TlsError::KeyMismatch {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            source,
+        })?;
+        let verifier = match files.client_auth {
+            ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
+            mode => {
+                let mut roots = RootCertStore::empty();
+                for ca in certificates(&files.client_ca, &read(&files.client_ca)?)? {
+                    roots.add(ca).map_err(|e| TlsError::TrustBundle {
+                        path: files.client_ca.clone(),
+                        message: e.to_string(),
+                    })?;
+                }
+                let builder =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+                let builder = if mode == ClientAuth::Optional {
+                    builder.allow_unauthenticated()
+                } else {
+                    builder
+                };
+                builder.build().map_err(|e| TlsError::TrustBundle {
+                    path: files.client_ca.clone(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        Ok((
+            Self {
+                cert: Arc::new(cert),
+                verifier,
+            },
+            digest,
+        ))
+    }
+}
+
+#[derive(Debug)]
+struct Resolver(Arc<ArcSwap<CertifiedKey>>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// Delegates to the verifier built from the current trust bundle.
+#[derive(Debug)]
+struct SwappableVerifier {
+    current: ArcSwap<Arc<dyn ClientCertVerifier>>,
+    mandatory: bool,
+    offered: bool,
+}
+
+impl ClientCertVerifier for SwappableVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.offered
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    // No CA hints: the bundle can change under a borrowed slice, and clients
+    // with one certificate send it regardless.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current.load().supported_verify_schemes()
+    }
+}
