@@ -142,6 +142,10 @@ pub struct ExtAuthzConfig {
     /// Entity type of the source workload.
     pub principal_type: String,
     pub namespace_type: String,
+    /// Namespace id template over `{trust_domain}` and `{namespace}`. With
+    /// more than one trust domain, qualify it (`{trust_domain}/{namespace}`):
+    /// otherwise a foreign workload's namespace is the same entity as yours.
+    pub namespace_id: String,
     pub trust_domain_type: String,
     /// The principal when the source has no (SPIFFE) principal, as a Cedar
     /// uid such as `Mesh::Workload::"anonymous"`.
@@ -181,6 +185,7 @@ impl Default for ExtAuthzConfig {
             enabled: true,
             principal_type: "Mesh::Workload".to_string(),
             namespace_type: "Mesh::Namespace".to_string(),
+            namespace_id: "{namespace}".to_string(),
             trust_domain_type: "Mesh::TrustDomain".to_string(),
             anonymous_principal: r#"Mesh::Workload::"anonymous""#.to_string(),
             action_type: "Mesh::Action".to_string(),

@@ -257,7 +257,11 @@ impl Mapping {
         .into();
         let mut parents = vec![trust_domain];
         if !spiffe.namespace.is_empty() {
-            let namespace = uid(&c.namespace_type, &spiffe.namespace);
+            let namespace_id = c
+                .namespace_id
+                .replace("{trust_domain}", &spiffe.trust_domain)
+                .replace("{namespace}", &spiffe.namespace);
+            let namespace = uid(&c.namespace_type, &namespace_id);
             attrs.insert("namespace".into(), value(V::Entity(namespace.clone())));
             attrs.insert("service_account".into(), string(&spiffe.service_account));
             parents.push(namespace);
