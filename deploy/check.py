@@ -21,7 +21,8 @@ venv that has them). Checks, all without network access:
    cluster;
 5. observability/alerts.yaml: every rule has expr, for, labels.severity and
    names registered metrics;
-6. the Dockerfile: non-root numeric USER, HEALTHCHECK, copied paths exist.
+6. the Dockerfile: non-root numeric USER, HEALTHCHECK, copied paths exist;
+7. the policy repository's workflow runs validate, fmt --check and test.
 
 Prints every problem as `path: message` and exits 1 if there is any.
 """
@@ -765,6 +766,42 @@ def check_dockerfile(root: Path, crate: Path, problems: Problems) -> None:
 
 
 # ---------------------------------------------------------------------------
+# 7. The policy repository's CI workflow.
+
+POLICY_CI_COMMANDS = ("validate --policies .", "fmt --check", "test --junit report.xml")
+
+
+def check_policy_ci(root: Path, problems: Problems) -> None:
+    files = sorted((root / "policy-repo-ci" / ".github" / "workflows").glob("*.y*ml"))
+    if not files:
+        problems.add(root / "policy-repo-ci", "no workflow under .github/workflows/")
+        return
+    for path in files:
+        docs = load_documents(path, problems)
+        if len(docs) != 1:
+            problems.add(path, "must hold exactly one YAML document")
+            continue
+        wf = docs[0]
+        # YAML 1.1 reads the bare key `on` as true.
+        if "on" not in wf and True not in wf:
+            problems.add(path, "workflow has no `on:` trigger")
+        jobs = wf.get("jobs")
+        if not isinstance(jobs, dict) or not jobs:
+            problems.add(path, "workflow has no jobs")
+            continue
+        runs = []
+        for job_name, job in jobs.items():
+            steps = (job or {}).get("steps")
+            if not (job or {}).get("runs-on") or not isinstance(steps, list) or not steps:
+                problems.add(path, f"job `{job_name}` needs runs-on and steps")
+                continue
+            runs += [str(step.get("run", "")) for step in steps if isinstance(step, dict)]
+        for command in POLICY_CI_COMMANDS:
+            if not any(re.search(rf"\b{re.escape(command)}(\s|$)", r) for r in runs):
+                problems.add(path, f"no step runs `cedar-pdp {command}`")
+
+
+# ---------------------------------------------------------------------------
 
 
 def main() -> int:
@@ -789,6 +826,7 @@ def main() -> int:
         ("envoy", lambda: check_envoy(root, problems)),
         ("alerts", lambda: check_alerts(root, series, problems)),
         ("dockerfile", lambda: check_dockerfile(root, crate, problems)),
+        ("policy CI", lambda: check_policy_ci(root, problems)),
     ]
     for name, step in steps:
         before = len(problems.items)
