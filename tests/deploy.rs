@@ -305,3 +305,94 @@ fn the_checker_rejects_metric_names_and_config_keys_the_crate_does_not_have() {
     );
     assert!(ran.stdout.contains("check envoy: ok"), "{ran:#?}");
 }
+
+/// Writes the ConfigMaps' files as the kubelet would mount them: the config
+/// TOML to `<dir>/config.toml` and the policies to `<dir>/policies/`.
+fn mount_configmaps(dir: &Path) {
+    let script = r#"
+import pathlib, sys, yaml
+deploy, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+config = yaml.safe_load((deploy / "kubernetes/base/config.yaml").read_text())
+(out / "config.toml").write_text(config["data"]["config.toml"])
+policies = yaml.safe_load((deploy / "kubernetes/policies/policies.yaml").read_text())
+(out / "policies").mkdir()
+for name, text in policies["data"].items():
+    (out / "policies" / name).write_text(text)
+"#;
+    let mut cmd = Command::new(venv_python());
+    cmd.args(["-c", script])
+        .arg(crate_dir().join("deploy"))
+        .arg(dir);
+    let ran = run(cmd, CHECK_DEADLINE);
+    assert!(ran.status.success(), "{ran:#?}");
+}
+
+fn validate_with(config: &Path, policies: &Path) -> Ran {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cedar-pdp"));
+    cmd.arg("validate")
+        .arg("--config")
+        .arg(config)
+        .arg("--policies")
+        .arg(policies)
+        .env_remove("RUST_LOG")
+        .env_remove("CEDAR_PDP_CONFIG");
+    run(cmd, CHECK_DEADLINE)
+}
+
+#[test]
+fn the_binary_accepts_the_configmaps() {
+    let dir = TempDir::new().unwrap();
+    mount_configmaps(dir.path());
+    let config = dir.path().join("config.toml");
+    let policies = dir.path().join("policies");
+    let ran = validate_with(&config, &policies);
+    if !ran.status.success() {
+        // Until Unix-socket listening lands (`listen = "unix://..."` and
+        // `[unix_socket] mode`), the binary rejects exactly those; every
+        // other key must already be accepted as it is.
+        assert!(
+            ran.stderr.contains("unix_socket") || ran.stderr.contains("`listen`"),
+            "the config is rejected for something other than the Unix socket:\n{ran:#?}"
+        );
+        let text = std::fs::read_to_string(&config).unwrap();
+        let mut stripped = String::new();
+        let mut in_unix_socket = false;
+        for line in text.lines() {
+            if line.starts_with('[') {
+                in_unix_socket = line.trim() == "[unix_socket]";
+            }
+            if in_unix_socket {
+                continue;
+            }
+            if line.starts_with("listen = \"unix://") {
+                stripped.push_str("listen = \"127.0.0.1:50051\"\n");
+            } else {
+                stripped.push_str(line);
+                stripped.push('\n');
+            }
+        }
+        assert_ne!(stripped, text, "nothing Unix-socket related to strip");
+        std::fs::write(&config, stripped).unwrap();
+        let ran = validate_with(&config, &policies);
+        assert!(ran.status.success(), "{ran:#?}");
+    }
+    // The ConfigMap's policies are the example set: a schema, entities and
+    // every policy load.
+    let ran = validate_with(&config, &policies);
+    assert!(
+        ran.stdout.starts_with("ok: ") && ran.stdout.contains("schema loaded"),
+        "{ran:#?}"
+    );
+    let reference = validate_with(&config, &crate_dir().join("policies"));
+    let revision = |out: &str| {
+        out.rsplit("revision ")
+            .next()
+            .map(str::trim)
+            .map(String::from)
+    };
+    assert_eq!(
+        revision(&ran.stdout),
+        revision(&reference.stdout),
+        "the policies ConfigMap is not the example set:\n{ran:#?}\n{reference:#?}"
+    );
+}
