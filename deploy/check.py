@@ -437,6 +437,8 @@ def check_workload(path: Path, doc: dict[str, Any], configmaps: set[str], proble
     init = pod.get("initContainers") or []
     containers = pod.get("containers") or []
     where = f"{doc['kind']}/{name}"
+    if (pod_sc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        problems.add(path, f"{where}: the pod must use the RuntimeDefault seccomp profile")
     for v in volumes.values():
         cm = (v.get("configMap") or {}).get("name")
         if cm and cm not in configmaps:
