@@ -396,3 +396,46 @@ fn the_binary_accepts_the_configmaps() {
         "the policies ConfigMap is not the example set:\n{ran:#?}\n{reference:#?}"
     );
 }
+
+/// `major.minor` of a version string like `1.91` or `1.89.0`.
+fn major_minor(version: &str) -> (u32, u32) {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap());
+    (parts.next().unwrap(), parts.next().unwrap_or(0))
+}
+
+#[test]
+fn the_dockerfile_rust_is_new_enough_for_every_locked_dependency() {
+    let dockerfile = std::fs::read_to_string(crate_dir().join("deploy/Dockerfile")).unwrap();
+    let image = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG RUST_VERSION="))
+        .unwrap_or_else(|| panic!("deploy/Dockerfile has no `ARG RUST_VERSION=`"));
+    assert!(
+        dockerfile.contains("FROM rust:${RUST_VERSION}-"),
+        "the build stage does not use RUST_VERSION"
+    );
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .current_dir(crate_dir());
+    let ran = run(cmd, CHECK_DEADLINE);
+    assert!(ran.status.success(), "cargo metadata failed: {ran:#?}");
+    let metadata: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let packages = metadata["packages"].as_array().unwrap();
+    assert!(packages.len() > 50, "{} packages", packages.len());
+    let (needed, by) = packages
+        .iter()
+        .filter_map(|p| {
+            Some((
+                major_minor(p["rust_version"].as_str()?),
+                p["name"].as_str()?,
+            ))
+        })
+        .max()
+        .unwrap();
+    assert!(
+        major_minor(image) >= needed,
+        "deploy/Dockerfile builds with Rust {image}, but `{by}` needs {}.{}",
+        needed.0,
+        needed.1
+    );
+}
