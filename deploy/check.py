@@ -147,7 +147,23 @@ def config_schema(config_rs: Path) -> dict[str, Any]:
     src = config_rs.read_text()
     structs: dict[str, list[tuple[str, str]]] = {}
     for m in re.finditer(r"pub struct (\w+) \{(.*?)\n\}", src, re.S):
-        fields = re.findall(r"^\s*pub (\w+): ([^,\n]+),", m.group(2), re.M)
+        fields = []
+        attrs = ""
+        for line in m.group(2).splitlines():
+            line = line.strip()
+            if line.startswith("#["):
+                attrs += line
+                continue
+            field = re.match(r"pub (\w+): ([^,]+),", line)
+            if field:
+                ty = field.group(2)
+                # A custom deserializer (other than humantime's, for
+                # Duration) decides what the TOML value looks like.
+                if "deserialize_with" in attrs or ("with =" in attrs and "humantime" not in attrs):
+                    ty = "custom"
+                fields.append((field.group(1), ty))
+            if not line.startswith("///"):
+                attrs = ""
         structs[m.group(1)] = fields
     enums: dict[str, set[str]] = {}
     for m in re.finditer(r"pub enum (\w+) \{(.*?)\n\}", src, re.S):
