@@ -172,10 +172,10 @@ impl App {
             policies = %self.config.policies.display(),
             "serving"
         );
-        let tls_watcher = self
-            .tls
-            .as_ref()
-            .map(|tls| tls.clone().spawn_watcher(self.config.tls.reload_interval));
+        let tls_watcher = self.tls.as_ref().map(|tls| {
+            tls.clone()
+                .spawn_watcher(self.config.tls.reload_interval, metrics.clone())
+        });
         let incoming = transport::incoming(
             listener,
             self.tls.map(|tls| TlsAccept {

@@ -26,6 +26,11 @@ struct CodeLabels {
     code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 /// Request-path metrics, shared by the gRPC service.
 #[derive(Debug)]
 pub struct Metrics {
@@ -33,6 +38,7 @@ pub struct Metrics {
     duration: Histogram,
     errors: Family<CodeLabels, Counter>,
     inflight: Gauge,
+    tls_reloads: Family<ResultLabels, Counter>,
     registry: Registry,
 }
 
@@ -55,6 +61,7 @@ impl Metrics {
         ]);
         let errors = Family::<CodeLabels, Counter>::default();
         let inflight = Gauge::default();
+        let tls_reloads = Family::<ResultLabels, Counter>::default();
         let mut registry = Registry::default();
         registry.register(
             "cedar_pdp_decisions",
@@ -76,12 +83,18 @@ impl Metrics {
             "Calls being evaluated now",
             inflight.clone(),
         );
+        registry.register(
+            "cedar_pdp_tls_reloads",
+            "Reloads of the TLS certificate, key and client trust bundle that changed something, by result",
+            tls_reloads.clone(),
+        );
         registry.register_collector(Box::new(StateCollector { store, log_dropped }));
         Self {
             decisions,
             duration,
             errors,
             inflight,
+            tls_reloads,
             registry,
         }
     }
@@ -99,6 +112,14 @@ impl Metrics {
             .get_or_create(&DecisionLabels { decision })
             .inc();
         self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Records a TLS material reload attempt that found changed files.
+    pub fn tls_reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.tls_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Records a call that failed with `code`.

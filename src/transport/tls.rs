@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ClientAuth, TlsConfig};
 use crate::identity::SpiffeId;
+use crate::metrics::Metrics;
 
 /// Why TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +118,11 @@ impl ReloadingTls {
     }
 
     /// Checks the files every `interval` until the returned task is aborted.
-    pub fn spawn_watcher(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_watcher(
+        self: Arc<Self>,
+        interval: Duration,
+        metrics: Arc<Metrics>,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut failing = false;
             loop {
@@ -126,10 +131,12 @@ impl ReloadingTls {
                 match tokio::task::spawn_blocking(move || tls.reload()).await {
                     Ok(Ok(true)) => {
                         failing = false;
+                        metrics.tls_reload(true);
                         tracing::info!("TLS certificate and trust bundle reloaded");
                     }
                     Ok(Ok(false)) => failing = false,
                     Ok(Err(e)) => {
+                        metrics.tls_reload(false);
                         // Rotation may write the files one at a time; say so
                         // once per failure streak, not every interval.
                         if !failing {

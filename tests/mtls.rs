@@ -1,0 +1,350 @@
+//! mTLS on the gRPC listener, with a CA and SPIFFE client certificates made
+//! by rcgen at test time: verified caller facts, caller binding, refusals,
+//! and rotation of the files on disk without dropping open connections.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cedar_pdp::config::{ClientAuth, Config};
+use cedar_pdp::grpc::proto::authorizer_client::AuthorizerClient;
+use cedar_pdp::grpc::proto::{self, Decision};
+use common::{TestServer, eventually, http_get, request, test_config};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const WEB: &str = "spiffe://td/ns/shop/sa/web";
+const OTHER: &str = "spiffe://td/ns/shop/sa/other";
+
+/// The caller's verified facts, and only those, decide.
+const POLICIES: &str = r#"
+@id("verified-web")
+permit (principal, action == Action::"whoami", resource)
+when {
+  context has caller &&
+  context.caller.spiffe_id == "spiffe://td/ns/shop/sa/web" &&
+  context.caller.trust_domain == "td" &&
+  context.caller.namespace == "shop" &&
+  context.caller.service_account == "web"
+};
+
+@id("on-behalf")
+permit (principal, action == Action::"read", resource);
+"#;
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// `(cert PEM, key PEM)` of a leaf: a server cert for 127.0.0.1, or a
+    /// client cert with a SPIFFE URI SAN.
+    fn leaf(&self, spiffe: Option<&str>) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        match spiffe {
+            Some(id) => {
+                params
+                    .subject_alt_names
+                    .push(SanType::URI(id.try_into().unwrap()));
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+            None => {
+                params.subject_alt_names = vec![
+                    SanType::DnsName("localhost".try_into().unwrap()),
+                    SanType::IpAddress([127, 0, 0, 1].into()),
+                ];
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            }
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes server cert, key and trust bundle, each by atomic rename as a
+    /// secret volume or cert-manager would.
+    fn install(&self, server_ca: &Ca, client_ca: &Ca) {
+        let (cert, key) = server_ca.leaf(None);
+        for (name, text) in [
+            ("tls.crt", cert.as_str()),
+            ("tls.key", key.as_str()),
+            ("ca.crt", client_ca.pem.as_str()),
+        ] {
+            let tmp = self.path(&format!(".{name}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, self.path(name)).unwrap();
+        }
+    }
+}
+
+fn config(policies: &Path, files: &Files, client_auth: ClientAuth) -> Config {
+    let mut config = test_config(policies);
+    config.tls.cert = files.path("tls.crt");
+    config.tls.key = files.path("tls.key");
+    config.tls.client_ca = files.path("ca.crt");
+    config.tls.client_auth = client_auth;
+    config.tls.reload_interval = Duration::from_millis(100);
+    config
+}
+
+async fn start(client_auth: ClientAuth) -> (TestServer, Ca, Files, tempfile::TempDir) {
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(policies.path().join("p.cedar"), POLICIES).unwrap();
+    let ca = Ca::new("test CA");
+    let files = Files {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    files.install(&ca, &ca);
+    let server = TestServer::start_with(config(policies.path(), &files, client_auth)).await;
+    (server, ca, files, policies)
+}
+
+/// A TLS channel trusting `server_ca`, presenting `identity` if given.
+async fn connect(
+    server: &TestServer,
+    server_ca: &Ca,
+    identity: Option<(String, String)>,
+) -> Result<AuthorizerClient<Channel>, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&server_ca.pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Channel::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    Ok(AuthorizerClient::new(channel))
+}
+
+fn whoami() -> proto::AuthorizeRequest {
+    request(("User", "u"), ("Action", "whoami"), ("Doc", "d"))
+}
+
+async fn decide(
+    client: &mut AuthorizerClient<Channel>,
+    req: proto::AuthorizeRequest,
+) -> Result<bool, tonic::Status> {
+    let resp = client.authorize(req).await?.into_inner();
+    Ok(resp.decision == Decision::Allow as i32)
+}
+
+async fn tls_reloads(server: &TestServer, result: &str) -> f64 {
+    let (_, metrics) = http_get(server.admin_addr, "/metrics").await;
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "cedar_pdp_tls_reloads_total{{result=\"{result}\"}}"
+            ))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn verified_caller_facts_reach_the_policy() {
+    let (server, ca, _files, _p) = start(ClientAuth::Required).await;
+    let mut web = connect(&server, &ca, Some(ca.leaf(Some(WEB))))
+        .await
+        .unwrap();
+    assert!(decide(&mut web, whoami()).await.unwrap());
+    let mut other = connect(&server, &ca, Some(ca.leaf(Some(OTHER))))
+        .await
+        .unwrap();
+    assert!(!decide(&mut other, whoami()).await.unwrap());
+
+    // The caller key is reserved: a client cannot send its own facts.
+    let mut forged = whoami();
+    forged.context_json = format!(r#"{{"caller": {{"spiffe_id": "{WEB}"}}}}"#);
+    let err = other.authorize(forged).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("context.caller"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn a_workload_cannot_claim_another_identity() {
+    let (server, ca, _files, _p) = start(ClientAuth::Required).await;
+    let mut web = connect(&server, &ca, Some(ca.leaf(Some(WEB))))
+        .await
+        .unwrap();
+    let with_workload = |spiffe_id: &str| {
+        let mut req = request(("User", "u"), ("Action", "read"), ("Doc", "d"));
+        req.workload = Some(proto::Workload {
+            spiffe_id: spiffe_id.into(),
+            ..Default::default()
+        });
+        req
+    };
+    assert!(decide(&mut web, with_workload(WEB)).await.unwrap());
+    let err = web.authorize(with_workload(OTHER)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains(OTHER) && err.message().contains(WEB),
+        "{}",
+        err.message()
+    );
+    // Without a `workload`, binding has nothing to check; policies still see
+    // the verified caller beside the principal.
+    assert!(
+        decide(
+            &mut web,
+            request(("User", "u"), ("Action", "read"), ("Doc", "d"))
+        )
+        .await
+        .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn connections_without_a_trusted_client_certificate_are_refused() {
+    let (server, ca, _files, _p) = start(ClientAuth::Required).await;
+    // The handshake fails, so no call gets a decision. With TLS 1.3 the
+    // client may learn it only on its first call.
+    let no_cert = match connect(&server, &ca, None).await {
+        Err(_) => true,
+        Ok(mut c) => decide(&mut c, whoami()).await.is_err(),
+    };
+    assert!(no_cert, "a client without a certificate got an answer");
+
+    let rogue = Ca::new("rogue CA");
+    let rogue_cert = match connect(&server, &ca, Some(rogue.leaf(Some(WEB)))).await {
+        Err(_) => true,
+        Ok(mut c) => decide(&mut c, whoami()).await.is_err(),
+    };
+    assert!(
+        rogue_cert,
+        "a certificate from an untrusted CA got an answer"
+    );
+
+    // The server is still serving trusted clients.
+    let mut web = connect(&server, &ca, Some(ca.leaf(Some(WEB))))
+        .await
+        .unwrap();
+    assert!(decide(&mut web, whoami()).await.unwrap());
+}
+
+#[tokio::test]
+async fn optional_client_auth_serves_anonymous_clients_without_caller_facts() {
+    let (server, ca, _files, _p) = start(ClientAuth::Optional).await;
+    let mut anonymous = connect(&server, &ca, None).await.unwrap();
+    assert!(!decide(&mut anonymous, whoami()).await.unwrap());
+    let mut web = connect(&server, &ca, Some(ca.leaf(Some(WEB))))
+        .await
+        .unwrap();
+    assert!(decide(&mut web, whoami()).await.unwrap());
+}
+
+#[tokio::test]
+async fn rotation_on_disk_takes_effect_without_dropping_open_connections() {
+    let (server, ca1, files, _p) = start(ClientAuth::Required).await;
+    let mut open = connect(&server, &ca1, Some(ca1.leaf(Some(WEB))))
+        .await
+        .unwrap();
+    assert!(decide(&mut open, whoami()).await.unwrap());
+
+    // Rotate to a new CA for both the server certificate and client trust.
+    let ca2 = Ca::new("rotated CA");
+    files.install(&ca2, &ca2);
+    eventually(
+        "the rotated material is live",
+        Duration::from_secs(10),
+        || async {
+            let mut c = connect(&server, &ca2, Some(ca2.leaf(Some(WEB))))
+                .await
+                .ok()?;
+            decide(&mut c, whoami())
+                .await
+                .ok()
+                .filter(|allowed| *allowed)
+        },
+    )
+    .await;
+    assert!(tls_reloads(&server, "success").await >= 1.0);
+
+    // The connection opened before the rotation still works.
+    assert!(decide(&mut open, whoami()).await.unwrap());
+    // New connections with the old CA's client certificate are refused.
+    let old = match connect(&server, &ca2, Some(ca1.leaf(Some(WEB)))).await {
+        Err(_) => true,
+        Ok(mut c) => decide(&mut c, whoami()).await.is_err(),
+    };
+    assert!(old, "a certificate of the replaced CA was still accepted");
+
+    // A bad file is not loaded: the rotated material stays live.
+    std::fs::write(files.path("tls.crt"), "not a certificate").unwrap();
+    eventually(
+        "the bad file is seen and refused",
+        Duration::from_secs(10),
+        || async { (tls_reloads(&server, "failure").await >= 1.0).then_some(()) },
+    )
+    .await;
+    let mut after = connect(&server, &ca2, Some(ca2.leaf(Some(WEB))))
+        .await
+        .unwrap();
+    assert!(decide(&mut after, whoami()).await.unwrap());
+    assert!(decide(&mut open, whoami()).await.unwrap());
+}
+
+#[test]
+fn a_server_with_bad_tls_files_does_not_start() {
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(policies.path().join("p.cedar"), POLICIES).unwrap();
+    let ca = Ca::new("test CA");
+    let files = Files {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    files.install(&ca, &ca);
+    // A key that does not belong to the certificate.
+    let (_, other_key) = ca.leaf(None);
+    std::fs::write(files.path("tls.key"), other_key).unwrap();
+    let err = cedar_pdp::app::App::build(config(policies.path(), &files, ClientAuth::Required))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tls.key") && err.contains("does not match"),
+        "{err}"
+    );
+}
