@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value as Json;
+use tokio::sync::mpsc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Span;
 
 use super::audit::{CallInfo, Subject};
@@ -439,8 +441,90 @@ impl AuthorizerService {
     }
 }
 
+impl AuthorizerService {
+    /// Answers each request of `inbound` in order until it ends or the
+    /// client goes away. Holds one in-flight slot for the stream's life.
+    async fn run_stream(
+        self,
+        mut inbound: Streaming<AuthorizeRequest>,
+        peer: Option<PeerFacts>,
+        metadata: MetadataMap,
+        tx: mpsc::Sender<Result<AuthorizeResponse, Status>>,
+    ) {
+        loop {
+            let req = match inbound.message().await {
+                Ok(Some(req)) => req,
+                Ok(None) => return,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            let _inflight = self.metrics.inflight();
+            let span = spans::authorize(None);
+            spans::continue_trace(&span, &metadata);
+            let call = self.call_info(peer.as_ref(), &metadata, &span);
+            let request_id = req.request_id.clone();
+            let decided = match self.snapshot() {
+                Ok(snapshot) => self
+                    .decide_one(&snapshot, req, peer.as_ref(), call, &span)
+                    .await
+                    .map_err(|e| (e, snapshot.revision.clone())),
+                Err(e) => Err((e, String::new())),
+            };
+            let response = decided.unwrap_or_else(|(err, revision)| {
+                let status = Status::from(err);
+                spans::record_failure(&span, &status);
+                self.metrics.request_error(status.code());
+                // Fail closed, but keep the stream: one bad request must not
+                // cost the caller every decision queued behind it.
+                AuthorizeResponse {
+                    decision: Decision::Deny as i32,
+                    determining_policies: Vec::new(),
+                    errors: vec![EvaluationError {
+                        policy_id: String::new(),
+                        message: format!("{:?}: {}", status.code(), status.message()),
+                    }],
+                    decision_id: new_decision_id(),
+                    policy_revision: revision,
+                    request_id,
+                }
+            });
+            if tx.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The response stream of `AuthorizeStream`.
+pub type ResponseStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<AuthorizeResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Authorizer for AuthorizerService {
+    type AuthorizeStreamStream = ResponseStream;
+
+    async fn authorize_stream(
+        &self,
+        request: Request<Streaming<AuthorizeRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let permit = self
+            .admit()
+            .inspect_err(|e| self.metrics.request_error(e.code()))?;
+        let peer = request.extensions().get::<PeerFacts>().cloned();
+        let metadata = request.metadata().clone();
+        // Bounded: a client that stops reading stops the evaluation too.
+        let (tx, rx) = mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            this.run_stream(request.into_inner(), peer, metadata, tx)
+                .await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn authorize(
         &self,
         request: Request<AuthorizeRequest>,
