@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::App;
 use crate::client::{self, AuthorizeArgs};
 use crate::config::{Config, ConfigError, ListenAddr, LogFormat};
-use crate::policy_store::{LoadError, LoadOptions, build, read_dir};
+use crate::policy_store::{LoadError, LoadOptions, SourceProblem, build, read_dir};
 use crate::telemetry;
 use crate::transport::{Listener, UnixSocket};
 
@@ -71,6 +71,19 @@ struct ValidateArgs {
     /// Config file whose `[validation]` settings apply.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// `text` (`file:line:col: message` lines) or `json` (one object, for tools).
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
+    /// Exit 1 on warnings too.
+    #[arg(long)]
+    deny_warnings: bool,
+}
+
+/// How `validate` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
 }
 
 impl ServeArgs {
@@ -233,33 +246,71 @@ fn validate(args: ValidateArgs) -> ExitCode {
     };
     let options = LoadOptions { validate_policies };
     let loaded = read_dir(&args.policies).and_then(|sources| build(sources, &options, 1));
-    match loaded {
-        Ok(snapshot) => {
-            println!(
-                "ok: {} policies, {} entities, schema {}, revision {}",
-                snapshot.policy_count,
-                snapshot.entity_count,
-                if snapshot.schema.is_some() {
-                    "loaded"
-                } else {
-                    "absent"
-                },
-                snapshot.revision
-            );
-            ExitCode::SUCCESS
+    // Paths as the user typed them, so editors and CI annotate them.
+    let located = |p: &SourceProblem| SourceProblem {
+        file: args.policies.join(&p.file).display().to_string(),
+        ..p.clone()
+    };
+    let (snapshot, errors) = match loaded {
+        Ok(snapshot) => (Some(snapshot), Vec::new()),
+        Err(LoadError::Invalid(problems)) => (None, problems.iter().map(located).collect()),
+        Err(e) => (
+            None,
+            vec![SourceProblem {
+                file: args.policies.display().to_string(),
+                line: 0,
+                column: 0,
+                message: e.to_string(),
+            }],
+        ),
+    };
+    let warnings: Vec<SourceProblem> = snapshot
+        .as_ref()
+        .map(|s| s.warnings.iter().map(located).collect())
+        .unwrap_or_default();
+    let failed = !errors.is_empty() || (args.deny_warnings && !warnings.is_empty());
+    match args.format {
+        ReportFormat::Json => {
+            let problem = |p: &SourceProblem| serde_json::json!({"file": p.file, "line": p.line, "column": p.column, "message": p.message});
+            let report = serde_json::json!({
+                "ok": !failed,
+                "policies": args.policies.display().to_string(),
+                "revision": snapshot.as_ref().map(|s| s.revision.clone()),
+                "policy_count": snapshot.as_ref().map(|s| s.policy_count),
+                "entity_count": snapshot.as_ref().map(|s| s.entity_count),
+                "schema": snapshot.as_ref().map(|s| s.schema.is_some()),
+                "errors": errors.iter().map(problem).collect::<Vec<_>>(),
+                "warnings": warnings.iter().map(problem).collect::<Vec<_>>(),
+            });
+            println!("{report}");
         }
-        Err(LoadError::Invalid(problems)) => {
-            // Paths as the user typed them, so editors and CI annotate them.
-            for p in &problems {
-                let file = args.policies.join(&p.file);
-                eprintln!("{}:{}:{}: {}", file.display(), p.line, p.column, p.message);
+        ReportFormat::Text => {
+            for p in &errors {
+                eprintln!("{p}");
             }
-            eprintln!("{} error(s)", problems.len());
-            ExitCode::FAILURE
+            for p in &warnings {
+                eprintln!("{}:{}:{}: warning: {}", p.file, p.line, p.column, p.message);
+            }
+            match &snapshot {
+                Some(s) => println!(
+                    "ok: {} policies, {} entities, schema {}, revision {}, {} warning(s)",
+                    s.policy_count,
+                    s.entity_count,
+                    if s.schema.is_some() {
+                        "loaded"
+                    } else {
+                        "absent"
+                    },
+                    s.revision,
+                    warnings.len(),
+                ),
+                None => eprintln!("{} error(s)", errors.len()),
+            }
         }
-        Err(e) => {
-            eprintln!("cedar-pdp: {e}");
-            ExitCode::FAILURE
-        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

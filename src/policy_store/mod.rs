@@ -127,6 +127,9 @@ impl PolicyStore {
         status.last_success_at = Some(snapshot.loaded_at);
         self.live.store(Some(Arc::clone(&snapshot)));
         drop(status);
+        for w in &snapshot.warnings {
+            tracing::warn!(revision = %snapshot.revision, "policy warning: {w}");
+        }
         self.generation.send_replace(snapshot.generation);
         Ok(Reloaded::Swapped(snapshot))
     }

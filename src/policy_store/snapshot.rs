@@ -21,4 +21,7 @@ pub struct Snapshot {
     pub schema: Option<Schema>,
     /// Entities from `*.entities.json`, plus the schema's action entities.
     pub entities: Entities,
+    /// Problems that do not stop the load: policies without `@id`, policies
+    /// that can never apply under the schema, schema warnings.
+    pub warnings: Vec<super::SourceProblem>,
 }
