@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::App;
 use crate::client::{self, AuthorizeArgs};
 use crate::config::{Config, ConfigError, ListenAddr, LogFormat};
+use crate::policy_format;
 use crate::policy_store::{LoadError, LoadOptions, SourceProblem, build, read_dir};
 use crate::telemetry;
 use crate::transport::{Listener, UnixSocket};
@@ -37,6 +38,8 @@ enum Command {
     Validate(ValidateArgs),
     /// Ask a running server for one decision.
     Authorize(AuthorizeArgs),
+    /// Format the `.cedar` files of a policy directory.
+    Fmt(FmtArgs),
 }
 
 /// Flags of `serve`. Each overrides the config key named in its help.
@@ -77,6 +80,19 @@ struct ValidateArgs {
     /// Exit 1 on warnings too.
     #[arg(long)]
     deny_warnings: bool,
+}
+
+#[derive(Debug, Args)]
+struct FmtArgs {
+    /// Policy directory.
+    #[arg(long, value_name = "DIR", default_value = "policies")]
+    policies: PathBuf,
+    /// Change nothing; exit 1 when a file would change.
+    #[arg(long)]
+    check: bool,
+    /// Preferred line width.
+    #[arg(long, value_name = "N", default_value_t = 80)]
+    line_width: usize,
 }
 
 /// How `validate` reports.
@@ -129,6 +145,7 @@ pub fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
         Some(Command::Validate(args)) => validate(args),
+        Some(Command::Fmt(args)) => fmt(args),
         Some(Command::Authorize(args)) => client::main(args),
     }
 }
@@ -230,6 +247,38 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+fn fmt(args: FmtArgs) -> ExitCode {
+    let report = policy_format::format_dir(&args.policies, args.check, args.line_width);
+    let path = |rel: &str| args.policies.join(rel).display().to_string();
+    for rel in &report.changed {
+        if args.check {
+            println!("would reformat: {}", path(rel));
+        } else {
+            println!("reformatted: {}", path(rel));
+        }
+    }
+    for (rel, err) in &report.failed {
+        eprintln!("{}: {err}", path(rel));
+    }
+    let total = report.changed.len() + report.unchanged.len() + report.failed.len();
+    println!(
+        "{total} file(s): {} {}, {} already formatted, {} failed",
+        report.changed.len(),
+        if args.check {
+            "would change"
+        } else {
+            "reformatted"
+        },
+        report.unchanged.len(),
+        report.failed.len()
+    );
+    if !report.failed.is_empty() || (args.check && !report.changed.is_empty()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

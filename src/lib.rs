@@ -5,6 +5,7 @@
 //! - [`config`]: the TOML config file, merged with flags, and its validation.
 //! - [`admin`]: the admin HTTP listener: metrics, liveness, readiness.
 //! - [`app`]: composition: config -> policy store -> gRPC services -> listener.
+//! - [`policy_format`]: `cedar-pdp fmt`, with the Cedar project's formatter.
 //! - [`policy_store`]: the only reader of policy files; loads, watches and swaps snapshots.
 //! - [`authorizer`]: pure evaluation of one request against one snapshot.
 //! - [`grpc`]: generated code, service impls, and the one error-to-status mapping.
@@ -25,6 +26,7 @@ pub mod decision_log;
 pub mod grpc;
 pub mod identity;
 pub mod metrics;
+pub mod policy_format;
 pub mod policy_store;
 pub mod telemetry;
 pub mod transport;

@@ -498,3 +498,80 @@ fn validate_json_lists_every_error_with_its_location() {
     );
     assert!(errors.iter().all(|e| e["line"] == 2), "{errors:#?}");
 }
+
+fn fmt(dir: &Path, check: bool) -> Ran {
+    let mut cmd = bin();
+    cmd.arg("fmt").arg("--policies").arg(dir);
+    if check {
+        cmd.arg("--check");
+    }
+    run(cmd)
+}
+
+#[test]
+fn fmt_check_fails_on_unformatted_files_without_touching_them_and_fmt_fixes_them() {
+    let dir = TempDir::new().unwrap();
+    let messy =
+        "@id(\"a\") permit(principal==User::\"alice\",action,resource)when{context.x==1};\n";
+    let path = write(dir.path(), "p.cedar", messy);
+    write(
+        dir.path(),
+        "tidy.cedar",
+        "@id(\"b\")\npermit (principal, action, resource);\n",
+    );
+
+    let ran = fmt(dir.path(), true);
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(
+        ran.stdout.contains("would reformat: ") && ran.stdout.contains("p.cedar"),
+        "{ran:?}"
+    );
+    assert!(
+        !ran.stdout
+            .lines()
+            .any(|l| l.starts_with("would reformat") && l.ends_with("tidy.cedar")),
+        "{ran:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        messy,
+        "--check writes nothing"
+    );
+
+    let ran = fmt(dir.path(), false);
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    let formatted = std::fs::read_to_string(&path).unwrap();
+    assert_ne!(formatted, messy);
+    assert!(
+        formatted.contains("principal == User::\"alice\""),
+        "{formatted}"
+    );
+    assert_eq!(fmt(dir.path(), true).code(), Some(0));
+    // Same policies, same decisions: the set still validates with both ids.
+    let ran = validate(dir.path());
+    assert!(ran.stdout.starts_with("ok: 2 policies"), "{ran:?}");
+}
+
+#[test]
+fn fmt_leaves_a_file_that_does_not_parse_alone_and_fails() {
+    let dir = TempDir::new().unwrap();
+    let broken = "permit(principal action, resource);\n";
+    let path = write(dir.path(), "broken.cedar", broken);
+    let ran = fmt(dir.path(), false);
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("broken.cedar"), "{ran:?}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), broken);
+}
+
+#[test]
+fn the_shipped_policies_are_formatted() {
+    let ran = fmt(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        true,
+    );
+    assert_eq!(
+        ran.code(),
+        Some(0),
+        "run `cedar-pdp fmt --policies policies`: {ran:?}"
+    );
+}
