@@ -579,6 +579,10 @@ impl Authorizer for AuthorizerService {
             out.policy_count = snapshot.policy_count as u64;
             out.entity_count = snapshot.entity_count as u64;
             out.schema_loaded = snapshot.schema.is_some();
+            if let Some(git) = &snapshot.git_commit {
+                out.git_commit = git.id.clone();
+                out.git_dirty = git.dirty;
+            }
         }
         Ok(Response::new(out))
     }

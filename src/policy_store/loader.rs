@@ -122,6 +122,16 @@ pub struct Sources {
     root: PathBuf,
     files: Vec<SourceFile>,
     digest: String,
+    git: Option<GitCommit>,
+}
+
+/// The git commit a policy directory was checked out from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitCommit {
+    /// Full hex object id of `HEAD`.
+    pub id: String,
+    /// A file read differs from (or is missing in) that commit.
+    pub dirty: bool,
 }
 
 impl Sources {
@@ -130,9 +140,23 @@ impl Sources {
         &self.digest
     }
 
-    /// The short form of the digest that is shown as the policy revision.
+    /// The commit the files came from, when the directory is in a git checkout.
+    pub fn git(&self) -> Option<&GitCommit> {
+        self.git.as_ref()
+    }
+
+    /// The revision shown to clients: the short digest, and the short commit
+    /// id when there is one (`-dirty` when the files differ from it).
     pub fn revision(&self) -> String {
-        format!("sha256:{}", &self.digest[..16])
+        let digest = format!("sha256:{}", &self.digest[..16]);
+        match &self.git {
+            Some(git) => format!(
+                "{digest}+git:{}{}",
+                &git.id[..git.id.len().min(12)],
+                if git.dirty { "-dirty" } else { "" }
+            ),
+            None => digest,
+        }
     }
 }
 
@@ -265,10 +289,12 @@ fn read_once(root: &Path) -> Result<(Sources, Resolved), ReadError> {
         hasher.update(f.text.as_bytes());
     }
     let digest = hex::encode(hasher.finalize());
+    let git = git_commit(&canonical_root, &files);
     let sources = Sources {
         root: root.to_path_buf(),
         files,
         digest,
+        git,
     };
     Ok((
         sources,
@@ -277,6 +303,32 @@ fn read_once(root: &Path) -> Result<(Sources, Resolved), ReadError> {
             files: resolved,
         },
     ))
+}
+
+/// The `HEAD` commit of the git checkout holding `dir` (a resolved path, so
+/// git-sync's symlinked worktrees name their own commit), read with gix: no
+/// `git` binary. `None` outside a checkout or when the repository is unreadable.
+fn git_commit(dir: &Path, files: &[SourceFile]) -> Option<GitCommit> {
+    let repo = gix::discover(dir).ok()?;
+    let commit = repo.head_commit().ok()?;
+    let id = commit.id().to_string();
+    // Compare what was read with the commit, so uncommitted edits show.
+    let dirty = (|| {
+        let workdir = std::fs::canonicalize(repo.workdir()?).ok()?;
+        let prefix = dir.strip_prefix(&workdir).ok()?.to_path_buf();
+        let tree = commit.tree().ok()?;
+        Some(files.iter().any(|f| {
+            let path = prefix.join(&f.rel);
+            match tree.lookup_entry_by_path(&path) {
+                Ok(Some(entry)) => entry
+                    .object()
+                    .map_or(true, |blob| blob.data != f.text.as_bytes()),
+                _ => true,
+            }
+        }))
+    })()
+    .unwrap_or(true);
+    Some(GitCommit { id, dirty })
 }
 
 /// Parses and validates `sources` into a snapshot. Reports every problem
@@ -313,6 +365,7 @@ pub fn build(
     let entity_count = entities.len();
     Ok(Snapshot {
         revision: sources.revision(),
+        git_commit: sources.git.clone(),
         digest: sources.digest,
         generation,
         loaded_at: SystemTime::now(),

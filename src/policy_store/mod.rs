@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
-pub use loader::{LoadError, LoadOptions, SourceProblem, Sources, build, read_dir};
+pub use loader::{GitCommit, LoadError, LoadOptions, SourceProblem, Sources, build, read_dir};
 pub use snapshot::Snapshot;
 pub use watcher::{WatchOptions, spawn_watcher};
 
@@ -140,7 +140,7 @@ impl PolicyStore {
         let current = self.live.load();
         if current
             .as_ref()
-            .is_some_and(|s| s.digest == sources.digest())
+            .is_some_and(|s| s.digest == sources.digest() && s.git_commit.as_ref() == sources.git())
         {
             return Ok(None);
         }

@@ -12,6 +12,8 @@ pub struct Snapshot {
     pub revision: String,
     /// Full SHA-256 of the contents, used to skip reloads that change nothing.
     pub digest: String,
+    /// The git commit the files came from, when they are in a checkout.
+    pub git_commit: Option<super::GitCommit>,
     /// How many successful loads, this one included.
     pub generation: u64,
     pub loaded_at: SystemTime,
