@@ -11,6 +11,7 @@ use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Valida
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
+use super::index::PolicyIndex;
 use super::snapshot::Snapshot;
 
 /// How deep symlinked directory trees are followed; guards against loops.
@@ -303,6 +304,7 @@ pub fn build(
 
     let policy_count = policies.num_of_policies();
     let entity_count = entities.len();
+    let index = PolicyIndex::new(&policies);
     Ok(Snapshot {
         revision: sources.revision(),
         digest: sources.digest,
@@ -311,6 +313,7 @@ pub fn build(
         policy_count,
         entity_count,
         policies,
+        index,
         schema,
         entities,
     })
