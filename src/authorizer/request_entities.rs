@@ -125,3 +125,91 @@ pub(super) fn slice(
         other => AuthorizeError::Entities(Box::new(other)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[expect(clippy::unwrap_used, reason = "test input is valid")]
+    fn uid(s: &str) -> EntityUid {
+        EntityUid::from_str(s).unwrap()
+    }
+
+    #[test]
+    #[expect(clippy::unwrap_used, reason = "test input is valid")]
+    fn slice_holds_exactly_what_the_request_reaches() {
+        let mut stored = vec![
+            json!({"uid": {"type": "Org", "id": "o"}, "attrs": {}, "parents": []}),
+            json!({"uid": {"type": "Group", "id": "g"}, "attrs": {}, "parents": [{"type": "Org", "id": "o"}]}),
+            json!({"uid": {"type": "User", "id": "boss"}, "attrs": {}, "parents": []}),
+            json!({"uid": {"type": "User", "id": "owner"}, "attrs": {"manager": {"__entity": {"type": "User", "id": "boss"}}}, "parents": []}),
+            json!({"uid": {"type": "Doc", "id": "d"}, "attrs": {"meta": {"owners": [{"__entity": {"type": "User", "id": "owner"}}]}}, "parents": []}),
+            json!({"uid": {"type": "Team", "id": "lit"}, "attrs": {}, "parents": []}),
+            json!({"uid": {"type": "User", "id": "ctx"}, "attrs": {}, "parents": []}),
+        ];
+        stored.extend((0..100).map(|i| {
+            json!({"uid": {"type": "User", "id": format!("other{i}")}, "attrs": {}, "parents": [{"type": "Group", "id": "g"}]})
+        }));
+        let stored = Entities::from_json_value(json!(stored), None).unwrap();
+        let extra = Entities::from_json_value(
+            json!([{"uid": {"type": "User", "id": "me"}, "attrs": {}, "parents": [{"type": "Group", "id": "g"}]}]),
+            None,
+        )
+        .unwrap();
+        let mut roots = vec![
+            uid(r#"User::"me""#),
+            uid(r#"Action::"read""#),
+            uid(r#"Doc::"d""#),
+            uid(r#"Team::"lit""#),
+        ];
+        json_refs(
+            &json!({"who": {"__entity": {"type": "User", "id": "ctx"}}}),
+            &mut roots,
+        );
+        let sliced = slice(&stored, extra, roots, None).unwrap();
+        let got: BTreeSet<String> = sliced.iter().map(|e| e.uid().to_string()).collect();
+        let want: BTreeSet<String> = [
+            r#"Doc::"d""#,
+            r#"Group::"g""#,
+            r#"Org::"o""#,
+            r#"Team::"lit""#,
+            r#"User::"boss""#,
+            r#"User::"ctx""#,
+            r#"User::"me""#,
+            r#"User::"owner""#,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        assert_eq!(got, want);
+        // The request entity's ancestors cross into the stored hierarchy.
+        let me = uid(r#"User::"me""#);
+        let mut anc = ancestors(&stored, Some(&sliced), &me);
+        anc.sort_by_key(ToString::to_string);
+        assert_eq!(anc, [uid(r#"Group::"g""#), uid(r#"Org::"o""#)]);
+    }
+
+    #[test]
+    #[expect(clippy::unwrap_used, reason = "test input is valid")]
+    fn a_changed_copy_of_a_stored_entity_conflicts() {
+        let stored = Entities::from_json_value(
+            json!([{"uid": {"type": "User", "id": "a"}, "attrs": {"level": 1}, "parents": []}]),
+            None,
+        )
+        .unwrap();
+        let copy = |level: i64| {
+            Entities::from_json_value(
+                json!([{"uid": {"type": "User", "id": "a"}, "attrs": {"level": level}, "parents": []}]),
+                None,
+            )
+            .unwrap()
+        };
+        assert!(slice(&stored, copy(1), [], None).is_ok());
+        let err = slice(&stored, copy(2), [], None).unwrap_err();
+        assert!(matches!(err, AuthorizeError::EntityConflict(_)), "{err:?}");
+    }
+}
