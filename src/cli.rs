@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::App;
+use crate::bench::{self, BenchArgs};
 use crate::client::{self, AuthorizeArgs};
 use crate::config::{Config, ConfigError, LogFormat};
 use crate::policy_store::{LoadError, LoadOptions, build, read_dir};
@@ -36,6 +37,8 @@ enum Command {
     Validate(ValidateArgs),
     /// Ask a running server for one decision.
     Authorize(AuthorizeArgs),
+    /// Load a running server with one request and report throughput and latency.
+    Bench(BenchArgs),
 }
 
 /// Flags of `serve`. Each overrides the config key named in its help.
@@ -116,6 +119,7 @@ pub fn main() -> ExitCode {
         None => serve(cli.serve),
         Some(Command::Validate(args)) => validate(args),
         Some(Command::Authorize(args)) => client::main(args),
+        Some(Command::Bench(args)) => bench::main(args),
     }
 }
 
