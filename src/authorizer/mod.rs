@@ -153,8 +153,8 @@ pub fn authorize(snapshot: &Snapshot, query: Query) -> Result<Decision, Authoriz
     let policies = if candidates.len() == snapshot.index.len() {
         &snapshot.policies
     } else {
-        owned = candidates.to_policy_set();
-        &owned
+        owned = candidates.policy_set();
+        owned.as_ref()
     };
     let response = cedar_policy::Authorizer::new().is_authorized(&request, policies, entities);
     let diagnostics = response.diagnostics();

@@ -15,6 +15,7 @@
 //! parts of each candidate exactly.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use cedar_policy::{
     ActionConstraint, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
@@ -189,7 +190,14 @@ pub struct PolicyIndex {
     principal: Buckets,
     action: ActionBuckets,
     resource: Buckets,
+    /// Sets already built, by candidate slots: building a `PolicySet` costs
+    /// about a microsecond per policy, and requests repeat their shapes.
+    sets: Mutex<HashMap<Box<[u32]>, Arc<PolicySet>>>,
 }
+
+/// Distinct candidate sets kept; past this the cache starts over, so a
+/// stream of distinct shapes costs a rebuild each, never unbounded memory.
+const SET_CACHE_ENTRIES: usize = 4096;
 
 impl PolicyIndex {
     /// Indexes every static policy of `set`; templates must already be
@@ -200,6 +208,7 @@ impl PolicyIndex {
             principal: Buckets::default(),
             action: ActionBuckets::default(),
             resource: Buckets::default(),
+            sets: Mutex::new(HashMap::new()),
         };
         for (slot, policy) in (0u32..).zip(set.policies()) {
             let indexed = Indexed {
@@ -292,14 +301,30 @@ impl<'a> Candidates<'a> {
             .flat_map(|&s| self.index.policies[s as usize].literals.iter())
     }
 
-    /// The matching policies as a set of their own. Ids are unique in the
-    /// indexed set, so adding them cannot fail.
-    pub fn to_policy_set(&self) -> PolicySet {
+    /// The matching policies as a set of their own, built once per distinct
+    /// set of candidates.
+    pub fn policy_set(&self) -> Arc<PolicySet> {
+        let lock = || {
+            self.index
+                .sets
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if let Some(set) = lock().get(self.slots.as_slice()) {
+            return Arc::clone(set);
+        }
         let mut set = PolicySet::new();
         for p in self.policies() {
-            // INVARIANT: ids come from one valid set, so they are unique.
+            // Ids come from one valid set, so they are unique and this
+            // cannot fail.
             let _ = set.add(p.clone());
         }
+        let set = Arc::new(set);
+        let mut sets = lock();
+        if sets.len() >= SET_CACHE_ENTRIES {
+            sets.clear();
+        }
+        sets.insert(self.slots.clone().into_boxed_slice(), Arc::clone(&set));
         set
     }
 }
@@ -390,5 +415,42 @@ mod tests {
         );
         got.sort();
         assert_eq!(got, ["any", "isin"]);
+    }
+
+    #[test]
+    #[expect(clippy::unwrap_used, reason = "test input is valid")]
+    fn builds_each_candidate_set_once() {
+        let set = PolicySet::from_str(
+            r#"permit(principal == U::"a", action, resource);
+               permit(principal == U::"b", action, resource);"#,
+        )
+        .unwrap();
+        let index = PolicyIndex::new(&set);
+        let (a, b, act, r) = (
+            uid(r#"U::"a""#),
+            uid(r#"U::"b""#),
+            uid(r#"Action::"x""#),
+            uid(r#"R::"r""#),
+        );
+        let target = |u| Target {
+            uid: u,
+            ancestors: &[],
+        };
+        let for_a = index
+            .candidates(target(&a), target(&act), target(&r))
+            .policy_set();
+        let again = index
+            .candidates(target(&a), target(&act), target(&r))
+            .policy_set();
+        let for_b = index
+            .candidates(target(&b), target(&act), target(&r))
+            .policy_set();
+        assert!(Arc::ptr_eq(&for_a, &again));
+        assert_eq!(for_a.num_of_policies(), 1);
+        assert_eq!(for_b.num_of_policies(), 1);
+        assert_ne!(
+            for_a.policies().next().unwrap().id(),
+            for_b.policies().next().unwrap().id()
+        );
     }
 }
