@@ -17,7 +17,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use cedar_pdp::authorizer::{self, Query};
-use cedar_pdp::policy_store::{LoadOptions, Snapshot, build, read_dir};
+use cedar_pdp::policy_store::{LoadOptions, PolicyIndex, Snapshot, build, read_dir};
 use cedar_policy::{Context, EntityUid, Request};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
@@ -83,6 +83,32 @@ fn bench(c: &mut Criterion) {
     for (n, dir) in dirs.iter().filter(|(n, _)| *n == 10_000) {
         reload.bench_with_input(BenchmarkId::from_parameter(n), dir.path(), |b, path| {
             b.iter(|| load(path));
+        });
+        reload.bench_with_input(BenchmarkId::new("read_only", n), dir.path(), |b, path| {
+            b.iter(|| read_dir(path).unwrap());
+        });
+        let pol_only = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.path().join("policies.cedar"),
+            pol_only.path().join("policies.cedar"),
+        )
+        .unwrap();
+        reload.bench_with_input(
+            BenchmarkId::new("policies_only", n),
+            pol_only.path(),
+            |b, path| {
+                b.iter(|| load(path));
+            },
+        );
+        // Cedar's parser's share of a reload.
+        let text = std::fs::read_to_string(dir.path().join("policies.cedar")).unwrap();
+        reload.bench_with_input(BenchmarkId::new("parse_only", n), &text, |b, t| {
+            b.iter(|| cedar_policy::PolicySet::from_str(t).unwrap());
+        });
+        // The index's share of a reload.
+        let snapshot = load(dir.path());
+        reload.bench_with_input(BenchmarkId::new("index_only", n), &snapshot, |b, s| {
+            b.iter(|| PolicyIndex::new(&s.policies));
         });
     }
     reload.finish();

@@ -495,8 +495,13 @@ fn parse_entities(
                 continue;
             }
         };
+        // `from_json_value` has already checked the entities against the
+        // schema, so the merge does not check them again; with nothing to
+        // merge into, the parsed set is the result (a merge re-walks the
+        // whole hierarchy).
         let added = match Entities::from_json_value(json, schema) {
-            Ok(parsed) => merged.clone().add_entities(parsed, schema),
+            Ok(parsed) if merged.is_empty() => Ok(parsed),
+            Ok(parsed) => merged.clone().add_entities(parsed, None),
             Err(e) => Err(e),
         };
         match added {
