@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::App;
+use crate::bench::{self, BenchArgs};
 use crate::client::{self, AuthorizeArgs};
 use crate::config::{Config, ConfigError, ListenAddr, LogFormat};
 use crate::policy_format;
@@ -40,6 +41,8 @@ enum Command {
     Authorize(AuthorizeArgs),
     /// Format the `.cedar` files of a policy directory.
     Fmt(FmtArgs),
+    /// Load a running server with one request and report throughput and latency.
+    Bench(BenchArgs),
 }
 
 /// Flags of `serve`. Each overrides the config key named in its help.
@@ -147,6 +150,7 @@ pub fn main() -> ExitCode {
         Some(Command::Validate(args)) => validate(args),
         Some(Command::Fmt(args)) => fmt(args),
         Some(Command::Authorize(args)) => client::main(args),
+        Some(Command::Bench(args)) => bench::main(args),
     }
 }
 

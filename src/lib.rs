@@ -11,6 +11,7 @@
 //! - [`grpc`]: generated code, service impls, and the one error-to-status mapping.
 //! - [`metrics`]: Prometheus metrics, read by the admin listener.
 //! - [`client`]: the `cedar-pdp authorize` client.
+//! - [`bench`]: the `cedar-pdp bench` load client.
 //! - [`decision_log`]: the only writer of decision records; a bounded queue and a writer thread.
 //! - [`telemetry`]: log output setup.
 //! - [`transport`]: TCP, Unix socket and reloading TLS listeners, and the peer facts they prove.
@@ -19,6 +20,7 @@
 pub mod admin;
 pub mod app;
 pub mod authorizer;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -11,6 +11,7 @@ use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Valida
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
+use super::index::PolicyIndex;
 use super::snapshot::Snapshot;
 
 /// How deep symlinked directory trees are followed; guards against loops.
@@ -363,6 +364,7 @@ pub fn build(
 
     let policy_count = policies.num_of_policies();
     let entity_count = entities.len();
+    let index = PolicyIndex::new(&policies);
     Ok(Snapshot {
         revision: sources.revision(),
         git_commit: sources.git.clone(),
@@ -372,6 +374,7 @@ pub fn build(
         policy_count,
         entity_count,
         policies,
+        index,
         schema,
         entities,
         warnings,
@@ -585,8 +588,13 @@ fn parse_entities(
                 continue;
             }
         };
+        // `from_json_value` has already checked the entities against the
+        // schema, so the merge does not check them again; with nothing to
+        // merge into, the parsed set is the result (a merge re-walks the
+        // whole hierarchy).
         let added = match Entities::from_json_value(json, schema) {
-            Ok(parsed) => merged.clone().add_entities(parsed, schema),
+            Ok(parsed) if merged.is_empty() => Ok(parsed),
+            Ok(parsed) => merged.clone().add_entities(parsed, None),
             Err(e) => Err(e),
         };
         match added {

@@ -5,6 +5,7 @@
 //! A reload builds a new snapshot apart from the live one and swaps it in only
 //! when the whole directory is valid; on failure the last good one stays.
 
+mod index;
 mod loader;
 mod snapshot;
 mod watcher;
@@ -16,6 +17,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
+pub use index::{Candidates, PolicyIndex, Target};
 pub use loader::{GitCommit, LoadError, LoadOptions, SourceProblem, Sources, build, read_dir};
 pub use snapshot::Snapshot;
 pub use watcher::{WatchOptions, spawn_watcher};

@@ -4,6 +4,8 @@ use std::time::SystemTime;
 
 use cedar_policy::{Entities, PolicySet, Schema};
 
+use super::index::PolicyIndex;
+
 /// One loaded policy directory. Never mutated after it is built; a reload
 /// builds a new one and swaps it in.
 #[derive(Debug)]
@@ -20,6 +22,8 @@ pub struct Snapshot {
     pub policy_count: usize,
     pub entity_count: usize,
     pub policies: PolicySet,
+    /// `policies`, sliced by scope for evaluation.
+    pub index: PolicyIndex,
     pub schema: Option<Schema>,
     /// Entities from `*.entities.json`, plus the schema's action entities.
     pub entities: Entities,
