@@ -62,6 +62,9 @@ pub enum Mode {
     Unary,
     /// `BatchAuthorize`, `--batch-size` decisions per call.
     Batch,
+    /// `AuthorizeStream`: one stream per connection, with up to
+    /// `--concurrency` requests sent and not yet answered.
+    Stream,
 }
 
 /// Why a bench could not run.
@@ -268,7 +271,7 @@ async fn run(args: &BenchArgs, request: proto::AuthorizeRequest) -> Result<Summa
         channels.push(channel);
     }
     let batch_size = match args.mode {
-        Mode::Unary => 1,
+        Mode::Unary | Mode::Stream => 1,
         Mode::Batch => args.batch_size,
     };
     let batch = proto::BatchAuthorizeRequest {
@@ -283,6 +286,18 @@ async fn run(args: &BenchArgs, request: proto::AuthorizeRequest) -> Result<Summa
     let issued = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
     for channel in &channels {
+        if args.mode == Mode::Stream {
+            let client = AuthorizerClient::new(channel.clone());
+            let window = args.concurrency as usize;
+            workers.spawn(stream_worker(
+                client,
+                request.clone(),
+                window,
+                limit,
+                Arc::clone(&issued),
+            ));
+            continue;
+        }
         for _ in 0..args.concurrency {
             let worker = Worker {
                 client: AuthorizerClient::new(channel.clone()),
@@ -353,7 +368,9 @@ impl Worker {
             }
             let start = Instant::now();
             let ok = match self.mode {
-                Mode::Unary => self.client.authorize(self.request.clone()).await.is_ok(),
+                Mode::Unary | Mode::Stream => {
+                    self.client.authorize(self.request.clone()).await.is_ok()
+                }
                 Mode::Batch => self
                     .client
                     .batch_authorize(self.batch.clone())
@@ -369,4 +386,75 @@ impl Worker {
             }
         }
     }
+}
+
+/// One `AuthorizeStream` call: a sender keeps up to `window` requests
+/// unanswered; answers come back in order, so each one's latency is measured
+/// from the oldest send time still waiting.
+async fn stream_worker(
+    mut client: AuthorizerClient<Channel>,
+    request: proto::AuthorizeRequest,
+    window: usize,
+    limit: Limit,
+    issued: Arc<AtomicU64>,
+) -> Tally {
+    let mut tally = Tally {
+        calls: 0,
+        errors: 0,
+        latency: new_histogram(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(window);
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let credits = Arc::new(tokio::sync::Semaphore::new(window));
+    let sender = {
+        let credits = Arc::clone(&credits);
+        tokio::spawn(async move {
+            loop {
+                let go = match limit {
+                    Limit::Until(end) => Instant::now() < end,
+                    Limit::Count(n) => issued.fetch_add(1, Ordering::Relaxed) < n,
+                };
+                let Ok(permit) = credits.clone().acquire_owned().await else {
+                    return;
+                };
+                if !go || sent_tx.send(Instant::now()).is_err() {
+                    return;
+                }
+                permit.forget();
+                if tx.send(request.clone()).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut answers = match client
+        .authorize_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(_) => {
+            sender.abort();
+            tally.calls = 1;
+            tally.errors = 1;
+            return tally;
+        }
+    };
+    while let Some(sent_at) = sent_rx.recv().await {
+        let answered = answers.message().await;
+        tally.calls += 1;
+        match answered {
+            Ok(Some(resp)) if resp.errors.is_empty() => {
+                let micros = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                tally.latency.saturating_record(micros.max(1));
+            }
+            Ok(Some(_)) => tally.errors += 1,
+            Ok(None) | Err(_) => {
+                tally.errors += 1;
+                break;
+            }
+        }
+        credits.add_permits(1);
+    }
+    sender.abort();
+    tally
 }

@@ -96,6 +96,25 @@ async fn unary_and_batch_runs_report_every_call() {
     let decisions = figure(&ran.stdout, "decisions/s:");
     assert!((decisions / calls - 4.0).abs() < 0.01, "{ran:?}");
 
+    // A stream per connection, eight requests in flight on each.
+    let ran = bench(args(
+        &addr,
+        &request,
+        &[
+            "--mode",
+            "stream",
+            "--connections",
+            "2",
+            "--concurrency",
+            "8",
+            "--requests",
+            "200",
+        ],
+    ))
+    .await;
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(ran.stdout.contains("calls: 200, errors: 0"), "{ran:?}");
+
     // A duration bounds the run instead of a count.
     let ran = bench(args(&addr, &request, &["--duration", "300ms"])).await;
     assert_eq!(ran.code(), Some(0), "{ran:?}");
