@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure()
+        // Ordered maps encode the same way every time, so equal requests
+        // have equal bytes (the decision cache's key).
+        .btree_map(".")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

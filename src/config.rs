@@ -267,6 +267,9 @@ pub struct LimitsConfig {
     /// Longest a call may take; a shorter `grpc-timeout` from the client wins.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Memory for remembered decisions of identical requests (exact: Cedar
+    /// is deterministic, and a reload starts afresh); 0 turns it off.
+    pub decision_cache_bytes: u64,
 }
 
 /// `[decision_log]`: one JSON record per decision, written off the request path.
@@ -405,6 +408,7 @@ impl Default for LimitsConfig {
             max_string_bytes: 16 * 1024,
             max_in_flight: 1_024,
             request_timeout: Duration::from_secs(5),
+            decision_cache_bytes: 32 * 1024 * 1024,
         }
     }
 }

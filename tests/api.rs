@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -78,7 +78,7 @@ fn record(fields: &[(&str, proto::Value)]) -> proto::Value {
     }))
 }
 
-fn map(fields: &[(&str, proto::Value)]) -> HashMap<String, proto::Value> {
+fn map(fields: &[(&str, proto::Value)]) -> BTreeMap<String, proto::Value> {
     fields
         .iter()
         .map(|(k, v)| ((*k).to_string(), v.clone()))
@@ -95,7 +95,7 @@ fn entity(
         uid: uid(t, id),
         attrs: map(attrs),
         parents: parents.iter().map(|(t, id)| uid(t, id).unwrap()).collect(),
-        tags: HashMap::new(),
+        tags: BTreeMap::new(),
     }
 }
 
@@ -369,7 +369,7 @@ when {
 };
 "#;
 
-fn typed_context(addr: &str) -> HashMap<String, proto::Value> {
+fn typed_context(addr: &str) -> BTreeMap<String, proto::Value> {
     map(&[
         ("addr", ext("ip", addr)),
         ("price", ext("decimal", "9.99")),

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -144,7 +144,7 @@ fn value() -> impl Strategy<Value = proto::Value> {
             prop::collection::vec(inner.clone(), 0..4).prop_map(|values| proto::Value {
                 value: Some(V::Set(proto::ValueSet { values }))
             }),
-            prop::collection::hash_map(key(), inner, 0..4).prop_map(|fields| proto::Value {
+            prop::collection::btree_map(key(), inner, 0..4).prop_map(|fields| proto::Value {
                 value: Some(V::Record(proto::ValueRecord { fields }))
             }),
         ]
@@ -177,7 +177,7 @@ fn json() -> impl Strategy<Value = Json> {
     leaf.prop_recursive(5, 48, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Json::Array),
-            prop::collection::hash_map(key(), inner, 0..4)
+            prop::collection::btree_map(key(), inner, 0..4)
                 .prop_map(|m| Json::Object(m.into_iter().collect())),
         ]
     })
@@ -189,7 +189,7 @@ fn context_json() -> impl Strategy<Value = String> {
         Just(String::new()),
         ".{0,40}",
         json().prop_map(|j| j.to_string()),
-        prop::collection::hash_map(key(), json(), 0..4)
+        prop::collection::btree_map(key(), json(), 0..4)
             .prop_map(|m| Json::Object(m.into_iter().collect()).to_string()),
     ]
 }
@@ -209,7 +209,7 @@ fn entity_json() -> impl Strategy<Value = Json> {
         json(),
     ];
     let attrs = prop_oneof![
-        prop::collection::hash_map(key(), json(), 0..3)
+        prop::collection::btree_map(key(), json(), 0..3)
             .prop_map(|m| Json::Object(m.into_iter().collect())),
         json(),
     ];
@@ -244,9 +244,9 @@ fn entities_json() -> impl Strategy<Value = String> {
 fn entity() -> impl Strategy<Value = proto::Entity> {
     (
         prop::option::weighted(0.9, euid()),
-        prop::collection::hash_map(key(), value(), 0..3),
+        prop::collection::btree_map(key(), value(), 0..3),
         prop::collection::vec(euid(), 0..3),
-        prop::collection::hash_map(key(), value(), 0..2),
+        prop::collection::btree_map(key(), value(), 0..2),
     )
         .prop_map(|(uid, attrs, parents, tags)| proto::Entity {
             uid,
@@ -261,7 +261,7 @@ fn workload() -> impl Strategy<Value = proto::Workload> {
         ".{0,20}",
         ".{0,8}",
         ".{0,8}",
-        prop::collection::hash_map(".{0,6}", ".{0,6}", 0..3),
+        prop::collection::btree_map(".{0,6}", ".{0,6}", 0..3),
     )
         .prop_map(
             |(spiffe_id, namespace, service_account, labels)| proto::Workload {
@@ -280,7 +280,7 @@ fn authorize_request() -> impl Strategy<Value = proto::AuthorizeRequest> {
             prop::option::weighted(0.9, euid()),
             prop::option::weighted(0.9, euid()),
         ),
-        prop::collection::hash_map(key(), value(), 0..4),
+        prop::collection::btree_map(key(), value(), 0..4),
         context_json(),
         prop::collection::vec(entity(), 0..3),
         entities_json(),
@@ -373,7 +373,7 @@ proptest! {
     /// schema-backed parse is exercised rather than failing early.
     #[test]
     fn arbitrary_context_against_the_schema(
-        context in prop::collection::hash_map(key(), value(), 0..4),
+        context in prop::collection::btree_map(key(), value(), 0..4),
         context_json in context_json(),
         use_json in any::<bool>(),
     ) {
@@ -382,7 +382,7 @@ proptest! {
             principal: uid("Mesh::Workload", "spiffe://example.org/ns/shop/sa/frontend"),
             action: uid("Mesh::Action", "call"),
             resource: uid("Mesh::Service", "shop/checkout"),
-            context: if use_json { HashMap::new() } else { context },
+            context: if use_json { BTreeMap::new() } else { context },
             context_json: if use_json { context_json } else { String::new() },
             ..Default::default()
         };
@@ -462,7 +462,7 @@ fn check_request() -> impl Strategy<Value = CheckRequest> {
         method,
         path,
         host,
-        prop::collection::hash_map("[a-z-]{1,12}", ".{0,12}", 0..4),
+        prop::collection::btree_map("[a-z-]{1,12}", ".{0,12}", 0..4),
         ".{0,8}",
     )
         .prop_map(|(method, path, host, headers, id)| HttpRequest {
@@ -470,7 +470,7 @@ fn check_request() -> impl Strategy<Value = CheckRequest> {
             method,
             path,
             host,
-            headers,
+            headers: headers.into_iter().collect(),
             ..Default::default()
         });
     let request = prop::option::weighted(
@@ -486,14 +486,14 @@ fn check_request() -> impl Strategy<Value = CheckRequest> {
             peer(),
             peer(),
             request,
-            prop::collection::hash_map(".{0,6}", ".{0,6}", 0..3),
+            prop::collection::btree_map(".{0,6}", ".{0,6}", 0..3),
         )
             .prop_map(|(source, destination, request, context_extensions)| {
                 AttributeContext {
                     source,
                     destination,
                     request,
-                    context_extensions,
+                    context_extensions: context_extensions.into_iter().collect(),
                     ..Default::default()
                 }
             }),

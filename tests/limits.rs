@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -134,9 +133,9 @@ fn with_context_json(json: &str) -> AuthorizeRequest {
 fn entity(t: &str, id: &str, parents: &[(&str, &str)]) -> proto::Entity {
     proto::Entity {
         uid: uid(t, id),
-        attrs: HashMap::new(),
+        attrs: Default::default(),
         parents: parents.iter().map(|(t, id)| uid(t, id).unwrap()).collect(),
-        tags: HashMap::new(),
+        tags: Default::default(),
     }
 }
 

@@ -4,7 +4,7 @@
 //! the decision log. Every failure answers with a deny: Envoy must never let
 //! a request through because the PDP could not decide.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -185,7 +185,7 @@ impl Mapping {
                 ]
                 .into(),
                 parents: vec![service],
-                tags: HashMap::new(),
+                tags: BTreeMap::new(),
             });
         }
 
@@ -202,7 +202,7 @@ impl Mapping {
             .headers
             .iter()
             .filter_map(|name| http.headers.get(name).map(|v| (name.clone(), string(v))));
-        let mut context: HashMap<String, proto::Value> = [
+        let mut context: BTreeMap<String, proto::Value> = [
             ("method".to_string(), string(&http.method)),
             ("path".to_string(), string(path)),
             ("query".to_string(), string(query)),
@@ -247,7 +247,7 @@ impl Mapping {
     fn workload_entity(&self, principal: &proto::EntityUid, spiffe: &SpiffeId) -> proto::Entity {
         let c = &self.config;
         let trust_domain = uid(&c.trust_domain_type, &spiffe.trust_domain);
-        let mut attrs: HashMap<String, proto::Value> = [
+        let mut attrs: BTreeMap<String, proto::Value> = [
             ("spiffe_id".to_string(), string(&spiffe.id)),
             (
                 "trust_domain".to_string(),
@@ -270,7 +270,7 @@ impl Mapping {
             uid: Some(principal.clone()),
             attrs,
             parents,
-            tags: HashMap::new(),
+            tags: BTreeMap::new(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod audit;
 pub mod convert;
+mod decision_cache;
 mod ext_authz;
 pub mod limits;
 pub mod proto;

@@ -14,6 +14,7 @@ use tracing::Span;
 
 use super::audit::{CallInfo, Subject};
 use super::convert::{InvalidField, entities_to_json, query_from_request};
+use super::decision_cache::DecisionCache;
 use super::limits::Limits;
 use super::proto::authorizer_server::Authorizer;
 use super::proto::{
@@ -41,6 +42,8 @@ pub struct ServiceOptions {
     pub caller_key: Option<String>,
     /// Reject a `workload.spiffe_id` that is not the verified caller's.
     pub bind_workload: bool,
+    /// Bytes of decisions kept for identical requests; 0 turns it off.
+    pub decision_cache_bytes: u64,
 }
 
 impl ServiceOptions {
@@ -53,6 +56,7 @@ impl ServiceOptions {
             request_timeout: config.limits.request_timeout,
             caller_key: Some(config.caller.context_key.clone()).filter(|k| !k.is_empty()),
             bind_workload: config.binds_workload(),
+            decision_cache_bytes: config.limits.decision_cache_bytes,
         }
     }
 }
@@ -69,6 +73,7 @@ pub struct AuthorizerService {
     store: Arc<PolicyStore>,
     opts: Arc<ServiceOptions>,
     permits: Arc<Semaphore>,
+    cache: Option<Arc<DecisionCache>>,
     log: Option<DecisionLog>,
     metrics: Arc<Metrics>,
 }
@@ -79,6 +84,7 @@ impl AuthorizerService {
         Self {
             store,
             permits: Arc::new(Semaphore::new(opts.max_in_flight)),
+            cache: DecisionCache::new(opts.decision_cache_bytes).map(Arc::new),
             opts: Arc::new(opts),
             log: None,
             metrics,
@@ -167,9 +173,16 @@ fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
 pub(super) struct Judge<'a> {
     pub opts: &'a ServiceOptions,
     pub peer: Option<&'a PeerFacts>,
+    pub cache: Option<&'a DecisionCache>,
 }
 
 impl Judge<'_> {
+    /// The peer whose facts go into the context, if any.
+    fn injected_peer(&self) -> Option<&PeerFacts> {
+        self.opts.caller_key.as_ref()?;
+        self.peer.filter(|p| p.is_verified())
+    }
+
     /// Caller binding: a workload may only speak for itself.
     fn check_binding(&self, req: &AuthorizeRequest) -> Result<(), ApiError> {
         if !self.opts.bind_workload {
@@ -222,7 +235,7 @@ type Outcome = (
 /// Evaluates one request against one snapshot.
 pub(super) fn decide(
     snapshot: &Snapshot,
-    req: AuthorizeRequest,
+    mut req: AuthorizeRequest,
     shared: &[serde_json::Value],
     audit: bool,
     judge: Judge<'_>,
@@ -230,23 +243,40 @@ pub(super) fn decide(
     let request_id = req.request_id.clone();
     let has_workload = req.workload.is_some();
     let mut subject = audit.then(|| Subject::of(&req));
-    let decided = judge
-        .check_binding(&req)
-        .and_then(|()| {
-            let limits = &judge.opts.limits;
-            limits.check_request_id(&req.request_id)?;
-            limits.check_context_json(&req.context_json)?;
-            Ok(())
-        })
-        .and_then(|()| query_from_request(req, shared).map_err(ApiError::from))
-        .and_then(|mut q| {
-            judge.opts.limits.check_query(&q)?;
-            subject = subject
-                .take()
-                .map(|s| s.with_context(&q.context, has_workload));
-            judge.add_caller(&mut q.context)?;
-            authorizer::authorize(snapshot, q).map_err(ApiError::from)
-        });
+    let checked = judge.check_binding(&req).and_then(|()| {
+        let limits = &judge.opts.limits;
+        limits.check_request_id(&req.request_id)?;
+        limits.check_context_json(&req.context_json)?;
+        Ok(())
+    });
+    // Binding and limits first: a cached answer never skips them.
+    let mut cached = None;
+    let mut cache_key = None;
+    if let (Ok(()), Some(cache), true) = (&checked, judge.cache, shared.is_empty()) {
+        cache_key = DecisionCache::key(snapshot.generation, &mut req, judge.injected_peer());
+        cached = cache_key.as_deref().and_then(|k| cache.get(k));
+    }
+    let decided = match (checked, cached) {
+        // Without a log record to fill, a hit needs no conversion at all.
+        (Ok(()), Some(hit)) if !audit => Ok((*hit).clone()),
+        (checked, cached) => checked
+            .and_then(|()| query_from_request(req, shared).map_err(ApiError::from))
+            .and_then(|mut q| {
+                judge.opts.limits.check_query(&q)?;
+                subject = subject
+                    .take()
+                    .map(|s| s.with_context(&q.context, has_workload));
+                judge.add_caller(&mut q.context)?;
+                if let Some(hit) = cached {
+                    return Ok((*hit).clone());
+                }
+                let decision = authorizer::authorize(snapshot, q)?;
+                if let (Some(cache), Some(key)) = (judge.cache, cache_key) {
+                    cache.insert(key, Arc::new(decision.clone()));
+                }
+                Ok(decision)
+            }),
+    };
     let response = match decided {
         Ok(d) => Ok(AuthorizeResponse {
             decision: if d.allow {
@@ -360,6 +390,7 @@ impl AuthorizerService {
         let judge = Judge {
             opts: &self.opts,
             peer,
+            cache: self.cache.as_deref(),
         };
         let (response, subject) = decide(snapshot, request, &[], slots.is_some(), judge);
         let response = response.map_err(|(_, e)| e)?;
@@ -417,6 +448,7 @@ impl AuthorizerService {
             let snapshot = Arc::clone(&snapshot);
             let parent = span.clone();
             let opts = self.opts.clone();
+            let cache = self.cache.clone();
             // The work owns the slot: a call abandoned by its client (or its
             // deadline) still counts until the evaluation it started ends.
             tokio::task::spawn_blocking(move || {
@@ -424,6 +456,7 @@ impl AuthorizerService {
                 let judge = Judge {
                     opts: &opts,
                     peer: peer.as_ref(),
+                    cache: cache.as_deref(),
                 };
                 decide_batch(&snapshot, batch.requests, &shared, audit, &parent, judge)
             })

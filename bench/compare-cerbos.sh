@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Cerbos vs cedar-pdp `Authorize` vs cedar-pdp's own gRPC health check (the
+# ceiling no gRPC service can pass), under the same h2load options, in one
+# run. Prints one line per target (median of ROUNDS rounds) and the ratios.
+# `authorize` is the default server; `uncached` is a second server with the
+# decision cache off (`limits.decision_cache_bytes = 0`), which evaluates
+# every request: h2load repeats one request, so `authorize` measures hits.
+#
+# Usage: bench/compare-cerbos.sh [h2load options]   (default: -n 200000 -c 8 -m 16 -t 1)
+#   ROUNDS=3          rounds; the targets' order rotates each round
+#   PEERS=../shared/peers   Cerbos, its policy and the equivalent Cedar request
+#   PORT=50061        cedar-pdp's port, and PORT+1 for the uncached one (Cerbos uses 3593)
+# Needs h2load (apt-get install -y nghttp2-client), npm (Cerbos is installed
+# from the npm registry by the peers' start.sh) and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+peers=${PEERS:-../shared/peers}
+rounds=${ROUNDS:-3}
+port=${PORT:-50061}
+opts=("$@")
+[ ${#opts[@]} -gt 0 ] || opts=(-n 200000 -c 8 -m 16 -t 1)
+command -v h2load >/dev/null || { echo "h2load missing: apt-get install -y nghttp2-client" >&2; exit 2; }
+
+cargo build --release --locked --quiet
+bin=target/release/cedar-pdp
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+cerbos=$("$peers/cerbos/start.sh" | tail -1)
+pids+=("$cerbos")
+"$bin" serve --policies "$peers/cedar-equivalent" --listen "127.0.0.1:$port" --admin-listen "" \
+    --log-level warn 2>"$work/cedar-pdp.log" &
+pids+=($!)
+printf '[limits]\ndecision_cache_bytes = 0\n' > "$work/uncached.toml"
+"$bin" serve --config "$work/uncached.toml" --policies "$peers/cedar-equivalent" \
+    --listen "127.0.0.1:$((port + 1))" --admin-listen "" --log-level warn 2>"$work/uncached.log" &
+pids+=($!)
+
+# The same request Cerbos gets, as a gRPC-framed AuthorizeRequest; the
+# health check's body is an empty HealthCheckRequest (five framing bytes).
+"$bin" bench --request "$peers/cedar-equivalent/request.json" --emit-h2load-body "$work/authorize.bin" >/dev/null
+printf '\0\0\0\0\0' > "$work/health.bin"
+
+# Ready, and the decision is the expected ALLOW (h2load sees HTTP status only).
+python3 - "$peers/cedar-equivalent/request.json" "$work" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+uid = lambda u: '%s::"%s"' % (u["type"], u["id"])
+open(sys.argv[2] + "/entities.json", "w").write(json.dumps(r["entities"]))
+open(sys.argv[2] + "/args", "w").write("\n".join([uid(r["principal"]), uid(r["action"]), uid(r["resource"])]))
+PY
+mapfile -t uids < "$work/args"
+for p in "$port" $((port + 1)); do
+    deadline=$((SECONDS + 30))
+    until out=$("$bin" authorize --addr "127.0.0.1:$p" --principal "${uids[0]}" --action "${uids[1]}" \
+            --resource "${uids[2]}" --entities "$work/entities.json" 2>&1); do
+        [ $SECONDS -lt $deadline ] || { echo "cedar-pdp on $p did not answer ALLOW: $out" >&2; exit 1; }
+        sleep 0.2
+    done
+    grep -q ALLOW <<<"$out" || { echo "expected ALLOW, got: $out" >&2; exit 1; }
+done
+
+targets=(cerbos authorize uncached health)
+declare -A url body
+url[cerbos]=http://127.0.0.1:3593/cerbos.svc.v1.CerbosService/CheckResources
+body[cerbos]=$peers/cerbos/check_resources_request.bin
+url[authorize]=http://127.0.0.1:$port/cedar_pdp.v1.Authorizer/Authorize
+body[authorize]=$work/authorize.bin
+url[uncached]=http://127.0.0.1:$((port + 1))/cedar_pdp.v1.Authorizer/Authorize
+body[uncached]=$work/authorize.bin
+url[health]=http://127.0.0.1:$port/grpc.health.v1.Health/Check
+body[health]=$work/health.bin
+
+echo "h2load ${opts[*]}, $rounds round(s), $(nproc) cores, $(date -u +%FT%TZ)"
+for ((r = 0; r < rounds; r++)); do
+    for ((i = 0; i < ${#targets[@]}; i++)); do
+        t=${targets[$(((i + r) % ${#targets[@]}))]}
+        "$peers/h2load-grpc.sh" "$t" "${url[$t]}" "${body[$t]}" "${opts[@]}" | tee -a "$work/lines"
+    done
+done
+
+python3 - "$work/lines" <<'PY'
+import re, statistics, sys
+unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+def ms(v):
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s)", v)
+    return float(m.group(1)) * unit[m.group(2)]
+rows = {}
+for line in open(sys.argv[1]):
+    label, *fields = line.split()
+    f = dict(x.split("=", 1) for x in fields)
+    rows.setdefault(label, []).append((float(f["req/s"]), ms(f["mean"]), int(f["failed"])))
+med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v), sum(r[2] for r in v))
+       for k, v in rows.items()}
+print()
+for k in ("cerbos", "authorize", "uncached", "health"):
+    rps, mean, failed = med[k]
+    print(f"{k:9s} median req/s={rps:10.0f}  median mean latency={mean*1000:8.0f}us  failed={failed}")
+c, h = med["cerbos"], med["health"]
+print()
+for k in ("authorize", "uncached"):
+    a = med[k]
+    print(f"{k:9s} throughput: / Cerbos = {a[0]/c[0]:.2f}x   / health ceiling = {a[0]/h[0]:.2f}"
+          f"   mean latency: / health ceiling = {a[1]/h[1]:.2f}x   / Cerbos = {a[1]/c[1]:.2f}")
+PY
