@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success (and `authorize` allow), 1 failure (invalid
 //! policies, a failed call), 2 `authorize` deny (Cedar CLI's convention: a
-//! deny is a result, not a failure), 64 bad usage or config.
+//! deny is a result, not a failure), 64 bad usage or config. `test` exits 1
+//! when a case fails.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use crate::app::App;
 use crate::client::{self, AuthorizeArgs};
 use crate::config::{Config, ConfigError, ListenAddr, LogFormat};
 use crate::policy_store::{LoadError, LoadOptions, build, read_dir};
+use crate::policy_tests;
 use crate::telemetry;
 use crate::transport::{Listener, UnixSocket};
 
@@ -37,6 +39,8 @@ enum Command {
     Validate(ValidateArgs),
     /// Ask a running server for one decision.
     Authorize(AuthorizeArgs),
+    /// Run the policy directory's `*.test.yaml` / `*.test.json` cases.
+    Test(policy_tests::TestArgs),
 }
 
 /// Flags of `serve`. Each overrides the config key named in its help.
@@ -117,6 +121,7 @@ pub fn main() -> ExitCode {
         None => serve(cli.serve),
         Some(Command::Validate(args)) => validate(args),
         Some(Command::Authorize(args)) => client::main(args),
+        Some(Command::Test(args)) => policy_tests::main(args),
     }
 }
 

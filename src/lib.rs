@@ -6,6 +6,7 @@
 //! - [`admin`]: the admin HTTP listener: metrics, liveness, readiness.
 //! - [`app`]: composition: config -> policy store -> gRPC services -> listener.
 //! - [`policy_store`]: the only reader of policy files; loads, watches and swaps snapshots.
+//! - [`policy_tests`]: policy test files, run by `cedar-pdp test` and the reload gate.
 //! - [`authorizer`]: pure evaluation of one request against one snapshot.
 //! - [`grpc`]: generated code, service impls, and the one error-to-status mapping.
 //! - [`metrics`]: Prometheus metrics, read by the admin listener.
@@ -26,5 +27,6 @@ pub mod grpc;
 pub mod identity;
 pub mod metrics;
 pub mod policy_store;
+pub mod policy_tests;
 pub mod telemetry;
 pub mod transport;
