@@ -204,9 +204,8 @@ impl<'de> Deserialize<'de> for UidSpec {
 impl UidSpec {
     fn to_uid(&self) -> Result<EntityUid, String> {
         match self {
-            Self::Cedar(text) => EntityUid::from_str(text).map_err(|e| {
-                format!("`{text}` is not an entity uid like `Mesh::Workload::\"x\"`: {e}")
-            }),
+            Self::Cedar(text) => EntityUid::from_str(text)
+                .map_err(|e| format!("`{text}` is not an entity uid like `User::\"alice\"`: {e}")),
             Self::Parts { type_name, id } => {
                 let type_name = EntityTypeName::from_str(type_name)
                     .map_err(|e| format!("`{type_name}` is not a Cedar entity type: {e}"))?;
