@@ -83,6 +83,20 @@ cases:
     expect: {decision: deny, determining_policies: [deny-blocked]}
 "#;
 
+/// The same format as JSON, with a fixture one folder up.
+const PASSING_JSON: &str = r#"{
+  "fixtures": ["../people.fixture.json"],
+  "cases": [{
+    "name": "carol edits, from JSON",
+    "principal": "User::\"carol\"",
+    "action": {"type": "Action", "id": "edit"},
+    "resource": "Doc::\"d1\"",
+    "context": {},
+    "expect": {"decision": "allow", "determining_policies": ["owner-edits"], "errors": []}
+  }]
+}
+"#;
+
 /// One passing case and four failing ones, each in a different way.
 const FAILING: &str = r#"cases:
   - name: alice views
@@ -197,6 +211,9 @@ fn parse_junit(xml: &str) -> Junit {
 fn a_passing_suite_exits_0_with_a_line_per_case_and_the_summary() {
     let dir = policy_dir();
     write(dir.path(), "a.test.yaml", PASSING);
+    // JSON works too, in a subfolder, with a fixture one level up.
+    std::fs::create_dir(dir.path().join("more")).unwrap();
+    write(dir.path(), "more/c.test.json", PASSING_JSON);
     let junit = dir.path().join("out").with_extension("xml");
     let ran = run_tests(dir.path(), Some(&junit));
     assert_eq!(ran.code(), Some(0), "{ran:?}");
@@ -213,23 +230,28 @@ fn a_passing_suite_exits_0_with_a_line_per_case_and_the_summary() {
             "no `{line}`: {ran:?}"
         );
     }
-    assert_eq!(last_line(&ran.stdout), "4 passed, 0 failed", "{ran:?}");
+    let json = dir.path().join("more/c.test.json");
+    let line = format!("ok      {}: carol edits, from JSON", json.display());
+    assert!(
+        ran.stdout.lines().any(|l| l == line),
+        "no `{line}`: {ran:?}"
+    );
+    assert_eq!(last_line(&ran.stdout), "5 passed, 0 failed", "{ran:?}");
 
     let report = parse_junit(&std::fs::read_to_string(&junit).unwrap());
     assert_eq!(
         (report.tests.as_str(), report.failures.as_str()),
-        ("4", "0")
+        ("5", "0")
     );
     assert_eq!(
         report.suites,
-        [("a.test.yaml".to_string(), "4".to_string())]
+        [
+            ("a.test.yaml".to_string(), "4".to_string()),
+            ("more/c.test.json".to_string(), "1".to_string())
+        ]
     );
-    assert!(
-        report
-            .cases
-            .iter()
-            .all(|c| c.0 == "a.test.yaml" && c.2.is_none())
-    );
+    assert!(report.cases.iter().all(|c| c.2.is_none()), "{report:?}");
+    assert_eq!(report.cases[4].0, "more/c.test.json");
 }
 
 #[test]
