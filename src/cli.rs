@@ -11,9 +11,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::App;
+use crate::bench::{self, BenchArgs};
 use crate::client::{self, AuthorizeArgs};
 use crate::config::{Config, ConfigError, ListenAddr, LogFormat};
-use crate::policy_store::{LoadError, LoadOptions, build, read_dir};
+use crate::policy_format;
+use crate::policy_store::{LoadError, LoadOptions, SourceProblem, build, read_dir};
 use crate::policy_tests;
 use crate::telemetry;
 use crate::transport::{Listener, UnixSocket};
@@ -39,6 +41,10 @@ enum Command {
     Validate(ValidateArgs),
     /// Ask a running server for one decision.
     Authorize(AuthorizeArgs),
+    /// Format the `.cedar` files of a policy directory.
+    Fmt(FmtArgs),
+    /// Load a running server with one request and report throughput and latency.
+    Bench(BenchArgs),
     /// Run the policy directory's `*.test.yaml` / `*.test.json` cases.
     Test(policy_tests::TestArgs),
 }
@@ -75,6 +81,32 @@ struct ValidateArgs {
     /// Config file whose `[validation]` settings apply.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// `text` (`file:line:col: message` lines) or `json` (one object, for tools).
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
+    /// Exit 1 on warnings too.
+    #[arg(long)]
+    deny_warnings: bool,
+}
+
+#[derive(Debug, Args)]
+struct FmtArgs {
+    /// Policy directory.
+    #[arg(long, value_name = "DIR", default_value = "policies")]
+    policies: PathBuf,
+    /// Change nothing; exit 1 when a file would change.
+    #[arg(long)]
+    check: bool,
+    /// Preferred line width.
+    #[arg(long, value_name = "N", default_value_t = 80)]
+    line_width: usize,
+}
+
+/// How `validate` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
 }
 
 impl ServeArgs {
@@ -120,7 +152,9 @@ pub fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
         Some(Command::Validate(args)) => validate(args),
+        Some(Command::Fmt(args)) => fmt(args),
         Some(Command::Authorize(args)) => client::main(args),
+        Some(Command::Bench(args)) => bench::main(args),
         Some(Command::Test(args)) => policy_tests::main(args),
     }
 }
@@ -225,6 +259,38 @@ async fn shutdown_signal() {
     }
 }
 
+fn fmt(args: FmtArgs) -> ExitCode {
+    let report = policy_format::format_dir(&args.policies, args.check, args.line_width);
+    let path = |rel: &str| args.policies.join(rel).display().to_string();
+    for rel in &report.changed {
+        if args.check {
+            println!("would reformat: {}", path(rel));
+        } else {
+            println!("reformatted: {}", path(rel));
+        }
+    }
+    for (rel, err) in &report.failed {
+        eprintln!("{}: {err}", path(rel));
+    }
+    let total = report.changed.len() + report.unchanged.len() + report.failed.len();
+    println!(
+        "{total} file(s): {} {}, {} already formatted, {} failed",
+        report.changed.len(),
+        if args.check {
+            "would change"
+        } else {
+            "reformatted"
+        },
+        report.unchanged.len(),
+        report.failed.len()
+    );
+    if !report.failed.is_empty() || (args.check && !report.changed.is_empty()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn validate(args: ValidateArgs) -> ExitCode {
     let validate_policies = match &args.config {
         Some(path) => match Config::from_path(path) {
@@ -238,33 +304,71 @@ fn validate(args: ValidateArgs) -> ExitCode {
     };
     let options = LoadOptions { validate_policies };
     let loaded = read_dir(&args.policies).and_then(|sources| build(sources, &options, 1));
-    match loaded {
-        Ok(snapshot) => {
-            println!(
-                "ok: {} policies, {} entities, schema {}, revision {}",
-                snapshot.policy_count,
-                snapshot.entity_count,
-                if snapshot.schema.is_some() {
-                    "loaded"
-                } else {
-                    "absent"
-                },
-                snapshot.revision
-            );
-            ExitCode::SUCCESS
+    // Paths as the user typed them, so editors and CI annotate them.
+    let located = |p: &SourceProblem| SourceProblem {
+        file: args.policies.join(&p.file).display().to_string(),
+        ..p.clone()
+    };
+    let (snapshot, errors) = match loaded {
+        Ok(snapshot) => (Some(snapshot), Vec::new()),
+        Err(LoadError::Invalid(problems)) => (None, problems.iter().map(located).collect()),
+        Err(e) => (
+            None,
+            vec![SourceProblem {
+                file: args.policies.display().to_string(),
+                line: 0,
+                column: 0,
+                message: e.to_string(),
+            }],
+        ),
+    };
+    let warnings: Vec<SourceProblem> = snapshot
+        .as_ref()
+        .map(|s| s.warnings.iter().map(located).collect())
+        .unwrap_or_default();
+    let failed = !errors.is_empty() || (args.deny_warnings && !warnings.is_empty());
+    match args.format {
+        ReportFormat::Json => {
+            let problem = |p: &SourceProblem| serde_json::json!({"file": p.file, "line": p.line, "column": p.column, "message": p.message});
+            let report = serde_json::json!({
+                "ok": !failed,
+                "policies": args.policies.display().to_string(),
+                "revision": snapshot.as_ref().map(|s| s.revision.clone()),
+                "policy_count": snapshot.as_ref().map(|s| s.policy_count),
+                "entity_count": snapshot.as_ref().map(|s| s.entity_count),
+                "schema": snapshot.as_ref().map(|s| s.schema.is_some()),
+                "errors": errors.iter().map(problem).collect::<Vec<_>>(),
+                "warnings": warnings.iter().map(problem).collect::<Vec<_>>(),
+            });
+            println!("{report}");
         }
-        Err(LoadError::Invalid(problems)) => {
-            // Paths as the user typed them, so editors and CI annotate them.
-            for p in &problems {
-                let file = args.policies.join(&p.file);
-                eprintln!("{}:{}:{}: {}", file.display(), p.line, p.column, p.message);
+        ReportFormat::Text => {
+            for p in &errors {
+                eprintln!("{p}");
             }
-            eprintln!("{} error(s)", problems.len());
-            ExitCode::FAILURE
+            for p in &warnings {
+                eprintln!("{}:{}:{}: warning: {}", p.file, p.line, p.column, p.message);
+            }
+            match &snapshot {
+                Some(s) => println!(
+                    "ok: {} policies, {} entities, schema {}, revision {}, {} warning(s)",
+                    s.policy_count,
+                    s.entity_count,
+                    if s.schema.is_some() {
+                        "loaded"
+                    } else {
+                        "absent"
+                    },
+                    s.revision,
+                    warnings.len(),
+                ),
+                None => eprintln!("{} error(s)", errors.len()),
+            }
         }
-        Err(e) => {
-            eprintln!("cedar-pdp: {e}");
-            ExitCode::FAILURE
-        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -5,12 +5,14 @@
 //! - [`config`]: the TOML config file, merged with flags, and its validation.
 //! - [`admin`]: the admin HTTP listener: metrics, liveness, readiness.
 //! - [`app`]: composition: config -> policy store -> gRPC services -> listener.
+//! - [`policy_format`]: `cedar-pdp fmt`, with the Cedar project's formatter.
 //! - [`policy_store`]: the only reader of policy files; loads, watches and swaps snapshots.
 //! - [`policy_tests`]: policy test files, run by `cedar-pdp test` and the reload gate.
 //! - [`authorizer`]: pure evaluation of one request against one snapshot.
 //! - [`grpc`]: generated code, service impls, and the one error-to-status mapping.
 //! - [`metrics`]: Prometheus metrics, read by the admin listener.
 //! - [`client`]: the `cedar-pdp authorize` client.
+//! - [`bench`]: the `cedar-pdp bench` load client.
 //! - [`decision_log`]: the only writer of decision records; a bounded queue and a writer thread.
 //! - [`telemetry`]: log output setup.
 //! - [`transport`]: TCP, Unix socket and reloading TLS listeners, and the peer facts they prove.
@@ -19,6 +21,7 @@
 pub mod admin;
 pub mod app;
 pub mod authorizer;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -26,6 +29,7 @@ pub mod decision_log;
 pub mod grpc;
 pub mod identity;
 pub mod metrics;
+pub mod policy_format;
 pub mod policy_store;
 pub mod policy_tests;
 pub mod telemetry;

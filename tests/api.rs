@@ -1265,9 +1265,10 @@ async fn shipped_example_decides_as_documented() {
 
     let s = policy_status(&mut client).await;
     assert!(s.schema_loaded);
-    assert_eq!(s.policy_count, 12);
-    // 24 entities in mesh.entities.json plus the two action entities.
-    assert_eq!(s.entity_count, 26);
+    assert_eq!(s.policy_count, 16);
+    // 24 entities in mesh.entities.json plus the nine action entities (`call`,
+    // `read_secret` and the seven HTTP methods).
+    assert_eq!(s.entity_count, 33);
 
     let cases: Vec<(&str, AuthorizeRequest, Decision, &[&str])> = vec![
         (

@@ -376,3 +376,202 @@ fn log_format_json_writes_json_lines_to_stderr() {
     assert_eq!(serving["addr"], served.addr.as_str(), "{serving}");
     assert!(lines.iter().any(|l| l["message"] == "stopped"), "{log}");
 }
+
+const WARN_SCHEMA: &str = r#"
+entity User;
+entity Doc;
+action read appliesTo { principal: [User], resource: [Doc] };
+"#;
+
+/// Loads, but with one policy that has no `@id` and one that can never apply.
+const WARN_POLICIES: &str = r#"@id("reads")
+permit (principal is User, action == Action::"read", resource is Doc);
+
+permit (principal is User, action == Action::"read", resource is Doc);
+
+@id("never")
+permit (principal is Doc, action == Action::"read", resource is Doc);
+"#;
+
+fn validate_json(dir: &Path, extra: &[&str]) -> (Ran, serde_json::Value) {
+    let mut cmd = bin();
+    cmd.arg("validate")
+        .arg("--policies")
+        .arg(dir)
+        .args(["--format", "json"])
+        .args(extra);
+    let ran = run(cmd);
+    let report = serde_json::from_str(ran.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {ran:?}"));
+    (ran, report)
+}
+
+#[test]
+fn validate_json_reports_warnings_for_missing_ids_and_policies_that_never_apply() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "schema.cedarschema", WARN_SCHEMA);
+    write(dir.path(), "p.cedar", WARN_POLICIES);
+    let (ran, report) = validate_json(dir.path(), &[]);
+    assert_eq!(ran.code(), Some(0), "warnings alone do not fail: {ran:?}");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["policy_count"], 3);
+    let warnings = report["warnings"].as_array().unwrap();
+    // Cedar reports the last policy twice: no action applies, and so it is
+    // impossible.
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    let file = dir.path().join("p.cedar").display().to_string();
+    let missing_id = warnings
+        .iter()
+        .find(|w| w["message"].as_str().unwrap().contains("no `@id`"))
+        .unwrap();
+    assert_eq!(
+        (
+            &missing_id["file"],
+            &missing_id["line"],
+            &missing_id["column"]
+        ),
+        (
+            &serde_json::json!(file),
+            &serde_json::json!(4),
+            &serde_json::json!(1)
+        )
+    );
+    assert!(
+        missing_id["message"]
+            .as_str()
+            .unwrap()
+            .contains("p.cedar#1"),
+        "{missing_id}"
+    );
+    for never in warnings.iter().filter(|w| *w != missing_id) {
+        assert_eq!(never["line"], 6, "{never}");
+        assert!(
+            never["message"].as_str().unwrap().contains("`never`"),
+            "{never}"
+        );
+    }
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w["message"].as_str().unwrap().contains("impossible")),
+        "{warnings:#?}"
+    );
+
+    // Text mode says the same on stderr, and --deny-warnings fails on them.
+    let ran = validate(dir.path());
+    assert!(ran.stderr.contains("p.cedar:4:1: warning: "), "{ran:?}");
+    assert!(ran.stdout.contains("3 warning(s)"), "{ran:?}");
+    let (ran, report) = validate_json(dir.path(), &["--deny-warnings"]);
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert_eq!(report["ok"], false);
+}
+
+#[test]
+fn validate_json_lists_every_error_with_its_location() {
+    let dir = TempDir::new().unwrap();
+    write(
+        dir.path(),
+        "a.cedar",
+        "@id(\"x\")\npermit(principal action, resource);\n",
+    );
+    write(
+        dir.path(),
+        "b.cedar",
+        "@id(\"y\")\nforbid(principal, action, resource) when { 1 + };\n",
+    );
+    let (ran, report) = validate_json(dir.path(), &[]);
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["revision"], serde_json::Value::Null);
+    let errors = report["errors"].as_array().unwrap();
+    let files: Vec<_> = errors
+        .iter()
+        .map(|e| {
+            Path::new(e["file"].as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        files.contains(&"a.cedar".into()) && files.contains(&"b.cedar".into()),
+        "{errors:#?}"
+    );
+    assert!(errors.iter().all(|e| e["line"] == 2), "{errors:#?}");
+}
+
+fn fmt(dir: &Path, check: bool) -> Ran {
+    let mut cmd = bin();
+    cmd.arg("fmt").arg("--policies").arg(dir);
+    if check {
+        cmd.arg("--check");
+    }
+    run(cmd)
+}
+
+#[test]
+fn fmt_check_fails_on_unformatted_files_without_touching_them_and_fmt_fixes_them() {
+    let dir = TempDir::new().unwrap();
+    let messy =
+        "@id(\"a\") permit(principal==User::\"alice\",action,resource)when{context.x==1};\n";
+    let path = write(dir.path(), "p.cedar", messy);
+    write(
+        dir.path(),
+        "tidy.cedar",
+        "@id(\"b\")\npermit (principal, action, resource);\n",
+    );
+
+    let ran = fmt(dir.path(), true);
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(
+        ran.stdout.contains("would reformat: ") && ran.stdout.contains("p.cedar"),
+        "{ran:?}"
+    );
+    assert!(
+        !ran.stdout
+            .lines()
+            .any(|l| l.starts_with("would reformat") && l.ends_with("tidy.cedar")),
+        "{ran:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        messy,
+        "--check writes nothing"
+    );
+
+    let ran = fmt(dir.path(), false);
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    let formatted = std::fs::read_to_string(&path).unwrap();
+    assert_ne!(formatted, messy);
+    assert!(
+        formatted.contains("principal == User::\"alice\""),
+        "{formatted}"
+    );
+    assert_eq!(fmt(dir.path(), true).code(), Some(0));
+    // Same policies, same decisions: the set still validates with both ids.
+    let ran = validate(dir.path());
+    assert!(ran.stdout.starts_with("ok: 2 policies"), "{ran:?}");
+}
+
+#[test]
+fn fmt_leaves_a_file_that_does_not_parse_alone_and_fails() {
+    let dir = TempDir::new().unwrap();
+    let broken = "permit(principal action, resource);\n";
+    let path = write(dir.path(), "broken.cedar", broken);
+    let ran = fmt(dir.path(), false);
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("broken.cedar"), "{ran:?}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), broken);
+}
+
+#[test]
+fn the_shipped_policies_are_formatted() {
+    let ran = fmt(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        true,
+    );
+    assert_eq!(
+        ran.code(),
+        Some(0),
+        "run `cedar-pdp fmt --policies policies`: {ran:?}"
+    );
+}

@@ -16,6 +16,7 @@
 )]
 
 mod common;
+mod corpus;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use cedar_pdp::grpc::proto::{self, Decision};
 use cedar_pdp::policy_store::{LoadOptions, build, read_dir};
 use cedar_policy::{PolicySet, Schema, ValidationMode, ValidationWarning, Validator};
 use common::{TestServer, shared_dir, test_config};
-use serde::Deserialize;
+use corpus::{CorpusTest, entity_ref, json_files_under};
 use serde_json::Value as Json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -93,38 +94,6 @@ const VALIDATION_EXCEPTIONS: &[(&str, &str)] = &[
 
 /// The file our server reads the test's policies from; ids derive from it.
 const POLICY_FILE: &str = "policies.cedar";
-
-/// One corpus test file.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CorpusTest {
-    policies: String,
-    entities: String,
-    schema: Option<String>,
-    should_validate: bool,
-    requests: Vec<CorpusRequest>,
-}
-
-/// One request and its reference answer.
-#[derive(Debug, Deserialize)]
-struct CorpusRequest {
-    description: String,
-    principal: Json,
-    action: Json,
-    resource: Json,
-    context: serde_json::Map<String, Json>,
-    /// Absent means `true`, as in the reference harness. Our server always
-    /// validates requests against the schema, so `false` cannot apply.
-    #[serde(rename = "validateRequest", default = "yes")]
-    validate_request: bool,
-    decision: String,
-    reason: Vec<String>,
-    errors: Vec<String>,
-}
-
-fn yes() -> bool {
-    true
-}
 
 /// What one side said about one request.
 #[derive(Debug, PartialEq, Eq)]
@@ -306,28 +275,6 @@ async fn cedar_integration_corpus() {
         not_validating >= MIN_NOT_VALIDATING_TESTS,
         "ran {not_validating} corpus tests with `shouldValidate: false`, expected at least {MIN_NOT_VALIDATING_TESTS}"
     );
-}
-
-/// Test JSON files under `dir`, recursively, relative to the corpus root
-/// (the parent of `dir`), sorted. Entity files are not tests.
-fn json_files_under(dir: &Path) -> Vec<String> {
-    let base = dir.parent().unwrap();
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if path.is_dir() {
-                pending.push(path);
-            } else if name.ends_with(".json") && !name.ends_with(".entities.json") {
-                let rel = path.strip_prefix(base).unwrap();
-                out.push(rel.to_string_lossy().replace('\\', "/"));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Runs one test file against its own server.
@@ -526,20 +473,4 @@ fn map_id(ids: &BTreeMap<String, String>, corpus_id: &str) -> String {
     ids.get(corpus_id)
         .cloned()
         .unwrap_or_else(|| format!("<unknown {corpus_id}>"))
-}
-
-/// `{"type", "id"}` or `{"__entity": {"type", "id"}}`.
-fn entity_ref(json: &Json, rel: &str) -> proto::EntityUid {
-    let inner = json.get("__entity").unwrap_or(json);
-    let field = |name: &str| {
-        inner
-            .get(name)
-            .and_then(Json::as_str)
-            .unwrap_or_else(|| panic!("{rel}: entity reference without `{name}`: {json}"))
-            .to_string()
-    };
-    proto::EntityUid {
-        r#type: field("type"),
-        id: field("id"),
-    }
 }

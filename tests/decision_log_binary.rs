@@ -229,6 +229,7 @@ fn record(n: u64) -> DecisionRecord {
         determining_policies: vec!["allow-alice".into()],
         errors: vec![],
         policy_revision: "sha256:test".into(),
+        policy_commit: None,
         policy_generation: 1,
         latency_us: 1,
     }

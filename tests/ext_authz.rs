@@ -1,6 +1,11 @@
 //! Envoy ext_authz `Check` over a real gRPC socket, with a tonic client of
 //! the Envoy protos: the mapping, allow, deny, and error-means-deny.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
 
 mod common;
 

@@ -6,7 +6,9 @@ use cedar_policy::{
     Context, ContextJsonError, Entities, EntityUid, Request, RequestValidationError,
 };
 
-use crate::policy_store::Snapshot;
+use crate::policy_store::{Snapshot, Target};
+
+mod request_entities;
 
 /// One authorization question, in Cedar's JSON forms.
 #[derive(Clone, Debug)]
@@ -82,23 +84,55 @@ impl AuthorizeError {
 }
 
 /// Evaluates `query` against `snapshot`.
+///
+/// Only the policies whose scope matches the request are evaluated (see
+/// [`crate::policy_store::PolicyIndex`]); the answer is the same as the whole
+/// set's.
 pub fn authorize(snapshot: &Snapshot, query: Query) -> Result<Decision, AuthorizeError> {
     let schema = snapshot.schema.as_ref();
-    let merged;
-    let entities = if query.entities.is_empty() {
-        &snapshot.entities
+    let extra = if query.entities.is_empty() {
+        None
     } else {
-        let extra = Entities::from_json_value(serde_json::Value::Array(query.entities), schema)
+        let parsed = Entities::from_json_value(serde_json::Value::Array(query.entities), schema)
             .map_err(|e| AuthorizeError::Entities(Box::new(e)))?;
-        merged = snapshot
-            .entities
-            .clone()
-            .add_entities(extra, schema)
-            .map_err(|e| match e {
-                EntitiesError::Duplicate(_) => AuthorizeError::EntityConflict(Box::new(e)),
-                other => AuthorizeError::Entities(Box::new(other)),
-            })?;
-        &merged
+        Some(parsed)
+    };
+    let ancestors = |uid| request_entities::ancestors(&snapshot.entities, extra.as_ref(), uid);
+    let (pa, aa, ra) = (
+        ancestors(&query.principal),
+        ancestors(&query.action),
+        ancestors(&query.resource),
+    );
+    let candidates = snapshot.index.candidates(
+        Target {
+            uid: &query.principal,
+            ancestors: &pa,
+        },
+        Target {
+            uid: &query.action,
+            ancestors: &aa,
+        },
+        Target {
+            uid: &query.resource,
+            ancestors: &ra,
+        },
+    );
+    let sliced;
+    let entities = match extra {
+        None => &snapshot.entities,
+        Some(extra) => {
+            let mut roots = vec![
+                query.principal.clone(),
+                query.action.clone(),
+                query.resource.clone(),
+            ];
+            for v in query.context.values() {
+                request_entities::json_refs(v, &mut roots);
+            }
+            roots.extend(candidates.literals().cloned());
+            sliced = request_entities::slice(&snapshot.entities, extra, roots, schema)?;
+            &sliced
+        }
     };
     let context = Context::from_json_value(
         serde_json::Value::Object(query.context),
@@ -114,8 +148,15 @@ pub fn authorize(snapshot: &Snapshot, query: Query) -> Result<Decision, Authoriz
     )
     .map_err(|e| AuthorizeError::Schema(Box::new(e)))?;
 
-    let response =
-        cedar_policy::Authorizer::new().is_authorized(&request, &snapshot.policies, entities);
+    // A set of every policy needs no copy.
+    let owned;
+    let policies = if candidates.len() == snapshot.index.len() {
+        &snapshot.policies
+    } else {
+        owned = candidates.policy_set();
+        owned.as_ref()
+    };
+    let response = cedar_policy::Authorizer::new().is_authorized(&request, policies, entities);
     let diagnostics = response.diagnostics();
     let mut determining_policies: Vec<String> =
         diagnostics.reason().map(ToString::to_string).collect();

@@ -60,6 +60,9 @@ pub struct DecisionRecord {
     pub determining_policies: Vec<String>,
     pub errors: Vec<RecordError>,
     pub policy_revision: String,
+    /// Full id of the git commit the policies came from, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_commit: Option<String>,
     pub policy_generation: u64,
     pub latency_us: u64,
 }
@@ -166,6 +169,7 @@ mod tests {
             determining_policies: vec![],
             errors: vec![],
             policy_revision: "r".into(),
+            policy_commit: None,
             policy_generation: 1,
             latency_us: 1,
         }

@@ -148,6 +148,7 @@ impl Subject {
                 })
                 .collect(),
             policy_revision: snapshot.revision.clone(),
+            policy_commit: snapshot.git_commit.as_ref().map(|g| g.id.clone()),
             policy_generation: snapshot.generation,
             latency_us: u64::try_from(call.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         }

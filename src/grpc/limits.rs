@@ -34,6 +34,27 @@ impl Default for Limits {
     }
 }
 
+/// The string fields of a well-formed Cedar escape, `{"__entity": {"type",
+/// "id"}}` or `{"__extn": {"fn", "arg"}}`; `None` for anything else.
+fn escape_parts(map: &serde_json::Map<String, Json>) -> Option<Vec<(&str, &str)>> {
+    let (key, inner) = map.iter().next().filter(|_| map.len() == 1)?;
+    let expected: &[&str] = match key.as_str() {
+        "__entity" => &["type", "id"],
+        "__extn" => &["fn", "arg"],
+        _ => return None,
+    };
+    let Json::Object(inner) = inner else {
+        return None;
+    };
+    if inner.len() != expected.len() {
+        return None;
+    }
+    expected
+        .iter()
+        .map(|k| Some((*k, inner.get(*k)?.as_str()?)))
+        .collect()
+}
+
 impl Limits {
     /// Checks raw JSON text before it is parsed.
     pub fn check_context_json(&self, text: &str) -> Result<(), InvalidField> {
@@ -41,6 +62,11 @@ impl Limits {
             return Err(self.too_big("context_json", text.len()));
         }
         Ok(())
+    }
+
+    /// Checks the caller's own request id.
+    pub fn check_request_id(&self, id: &str) -> Result<(), InvalidField> {
+        self.check_string("request_id", id)
     }
 
     /// Checks a converted query: entity count, and the depth, string lengths
@@ -85,13 +111,20 @@ impl Limits {
     /// Walks `v`, which sits inside `depth` records and sets; returns its
     /// approximate JSON size.
     fn walk(&self, v: &Json, field: &str, depth: usize) -> Result<usize, InvalidField> {
-        // Cedar's `__entity` / `__extn` escapes are JSON objects but not
-        // Cedar records, so they do not count as a level.
-        let is_escape = |map: &serde_json::Map<String, Json>| {
-            map.len() == 1 && (map.contains_key("__entity") || map.contains_key("__extn"))
-        };
+        // A Cedar `__entity` / `__extn` escape is a JSON object but not a
+        // record: it does not count as a level, and holds only short strings.
+        // Anything else under those keys is an ordinary record.
+        if let Json::Object(map) = v
+            && let Some(parts) = escape_parts(map)
+        {
+            let mut size = 16;
+            for (k, s) in parts {
+                self.check_string(&format!("{field}.{k}"), s)?;
+                size += s.len();
+            }
+            return Ok(size);
+        }
         let inner_depth = match v {
-            Json::Object(map) if is_escape(map) => depth,
             Json::Array(_) | Json::Object(_) => depth + 1,
             _ => depth,
         };

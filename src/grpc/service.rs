@@ -233,11 +233,10 @@ pub(super) fn decide(
     let decided = judge
         .check_binding(&req)
         .and_then(|()| {
-            judge
-                .opts
-                .limits
-                .check_context_json(&req.context_json)
-                .map_err(ApiError::from)
+            let limits = &judge.opts.limits;
+            limits.check_request_id(&req.request_id)?;
+            limits.check_context_json(&req.context_json)?;
+            Ok(())
         })
         .and_then(|()| query_from_request(req, shared).map_err(ApiError::from))
         .and_then(|mut q| {
@@ -379,6 +378,7 @@ impl AuthorizerService {
         &self,
         request: Request<BatchAuthorizeRequest>,
         span: &Span,
+        permit: OwnedSemaphorePermit,
     ) -> Result<Response<BatchAuthorizeResponse>, Status> {
         let peer = request.extensions().get::<PeerFacts>().cloned();
         let call = self.call_info(peer.as_ref(), request.metadata(), span);
@@ -417,7 +417,10 @@ impl AuthorizerService {
             let snapshot = Arc::clone(&snapshot);
             let parent = span.clone();
             let opts = self.opts.clone();
+            // The work owns the slot: a call abandoned by its client (or its
+            // deadline) still counts until the evaluation it started ends.
             tokio::task::spawn_blocking(move || {
+                let _permit = permit;
                 let judge = Judge {
                     opts: &opts,
                     peer: peer.as_ref(),
@@ -552,8 +555,8 @@ impl Authorizer for AuthorizerService {
         spans::continue_trace(&span, request.metadata());
         let timeout = self.timeout(request.metadata());
         let call = async {
-            let _permit = self.admit()?;
-            self.batch_call(request, &span).await
+            let permit = self.admit()?;
+            self.batch_call(request, &span, permit).await
         };
         self.within(timeout, call).await.inspect_err(|s| {
             spans::record_failure(&span, s);
@@ -579,6 +582,10 @@ impl Authorizer for AuthorizerService {
             out.policy_count = snapshot.policy_count as u64;
             out.entity_count = snapshot.entity_count as u64;
             out.schema_loaded = snapshot.schema.is_some();
+            if let Some(git) = &snapshot.git_commit {
+                out.git_commit = git.id.clone();
+                out.git_dirty = git.dirty;
+            }
         }
         Ok(Response::new(out))
     }

@@ -11,6 +11,7 @@ use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Valida
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
+use super::index::PolicyIndex;
 use super::snapshot::Snapshot;
 
 /// How deep symlinked directory trees are followed; guards against loops.
@@ -122,6 +123,16 @@ pub struct Sources {
     root: PathBuf,
     files: Vec<SourceFile>,
     digest: String,
+    git: Option<GitCommit>,
+}
+
+/// The git commit a policy directory was checked out from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitCommit {
+    /// Full hex object id of `HEAD`.
+    pub id: String,
+    /// A file read differs from (or is missing in) that commit.
+    pub dirty: bool,
 }
 
 impl Sources {
@@ -130,9 +141,23 @@ impl Sources {
         &self.digest
     }
 
-    /// The short form of the digest that is shown as the policy revision.
+    /// The commit the files came from, when the directory is in a git checkout.
+    pub fn git(&self) -> Option<&GitCommit> {
+        self.git.as_ref()
+    }
+
+    /// The revision shown to clients: the short digest, and the short commit
+    /// id when there is one (`-dirty` when the files differ from it).
     pub fn revision(&self) -> String {
-        format!("sha256:{}", &self.digest[..16])
+        let digest = format!("sha256:{}", &self.digest[..16]);
+        match &self.git {
+            Some(git) => format!(
+                "{digest}+git:{}{}",
+                &git.id[..git.id.len().min(12)],
+                if git.dirty { "-dirty" } else { "" }
+            ),
+            None => digest,
+        }
     }
 }
 
@@ -265,10 +290,12 @@ fn read_once(root: &Path) -> Result<(Sources, Resolved), ReadError> {
         hasher.update(f.text.as_bytes());
     }
     let digest = hex::encode(hasher.finalize());
+    let git = git_commit(&canonical_root, &files);
     let sources = Sources {
         root: root.to_path_buf(),
         files,
         digest,
+        git,
     };
     Ok((
         sources,
@@ -279,6 +306,32 @@ fn read_once(root: &Path) -> Result<(Sources, Resolved), ReadError> {
     ))
 }
 
+/// The `HEAD` commit of the git checkout holding `dir` (a resolved path, so
+/// git-sync's symlinked worktrees name their own commit), read with gix: no
+/// `git` binary. `None` outside a checkout or when the repository is unreadable.
+fn git_commit(dir: &Path, files: &[SourceFile]) -> Option<GitCommit> {
+    let repo = gix::discover(dir).ok()?;
+    let commit = repo.head_commit().ok()?;
+    let id = commit.id().to_string();
+    // Compare what was read with the commit, so uncommitted edits show.
+    let dirty = (|| {
+        let workdir = std::fs::canonicalize(repo.workdir()?).ok()?;
+        let prefix = dir.strip_prefix(&workdir).ok()?.to_path_buf();
+        let tree = commit.tree().ok()?;
+        Some(files.iter().any(|f| {
+            let path = prefix.join(&f.rel);
+            match tree.lookup_entry_by_path(&path) {
+                Ok(Some(entry)) => entry
+                    .object()
+                    .map_or(true, |blob| blob.data != f.text.as_bytes()),
+                _ => true,
+            }
+        }))
+    })()
+    .unwrap_or(true);
+    Some(GitCommit { id, dirty })
+}
+
 /// Parses and validates `sources` into a snapshot. Reports every problem
 /// found, not just the first.
 pub fn build(
@@ -287,14 +340,22 @@ pub fn build(
     generation: u64,
 ) -> Result<Snapshot, LoadError> {
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
 
-    let schema = parse_schema(&sources, &mut problems);
-    let (policies, origins) = parse_policies(&sources, &mut problems);
+    let schema = parse_schema(&sources, &mut problems, &mut warnings);
+    let (policies, origins) = parse_policies(&sources, &mut problems, &mut warnings);
     if !sources.files.iter().any(|f| f.kind == FileKind::Policies) {
         return Err(LoadError::NoPolicies(sources.root));
     }
     if let (Some(schema), true) = (&schema, options.validate_policies) {
-        validate(schema, &policies, &origins, &sources, &mut problems);
+        validate(
+            schema,
+            &policies,
+            &origins,
+            &sources,
+            &mut problems,
+            &mut warnings,
+        );
     }
     let entities = parse_entities(&sources, schema.as_ref(), &mut problems);
     if !problems.is_empty() {
@@ -303,20 +364,28 @@ pub fn build(
 
     let policy_count = policies.num_of_policies();
     let entity_count = entities.len();
+    let index = PolicyIndex::new(&policies);
     Ok(Snapshot {
         revision: sources.revision(),
+        git_commit: sources.git.clone(),
         digest: sources.digest,
         generation,
         loaded_at: SystemTime::now(),
         policy_count,
         entity_count,
         policies,
+        index,
         schema,
         entities,
+        warnings,
     })
 }
 
-fn parse_schema(sources: &Sources, problems: &mut Vec<SourceProblem>) -> Option<Schema> {
+fn parse_schema(
+    sources: &Sources,
+    problems: &mut Vec<SourceProblem>,
+    warnings: &mut Vec<SourceProblem>,
+) -> Option<Schema> {
     let files: Vec<_> = sources
         .files
         .iter()
@@ -339,10 +408,8 @@ fn parse_schema(sources: &Sources, problems: &mut Vec<SourceProblem>) -> Option<
             .ok();
     }
     match Schema::from_cedarschema_str(&file.text) {
-        Ok((schema, warnings)) => {
-            for w in warnings {
-                tracing::warn!(file = %file.rel, "schema warning: {w}");
-            }
+        Ok((schema, found)) => {
+            warnings.extend(found.map(|w| problem(&file.rel, &file.text, &w)));
             Some(schema)
         }
         Err(e) => {
@@ -357,6 +424,7 @@ fn parse_schema(sources: &Sources, problems: &mut Vec<SourceProblem>) -> Option<
 fn parse_policies(
     sources: &Sources,
     problems: &mut Vec<SourceProblem>,
+    warnings: &mut Vec<SourceProblem>,
 ) -> (PolicySet, HashMap<PolicyId, usize>) {
     let mut set = PolicySet::new();
     let mut origins: HashMap<PolicyId, usize> = HashMap::new();
@@ -397,10 +465,25 @@ fn parse_policies(
             })
             .collect();
         in_file.sort_by_key(|(index, _)| *index);
+        let starts = policy_starts(&file.text);
         for (index, policy) in in_file {
             let id = match policy.annotation("id") {
                 Some(id) => PolicyId::new(id),
-                None => PolicyId::new(format!("{}#{index}", file.rel)),
+                None => {
+                    let id = format!("{}#{index}", file.rel);
+                    let (line, column) = starts
+                        .get(index)
+                        .map_or((1, 1), |&o| line_column(&file.text, o));
+                    warnings.push(SourceProblem {
+                        file: file.rel.clone(),
+                        line,
+                        column,
+                        message: format!(
+                            "policy has no `@id` annotation; its id is `{id}`, which changes when policies above it move (help: add `@id(\"...\")`)"
+                        ),
+                    });
+                    PolicyId::new(id)
+                }
             };
             if let Some(&first) = origins.get(&id) {
                 let (line, column) = find_id_annotation(&file.text, id.as_ref());
@@ -436,6 +519,7 @@ fn validate(
     origins: &HashMap<PolicyId, usize>,
     sources: &Sources,
     problems: &mut Vec<SourceProblem>,
+    warnings: &mut Vec<SourceProblem>,
 ) {
     let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
     for err in result.validation_errors() {
@@ -452,8 +536,20 @@ fn validate(
             }),
         }
     }
+    // Among these: policies that can never apply under the schema.
     for warning in result.validation_warnings() {
-        tracing::warn!("policy validation warning: {warning}");
+        match origins.get(warning.policy_id()) {
+            Some(&idx) => {
+                let file = &sources.files[idx];
+                warnings.push(problem(&file.rel, &file.text, warning));
+            }
+            None => warnings.push(SourceProblem {
+                file: "<schema>".to_string(),
+                line: 1,
+                column: 1,
+                message: warning.to_string(),
+            }),
+        }
     }
 }
 
@@ -492,8 +588,13 @@ fn parse_entities(
                 continue;
             }
         };
+        // `from_json_value` has already checked the entities against the
+        // schema, so the merge does not check them again; with nothing to
+        // merge into, the parsed set is the result (a merge re-walks the
+        // whole hierarchy).
         let added = match Entities::from_json_value(json, schema) {
-            Ok(parsed) => merged.clone().add_entities(parsed, schema),
+            Ok(parsed) if merged.is_empty() => Ok(parsed),
+            Ok(parsed) => merged.clone().add_entities(parsed, None),
             Err(e) => Err(e),
         };
         match added {
@@ -554,6 +655,45 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Byte offsets where each policy of a file starts (its first annotation or
+/// its effect), in file order: the parser keeps no public location per
+/// policy. Statements end at `;` outside strings and comments.
+fn policy_starts(text: &str) -> Vec<usize> {
+    let bytes = text.as_bytes();
+    let mut starts = Vec::new();
+    let mut in_statement = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' => {
+                if !in_statement {
+                    starts.push(i);
+                    in_statement = true;
+                }
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b';' => in_statement = false,
+            b if b.is_ascii_whitespace() => {}
+            _ if !in_statement => {
+                starts.push(i);
+                in_statement = true;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    starts
+}
+
 /// The parser keeps no public source location per policy, so a duplicate
 /// `@id` is located by its annotation text.
 fn find_id_annotation(text: &str, id: &str) -> (usize, usize) {
@@ -574,6 +714,15 @@ fn find_id_annotation(text: &str, id: &str) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_where_policies_start() {
+        let text = "// a; comment\n@id(\"x;y\")\npermit(principal, action, resource);\n\n  forbid(principal, action, resource) when { \"a;\" == \"b\" };\n";
+        let starts = policy_starts(text);
+        assert_eq!(starts.len(), 2);
+        assert_eq!(line_column(text, starts[0]), (2, 1));
+        assert_eq!(line_column(text, starts[1]), (5, 3));
+    }
 
     #[test]
     fn line_column_counts_from_one() {

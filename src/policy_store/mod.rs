@@ -5,6 +5,7 @@
 //! A reload builds a new snapshot apart from the live one and swaps it in only
 //! when the whole directory is valid; on failure the last good one stays.
 
+mod index;
 mod loader;
 mod snapshot;
 mod test_gate;
@@ -17,7 +18,8 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
-pub use loader::{LoadError, LoadOptions, SourceProblem, Sources, build, read_dir};
+pub use index::{Candidates, PolicyIndex, Target};
+pub use loader::{GitCommit, LoadError, LoadOptions, SourceProblem, Sources, build, read_dir};
 pub use snapshot::Snapshot;
 pub use watcher::{WatchOptions, spawn_watcher};
 
@@ -141,6 +143,9 @@ impl PolicyStore {
         status.last_success_at = Some(snapshot.loaded_at);
         self.live.store(Some(Arc::clone(&snapshot)));
         drop(status);
+        for w in &snapshot.warnings {
+            tracing::warn!(revision = %snapshot.revision, "policy warning: {w}");
+        }
         self.generation.send_replace(snapshot.generation);
         Ok(Reloaded::Swapped(snapshot))
     }
@@ -154,7 +159,7 @@ impl PolicyStore {
         let current = self.live.load();
         if current
             .as_ref()
-            .is_some_and(|s| s.digest == sources.digest())
+            .is_some_and(|s| s.digest == sources.digest() && s.git_commit.as_ref() == sources.git())
         {
             return Ok(None);
         }

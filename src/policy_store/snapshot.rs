@@ -4,6 +4,8 @@ use std::time::SystemTime;
 
 use cedar_policy::{Entities, PolicySet, Schema};
 
+use super::index::PolicyIndex;
+
 /// One loaded policy directory. Never mutated after it is built; a reload
 /// builds a new one and swaps it in.
 #[derive(Debug)]
@@ -12,13 +14,20 @@ pub struct Snapshot {
     pub revision: String,
     /// Full SHA-256 of the contents, used to skip reloads that change nothing.
     pub digest: String,
+    /// The git commit the files came from, when they are in a checkout.
+    pub git_commit: Option<super::GitCommit>,
     /// How many successful loads, this one included.
     pub generation: u64,
     pub loaded_at: SystemTime,
     pub policy_count: usize,
     pub entity_count: usize,
     pub policies: PolicySet,
+    /// `policies`, sliced by scope for evaluation.
+    pub index: PolicyIndex,
     pub schema: Option<Schema>,
     /// Entities from `*.entities.json`, plus the schema's action entities.
     pub entities: Entities,
+    /// Problems that do not stop the load: policies without `@id`, policies
+    /// that can never apply under the schema, schema warnings.
+    pub warnings: Vec<super::SourceProblem>,
 }

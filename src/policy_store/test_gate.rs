@@ -27,7 +27,9 @@ impl PolicyStore {
         let current = self.live.load_full();
         let generation = current.as_ref().map_or(0, |s| s.generation) + 1;
         let mut tested = self.tested.lock().unwrap_or_else(PoisonError::into_inner);
-        let live = current.filter(|s| s.digest == sources.digest());
+        // The same test as `build_if_changed`: same contents, same commit.
+        let live = current
+            .filter(|s| s.digest == sources.digest() && s.git_commit.as_ref() == sources.git());
         if live.is_some() && tested.as_deref() == Some(suite.digest()) {
             return Ok(None);
         }

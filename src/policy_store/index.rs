@@ -1,0 +1,456 @@
+//! Slices a policy set by scope, so a request evaluates only the policies
+//! whose scope can match it.
+//!
+//! Cedar checks a policy's scope before its conditions, and a scope check
+//! never errors, so a policy whose scope does not match the request is never
+//! determining and never reports an error. Evaluating only the matching
+//! policies therefore gives the same decision, reasons and errors as
+//! evaluating the whole set.
+//!
+//! Each policy sits in exactly one bucket per scope part (principal, action,
+//! resource): keyed by the entity of `==`, the entity of `in` (or `is .. in`),
+//! the type of `is`, or a catch-all bucket when the part is unconstrained.
+//! A lookup reads the buckets of the request's entity, its ancestors and its
+//! type for the part with the fewest candidates, then checks the other two
+//! parts of each candidate exactly.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cedar_policy::{
+    ActionConstraint, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
+    ResourceConstraint,
+};
+
+/// A principal or resource scope.
+#[derive(Clone, Debug)]
+enum EntityScope {
+    Any,
+    Eq(EntityUid),
+    In(EntityUid),
+    Is(EntityTypeName),
+    IsIn(EntityTypeName, EntityUid),
+}
+
+impl From<PrincipalConstraint> for EntityScope {
+    fn from(c: PrincipalConstraint) -> Self {
+        match c {
+            PrincipalConstraint::Any => Self::Any,
+            PrincipalConstraint::Eq(e) => Self::Eq(e),
+            PrincipalConstraint::In(e) => Self::In(e),
+            PrincipalConstraint::Is(t) => Self::Is(t),
+            PrincipalConstraint::IsIn(t, e) => Self::IsIn(t, e),
+        }
+    }
+}
+
+impl From<ResourceConstraint> for EntityScope {
+    fn from(c: ResourceConstraint) -> Self {
+        match c {
+            ResourceConstraint::Any => Self::Any,
+            ResourceConstraint::Eq(e) => Self::Eq(e),
+            ResourceConstraint::In(e) => Self::In(e),
+            ResourceConstraint::Is(t) => Self::Is(t),
+            ResourceConstraint::IsIn(t, e) => Self::IsIn(t, e),
+        }
+    }
+}
+
+impl EntityScope {
+    /// Cedar's `in`: the entity itself or one of its ancestors.
+    fn matches(&self, target: &Target<'_>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Eq(e) => e == target.uid,
+            Self::In(e) => target.is_in(e),
+            Self::Is(t) => t == target.uid.type_name(),
+            Self::IsIn(t, e) => t == target.uid.type_name() && target.is_in(e),
+        }
+    }
+}
+
+fn action_matches(scope: &ActionConstraint, target: &Target<'_>) -> bool {
+    match scope {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(e) => e == target.uid,
+        ActionConstraint::In(es) => es.iter().any(|e| target.is_in(e)),
+    }
+}
+
+/// A request's principal, action or resource, with every ancestor it has in
+/// the entities the request is evaluated against.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    pub uid: &'a EntityUid,
+    pub ancestors: &'a [EntityUid],
+}
+
+impl Target<'_> {
+    fn is_in(&self, e: &EntityUid) -> bool {
+        e == self.uid || self.ancestors.contains(e)
+    }
+
+    /// Every entity an `in` scope may name to match this target.
+    fn in_keys(&self) -> impl Iterator<Item = &EntityUid> {
+        std::iter::once(self.uid).chain(self.ancestors)
+    }
+}
+
+/// Policy slots by scope key, for one scope part.
+#[derive(Debug, Default)]
+struct Buckets {
+    any: Vec<u32>,
+    eq: HashMap<EntityUid, Vec<u32>>,
+    is_in: HashMap<EntityUid, Vec<u32>>,
+    is: HashMap<EntityTypeName, Vec<u32>>,
+}
+
+impl Buckets {
+    fn insert(&mut self, scope: &EntityScope, slot: u32) {
+        match scope {
+            EntityScope::Any => self.any.push(slot),
+            EntityScope::Eq(e) => self.eq.entry(e.clone()).or_default().push(slot),
+            EntityScope::In(e) | EntityScope::IsIn(_, e) => {
+                self.is_in.entry(e.clone()).or_default().push(slot);
+            }
+            EntityScope::Is(t) => self.is.entry(t.clone()).or_default().push(slot),
+        }
+    }
+
+    /// The buckets that may hold a policy matching `target`. A slot appears
+    /// in at most one of them.
+    fn lookup<'s>(&'s self, target: &Target<'_>) -> Vec<&'s [u32]> {
+        let mut out = vec![self.any.as_slice()];
+        out.extend(self.eq.get(target.uid).map(Vec::as_slice));
+        out.extend(self.is.get(target.uid.type_name()).map(Vec::as_slice));
+        out.extend(
+            target
+                .in_keys()
+                .filter_map(|e| self.is_in.get(e))
+                .map(Vec::as_slice),
+        );
+        out
+    }
+}
+
+/// Policy slots by action scope. A policy with `action in [a, b]` sits in
+/// the bucket of each listed action.
+#[derive(Debug, Default)]
+struct ActionBuckets {
+    any: Vec<u32>,
+    eq: HashMap<EntityUid, Vec<u32>>,
+    is_in: HashMap<EntityUid, Vec<u32>>,
+}
+
+impl ActionBuckets {
+    fn insert(&mut self, scope: &ActionConstraint, slot: u32) {
+        match scope {
+            ActionConstraint::Any => self.any.push(slot),
+            ActionConstraint::Eq(e) => self.eq.entry(e.clone()).or_default().push(slot),
+            ActionConstraint::In(es) => {
+                for e in es {
+                    let bucket = self.is_in.entry(e.clone()).or_default();
+                    // `in [a, a]` would list the slot twice.
+                    if bucket.last() != Some(&slot) {
+                        bucket.push(slot);
+                    }
+                }
+            }
+        }
+    }
+
+    /// May name one slot more than once (`in [a, b]` with both matching).
+    fn lookup<'s>(&'s self, target: &Target<'_>) -> Vec<&'s [u32]> {
+        let mut out = vec![self.any.as_slice()];
+        out.extend(self.eq.get(target.uid).map(Vec::as_slice));
+        out.extend(
+            target
+                .in_keys()
+                .filter_map(|e| self.is_in.get(e))
+                .map(Vec::as_slice),
+        );
+        out
+    }
+}
+
+#[derive(Debug)]
+struct Indexed {
+    policy: Policy,
+    principal: EntityScope,
+    action: ActionConstraint,
+    resource: EntityScope,
+    /// Every entity the policy names, scope included.
+    literals: Box<[EntityUid]>,
+}
+
+/// A policy set sliced by scope; see the module docs.
+#[derive(Debug)]
+pub struct PolicyIndex {
+    policies: Vec<Indexed>,
+    principal: Buckets,
+    action: ActionBuckets,
+    resource: Buckets,
+    /// Sets already built, by candidate slots: building a `PolicySet` costs
+    /// about a microsecond per policy, and requests repeat their shapes.
+    sets: Mutex<HashMap<Box<[u32]>, Arc<PolicySet>>>,
+}
+
+/// Distinct candidate sets kept; past this the cache starts over, so a
+/// stream of distinct shapes costs a rebuild each, never unbounded memory.
+const SET_CACHE_ENTRIES: usize = 4096;
+
+impl PolicyIndex {
+    /// Indexes every static policy of `set`; templates must already be
+    /// linked or absent.
+    pub fn new(set: &PolicySet) -> Self {
+        let mut index = Self {
+            policies: Vec::with_capacity(set.num_of_policies()),
+            principal: Buckets::default(),
+            action: ActionBuckets::default(),
+            resource: Buckets::default(),
+            sets: Mutex::new(HashMap::new()),
+        };
+        for (slot, policy) in (0u32..).zip(set.policies()) {
+            let indexed = Indexed {
+                principal: policy.principal_constraint().into(),
+                action: policy.action_constraint(),
+                resource: policy.resource_constraint().into(),
+                literals: policy.entity_literals().into(),
+                policy: policy.clone(),
+            };
+            index.principal.insert(&indexed.principal, slot);
+            index.action.insert(&indexed.action, slot);
+            index.resource.insert(&indexed.resource, slot);
+            index.policies.push(indexed);
+        }
+        index
+    }
+
+    /// How many policies are indexed.
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Whether no policy is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// The policies whose scope matches the request, in set order.
+    pub fn candidates(
+        &self,
+        principal: Target<'_>,
+        action: Target<'_>,
+        resource: Target<'_>,
+    ) -> Candidates<'_> {
+        let parts = [
+            self.principal.lookup(&principal),
+            self.action.lookup(&action),
+            self.resource.lookup(&resource),
+        ];
+        let size = |b: &Vec<&[u32]>| b.iter().map(|s| s.len()).sum::<usize>();
+        let buckets = parts.into_iter().min_by_key(size).unwrap_or_default();
+        let mut slots: Vec<u32> = buckets
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|&slot| {
+                let p = &self.policies[slot as usize];
+                // Buckets key `is .. in` by entity only, so every part is
+                // checked, the bucketed one included.
+                p.principal.matches(&principal)
+                    && action_matches(&p.action, &action)
+                    && p.resource.matches(&resource)
+            })
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        Candidates { index: self, slots }
+    }
+}
+
+/// The policies a request must evaluate; see [`PolicyIndex::candidates`].
+#[derive(Debug)]
+pub struct Candidates<'a> {
+    index: &'a PolicyIndex,
+    slots: Vec<u32>,
+}
+
+impl<'a> Candidates<'a> {
+    /// How many policies matched.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no policy matched.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The matching policies.
+    pub fn policies(&self) -> impl Iterator<Item = &'a Policy> + '_ {
+        self.slots
+            .iter()
+            .map(|&s| &self.index.policies[s as usize].policy)
+    }
+
+    /// Every entity the matching policies name.
+    pub fn literals(&self) -> impl Iterator<Item = &'a EntityUid> + '_ {
+        self.slots
+            .iter()
+            .flat_map(|&s| self.index.policies[s as usize].literals.iter())
+    }
+
+    /// The matching policies as a set of their own, built once per distinct
+    /// set of candidates.
+    pub fn policy_set(&self) -> Arc<PolicySet> {
+        let lock = || {
+            self.index
+                .sets
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if let Some(set) = lock().get(self.slots.as_slice()) {
+            return Arc::clone(set);
+        }
+        let mut set = PolicySet::new();
+        for p in self.policies() {
+            // Ids come from one valid set, so they are unique and this
+            // cannot fail.
+            let _ = set.add(p.clone());
+        }
+        let set = Arc::new(set);
+        let mut sets = lock();
+        if sets.len() >= SET_CACHE_ENTRIES {
+            sets.clear();
+        }
+        sets.insert(self.slots.clone().into_boxed_slice(), Arc::clone(&set));
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    #[expect(clippy::unwrap_used, reason = "test input is valid")]
+    fn uid(s: &str) -> EntityUid {
+        EntityUid::from_str(s).unwrap()
+    }
+
+    fn ids(
+        index: &PolicyIndex,
+        p: &str,
+        pa: &[&str],
+        a: &str,
+        aa: &[&str],
+        r: &str,
+    ) -> Vec<String> {
+        let (p, a, r) = (uid(p), uid(a), uid(r));
+        let pa: Vec<_> = pa.iter().map(|s| uid(s)).collect();
+        let aa: Vec<_> = aa.iter().map(|s| uid(s)).collect();
+        let c = index.candidates(
+            Target {
+                uid: &p,
+                ancestors: &pa,
+            },
+            Target {
+                uid: &a,
+                ancestors: &aa,
+            },
+            Target {
+                uid: &r,
+                ancestors: &[],
+            },
+        );
+        c.policies()
+            .filter_map(|p| p.annotation("id").map(ToString::to_string))
+            .collect()
+    }
+
+    #[test]
+    #[expect(clippy::unwrap_used, reason = "test input is valid")]
+    fn picks_policies_by_scope() {
+        let set = PolicySet::from_str(
+            r#"
+            @id("any") permit(principal, action, resource);
+            @id("eq") permit(principal == U::"a", action == Action::"read", resource);
+            @id("in") permit(principal in G::"g", action, resource == R::"r");
+            @id("is") forbid(principal is U, action in [Action::"all"], resource);
+            @id("isin") permit(principal is V in G::"g", action, resource);
+            @id("other") permit(principal == U::"b", action, resource);
+            "#,
+        )
+        .unwrap();
+        let index = PolicyIndex::new(&set);
+        assert_eq!(index.len(), 6);
+        let mut got = ids(
+            &index,
+            r#"U::"a""#,
+            &[r#"G::"g""#],
+            r#"Action::"read""#,
+            &[r#"Action::"all""#],
+            r#"R::"r""#,
+        );
+        got.sort();
+        assert_eq!(got, ["any", "eq", "in", "is"]);
+        let got = ids(
+            &index,
+            r#"V::"v""#,
+            &[],
+            r#"Action::"write""#,
+            &[],
+            r#"R::"s""#,
+        );
+        assert_eq!(got, ["any"]);
+        let mut got = ids(
+            &index,
+            r#"V::"v""#,
+            &[r#"G::"g""#],
+            r#"Action::"write""#,
+            &[],
+            r#"R::"s""#,
+        );
+        got.sort();
+        assert_eq!(got, ["any", "isin"]);
+    }
+
+    #[test]
+    #[expect(clippy::unwrap_used, reason = "test input is valid")]
+    fn builds_each_candidate_set_once() {
+        let set = PolicySet::from_str(
+            r#"permit(principal == U::"a", action, resource);
+               permit(principal == U::"b", action, resource);"#,
+        )
+        .unwrap();
+        let index = PolicyIndex::new(&set);
+        let (a, b, act, r) = (
+            uid(r#"U::"a""#),
+            uid(r#"U::"b""#),
+            uid(r#"Action::"x""#),
+            uid(r#"R::"r""#),
+        );
+        let target = |u| Target {
+            uid: u,
+            ancestors: &[],
+        };
+        let for_a = index
+            .candidates(target(&a), target(&act), target(&r))
+            .policy_set();
+        let again = index
+            .candidates(target(&a), target(&act), target(&r))
+            .policy_set();
+        let for_b = index
+            .candidates(target(&b), target(&act), target(&r))
+            .policy_set();
+        assert!(Arc::ptr_eq(&for_a, &again));
+        assert_eq!(for_a.num_of_policies(), 1);
+        assert_eq!(for_b.num_of_policies(), 1);
+        assert_ne!(
+            for_a.policies().next().unwrap().id(),
+            for_b.policies().next().unwrap().id()
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! `cedar-pdp bench` against a real server: counts, summary, error
+//! counting, and the h2load body it emits.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use cedar_pdp::grpc::proto::AuthorizeRequest;
+use common::binary::{self, Ran, bin};
+use common::{TestServer, shared_dir};
+use prost::Message;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs the binary off the runtime, so the in-process server keeps serving.
+async fn bench(args: Vec<String>) -> Ran {
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = bin();
+        cmd.arg("bench").args(args);
+        binary::run(cmd, DEADLINE)
+    })
+    .await
+    .unwrap()
+}
+
+fn peer_dir() -> std::path::PathBuf {
+    shared_dir().join("peers/cedar-equivalent")
+}
+
+fn args(addr: &str, request: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "--addr".to_string(),
+        addr.to_string(),
+        "--request".to_string(),
+        request.display().to_string(),
+    ];
+    v.extend(extra.iter().map(ToString::to_string));
+    v
+}
+
+/// The number after `label` on its line of the summary.
+fn figure(out: &str, label: &str) -> f64 {
+    let at = out
+        .find(label)
+        .unwrap_or_else(|| panic!("no `{label}` in {out}"));
+    out[at + label.len()..]
+        .trim_start()
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after `{label}` in {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_and_batch_runs_report_every_call() {
+    let server = TestServer::start(&peer_dir()).await;
+    let addr = server.addr.to_string();
+    let request = peer_dir().join("request.json");
+
+    let ran = bench(args(
+        &addr,
+        &request,
+        &[
+            "--connections",
+            "2",
+            "--concurrency",
+            "3",
+            "--requests",
+            "150",
+        ],
+    ))
+    .await;
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(ran.stdout.contains("calls: 150, errors: 0"), "{ran:?}");
+    assert!(figure(&ran.stdout, "requests/s:") > 0.0, "{ran:?}");
+    for label in ["p50:", "p90:", "p99:", "p99.9:", "max:"] {
+        assert!(ran.stdout.contains(label), "no `{label}`: {ran:?}");
+    }
+
+    let ran = bench(args(
+        &addr,
+        &request,
+        &["--mode", "batch", "--batch-size", "4", "--requests", "20"],
+    ))
+    .await;
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(ran.stdout.contains("calls: 20, errors: 0"), "{ran:?}");
+    let calls = figure(&ran.stdout, "requests/s:");
+    let decisions = figure(&ran.stdout, "decisions/s:");
+    assert!((decisions / calls - 4.0).abs() < 0.01, "{ran:?}");
+
+    // A stream per connection, eight requests in flight on each.
+    let ran = bench(args(
+        &addr,
+        &request,
+        &[
+            "--mode",
+            "stream",
+            "--connections",
+            "2",
+            "--concurrency",
+            "8",
+            "--requests",
+            "200",
+        ],
+    ))
+    .await;
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(ran.stdout.contains("calls: 200, errors: 0"), "{ran:?}");
+
+    // A duration bounds the run instead of a count.
+    let ran = bench(args(&addr, &request, &["--duration", "300ms"])).await;
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(figure(&ran.stdout, "calls:") >= 1.0, "{ran:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_calls_count_as_errors() {
+    let server = TestServer::start(&peer_dir()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // `fly` is not an action in the schema: every call is INVALID_ARGUMENT.
+    let request = dir.path().join("bad.json");
+    std::fs::write(
+        &request,
+        r#"{"principal": {"type": "Workload", "id": "w"},
+            "action": {"type": "Action", "id": "fly"},
+            "resource": {"type": "Document", "id": "d"}}"#,
+    )
+    .unwrap();
+    let ran = bench(args(
+        &server.addr.to_string(),
+        &request,
+        &["--requests", "7"],
+    ))
+    .await;
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(ran.stdout.contains("calls: 7, errors: 7"), "{ran:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn emits_a_grpc_framed_authorize_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.bin");
+    let request = peer_dir().join("request.json");
+    let mut extra = vec!["--emit-h2load-body".to_string(), body.display().to_string()];
+    // No server listens here: emitting must not connect.
+    extra.splice(0..0, args("127.0.0.1:9", &request, &[]));
+    let ran = bench(extra).await;
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+
+    let bytes = std::fs::read(&body).unwrap();
+    assert_eq!(bytes[0], 0, "compressed flag");
+    let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+    assert_eq!(len, bytes.len() - 5);
+    let decoded = AuthorizeRequest::decode(&bytes[5..]).unwrap();
+    let principal = decoded.principal.unwrap();
+    assert_eq!(
+        (principal.r#type.as_str(), principal.id.as_str()),
+        ("Workload", "spiffe://example.org/ns/payments/sa/api")
+    );
+    assert_eq!(decoded.action.unwrap().id, "read");
+    assert_eq!(decoded.resource.unwrap().id, "doc-1");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&request).unwrap()).unwrap();
+    let entities: serde_json::Value = serde_json::from_str(&decoded.entities_json).unwrap();
+    assert_eq!(entities, file["entities"]);
+}

@@ -1,0 +1,317 @@
+//! The sliced evaluation path (policy index + per-request entities) against
+//! the whole-set reference: every answer must be identical: decision,
+//! determining policies, errors, and request errors.
+//!
+//! The reference is what `authorize` did before slicing: every policy, and
+//! the request's entities merged into a copy of the whole store.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+mod corpus;
+mod tenants;
+
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_pdp::authorizer::{self, AuthorizeError, Decision, PolicyError, Query};
+use cedar_pdp::policy_store::{LoadOptions, Snapshot, Target, build, read_dir};
+use cedar_policy::entities_errors::EntitiesError;
+use cedar_policy::{Context, Entities, EntityUid, Request};
+use common::shared_dir;
+use corpus::{CorpusTest, entity_ref, json_files_under};
+use serde_json::Value as Json;
+use tenants::{Rng, uid};
+
+/// How many mismatches a failure report spells out.
+const REPORT_LIMIT: usize = 10;
+/// Corpus requests, as stated in the corpus README (hand-written + generated).
+const MIN_CORPUS_REQUESTS: usize = 74 + 12_496;
+
+/// The answer with every policy and a full merge of the entities.
+fn reference(snapshot: &Snapshot, q: &Query) -> Result<Decision, AuthorizeError> {
+    let schema = snapshot.schema.as_ref();
+    let entities = if q.entities.is_empty() {
+        snapshot.entities.clone()
+    } else {
+        let extra = Entities::from_json_value(Json::Array(q.entities.clone()), schema)
+            .map_err(|e| AuthorizeError::Entities(Box::new(e)))?;
+        snapshot
+            .entities
+            .clone()
+            .add_entities(extra, schema)
+            .map_err(|e| match e {
+                EntitiesError::Duplicate(_) => AuthorizeError::EntityConflict(Box::new(e)),
+                other => AuthorizeError::Entities(Box::new(other)),
+            })?
+    };
+    let context = Context::from_json_value(
+        Json::Object(q.context.clone()),
+        schema.map(|s| (s, &q.action)),
+    )
+    .map_err(|e| AuthorizeError::Context(Box::new(e)))?;
+    let request = Request::new(
+        q.principal.clone(),
+        q.action.clone(),
+        q.resource.clone(),
+        context,
+        schema,
+    )
+    .map_err(|e| AuthorizeError::Schema(Box::new(e)))?;
+    let response =
+        cedar_policy::Authorizer::new().is_authorized(&request, &snapshot.policies, &entities);
+    let mut determining_policies: Vec<String> = response
+        .diagnostics()
+        .reason()
+        .map(ToString::to_string)
+        .collect();
+    determining_policies.sort_unstable();
+    let mut errors: Vec<PolicyError> = response
+        .diagnostics()
+        .errors()
+        .map(|e| match e {
+            cedar_policy::AuthorizationError::PolicyEvaluationError(e) => PolicyError {
+                policy_id: e.policy_id().to_string(),
+                message: e.inner().to_string(),
+            },
+        })
+        .collect();
+    errors.sort_by(|a, b| a.policy_id.cmp(&b.policy_id));
+    Ok(Decision {
+        allow: response.decision() == cedar_policy::Decision::Allow,
+        determining_policies,
+        errors,
+    })
+}
+
+type Answer = Result<Decision, String>;
+
+/// Tallies over the compared answers, so a test can show it exercised what
+/// it claims to.
+#[derive(Debug, Default)]
+struct Tally {
+    compared: usize,
+    allow: usize,
+    deny: usize,
+    with_policy_errors: usize,
+    conflicts: usize,
+    mismatches: Vec<String>,
+}
+
+impl Tally {
+    fn compare(&mut self, label: &str, snapshot: &Snapshot, q: &Query) {
+        let want: Answer = reference(snapshot, q).map_err(|e| e.to_string());
+        let got: Answer = authorizer::authorize(snapshot, q.clone()).map_err(|e| e.to_string());
+        self.compared += 1;
+        match &want {
+            Ok(d) if d.allow => self.allow += 1,
+            Ok(_) => self.deny += 1,
+            Err(e) if e.contains("cannot be redefined") => self.conflicts += 1,
+            Err(_) => {}
+        }
+        if want.as_ref().is_ok_and(|d| !d.errors.is_empty()) {
+            self.with_policy_errors += 1;
+        }
+        if got != want {
+            self.mismatches.push(format!(
+                "{label} {} {} {}\n    full:   {want:?}\n    sliced: {got:?}",
+                q.principal, q.action, q.resource
+            ));
+        }
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.compared += other.compared;
+        self.allow += other.allow;
+        self.deny += other.deny;
+        self.with_policy_errors += other.with_policy_errors;
+        self.conflicts += other.conflicts;
+        self.mismatches.extend(other.mismatches);
+    }
+
+    fn assert_no_mismatch(&self) {
+        let shown: Vec<_> = self.mismatches.iter().take(REPORT_LIMIT).collect();
+        assert!(
+            self.mismatches.is_empty(),
+            "{} of {} answers differ (first {}):\n{}",
+            self.mismatches.len(),
+            self.compared,
+            shown.len(),
+            shown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+fn load(dir: &Path) -> Result<Snapshot, String> {
+    let sources = read_dir(dir).map_err(|e| e.to_string())?;
+    build(
+        sources,
+        &LoadOptions {
+            validate_policies: false,
+        },
+        1,
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn corpus_uid(json: &Json, rel: &str) -> EntityUid {
+    let r = entity_ref(json, rel);
+    EntityUid::from_type_name_and_id(
+        cedar_policy::EntityTypeName::from_str(&r.r#type).unwrap(),
+        cedar_policy::EntityId::new(&r.id),
+    )
+}
+
+/// Runs every request of one corpus file twice: with the entities in the
+/// request, and with them loaded from the directory.
+fn corpus_case(root: &Path, rel: &str) -> Tally {
+    let mut tally = Tally::default();
+    let test: CorpusTest =
+        serde_json::from_str(&std::fs::read_to_string(root.join(rel)).unwrap()).unwrap();
+    let policies = std::fs::read_to_string(root.join(&test.policies)).unwrap();
+    let entities_text = std::fs::read_to_string(root.join(&test.entities)).unwrap();
+    let entities: Vec<Json> = serde_json::from_str(&entities_text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policies.cedar"), &policies).unwrap();
+    if let Some(schema) = &test.schema {
+        let name = if schema.ends_with(".json") {
+            "schema.cedarschema.json"
+        } else {
+            "schema.cedarschema"
+        };
+        std::fs::copy(root.join(schema), dir.path().join(name)).unwrap();
+    }
+    let in_request = load(dir.path()).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    std::fs::write(dir.path().join("corpus.entities.json"), &entities_text).unwrap();
+    // Entities that do not conform to the schema cannot be stored; those
+    // requests are still compared with the entities in the request.
+    let stored = load(dir.path()).ok();
+    for req in &test.requests {
+        let q = Query {
+            principal: corpus_uid(&req.principal, rel),
+            action: corpus_uid(&req.action, rel),
+            resource: corpus_uid(&req.resource, rel),
+            context: req.context.clone(),
+            entities: entities.clone(),
+        };
+        tally.compare(
+            &format!("{rel} [{}] in-request", req.description),
+            &in_request,
+            &q,
+        );
+        if let Some(stored) = &stored {
+            let q = Query {
+                entities: Vec::new(),
+                ..q
+            };
+            tally.compare(&format!("{rel} [{}] stored", req.description), stored, &q);
+        }
+    }
+    tally
+}
+
+#[test]
+fn corpus_answers_match_the_whole_set() {
+    let root = shared_dir().join("corpus/cedar-integration-tests");
+    let mut files = json_files_under(&root.join("tests"));
+    files.extend(json_files_under(&root.join("corpus-tests")));
+    let (left, right) = files.split_at(files.len() / 2);
+    // Two threads: the machine has two cores.
+    let run = |part: &[String]| {
+        let mut t = Tally::default();
+        for rel in part {
+            t.merge(corpus_case(&root, rel));
+        }
+        t
+    };
+    let tally = std::thread::scope(|s| {
+        let a = s.spawn(|| run(left));
+        let mut t = run(right);
+        t.merge(a.join().unwrap());
+        t
+    });
+    tally.assert_no_mismatch();
+    println!("differential corpus: {tally:?}");
+    assert!(
+        tally.compared >= MIN_CORPUS_REQUESTS,
+        "compared {} answers, expected at least {MIN_CORPUS_REQUESTS}",
+        tally.compared
+    );
+    assert!(tally.allow > 1000 && tally.deny > 1000 && tally.with_policy_errors > 100);
+}
+
+fn gen_query(r: &tenants::GenRequest) -> Query {
+    let u = |(t, id): &(String, String)| corpus_uid(&uid(t, id), "generated");
+    Query {
+        principal: u(&r.principal),
+        action: u(&r.action),
+        resource: u(&r.resource),
+        context: r.context.clone(),
+        entities: r.entities.clone(),
+    }
+}
+
+#[test]
+fn generated_multi_tenant_answers_match_the_whole_set() {
+    let mut tally = Tally::default();
+    let mut sliced = 0;
+    for seed in 0..30 {
+        let mut rng = Rng::new(seed);
+        let tenants = 2 + rng.below(7);
+        let (generated, stored) = tenants::varied(&mut rng, tenants);
+        let dir = tempfile::tempdir().unwrap();
+        generated.write_to(dir.path());
+        let snapshot = load(dir.path()).unwrap();
+        assert_eq!(snapshot.policy_count, generated.policy_count);
+        for _ in 0..400 {
+            let r = tenants::varied_request(&mut rng, tenants, &stored);
+            let q = gen_query(&r);
+            tally.compare(&format!("seed {seed}"), &snapshot, &q);
+            let anc = |u: &EntityUid| -> Vec<EntityUid> {
+                snapshot
+                    .entities
+                    .ancestors(u)
+                    .map(|a| a.cloned().collect())
+                    .unwrap_or_default()
+            };
+            let (pa, aa, ra) = (anc(&q.principal), anc(&q.action), anc(&q.resource));
+            let candidates = snapshot.index.candidates(
+                Target {
+                    uid: &q.principal,
+                    ancestors: &pa,
+                },
+                Target {
+                    uid: &q.action,
+                    ancestors: &aa,
+                },
+                Target {
+                    uid: &q.resource,
+                    ancestors: &ra,
+                },
+            );
+            if candidates.len() < snapshot.policy_count {
+                sliced += 1;
+            }
+        }
+    }
+    tally.assert_no_mismatch();
+    println!("differential generated: {tally:?}, {sliced} sliced");
+    // The workload must exercise what it claims: both decisions, policy
+    // errors, conflicting request entities, and real slicing.
+    assert!(tally.allow > 500, "{tally:?}");
+    assert!(tally.deny > 500, "{tally:?}");
+    assert!(tally.with_policy_errors > 100, "{tally:?}");
+    assert!(tally.conflicts > 50, "{tally:?}");
+    assert!(
+        sliced > tally.compared / 2,
+        "only {sliced} requests were sliced"
+    );
+}
