@@ -62,12 +62,15 @@ impl App {
     /// Loads the policy directory once. A set that does not load is an error
     /// here: the server never starts without a good set.
     pub fn build(config: Config) -> Result<Self, AppError> {
-        let store = Arc::new(PolicyStore::new(
-            config.policies.clone(),
-            LoadOptions {
-                validate_policies: config.validation.policies,
-            },
-        ));
+        let store = Arc::new(
+            PolicyStore::new(
+                config.policies.clone(),
+                LoadOptions {
+                    validate_policies: config.validation.policies,
+                },
+            )
+            .require_tests(config.reload.require_tests),
+        );
         store.reload().map_err(|source| AppError::InitialLoad {
             dir: config.policies.display().to_string(),
             source,

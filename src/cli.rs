@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success (and `authorize` allow), 1 failure (invalid
 //! policies, a failed call), 2 `authorize` deny (Cedar CLI's convention: a
-//! deny is a result, not a failure), 64 bad usage or config.
+//! deny is a result, not a failure), 64 bad usage or config. `test` exits 1
+//! when a case fails.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ use crate::client::{self, AuthorizeArgs};
 use crate::config::{Config, ConfigError, ListenAddr, LogFormat};
 use crate::policy_format;
 use crate::policy_store::{LoadError, LoadOptions, SourceProblem, build, read_dir};
+use crate::policy_tests;
 use crate::telemetry;
 use crate::transport::{Listener, UnixSocket};
 
@@ -43,6 +45,8 @@ enum Command {
     Fmt(FmtArgs),
     /// Load a running server with one request and report throughput and latency.
     Bench(BenchArgs),
+    /// Run the policy directory's `*.test.yaml` / `*.test.json` cases.
+    Test(policy_tests::TestArgs),
 }
 
 /// Flags of `serve`. Each overrides the config key named in its help.
@@ -151,6 +155,7 @@ pub fn main() -> ExitCode {
         Some(Command::Fmt(args)) => fmt(args),
         Some(Command::Authorize(args)) => client::main(args),
         Some(Command::Bench(args)) => bench::main(args),
+        Some(Command::Test(args)) => policy_tests::main(args),
     }
 }
 

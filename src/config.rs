@@ -232,6 +232,9 @@ pub struct ReloadConfig {
     /// than this. `0s` disables the check.
     #[serde(with = "humantime_serde")]
     pub max_policy_age: Duration,
+    /// Run the directory's policy tests before a new set goes live; a set
+    /// whose tests fail (or that has none) is not activated.
+    pub require_tests: bool,
 }
 
 /// `[validation]`: how strictly a policy set is checked before it goes live.
@@ -386,6 +389,7 @@ impl Default for ReloadConfig {
             debounce: Duration::from_millis(250),
             rescan_interval: Duration::from_secs(30),
             max_policy_age: Duration::ZERO,
+            require_tests: false,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`app`]: composition: config -> policy store -> gRPC services -> listener.
 //! - [`policy_format`]: `cedar-pdp fmt`, with the Cedar project's formatter.
 //! - [`policy_store`]: the only reader of policy files; loads, watches and swaps snapshots.
+//! - [`policy_tests`]: policy test files, run by `cedar-pdp test` and the reload gate.
 //! - [`authorizer`]: pure evaluation of one request against one snapshot.
 //! - [`grpc`]: generated code, service impls, and the one error-to-status mapping.
 //! - [`metrics`]: Prometheus metrics, read by the admin listener.
@@ -30,5 +31,6 @@ pub mod identity;
 pub mod metrics;
 pub mod policy_format;
 pub mod policy_store;
+pub mod policy_tests;
 pub mod telemetry;
 pub mod transport;

@@ -8,6 +8,7 @@
 mod index;
 mod loader;
 mod snapshot;
+mod test_gate;
 mod watcher;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +56,10 @@ pub struct PolicyStore {
     // generation counts successful swaps exactly.
     reload_lock: Mutex<()>,
     generation: watch::Sender<u64>,
+    /// `reload.require_tests`: run the policy tests before a set goes live.
+    require_tests: bool,
+    /// Digest of the test files the live set last passed; see `test_gate`.
+    tested: Mutex<Option<String>>,
 }
 
 impl PolicyStore {
@@ -68,7 +73,16 @@ impl PolicyStore {
             status: Mutex::new(ReloadStatus::default()),
             reload_lock: Mutex::new(()),
             generation: watch::Sender::new(0),
+            require_tests: false,
+            tested: Mutex::new(None),
         }
+    }
+
+    /// With `on`, every load (the first too) runs the directory's policy
+    /// tests on the new set, and a set whose tests fail is not activated.
+    pub fn require_tests(mut self, on: bool) -> Self {
+        self.require_tests = on;
+        self
     }
 
     /// The directory this store reads.
@@ -138,6 +152,9 @@ impl PolicyStore {
 
     /// A new snapshot, or `None` when the files hash to the live revision.
     fn build_if_changed(&self) -> Result<Option<Arc<Snapshot>>, LoadError> {
+        if self.require_tests {
+            return self.build_tested();
+        }
         let sources = read_dir(&self.dir)?;
         let current = self.live.load();
         if current

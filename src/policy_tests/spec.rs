@@ -1,0 +1,577 @@
+//! The test file format, and reading every test file of a policy directory.
+//!
+//! A file is YAML (`*.test.yaml`, `*.test.yml`) or JSON (`*.test.json`); both
+//! are read by one YAML 1.2 parser, of which JSON is a subset, so a problem in
+//! either is located as `file:line:column`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde_saphyr::Spanned;
+use sha2::{Digest, Sha256};
+
+use crate::authorizer::Query;
+use crate::policy_store::{LoadError, SourceProblem};
+
+/// How deep symlinked directory trees are followed, as the policy loader does.
+const MAX_DEPTH: usize = 32;
+/// A test or fixture file larger than this is refused rather than read whole.
+const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// Suffix a fixture must not have: the loader would also load it as the
+/// directory's own entities.
+const ENTITIES_SUFFIX: &str = ".entities.json";
+
+/// Whether `name` is a test file.
+pub fn is_test_file(name: &str) -> bool {
+    name.ends_with(".test.yaml") || name.ends_with(".test.yml") || name.ends_with(".test.json")
+}
+
+/// Every test file of one policy directory, parsed.
+#[derive(Clone, Debug)]
+pub struct Suite {
+    /// Sorted by path.
+    pub files: Vec<TestFile>,
+    digest: String,
+    /// Each file read, and where it resolved to, to detect a swap mid-read.
+    resolved: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Suite {
+    /// SHA-256 over every test and fixture file's relative path and content.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// How many cases the suite holds.
+    pub fn case_count(&self) -> usize {
+        self.files.iter().map(|f| f.cases.len()).sum()
+    }
+
+    /// Whether every file read still resolves to the same target, i.e. no
+    /// symlink swap (kubelet, git-sync) happened since the read.
+    pub fn still_resolves(&self) -> bool {
+        self.resolved
+            .iter()
+            .all(|(link, target)| std::fs::canonicalize(link).is_ok_and(|t| &t == target))
+    }
+}
+
+/// One test file.
+#[derive(Clone, Debug)]
+pub struct TestFile {
+    /// Relative to the policy directory, with `/` separators.
+    pub rel: String,
+    pub cases: Vec<Case>,
+}
+
+/// One named request and what it must decide.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub name: String,
+    /// 1-based line of the case in its file.
+    pub line: usize,
+    /// The request, with the file's fixture entities before the case's own.
+    pub query: Query,
+    pub expect: Expect,
+}
+
+/// What a case expects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expect {
+    pub allow: bool,
+    /// When given, exactly these policies (in any order) must determine it.
+    pub determining_policies: Option<Vec<String>>,
+    /// When given, exactly this many errors, each matched by one entry.
+    pub errors: Option<Vec<ExpectedError>>,
+}
+
+/// An expected evaluation error: the policy that failed, a substring of the
+/// message, or both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedError {
+    pub policy_id: Option<String>,
+    pub message: Option<String>,
+}
+
+impl ExpectedError {
+    /// Whether `actual` is the error this entry describes.
+    pub fn matches(&self, actual: &crate::authorizer::PolicyError) -> bool {
+        self.policy_id
+            .as_ref()
+            .is_none_or(|p| *p == actual.policy_id)
+            && self
+                .message
+                .as_ref()
+                .is_none_or(|m| actual.message.contains(m.as_str()))
+    }
+}
+
+impl fmt::Display for ExpectedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.policy_id, &self.message) {
+            (Some(p), Some(m)) => write!(f, "{p}: …{m}…"),
+            (Some(p), None) => write!(f, "{p}"),
+            (None, Some(m)) => write!(f, "…{m}…"),
+            (None, None) => write!(f, "any"),
+        }
+    }
+}
+
+// ---- The file format, as serde reads it. ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    #[serde(default)]
+    fixtures: Vec<Spanned<String>>,
+    cases: Vec<Spanned<CaseSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseSpec {
+    name: Spanned<String>,
+    principal: Spanned<UidSpec>,
+    action: Spanned<UidSpec>,
+    resource: Spanned<UidSpec>,
+    #[serde(default)]
+    context: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    entities: Vec<serde_json::Value>,
+    expect: ExpectSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectSpec {
+    decision: DecisionSpec,
+    #[serde(default)]
+    determining_policies: Option<Vec<String>>,
+    #[serde(default)]
+    errors: Option<Vec<ErrorSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DecisionSpec {
+    Allow,
+    Deny,
+}
+
+/// `Type::"id"`, or `{type, id}` as the API takes it.
+enum UidSpec {
+    Cedar(String),
+    Parts { type_name: String, id: String },
+}
+
+impl<'de> Deserialize<'de> for UidSpec {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct UidVisitor;
+        impl<'de> Visitor<'de> for UidVisitor {
+            type Value = UidSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"an entity uid: `Type::"id"` or {type, id}"#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<UidSpec, E> {
+                Ok(UidSpec::Cedar(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UidSpec, A::Error> {
+                let (mut type_name, mut id) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "type" => type_name = Some(map.next_value::<String>()?),
+                        "id" => id = Some(map.next_value::<String>()?),
+                        other => {
+                            return Err(de::Error::unknown_field(other, &["type", "id"]));
+                        }
+                    }
+                }
+                Ok(UidSpec::Parts {
+                    type_name: type_name.ok_or_else(|| de::Error::missing_field("type"))?,
+                    id: id.ok_or_else(|| de::Error::missing_field("id"))?,
+                })
+            }
+        }
+        d.deserialize_any(UidVisitor)
+    }
+}
+
+impl UidSpec {
+    fn to_uid(&self) -> Result<EntityUid, String> {
+        match self {
+            Self::Cedar(text) => EntityUid::from_str(text)
+                .map_err(|e| format!("`{text}` is not an entity uid like `User::\"alice\"`: {e}")),
+            Self::Parts { type_name, id } => {
+                let type_name = EntityTypeName::from_str(type_name)
+                    .map_err(|e| format!("`{type_name}` is not a Cedar entity type: {e}"))?;
+                Ok(EntityUid::from_type_name_and_id(
+                    type_name,
+                    EntityId::new(id),
+                ))
+            }
+        }
+    }
+}
+
+/// A policy id, or `{policy, message}` where `message` is a substring.
+enum ErrorSpec {
+    Policy(String),
+    Parts {
+        policy: Option<String>,
+        message: Option<String>,
+    },
+}
+
+impl<'de> Deserialize<'de> for ErrorSpec {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ErrorVisitor;
+        impl<'de> Visitor<'de> for ErrorVisitor {
+            type Value = ErrorSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a policy id, or {policy, message}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ErrorSpec, E> {
+                Ok(ErrorSpec::Policy(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ErrorSpec, A::Error> {
+                let (mut policy, mut message) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "policy" => policy = Some(map.next_value::<String>()?),
+                        "message" => message = Some(map.next_value::<String>()?),
+                        other => {
+                            return Err(de::Error::unknown_field(other, &["policy", "message"]));
+                        }
+                    }
+                }
+                if policy.is_none() && message.is_none() {
+                    return Err(de::Error::custom(
+                        "an expected error needs `policy`, `message` or both",
+                    ));
+                }
+                Ok(ErrorSpec::Parts { policy, message })
+            }
+        }
+        d.deserialize_any(ErrorVisitor)
+    }
+}
+
+impl From<ErrorSpec> for ExpectedError {
+    fn from(spec: ErrorSpec) -> Self {
+        match spec {
+            ErrorSpec::Policy(p) => Self {
+                policy_id: Some(p),
+                message: None,
+            },
+            ErrorSpec::Parts { policy, message } => Self {
+                policy_id: policy,
+                message,
+            },
+        }
+    }
+}
+
+// ---- Reading a directory. ----
+
+/// Reads and parses every test file under `root`, and the fixtures they
+/// name. Reports every malformed file at once, as `file:line:column`.
+///
+/// Walks the directory as the policy loader does: recursively, following
+/// symlinks, skipping hidden entries (a ConfigMap's `..data`).
+pub fn read_suite(root: &Path) -> Result<Suite, LoadError> {
+    let io = |path: &Path, source: std::io::Error| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let canonical_root = std::fs::canonicalize(root).map_err(|e| io(root, e))?;
+    let walker = walkdir::WalkDir::new(&canonical_root)
+        .follow_links(true)
+        .max_depth(MAX_DEPTH)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+    let mut reader = Reader::default();
+    let mut problems = Vec::new();
+    let mut files = Vec::new();
+    for entry in walker {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(root).to_path_buf();
+            io(&path, e.into())
+        })?;
+        if !entry.file_type().is_file() || !is_test_file(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        let rel = relative(&canonical_root, entry.path());
+        let text = reader.read(entry.path(), &rel)?;
+        if let Some(file) = parse_file(&canonical_root, &rel, &text, &mut reader, &mut problems)? {
+            files.push(file);
+        }
+    }
+    if !problems.is_empty() {
+        return Err(LoadError::Invalid(problems));
+    }
+    files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(Suite {
+        files,
+        digest: reader.digest(),
+        resolved: reader.resolved,
+    })
+}
+
+/// Reads files, remembering each one's content (for the digest) and target.
+#[derive(Default)]
+struct Reader {
+    /// By relative path, so the digest does not depend on reading order.
+    contents: BTreeMap<String, String>,
+    resolved: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Reader {
+    fn read(&mut self, path: &Path, rel: &str) -> Result<String, LoadError> {
+        let io = |source: std::io::Error| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(text) = self.contents.get(rel) {
+            return Ok(text.clone());
+        }
+        let target = std::fs::canonicalize(path).map_err(io)?;
+        let len = std::fs::metadata(&target).map_err(io)?.len();
+        if len > MAX_FILE_BYTES {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!("larger than {MAX_FILE_BYTES} bytes"),
+            )));
+        }
+        let text = std::fs::read_to_string(&target).map_err(io)?;
+        self.contents.insert(rel.to_string(), text.clone());
+        self.resolved.push((path.to_path_buf(), target));
+        Ok(text)
+    }
+
+    fn digest(&self) -> String {
+        let mut hasher = Sha256::new();
+        for (rel, text) in &self.contents {
+            hasher.update((rel.len() as u64).to_le_bytes());
+            hasher.update(rel.as_bytes());
+            hasher.update((text.len() as u64).to_le_bytes());
+            hasher.update(text.as_bytes());
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn problem(file: &str, line: u64, column: u64, message: impl Into<String>) -> SourceProblem {
+    SourceProblem {
+        file: file.to_string(),
+        line: usize::try_from(line.max(1)).unwrap_or(usize::MAX),
+        column: usize::try_from(column.max(1)).unwrap_or(usize::MAX),
+        message: message.into(),
+    }
+}
+
+/// Parses one test file. A malformed file adds to `problems` and yields
+/// `None`; only an unreadable fixture is an error of its own.
+fn parse_file(
+    root: &Path,
+    rel: &str,
+    text: &str,
+    reader: &mut Reader,
+    problems: &mut Vec<SourceProblem>,
+) -> Result<Option<TestFile>, LoadError> {
+    let spec: FileSpec = match serde_saphyr::from_str(text) {
+        Ok(spec) => spec,
+        Err(e) => {
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            problems.push(problem(rel, line, column, yaml_message(&e)));
+            return Ok(None);
+        }
+    };
+    let before = problems.len();
+
+    let mut fixture_entities = Vec::new();
+    for fixture in &spec.fixtures {
+        let at = &fixture.referenced;
+        let mut bad =
+            |message: String| problems.push(problem(rel, at.line(), at.column(), message));
+        let name = &fixture.value;
+        if name.ends_with(ENTITIES_SUFFIX) {
+            bad(format!(
+                "fixture `{name}` ends in `{ENTITIES_SUFFIX}`, so it would also load as the \
+                 directory's own entities; name it `*.fixture.json`"
+            ));
+            continue;
+        }
+        let Some(fixture_rel) = join_inside(rel, name) else {
+            bad(format!(
+                "fixture `{name}` is not a relative path inside the policy directory"
+            ));
+            continue;
+        };
+        let path = root.join(&fixture_rel);
+        if !path.is_file() {
+            bad(format!("fixture `{name}` does not exist"));
+            continue;
+        }
+        let fixture_text = reader.read(&path, &fixture_rel)?;
+        match serde_json::from_str::<Vec<serde_json::Value>>(&fixture_text) {
+            Ok(entities) => fixture_entities.extend(entities),
+            Err(e) => problems.push(problem(
+                &fixture_rel,
+                e.line() as u64,
+                e.column() as u64,
+                format!("not a JSON array of Cedar entities: {e}"),
+            )),
+        }
+    }
+
+    if spec.cases.is_empty() {
+        problems.push(problem(rel, 1, 1, "`cases` is empty"));
+    }
+    let mut names = HashSet::new();
+    let mut cases = Vec::new();
+    for case in spec.cases {
+        let at = case.referenced;
+        let case = case.value;
+        let name = case.name.value;
+        if name.trim().is_empty() {
+            problems.push(problem(
+                rel,
+                case.name.referenced.line(),
+                case.name.referenced.column(),
+                "a case name must not be empty",
+            ));
+        } else if !names.insert(name.clone()) {
+            problems.push(problem(
+                rel,
+                case.name.referenced.line(),
+                case.name.referenced.column(),
+                format!("duplicate case name `{name}`"),
+            ));
+        }
+        let mut uid = |field: &str, spec: &Spanned<UidSpec>| match spec.value.to_uid() {
+            Ok(uid) => Some(uid),
+            Err(message) => {
+                problems.push(problem(
+                    rel,
+                    spec.referenced.line(),
+                    spec.referenced.column(),
+                    format!("`{field}`: {message}"),
+                ));
+                None
+            }
+        };
+        let principal = uid("principal", &case.principal);
+        let action = uid("action", &case.action);
+        let resource = uid("resource", &case.resource);
+        let (Some(principal), Some(action), Some(resource)) = (principal, action, resource) else {
+            continue;
+        };
+        let mut entities = fixture_entities.clone();
+        entities.extend(case.entities);
+        cases.push(Case {
+            name,
+            line: usize::try_from(at.line().max(1)).unwrap_or(usize::MAX),
+            query: Query {
+                principal,
+                action,
+                resource,
+                context: case.context,
+                entities,
+            },
+            expect: Expect {
+                allow: matches!(case.expect.decision, DecisionSpec::Allow),
+                determining_policies: case.expect.determining_policies.map(|mut p| {
+                    p.sort_unstable();
+                    p
+                }),
+                errors: case
+                    .expect
+                    .errors
+                    .map(|e| e.into_iter().map(ExpectedError::from).collect()),
+            },
+        });
+    }
+    if problems.len() > before {
+        return Ok(None);
+    }
+    Ok(Some(TestFile {
+        rel: rel.to_string(),
+        cases,
+    }))
+}
+
+/// The parser's message, without its location (we print ours) or snippet.
+fn yaml_message(e: &serde_saphyr::Error) -> String {
+    let rendered = e.without_snippet().to_string();
+    // The message may end in ` at line L, column C`; the caller prints it first.
+    match rendered.rfind(" at line ") {
+        Some(i) if rendered[i..].contains("column") => rendered[..i].to_string(),
+        _ => rendered,
+    }
+}
+
+/// `name` relative to the folder of `file` (both relative to the policy
+/// directory), or `None` when it is absolute or climbs out of the directory.
+fn join_inside(file: &str, name: &str) -> Option<String> {
+    let mut parts: Vec<String> = file.split('/').map(str::to_string).collect();
+    parts.pop();
+    for component in Path::new(name).components() {
+        match component {
+            Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixture_paths_stay_inside_the_directory() {
+        assert_eq!(
+            join_inside("a.test.yaml", "s.fixture.json").as_deref(),
+            Some("s.fixture.json")
+        );
+        assert_eq!(
+            join_inside("sub/a.test.yaml", "../s.fixture.json").as_deref(),
+            Some("s.fixture.json")
+        );
+        assert_eq!(
+            join_inside("sub/a.test.yaml", "./x/s.fixture.json").as_deref(),
+            Some("sub/x/s.fixture.json")
+        );
+        assert_eq!(join_inside("a.test.yaml", "../s.fixture.json"), None);
+        assert_eq!(join_inside("a.test.yaml", "/etc/passwd"), None);
+    }
+
+    #[test]
+    fn test_files_by_suffix() {
+        assert!(is_test_file("mesh.test.yaml"));
+        assert!(is_test_file("mesh.test.yml"));
+        assert!(is_test_file("mesh.test.json"));
+        assert!(!is_test_file("mesh.entities.json"));
+        assert!(!is_test_file("shared.fixture.json"));
+        assert!(!is_test_file("test.yaml"));
+    }
+}
