@@ -787,7 +787,7 @@ def check_dockerfile(root: Path, crate: Path, problems: Problems) -> None:
 # ---------------------------------------------------------------------------
 # 7. The policy repository's CI workflow.
 
-POLICY_CI_COMMANDS = ("validate --policies .", "fmt --check", "test --junit report.xml")
+POLICY_CI_COMMANDS = ("validate --policies .", "fmt --check --policies .", "test --policies . --junit report.xml")
 
 
 def check_policy_ci(root: Path, problems: Problems) -> None:
