@@ -39,6 +39,7 @@ pub struct Metrics {
     errors: Family<CodeLabels, Counter>,
     inflight: Gauge,
     tls_reloads: Family<ResultLabels, Counter>,
+    cache: Family<ResultLabels, Counter>,
     registry: Registry,
 }
 
@@ -62,6 +63,7 @@ impl Metrics {
         let errors = Family::<CodeLabels, Counter>::default();
         let inflight = Gauge::default();
         let tls_reloads = Family::<ResultLabels, Counter>::default();
+        let cache = Family::<ResultLabels, Counter>::default();
         let mut registry = Registry::default();
         registry.register(
             "cedar_pdp_decisions",
@@ -88,6 +90,11 @@ impl Metrics {
             "Reloads of the TLS certificate, key and client trust bundle that changed something, by result",
             tls_reloads.clone(),
         );
+        registry.register(
+            "cedar_pdp_decision_cache_lookups",
+            "Decision-cache lookups, by result (hit or miss)",
+            cache.clone(),
+        );
         registry.register_collector(Box::new(StateCollector { store, log_dropped }));
         Self {
             decisions,
@@ -95,6 +102,7 @@ impl Metrics {
             errors,
             inflight,
             tls_reloads,
+            cache,
             registry,
         }
     }
@@ -120,6 +128,12 @@ impl Metrics {
         self.tls_reloads
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    /// Records a decision-cache lookup.
+    pub fn decision_cache(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// Records a call that failed with `code`.

@@ -174,6 +174,7 @@ pub(super) struct Judge<'a> {
     pub opts: &'a ServiceOptions,
     pub peer: Option<&'a PeerFacts>,
     pub cache: Option<&'a DecisionCache>,
+    pub metrics: &'a Metrics,
 }
 
 impl Judge<'_> {
@@ -255,6 +256,9 @@ pub(super) fn decide(
     if let (Ok(()), Some(cache), true) = (&checked, judge.cache, shared.is_empty()) {
         cache_key = DecisionCache::key(snapshot.generation, &mut req, judge.injected_peer());
         cached = cache_key.as_deref().and_then(|k| cache.get(k));
+        if cache_key.is_some() {
+            judge.metrics.decision_cache(cached.is_some());
+        }
     }
     let decided = match (checked, cached) {
         // Without a log record to fill, a hit needs no conversion at all.
@@ -391,6 +395,7 @@ impl AuthorizerService {
             opts: &self.opts,
             peer,
             cache: self.cache.as_deref(),
+            metrics: &self.metrics,
         };
         let (response, subject) = decide(snapshot, request, &[], slots.is_some(), judge);
         let response = response.map_err(|(_, e)| e)?;
@@ -449,6 +454,7 @@ impl AuthorizerService {
             let parent = span.clone();
             let opts = self.opts.clone();
             let cache = self.cache.clone();
+            let metrics = self.metrics.clone();
             // The work owns the slot: a call abandoned by its client (or its
             // deadline) still counts until the evaluation it started ends.
             tokio::task::spawn_blocking(move || {
@@ -457,6 +463,7 @@ impl AuthorizerService {
                     opts: &opts,
                     peer: peer.as_ref(),
                     cache: cache.as_deref(),
+                    metrics: &metrics,
                 };
                 decide_batch(&snapshot, batch.requests, &shared, audit, &parent, judge)
             })
