@@ -15,6 +15,11 @@ use std::time::Duration;
 use cedar_pdp::config::{LogFormat, OtelConfig};
 use cedar_pdp::grpc::proto;
 use common::{TestServer, request};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Peer, Request as AttributeRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -228,8 +233,110 @@ async fn decision_spans_continue_the_callers_trace_with_their_attributes() {
     })
     .await;
     assert_eq!(attrs(&reload)["cedar.result"], "success");
+
+    // An ext_authz Check gets the same decision span, with the principal the
+    // mapping built from the source's SPIFFE ID.
+    let mut envoy = AuthorizationClient::connect(server.url()).await.unwrap();
+    let check = envoy
+        .check(CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    principal: "spiffe://td/ns/shop/sa/web".into(),
+                    ..Default::default()
+                }),
+                request: Some(AttributeRequest {
+                    http: Some(HttpRequest {
+                        id: "envoy-1".into(),
+                        method: "GET".into(),
+                        host: "h".into(),
+                        path: "/p".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(check.status.map_or(0, |s| s.code), 0, "allowed");
     drop(client);
     server.stop().await.unwrap();
+
+    // Over a Unix socket, the peer's credentials are span attributes.
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock = sock_dir.path().join("pdp.sock");
+    let config = common::test_config(dir.path());
+    let socket = cedar_pdp::transport::UnixSocket::bind(&sock, 0o600).unwrap();
+    let app = cedar_pdp::app::App::build(config).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let uds = tokio::spawn(app.run(socket, async move {
+        let _ = stopped.await;
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(format!("unix://{}", sock.display()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut uds_client = proto::authorizer_client::AuthorizerClient::new(channel);
+    let over_uds = uds_client
+        .authorize(request(("User", "carol"), ("Action", "read"), ("Doc", "d")))
+        .await
+        .unwrap()
+        .into_inner();
+    let uid = std::fs::metadata(sock_dir.path()).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    let uds_id = over_uds.decision_id.clone();
+    let spans = common::eventually(
+        "the Check and Unix-socket spans",
+        Duration::from_secs(20),
+        || {
+            let telemetry = telemetry.clone();
+            let receiver = receiver.clone();
+            let uds_id = uds_id.clone();
+            async move {
+                tokio::task::spawn_blocking(move || telemetry.flush())
+                    .await
+                    .unwrap();
+                let spans = receiver.0.lock().unwrap().clone();
+                let has = |id: &str| {
+                    spans
+                        .iter()
+                        .any(|s| attrs(s).get("cedar.decision_id").map(String::as_str) == Some(id))
+                };
+                let check_id = spans.iter().any(|s| {
+                    attrs(s).get("cedar.request_id").map(String::as_str) == Some("envoy-1")
+                });
+                (has(&uds_id) && check_id).then_some(spans)
+            }
+        },
+    )
+    .await;
+    let c = spans
+        .iter()
+        .find(|s| attrs(s).get("cedar.request_id").map(String::as_str) == Some("envoy-1"))
+        .unwrap();
+    let ct = attrs(c);
+    assert_eq!(c.name, "cedar.authorize");
+    assert_eq!(
+        ct["cedar.principal"],
+        "Mesh::Workload::\"spiffe://td/ns/shop/sa/web\""
+    );
+    assert_eq!(ct["cedar.action"], "Mesh::Action::\"GET\"");
+    assert_eq!(ct["cedar.decision"], "allow");
+    let u = spans
+        .iter()
+        .find(|s| attrs(s).get("cedar.decision_id") == Some(&over_uds.decision_id))
+        .unwrap();
+    let ut = attrs(u);
+    assert_eq!(ut["cedar.caller.uid"], uid.unwrap().to_string());
+    assert_eq!(ut["cedar.caller.pid"], std::process::id().to_string());
+    drop(uds_client);
+    let _ = stop.send(());
+    uds.await.unwrap().unwrap();
 }
 
 fn hex(bytes: &[u8]) -> String {
