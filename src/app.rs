@@ -184,6 +184,7 @@ impl App {
             self.tls.map(|tls| TlsAccept {
                 tls,
                 handshake_timeout: self.config.tls.handshake_timeout,
+                metrics: metrics.clone(),
             }),
         );
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -40,6 +40,7 @@ pub struct Metrics {
     inflight: Gauge,
     tls_reloads: Family<ResultLabels, Counter>,
     cache: Family<ResultLabels, Counter>,
+    tls_handshake_failures: Counter,
     registry: Registry,
 }
 
@@ -64,6 +65,7 @@ impl Metrics {
         let inflight = Gauge::default();
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         let cache = Family::<ResultLabels, Counter>::default();
+        let tls_handshake_failures = Counter::default();
         let mut registry = Registry::default();
         registry.register(
             "cedar_pdp_decisions",
@@ -91,6 +93,11 @@ impl Metrics {
             tls_reloads.clone(),
         );
         registry.register(
+            "cedar_pdp_tls_handshake_failures",
+            "TLS handshakes that failed (no or untrusted client certificate, protocol errors) or timed out",
+            tls_handshake_failures.clone(),
+        );
+        registry.register(
             "cedar_pdp_decision_cache_lookups",
             "Decision-cache lookups, by result (hit or miss)",
             cache.clone(),
@@ -103,6 +110,7 @@ impl Metrics {
             inflight,
             tls_reloads,
             cache,
+            tls_handshake_failures,
             registry,
         }
     }
@@ -128,6 +136,11 @@ impl Metrics {
         self.tls_reloads
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    /// Records a TLS handshake that failed or timed out.
+    pub fn tls_handshake_failure(&self) {
+        self.tls_handshake_failures.inc();
     }
 
     /// Records a decision-cache lookup.

@@ -258,6 +258,20 @@ async fn connections_without_a_trusted_client_certificate_are_refused() {
         rogue_cert,
         "a certificate from an untrusted CA got an answer"
     );
+    // Both refusals are counted for the SRE who wonders why calls fail.
+    eventually(
+        "handshake failures counted",
+        Duration::from_secs(10),
+        || async {
+            let (_, metrics) = http_get(server.admin_addr, "/metrics").await;
+            metrics
+                .lines()
+                .find(|l| l.starts_with("cedar_pdp_tls_handshake_failures_total "))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .filter(|n| *n >= 2.0)
+        },
+    )
+    .await;
 
     // The server is still serving trusted clients.
     let mut web = connect(&server, &ca, Some(ca.leaf(Some(WEB))))

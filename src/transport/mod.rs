@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use crate::identity::{PeerFacts, UnixPeer};
+use crate::metrics::Metrics;
 pub use tls::{ReloadingTls, TlsError};
 
 /// Where the gRPC server accepts connections.
@@ -177,6 +178,8 @@ impl AsyncWrite for Conn {
 pub struct TlsAccept {
     pub tls: Arc<ReloadingTls>,
     pub handshake_timeout: Duration,
+    /// Counts handshakes that fail or time out.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Accepts connections until the returned stream is dropped. Handshakes run
@@ -258,10 +261,12 @@ async fn handshake(io: Box<dyn Io>, mut facts: PeerFacts, tls: &TlsAccept) -> Op
             })
         }
         Ok(Err(e)) => {
+            tls.metrics.tls_handshake_failure();
             tracing::debug!(peer = ?facts.addr, "TLS handshake failed: {e}");
             None
         }
         Err(_) => {
+            tls.metrics.tls_handshake_failure();
             tracing::debug!(peer = ?facts.addr, "TLS handshake timed out");
             None
         }
