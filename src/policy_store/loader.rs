@@ -343,21 +343,47 @@ pub fn build(
     let mut warnings = Vec::new();
 
     let schema = parse_schema(&sources, &mut problems, &mut warnings);
-    let (policies, origins) = parse_policies(&sources, &mut problems, &mut warnings);
     if !sources.files.iter().any(|f| f.kind == FileKind::Policies) {
         return Err(LoadError::NoPolicies(sources.root));
     }
-    if let (Some(schema), true) = (&schema, options.validate_policies) {
-        validate(
-            schema,
-            &policies,
-            &origins,
-            &sources,
-            &mut problems,
-            &mut warnings,
-        );
-    }
-    let entities = parse_entities(&sources, schema.as_ref(), &mut problems);
+    // Entities need only the schema: parse them on a second thread while
+    // this one parses and validates the policies. Each is about half of a
+    // large reload.
+    let (policies, entities) = std::thread::scope(|scope| {
+        let entities = scope.spawn(|| {
+            let mut found = Vec::new();
+            let entities = parse_entities(&sources, schema.as_ref(), &mut found);
+            (entities, found)
+        });
+        let (policies, origins) = parse_policies(&sources, &mut problems, &mut warnings);
+        if let (Some(schema), true) = (&schema, options.validate_policies) {
+            validate(
+                schema,
+                &policies,
+                &origins,
+                &sources,
+                &mut problems,
+                &mut warnings,
+            );
+        }
+        // Problems keep their order: schema, policies, validation, entities.
+        let entities = match entities.join() {
+            Ok((entities, found)) => {
+                problems.extend(found);
+                entities
+            }
+            Err(_) => {
+                problems.push(SourceProblem {
+                    file: String::new(),
+                    line: 1,
+                    column: 1,
+                    message: "entity parsing failed unexpectedly".to_string(),
+                });
+                Entities::empty()
+            }
+        };
+        (policies, entities)
+    });
     if !problems.is_empty() {
         return Err(LoadError::Invalid(problems));
     }
