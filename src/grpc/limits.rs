@@ -55,6 +55,24 @@ fn escape_parts(map: &serde_json::Map<String, Json>) -> Option<Vec<(&str, &str)>
         .collect()
 }
 
+/// Where a value sits, e.g. `context.a.b[2]`: built on the stack as the walk
+/// descends, and only turned into a string for an error.
+enum Path<'a> {
+    Root(&'static str),
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Root(name) => f.write_str(name),
+            Self::Key(parent, key) => write!(f, "{parent}.{key}"),
+            Self::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
 impl Limits {
     /// Checks raw JSON text before it is parsed.
     pub fn check_context_json(&self, text: &str) -> Result<(), InvalidField> {
@@ -95,7 +113,7 @@ impl Limits {
         }
         let mut size = 0;
         for (k, v) in &q.context {
-            let field = format!("context.{k}");
+            let field = Path::Key(&Path::Root("context"), k);
             self.check_string(&field, k)?;
             size += k.len() + self.walk(v, &field, 0)?;
             if size > self.max_context_bytes {
@@ -103,14 +121,14 @@ impl Limits {
             }
         }
         for (i, e) in q.entities.iter().enumerate() {
-            self.walk_entity(e, &format!("entities[{i}]"))?;
+            self.walk_entity(e, &Path::Index(&Path::Root("entities"), i))?;
         }
         Ok(())
     }
 
     /// Walks `v`, which sits inside `depth` records and sets; returns its
     /// approximate JSON size.
-    fn walk(&self, v: &Json, field: &str, depth: usize) -> Result<usize, InvalidField> {
+    fn walk(&self, v: &Json, field: &Path<'_>, depth: usize) -> Result<usize, InvalidField> {
         // A Cedar `__entity` / `__extn` escape is a JSON object but not a
         // record: it does not count as a level, and holds only short strings.
         // Anything else under those keys is an ordinary record.
@@ -119,7 +137,7 @@ impl Limits {
         {
             let mut size = 16;
             for (k, s) in parts {
-                self.check_string(&format!("{field}.{k}"), s)?;
+                self.check_string(Path::Key(field, k), s)?;
                 size += s.len();
             }
             return Ok(size);
@@ -130,7 +148,7 @@ impl Limits {
         };
         if inner_depth > self.max_depth {
             return Err(InvalidField {
-                field: field.into(),
+                field: field.to_string(),
                 message: format!(
                     "nested deeper than {} records and sets (`limits.max_context_depth`)",
                     self.max_depth
@@ -146,14 +164,14 @@ impl Limits {
             Json::Array(items) => {
                 let mut size = 2;
                 for (i, item) in items.iter().enumerate() {
-                    size += self.walk(item, &format!("{field}[{i}]"), inner_depth)? + 1;
+                    size += self.walk(item, &Path::Index(field, i), inner_depth)? + 1;
                 }
                 size
             }
             Json::Object(map) => {
                 let mut size = 2;
                 for (k, item) in map {
-                    let inner = format!("{field}.{k}");
+                    let inner = Path::Key(field, k);
                     self.check_string(&inner, k)?;
                     size += k.len() + 4 + self.walk(item, &inner, inner_depth)?;
                 }
@@ -163,16 +181,16 @@ impl Limits {
     }
 
     /// An entity's attrs and tags are records whose values start at depth 0.
-    fn walk_entity(&self, e: &Json, field: &str) -> Result<(), InvalidField> {
+    fn walk_entity(&self, e: &Json, field: &Path<'_>) -> Result<(), InvalidField> {
         let Json::Object(map) = e else {
             return self.walk(e, field, 0).map(drop);
         };
         for (k, v) in map {
-            let inner = format!("{field}.{k}");
+            let inner = Path::Key(field, k);
             match (k.as_str(), v) {
                 ("attrs" | "tags", Json::Object(record)) => {
                     for (name, value) in record {
-                        let at = format!("{inner}.{name}");
+                        let at = Path::Key(&inner, name);
                         self.check_string(&at, name)?;
                         self.walk(value, &at, 0)?;
                     }
@@ -185,16 +203,17 @@ impl Limits {
         Ok(())
     }
 
-    fn check_string(&self, field: &str, s: &str) -> Result<(), InvalidField> {
+    /// `field` is formatted only for an error: the walk runs on every request.
+    fn check_string(&self, field: impl std::fmt::Display, s: &str) -> Result<(), InvalidField> {
         if s.len() > self.max_string_bytes {
             return Err(self.long_string(field, s.len()));
         }
         Ok(())
     }
 
-    fn long_string(&self, field: &str, len: usize) -> InvalidField {
+    fn long_string(&self, field: impl std::fmt::Display, len: usize) -> InvalidField {
         InvalidField {
-            field: field.into(),
+            field: field.to_string(),
             message: format!(
                 "a string of {len} bytes; the limit is {} (`limits.max_string_bytes`)",
                 self.max_string_bytes
