@@ -14,27 +14,13 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use common::{TestServer, http_get, request, test_config, wait_for_reload_error, write_atomic};
+use common::{
+    TestServer, http_get, request, sample, test_config, wait_for_reload_error, write_atomic,
+};
 
 const POLICY: &str = r#"@id("allow-alice")
 permit (principal == User::"alice", action, resource);
 "#;
-
-/// Parses a scrape and returns the value of `name` with `labels`.
-fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let lines = scrape.lines().map(|l| Ok(l.to_string()));
-    let parsed = prometheus_parse::Scrape::parse(lines).expect("the scrape parses");
-    parsed
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_known_traffic_and_failed_reloads() {

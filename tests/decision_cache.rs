@@ -5,23 +5,19 @@
 mod common;
 
 use cedar_pdp::grpc::proto::Decision;
-use common::{TestServer, http_get, request, test_config, wait_for_generation, write_atomic};
+use common::{TestServer, request, test_config, wait_for_generation, write_atomic};
 
 const ALLOW: &str = "@id(\"alice-reads\")\npermit (principal == User::\"alice\", action == Action::\"read\", resource);\n";
 const DENY: &str =
     "@id(\"no-one-reads\")\nforbid (principal, action == Action::\"read\", resource);\n";
 
 async fn lookups(server: &TestServer, result: &str) -> f64 {
-    let (_, metrics) = http_get(server.admin_addr, "/metrics").await;
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with(&format!(
-                "cedar_pdp_decision_cache_lookups_total{{result=\"{result}\"}}"
-            ))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    common::metric(
+        server.admin_addr,
+        "cedar_pdp_decision_cache_lookups_total",
+        &[("result", result)],
+    )
+    .await
 }
 
 fn alice_reads(id: &str) -> cedar_pdp::grpc::proto::AuthorizeRequest {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use cedar_pdp::config::{Config, ExtAuthzRoute};
-use common::{TestServer, http_get, test_config};
+use common::{TestServer, test_config};
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::config::core::v3::{self as core, SocketAddress};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
@@ -322,13 +322,13 @@ async fn errors_fail_closed_with_the_error_status_and_are_counted() {
         assert_eq!(status, 503, "{what}: the configured error status");
         assert!(body.contains("error"), "{what}: {body}");
     }
-    let (_, metrics) = http_get(server.admin_addr, "/metrics").await;
-    let errors: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("cedar_pdp_request_errors_total{code=\"InvalidArgument\"}"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert_eq!(errors, 3.0, "{metrics}");
+    let errors = common::metric(
+        server.admin_addr,
+        "cedar_pdp_request_errors_total",
+        &[("code", "InvalidArgument")],
+    )
+    .await;
+    assert_eq!(errors, 3.0);
 }
 
 #[tokio::test]

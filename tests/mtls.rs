@@ -16,7 +16,7 @@ use std::time::Duration;
 use cedar_pdp::config::{ClientAuth, Config};
 use cedar_pdp::grpc::proto::authorizer_client::AuthorizerClient;
 use cedar_pdp::grpc::proto::{self, Decision};
-use common::{TestServer, eventually, http_get, request, test_config};
+use common::{TestServer, eventually, request, test_config};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
@@ -168,16 +168,12 @@ async fn decide(
 }
 
 async fn tls_reloads(server: &TestServer, result: &str) -> f64 {
-    let (_, metrics) = http_get(server.admin_addr, "/metrics").await;
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with(&format!(
-                "cedar_pdp_tls_reloads_total{{result=\"{result}\"}}"
-            ))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    common::metric(
+        server.admin_addr,
+        "cedar_pdp_tls_reloads_total",
+        &[("result", result)],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -263,12 +259,13 @@ async fn connections_without_a_trusted_client_certificate_are_refused() {
         "handshake failures counted",
         Duration::from_secs(10),
         || async {
-            let (_, metrics) = http_get(server.admin_addr, "/metrics").await;
-            metrics
-                .lines()
-                .find(|l| l.starts_with("cedar_pdp_tls_handshake_failures_total "))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .filter(|n| *n >= 2.0)
+            let failures = common::metric(
+                server.admin_addr,
+                "cedar_pdp_tls_handshake_failures_total",
+                &[],
+            )
+            .await;
+            (failures >= 2.0).then_some(())
         },
     )
     .await;

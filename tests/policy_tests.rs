@@ -21,7 +21,7 @@ use cedar_pdp::policy_store::{LoadOptions, build, read_dir};
 use cedar_pdp::policy_tests::read_suite;
 use common::binary::{self, Ran, bin};
 use common::{
-    TestServer, http_get, request, test_config, wait_for_generation, wait_for_reload_error,
+    TestServer, http_get, request, sample, test_config, wait_for_generation, wait_for_reload_error,
     write_atomic,
 };
 use quick_xml::events::{BytesStart, Event};
@@ -438,22 +438,6 @@ fn every_shipped_policy_determines_some_shipped_case() {
 }
 
 // ---- The reload gate, over a real server. ----
-
-/// The value of `name` with `labels` in a Prometheus scrape.
-fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let lines = scrape.lines().map(|l| Ok(l.to_string()));
-    let parsed = prometheus_parse::Scrape::parse(lines).expect("the scrape parses");
-    parsed
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
-}
 
 /// The test that the gate runs: alice may view.
 const GATE_TEST: &str = r#"cases:

@@ -62,10 +62,11 @@ impl DecisionCache {
         req: &mut AuthorizeRequest,
         caller: Option<&PeerFacts>,
     ) -> Option<Vec<u8>> {
-        if req.encoded_len() > MAX_KEY_BYTES {
+        let len = req.encoded_len();
+        if len > MAX_KEY_BYTES {
             return None;
         }
-        let mut key = Vec::with_capacity(req.encoded_len() + 64);
+        let mut key = Vec::with_capacity(len + 64);
         key.extend_from_slice(&generation.to_le_bytes());
         let request_id = std::mem::take(&mut req.request_id);
         let encoded = req.encode(&mut key);

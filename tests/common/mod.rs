@@ -218,3 +218,26 @@ pub fn shared_dir() -> PathBuf {
     );
     dir
 }
+
+/// The value of `name` with `labels` in a Prometheus scrape.
+pub fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let lines = scrape.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("the scrape parses");
+    parsed
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+/// Scrapes the admin listener at `admin` for `name` with `labels`; 0 when the
+/// series does not exist yet (a counter no event has touched).
+pub async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (_, scrape) = http_get(admin, "/metrics").await;
+    sample(&scrape, name, labels).unwrap_or(0.0)
+}
