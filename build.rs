@@ -12,9 +12,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("cedar_pdp_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
+    // Envoy's ext_authz service, for reflection only: its Rust types come
+    // from envoy-types, whose proto files are vendored in proto/vendor.
+    let envoy = protox::compile(
+        ["envoy/service/auth/v3/external_auth.proto"],
+        ["proto/vendor"],
+    )?;
+    std::fs::write(
+        out.join("envoy_ext_authz_descriptor.bin"),
+        prost::Message::encode_to_vec(&envoy),
+    )?;
     tonic_prost_build::configure()
-        // Ordered maps encode the same way every time, so equal requests
-        // have equal bytes (the decision cache's key).
+        // Ordered maps convert to the same JSON every time, so equal
+        // requests get equal decision-cache keys.
         .btree_map(".")
         .build_server(true)
         .build_client(true)

@@ -89,6 +89,10 @@ class Problems:
 # What the crate defines: metric names and config keys.
 
 
+# Request-path metrics, and those read at scrape time from their owners.
+METRIC_SOURCES = ("src/metrics.rs", "src/state_metrics.rs")
+
+
 def registered_metrics(metrics_rs: Path) -> dict[str, str]:
     """Metric family name -> type (counter, gauge, histogram), read from
     src/metrics.rs: each `"cedar_pdp_..."` literal, typed by the statement
@@ -837,7 +841,10 @@ def main() -> int:
         return 0
 
     problems = Problems(root)
-    series = exposed_series(registered_metrics(crate / "src" / "metrics.rs"))
+    families: dict[str, str] = {}
+    for source in METRIC_SOURCES:
+        families.update(registered_metrics(crate / source))
+    series = exposed_series(families)
     steps = [
         ("manifests", lambda: check_manifests(root, crate, problems)),
         ("yamllint", lambda: check_yamllint(root, problems)),

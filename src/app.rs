@@ -17,9 +17,11 @@ use crate::admin::{self, Readiness};
 use crate::config::Config;
 use crate::decision_log::{DecisionLog, DecisionLogError, LogWriter, warn_on_drops};
 use crate::grpc::proto::{self, authorizer_server::AuthorizerServer};
-use crate::grpc::{AuthorizerService, ExtAuthzService, ServiceOptions};
+use crate::grpc::{AuthorizerService, ExtAuthzService};
 use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::policy_store::{LoadError, LoadOptions, PolicyStore, WatchOptions, spawn_watcher};
+use crate::state_metrics::StateCollector;
 use crate::transport::{self, Listener, ReloadingTls, TlsAccept, TlsError};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 
@@ -130,27 +132,35 @@ impl App {
             },
         );
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let ext_authz_on = self.config.ext_authz.enabled;
+        let reflection = || {
+            let builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            // Reflection lists exactly the services this server answers.
+            if ext_authz_on {
+                builder.register_encoded_file_descriptor_set(proto::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET)
+            } else {
+                builder
+            }
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
         let limit = self.config.limits.max_message_bytes;
-        let metrics = Arc::new(Metrics::new(
+        let mut metrics = Metrics::new();
+        metrics.register_collector(Box::new(StateCollector {
+            store: self.store.clone(),
+            log_dropped: self.log.as_ref().map(|(log, _)| log.dropped_counter()),
+        }));
+        let metrics = Arc::new(metrics);
+        let mut pipeline = Pipeline::new(
             self.store.clone(),
-            self.log.as_ref().map(|(log, _)| log.dropped_counter()),
-        ));
-        let mut service = AuthorizerService::new(
-            self.store.clone(),
-            ServiceOptions::from_config(&self.config),
+            PipelineOptions::from_config(&self.config),
             metrics.clone(),
         );
         let (writer, drop_warnings) = match self.log {
             Some((log, writer)) => {
-                service = service.with_decision_log(log.clone());
+                pipeline = pipeline.with_decision_log(log.clone());
                 let warnings = tokio::spawn(warn_on_drops(log, Duration::from_secs(10)));
                 (Some(writer), Some(warnings))
             }
@@ -158,13 +168,13 @@ impl App {
         };
         let ext_authz = self.config.ext_authz.enabled.then(|| {
             AuthorizationServer::new(ExtAuthzService::new(
-                service.clone(),
+                pipeline.clone(),
                 &self.config.ext_authz,
             ))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit)
         });
-        let authorizer = AuthorizerServer::new(service)
+        let authorizer = AuthorizerServer::new(AuthorizerService::over(pipeline))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 

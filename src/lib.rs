@@ -9,8 +9,11 @@
 //! - [`policy_store`]: the only reader of policy files; loads, watches and swaps snapshots.
 //! - [`policy_tests`]: policy test files, run by `cedar-pdp test` and the reload gate.
 //! - [`authorizer`]: pure evaluation of one request against one snapshot.
-//! - [`grpc`]: generated code, service impls, and the one error-to-status mapping.
-//! - [`metrics`]: Prometheus metrics, read by the admin listener.
+//! - [`pipeline`]: the one decision path behind every front-end: admission, binding, limits,
+//!   cache, server context, evaluation, spans, metrics and the decision record.
+//! - [`grpc`]: generated code, thin Authorizer and ext_authz adapters, the one Status mapping.
+//! - [`metrics`]: Prometheus metrics, read by the admin listener; a leaf.
+//! - [`state_metrics`]: scrape-time metrics read from the policy store and the decision log.
 //! - [`client`]: the `cedar-pdp authorize` client.
 //! - [`bench`]: the `cedar-pdp bench` load client.
 //! - [`decision_log`]: the only writer of decision records; a bounded queue and a writer thread.
@@ -29,8 +32,10 @@ pub mod decision_log;
 pub mod grpc;
 pub mod identity;
 pub mod metrics;
+pub mod pipeline;
 pub mod policy_format;
 pub mod policy_store;
 pub mod policy_tests;
+pub mod state_metrics;
 pub mod telemetry;
 pub mod transport;

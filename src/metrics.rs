@@ -1,20 +1,17 @@
-//! Prometheus metrics. Request-path metrics are atomics updated inline;
-//! policy and decision-log state is read from its owners at scrape time, so
-//! there is one source of truth for each number.
+//! Prometheus metrics. Request-path metrics are atomics updated inline.
+//! A leaf: state owned elsewhere (the policy store, the decision log) is
+//! read at scrape time by collectors that `app` registers, so there is one
+//! source of truth for each number.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-
-use crate::policy_store::PolicyStore;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -22,8 +19,9 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CodeLabels {
-    code: String,
+struct ErrorLabels {
+    code: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,12 +29,12 @@ struct ResultLabels {
     result: &'static str,
 }
 
-/// Request-path metrics, shared by the gRPC service.
+/// Request-path metrics, shared by every front-end.
 #[derive(Debug)]
 pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     duration: Histogram,
-    errors: Family<CodeLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
     inflight: Gauge,
     tls_reloads: Family<ResultLabels, Counter>,
     cache: Family<ResultLabels, Counter>,
@@ -54,14 +52,14 @@ impl Drop for InflightGuard {
 }
 
 impl Metrics {
-    /// Registers every metric; `store` and `log` are read at scrape time.
-    pub fn new(store: Arc<PolicyStore>, log_dropped: Option<Arc<AtomicU64>>) -> Self {
+    /// Registers every request-path metric.
+    pub fn new() -> Self {
         let decisions = Family::<DecisionLabels, Counter>::default();
         // Sub-millisecond buckets: a decision usually takes tens of µs.
         let duration = Histogram::new([
             0.000_025, 0.000_05, 0.0001, 0.000_25, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
         ]);
-        let errors = Family::<CodeLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
         let inflight = Gauge::default();
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         let cache = Family::<ResultLabels, Counter>::default();
@@ -79,7 +77,7 @@ impl Metrics {
         );
         registry.register(
             "cedar_pdp_request_errors",
-            "Calls answered with a non-OK status, by gRPC code",
+            "Requests that got no decision (each batch or stream item counts), by gRPC code and stable reason",
             errors.clone(),
         );
         registry.register(
@@ -102,7 +100,6 @@ impl Metrics {
             "Decision-cache lookups, by result (hit or miss)",
             cache.clone(),
         );
-        registry.register_collector(Box::new(StateCollector { store, log_dropped }));
         Self {
             decisions,
             duration,
@@ -149,12 +146,16 @@ impl Metrics {
         self.cache.get_or_create(&ResultLabels { result }).inc();
     }
 
-    /// Records a call that failed with `code`.
-    pub fn request_error(&self, code: tonic::Code) {
+    /// Also encodes what `collector` reads at scrape time.
+    pub fn register_collector(&mut self, collector: Box<dyn Collector>) {
+        self.registry.register_collector(collector);
+    }
+
+    /// Records a request that got no decision: its status code label (e.g.
+    /// `InvalidArgument`) and stable reason.
+    pub fn request_error(&self, code: &'static str, reason: &'static str) {
         self.errors
-            .get_or_create(&CodeLabels {
-                code: format!("{code:?}"),
-            })
+            .get_or_create(&ErrorLabels { code, reason })
             .inc();
     }
 
@@ -168,85 +169,8 @@ impl Metrics {
     }
 }
 
-#[derive(Debug)]
-struct StateCollector {
-    store: Arc<PolicyStore>,
-    log_dropped: Option<Arc<AtomicU64>>,
-}
-
-impl Collector for StateCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let (snapshot, status) = self.store.state();
-        let reloads = encoder.encode_descriptor(
-            "cedar_pdp_policy_reloads",
-            "Policy load attempts, by result",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        let mut reloads = reloads;
-        for (result, n) in [
-            ("success", status.successes),
-            ("unchanged", status.unchanged),
-            ("error", status.failures),
-        ] {
-            let labels = [("result", result)];
-            ConstCounter::new(n).encode(reloads.encode_family(&labels)?)?;
-        }
-        let generation = snapshot.as_ref().map_or(0, |s| s.generation);
-        let count = snapshot.as_ref().map_or(0, |s| s.policy_count);
-        let last_success = status
-            .last_success_at
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0.0, |d| d.as_secs_f64());
-        gauge(
-            &mut encoder,
-            "cedar_pdp_policy_generation",
-            "Successful policy loads since start",
-            ConstGauge::new(i64::try_from(generation).unwrap_or(i64::MAX)),
-        )?;
-        gauge(
-            &mut encoder,
-            "cedar_pdp_policy_last_success_timestamp_seconds",
-            "Unix time of the last successful policy load",
-            ConstGauge::new(last_success),
-        )?;
-        gauge(
-            &mut encoder,
-            "cedar_pdp_policies",
-            "Policies in the live set",
-            ConstGauge::new(i64::try_from(count).unwrap_or(i64::MAX)),
-        )?;
-        if let Some(snapshot) = &snapshot {
-            let mut info = encoder.encode_descriptor(
-                "cedar_pdp_policy_info",
-                "The live policy revision",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            let labels = [("revision", snapshot.revision.as_str())];
-            ConstGauge::new(1i64).encode(info.encode_family(&labels)?)?;
-        }
-        let dropped = self
-            .log_dropped
-            .as_ref()
-            .map_or(0, |d| d.load(Ordering::Relaxed));
-        let counter = ConstCounter::new(dropped);
-        let m = encoder.encode_descriptor(
-            "cedar_pdp_decision_log_dropped",
-            "Decision records dropped (queue full in drop mode, or a failed write)",
-            None,
-            counter.metric_type(),
-        )?;
-        counter.encode(m)
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
     }
-}
-
-fn gauge<T: EncodeMetric>(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    value: T,
-) -> Result<(), std::fmt::Error> {
-    let m = encoder.encode_descriptor(name, help, None, value.metric_type())?;
-    value.encode(m)
 }

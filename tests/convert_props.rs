@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 
 use cedar_pdp::authorizer;
 use cedar_pdp::grpc::convert::query_from_request;
-use cedar_pdp::grpc::limits::Limits;
 use cedar_pdp::grpc::proto::{self, value::Value as V};
+use cedar_pdp::pipeline::limits::Limits;
 use cedar_pdp::policy_store::{LoadOptions, PolicyStore, Snapshot};
 use common::{TestServer, test_config};
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;

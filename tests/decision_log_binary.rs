@@ -228,6 +228,7 @@ fn record(n: u64) -> DecisionRecord {
         decision: "allow",
         determining_policies: vec!["allow-alice".into()],
         errors: vec![],
+        error: None,
         policy_revision: "sha256:test".into(),
         policy_commit: None,
         policy_generation: 1,

@@ -974,15 +974,40 @@ async fn calls_beyond_max_in_flight_are_shed_while_one_is_held() {
             .all(|r| r.decision() == Decision::Allow)
     );
     assert_still_answers(&mut client).await;
+    let dropped = common::metric(
+        server.admin_addr,
+        "cedar_pdp_decision_log_dropped_total",
+        &[],
+    )
+    .await;
     server.stop().await.unwrap();
 
-    // Both batches and the last call were logged; no shed call was.
+    // Both batches and the last call were logged as decisions. Every shed
+    // call (16 calls, one batch item, one check) was refused on the spot,
+    // into the refusals' own room while it lasted, and counted when not.
     eventually("the pipe to close", Duration::from_secs(20), || async {
         drained.is_finished().then_some(())
     })
     .await;
     let logged = records(&drained.join().unwrap());
-    assert_eq!(logged.len(), 2 * HOLD_BATCH + 1, "{} records", logged.len());
+    let (refused, decided) = split_refusals(&logged);
+    assert_eq!(decided, 2 * HOLD_BATCH + 1, "{} records", logged.len());
+    assert!(refused.iter().all(|r| r["error"]["reason"] == "overloaded"
+        && r["error"]["code"] == "RESOURCE_EXHAUSTED"
+        && r["decision"] == "deny"));
+    assert_eq!(
+        refused.len(),
+        HOLD_BATCH,
+        "the refusals' room is the queue's size"
+    );
+    assert_eq!(refused.len() as f64 + dropped, 18.0);
+}
+
+/// Records of refused requests, and how many others (decisions) there are.
+fn split_refusals(logged: &[serde_json::Value]) -> (Vec<&serde_json::Value>, usize) {
+    let refused: Vec<_> = logged.iter().filter(|r| r.get("error").is_some()).collect();
+    let decided = logged.len() - refused.len();
+    (refused, decided)
 }
 
 fn check_request() -> CheckRequest {
@@ -1061,6 +1086,12 @@ async fn request_timeout_fails_a_held_call_with_deadline_exceeded() {
         Some(HttpResponse::DeniedResponse(ref d)) if d.body == "authorization error\n"
     ));
 
+    let dropped = common::metric(
+        server.admin_addr,
+        "cedar_pdp_decision_log_dropped_total",
+        &[],
+    )
+    .await;
     let drained = pipe.drain();
     assert_still_answers(&mut client).await;
     server.stop().await.unwrap();
@@ -1068,12 +1099,18 @@ async fn request_timeout_fails_a_held_call_with_deadline_exceeded() {
         drained.is_finished().then_some(())
     })
     .await;
-    // The first batch, the calls that found room, and the last call; the
-    // timed-out calls decided nothing.
-    assert_eq!(
-        records(&drained.join().unwrap()).len(),
-        HOLD_BATCH + decided + 1
+    // Decisions: the first batch, the calls that found room, and the last
+    // call. The timed-out calls decided nothing; each of them (the held
+    // batch's items, one call, one check) is a deadline refusal, recorded
+    // while the refusals' room lasted and counted when not.
+    let logged = records(&drained.join().unwrap());
+    let (refused, decisions) = split_refusals(&logged);
+    assert_eq!(decisions, HOLD_BATCH + decided + 1);
+    assert!(
+        refused.iter().all(|r| r["error"]["reason"] == "deadline"),
+        "{refused:?}"
     );
+    assert_eq!(refused.len() as f64 + dropped, (HOLD_BATCH + 2) as f64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,12 @@
 //! (in `block` mode), so a decision that was made always has a slot, even if
 //! the client cancels the call afterwards; a writer thread drains the queue
 //! into the sink. Closing every handle drains the queue and flushes the sink.
+//!
+//! Records of refused requests (overload, deadline, bad input) never wait:
+//! they take room from a second budget of the same size, so a flood of
+//! decisions cannot crowd out the evidence of refusals, and a refusal never
+//! blocks the call it refuses. With both budgets spent a record is dropped
+//! and counted.
 
 mod record;
 mod sink;
@@ -14,10 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::config::{DecisionLogConfig, LogSink, OnFull};
-pub use record::{Caller, DecisionRecord, EntityRef, MASKED, Masker, RECORD_VERSION, RecordError};
+pub use record::{
+    Caller, DecisionRecord, EntityRef, MASKED, Masker, RECORD_VERSION, RecordError, RecordFailure,
+};
 
 /// Why the decision log could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,19 +40,31 @@ pub enum DecisionLogError {
     Spawn(#[source] std::io::Error),
 }
 
+/// A record in the queue, holding its room until the writer takes it.
+struct Queued {
+    record: DecisionRecord,
+    _room: OwnedSemaphorePermit,
+}
+
 /// A cheap, cloneable handle that queues records for the writer.
 #[derive(Clone, Debug)]
 pub struct DecisionLog {
-    tx: mpsc::Sender<DecisionRecord>,
+    // INVARIANT: every record sent holds a permit of `decisions` or
+    // `refusals`, so the unbounded channel holds at most their sum.
+    tx: mpsc::UnboundedSender<Queued>,
+    decisions: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+    capacity: usize,
     on_full: OnFull,
     masker: Arc<Masker>,
     dropped: Arc<AtomicU64>,
 }
 
-/// Queue slots reserved for the records of one call.
-pub struct Slots<'a> {
-    log: &'a DecisionLog,
-    permits: Option<mpsc::PermitIterator<'a, DecisionRecord>>,
+/// Queue room reserved for the records of one call.
+#[derive(Debug)]
+pub struct Slots {
+    log: DecisionLog,
+    room: Option<OwnedSemaphorePermit>,
 }
 
 /// The writer thread; [`LogWriter::finish`] waits for it to drain.
@@ -64,7 +84,8 @@ impl DecisionLog {
                 config.max_files,
             )?),
         };
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (tx, rx) = mpsc::unbounded_channel::<Queued>();
+        let rx = sink::Records::new(rx, |q: Queued| q.record);
         let dropped = Arc::new(AtomicU64::new(0));
         let writer_dropped = Arc::clone(&dropped);
         let thread = std::thread::Builder::new()
@@ -73,6 +94,9 @@ impl DecisionLog {
             .map_err(DecisionLogError::Spawn)?;
         let log = Self {
             tx,
+            decisions: Arc::new(Semaphore::new(config.queue_capacity)),
+            refusals: Arc::new(Semaphore::new(config.queue_capacity)),
+            capacity: config.queue_capacity,
             on_full: config.on_full,
             masker: Arc::new(Masker::new(&config.mask, &config.remove)),
             dropped,
@@ -82,12 +106,34 @@ impl DecisionLog {
 
     /// Reserves room for `n` records. In `block` mode this waits for space
     /// (backpressure); in `drop` mode it returns at once.
-    pub async fn reserve(&self, n: usize) -> Slots<'_> {
-        let permits = match self.on_full {
-            OnFull::Block => self.tx.reserve_many(n).await.ok(),
-            OnFull::Drop => None,
+    /// A call that needs more room than the whole queue gets none, and its
+    /// records are queued as room allows.
+    pub async fn reserve(&self, n: usize) -> Slots {
+        let room = match (self.on_full, u32::try_from(n)) {
+            (OnFull::Block, Ok(n)) if n > 0 && n as usize <= self.capacity => {
+                Arc::clone(&self.decisions).acquire_many_owned(n).await.ok()
+            }
+            _ => None,
         };
-        Slots { log: self, permits }
+        Slots {
+            log: self.clone(),
+            room,
+        }
+    }
+
+    /// Masks and queues the record of a refused request. Never waits: it
+    /// takes room from the refusals' budget, then from the decisions'.
+    pub fn submit_refusal(&self, mut record: DecisionRecord) {
+        self.masker.apply(&mut record);
+        let room = Arc::clone(&self.refusals)
+            .try_acquire_owned()
+            .or_else(|_| Arc::clone(&self.decisions).try_acquire_owned());
+        match room {
+            Ok(room) => self.send(record, room),
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Records lost since start: queue full in `drop` mode, or writer gone.
@@ -101,19 +147,38 @@ impl DecisionLog {
         Arc::clone(&self.dropped)
     }
 
-    fn enqueue(&self, record: DecisionRecord) {
-        if self.tx.try_send(record).is_err() {
+    fn send(&self, record: DecisionRecord, room: OwnedSemaphorePermit) {
+        let queued = Queued {
+            record,
+            _room: room,
+        };
+        if self.tx.send(queued).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn enqueue(&self, record: DecisionRecord) {
+        match Arc::clone(&self.decisions).try_acquire_owned() {
+            Ok(room) => self.send(record, room),
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
 
-impl Slots<'_> {
-    /// Masks `record` and queues it. Never waits.
+impl Slots {
+    /// Masks `record` and queues it, in reserved room if any is left. Never
+    /// waits.
     pub fn submit(&mut self, mut record: DecisionRecord) {
         self.log.masker.apply(&mut record);
-        match self.permits.as_mut().and_then(Iterator::next) {
-            Some(permit) => permit.send(record),
+        let reserved = match &mut self.room {
+            Some(room) if room.num_permits() > 1 => room.split(1),
+            Some(_) => self.room.take(),
+            None => None,
+        };
+        match reserved {
+            Some(room) => self.log.send(record, room),
             None => self.log.enqueue(record),
         }
     }

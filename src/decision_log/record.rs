@@ -39,6 +39,16 @@ pub struct RecordError {
     pub message: String,
 }
 
+/// Why a request got no decision; its record's `decision` is `deny`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RecordFailure {
+    /// The gRPC code name, e.g. `INVALID_ARGUMENT`.
+    pub code: &'static str,
+    /// The stable reason, e.g. `invalid_request`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// One decision, as written to the decision log.
 #[derive(Clone, Debug, Serialize)]
 pub struct DecisionRecord {
@@ -59,6 +69,9 @@ pub struct DecisionRecord {
     pub decision: &'static str,
     pub determining_policies: Vec<String>,
     pub errors: Vec<RecordError>,
+    /// Set when the request could not be evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<RecordFailure>,
     pub policy_revision: String,
     /// Full id of the git commit the policies came from, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,11 +109,6 @@ impl Masker {
             .chain(remove.iter().map(|p| (split(p), MaskAction::Remove)))
             .collect();
         Self { rules }
-    }
-
-    /// Whether any rule is configured.
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
     }
 
     /// Applies every rule to the record's `context` and `workload`.
@@ -168,6 +176,7 @@ mod tests {
             decision: "deny",
             determining_policies: vec![],
             errors: vec![],
+            error: None,
             policy_revision: "r".into(),
             policy_commit: None,
             policy_generation: 1,

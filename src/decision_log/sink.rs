@@ -36,13 +36,31 @@ pub fn rotating_file(
     ))
 }
 
+/// The queue's receiving end, yielding bare records: whatever held their
+/// room is released as soon as the writer takes them.
+pub struct Records<T> {
+    rx: mpsc::UnboundedReceiver<T>,
+    open: fn(T) -> DecisionRecord,
+}
+
+impl<T> Records<T> {
+    /// Reads `rx`, unwrapping each item with `open`.
+    pub fn new(rx: mpsc::UnboundedReceiver<T>, open: fn(T) -> DecisionRecord) -> Self {
+        Self { rx, open }
+    }
+
+    fn blocking_recv(&mut self) -> Option<DecisionRecord> {
+        self.rx.blocking_recv().map(self.open)
+    }
+
+    fn try_recv(&mut self) -> Result<DecisionRecord, mpsc::error::TryRecvError> {
+        self.rx.try_recv().map(self.open)
+    }
+}
+
 /// Writes records as JSON lines until every sender is gone. Flushes whenever
 /// the queue is momentarily empty, so lines reach the sink in batches.
-pub fn drain(
-    mut rx: mpsc::Receiver<DecisionRecord>,
-    sink: Box<dyn Write + Send>,
-    dropped: &AtomicU64,
-) -> u64 {
+pub fn drain<T>(mut rx: Records<T>, sink: Box<dyn Write + Send>, dropped: &AtomicU64) -> u64 {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let mut written = 0u64;
     let mut failing = false;

@@ -1,146 +1,115 @@
-//! Decoding proto requests into [`Query`] (`TryFrom`) and encoding decisions
-//! back (`From`). Typed values become Cedar JSON, so typed and JSON requests
-//! share one schema-aware parser and cannot disagree.
+//! Decoding proto requests into the pipeline's [`DecisionRequest`]
+//! (`TryFrom`) and encoding its answers back (`From`). Typed values become
+//! Cedar JSON, so typed and JSON requests share one schema-aware parser and
+//! cannot disagree.
 
-use std::str::FromStr;
-
-use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use serde_json::{Map, Value as Json, json};
 
 use super::proto;
-use crate::authorizer::{self, Query};
+use crate::authorizer;
+use crate::pipeline::{
+    Answer, Context, DecisionRequest, InvalidField, Outcome, Refusal, Rejected, Submitted, Uid,
+    Workload,
+};
 
 /// The Cedar extension constructors a typed `ExtensionValue` may name.
 const EXTENSION_FNS: [&str; 4] = ["ip", "decimal", "datetime", "duration"];
 
-/// A request field that cannot be converted; becomes `INVALID_ARGUMENT`.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("`{field}`: {message}")]
-pub struct InvalidField {
-    /// Path of the offending field, e.g. `context.addr`.
-    pub field: String,
-    pub message: String,
-}
-
-impl InvalidField {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    /// Prefixes the field path, e.g. with `requests[3]`.
-    pub fn within(mut self, prefix: &str) -> Self {
-        self.field = format!("{prefix}.{}", self.field);
-        self
+impl From<&proto::EntityUid> for Uid {
+    fn from(u: &proto::EntityUid) -> Self {
+        Uid::new(&u.r#type, &u.id)
     }
 }
 
-/// The entities a request carries, already in Cedar JSON form.
-pub fn entities_to_json(
-    typed: Vec<proto::Entity>,
+/// Typed entities as Cedar JSON.
+pub fn entities_to_json(typed: Vec<proto::Entity>, field: &str) -> Result<Vec<Json>, InvalidField> {
+    typed
+        .into_iter()
+        .enumerate()
+        .map(|(i, entity)| entity_to_json(entity, &format!("{field}[{i}]")))
+        .collect()
+}
+
+/// A batch's shared entities, typed and JSON, as Cedar JSON.
+pub fn shared_entities(
+    batch_entities: Vec<proto::Entity>,
     json_text: &str,
-    field: &str,
 ) -> Result<Vec<Json>, InvalidField> {
-    let mut out = Vec::with_capacity(typed.len());
-    for (i, entity) in typed.into_iter().enumerate() {
-        out.push(entity_to_json(entity, &format!("{field}[{i}]"))?);
-    }
-    if !json_text.trim().is_empty() {
-        let json_field = format!("{field}_json");
-        match serde_json::from_str::<Json>(json_text) {
-            Ok(Json::Array(items)) => out.extend(items),
-            Ok(_) => {
-                return Err(InvalidField::new(
-                    json_field,
-                    "must be a JSON array of Cedar entities",
-                ));
-            }
-            Err(e) => return Err(InvalidField::new(json_field, format!("invalid JSON: {e}"))),
-        }
-    }
+    let mut out = entities_to_json(batch_entities, "entities")?;
+    out.extend(crate::pipeline::request::parse_entities_json(
+        json_text,
+        "entities_json",
+    )?);
     Ok(out)
 }
 
-/// Converts one `AuthorizeRequest`. `shared` entities (from a batch) are
-/// appended to the request's own.
+/// Converts one `AuthorizeRequest`. Only typed values are converted here;
+/// uids and JSON text are parsed by the pipeline.
+pub fn decision_request(req: proto::AuthorizeRequest) -> Submitted {
+    let mut out = DecisionRequest {
+        principal: req.principal.as_ref().map(Uid::from),
+        action: req.action.as_ref().map(Uid::from),
+        resource: req.resource.as_ref().map(Uid::from),
+        context: Context::default(),
+        entities: Vec::new(),
+        entities_json: req.entities_json,
+        workload: req.workload.map(workload),
+        request_id: req.request_id,
+    };
+    let has_typed = !req.context.is_empty();
+    let has_json = !req.context_json.trim().is_empty();
+    let converted = match (has_typed, has_json) {
+        (true, true) => Err(InvalidField::new(
+            "context_json",
+            "`context` and `context_json` are both set; send one of them",
+        )),
+        (false, true) => Ok(Context::Json(req.context_json)),
+        _ => record_to_json(req.context, "context").map(Context::Record),
+    }
+    .and_then(|context| {
+        out.context = context;
+        entities_to_json(req.entities, "entities")
+    });
+    match converted {
+        Ok(entities) => {
+            out.entities = entities;
+            Ok(out)
+        }
+        Err(error) => Err(Box::new(Rejected {
+            request: out,
+            error,
+        })),
+    }
+}
+
+/// Converts one `AuthorizeRequest` into a Cedar query, as the pipeline
+/// would: for tests and benchmarks of conversion alone.
 pub fn query_from_request(
     req: proto::AuthorizeRequest,
     shared: &[Json],
-) -> Result<Query, InvalidField> {
-    let principal = uid(req.principal.as_ref(), "principal")?;
-    let action = uid(req.action.as_ref(), "action")?;
-    let resource = uid(req.resource.as_ref(), "resource")?;
-
-    let has_typed = !req.context.is_empty();
-    let has_json = !req.context_json.trim().is_empty();
-    let mut context = match (has_typed, has_json) {
-        (true, true) => {
-            return Err(InvalidField::new(
-                "context_json",
-                "`context` and `context_json` are both set; send one of them",
-            ));
-        }
-        (false, true) => match serde_json::from_str::<Json>(&req.context_json) {
-            Ok(Json::Object(map)) => map,
-            Ok(_) => return Err(InvalidField::new("context_json", "must be a JSON object")),
-            Err(e) => {
-                return Err(InvalidField::new(
-                    "context_json",
-                    format!("invalid JSON: {e}"),
-                ));
-            }
-        },
-        _ => record_to_json(req.context, "context")?,
-    };
-    if let Some(workload) = req.workload {
-        if context.contains_key("workload") {
-            return Err(InvalidField::new(
-                "context.workload",
-                "is reserved for the `workload` field; rename the context key",
-            ));
-        }
-        context.insert("workload".to_string(), workload_to_json(workload));
-    }
-
-    let mut entities = entities_to_json(req.entities, &req.entities_json, "entities")?;
-    entities.extend_from_slice(shared);
-    Ok(Query {
-        principal,
-        action,
-        resource,
-        context,
-        entities,
-    })
+) -> Result<authorizer::Query, InvalidField> {
+    decision_request(req)
+        .map_err(|r| r.error)?
+        .into_query(shared)
 }
 
-fn uid(uid: Option<&proto::EntityUid>, field: &str) -> Result<EntityUid, InvalidField> {
-    let uid = uid.ok_or_else(|| InvalidField::new(field, "is required"))?;
-    parse_uid(uid, field)
-}
-
-fn parse_uid(uid: &proto::EntityUid, field: &str) -> Result<EntityUid, InvalidField> {
-    if uid.r#type.is_empty() {
-        return Err(InvalidField::new(
-            format!("{field}.type"),
-            "is required, e.g. `User` or `Mesh::Workload`",
-        ));
+fn workload(w: proto::Workload) -> Workload {
+    let mut labels: Vec<String> = w
+        .labels
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    labels.sort_unstable();
+    Workload {
+        spiffe_id: w.spiffe_id,
+        namespace: w.namespace,
+        service_account: w.service_account,
+        labels,
     }
-    let type_name = EntityTypeName::from_str(&uid.r#type).map_err(|e| {
-        InvalidField::new(
-            format!("{field}.type"),
-            format!("`{}` is not a valid Cedar entity type: {e}", uid.r#type),
-        )
-    })?;
-    // INVARIANT: EntityId::from_str accepts any string.
-    let id = EntityId::new(&uid.id);
-    Ok(EntityUid::from_type_name_and_id(type_name, id))
 }
 
 fn uid_json(uid: &proto::EntityUid, field: &str) -> Result<Json, InvalidField> {
-    parse_uid(uid, field)?;
-    Ok(json!({"type": uid.r#type, "id": uid.id}))
+    Uid::from(uid).to_json(field)
 }
 
 fn entity_to_json(entity: proto::Entity, field: &str) -> Result<Json, InvalidField> {
@@ -212,29 +181,75 @@ fn value_to_json(value: proto::Value, field: &str) -> Result<Json, InvalidField>
     })
 }
 
-/// `context.workload`: labels become a set of `key=value` strings, because
-/// Cedar records have fixed keys and a schema could not declare arbitrary
-/// pod labels.
-fn workload_to_json(w: proto::Workload) -> Json {
-    let mut labels: Vec<String> = w
-        .labels
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    labels.sort_unstable();
-    json!({
-        "spiffe_id": w.spiffe_id,
-        "namespace": w.namespace,
-        "service_account": w.service_account,
-        "labels": labels,
-    })
-}
-
 impl From<authorizer::PolicyError> for proto::EvaluationError {
     fn from(e: authorizer::PolicyError) -> Self {
         Self {
             policy_id: e.policy_id,
             message: e.message,
+        }
+    }
+}
+
+impl From<Outcome> for proto::AuthorizeResponse {
+    fn from(o: Outcome) -> Self {
+        let decision = if o.decision.allow {
+            proto::Decision::Allow
+        } else {
+            proto::Decision::Deny
+        };
+        Self {
+            decision: decision as i32,
+            determining_policies: o.decision.determining_policies,
+            errors: o.decision.errors.into_iter().map(Into::into).collect(),
+            decision_id: o.decision_id,
+            policy_revision: o.policy_revision,
+            request_id: o.request_id,
+        }
+    }
+}
+
+impl Refusal {
+    /// A `DENY` whose one error says why: how batch and stream items that
+    /// could not be evaluated are answered. `message` is the error as the
+    /// caller reads it.
+    fn into_deny(self, message: String) -> proto::AuthorizeResponse {
+        proto::AuthorizeResponse {
+            decision: proto::Decision::Deny as i32,
+            determining_policies: Vec::new(),
+            errors: vec![proto::EvaluationError {
+                policy_id: String::new(),
+                message,
+            }],
+            decision_id: self.decision_id,
+            policy_revision: self.policy_revision,
+            request_id: self.request_id,
+        }
+    }
+}
+
+/// A batch item's answer: a refused item is a deny that says why.
+pub fn batch_item(answer: Answer) -> proto::AuthorizeResponse {
+    match answer {
+        Ok(outcome) => outcome.into(),
+        Err(refusal) => {
+            let message = refusal.error.message.clone();
+            (*refusal).into_deny(message)
+        }
+    }
+}
+
+/// A stream item's answer: a refused item is a deny naming the status code
+/// a unary call would have failed with.
+pub fn stream_item(answer: Answer) -> proto::AuthorizeResponse {
+    match answer {
+        Ok(outcome) => outcome.into(),
+        Err(refusal) => {
+            let message = format!(
+                "{:?}: {}",
+                super::status::grpc_code(refusal.error.code()),
+                refusal.error.message
+            );
+            (*refusal).into_deny(message)
         }
     }
 }

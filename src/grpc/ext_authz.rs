@@ -4,11 +4,10 @@
 //! the decision log. Every failure answers with a deny: Envoy must never let
 //! a request through because the PDP could not decide.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use cedar_policy::EntityUid;
 use envoy_types::ext_authz::v3::CheckResponseExt;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValueOption, HttpStatus,
@@ -17,15 +16,15 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, header_value_option};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+use serde_json::{Map, Value as Json, json};
 use tonic::{Request, Response, Status};
 
-use super::convert::InvalidField;
-use super::proto::{self, value::Value as V};
-use super::service::AuthorizerService;
-use super::spans;
-use super::status::ApiError;
+use super::rpc::Facts;
 use crate::config::ExtAuthzConfig;
-use crate::identity::{PeerFacts, SpiffeId};
+use crate::identity::SpiffeId;
+use crate::pipeline::{
+    Admission, Context, DecisionRequest, InvalidField, Pipeline, Rejected, Submitted, Uid, span,
+};
 use crate::policy_store::Snapshot;
 
 /// Header carrying the decision id, on allows and denies.
@@ -33,18 +32,18 @@ pub const DECISION_ID_HEADER: &str = "x-cedar-decision-id";
 /// Header carrying the policy revision that decided.
 pub const REVISION_HEADER: &str = "x-cedar-policy-revision";
 
-/// The ext_authz service, sharing the `Authorizer`'s state.
+/// The ext_authz service, over the same pipeline as the `Authorizer`.
 #[derive(Clone, Debug)]
 pub struct ExtAuthzService {
-    inner: AuthorizerService,
+    pipeline: Pipeline,
     mapping: Mapping,
 }
 
 impl ExtAuthzService {
-    /// Answers `Check` with `inner`'s policies, mapped by `config`.
-    pub fn new(inner: AuthorizerService, config: &ExtAuthzConfig) -> Self {
+    /// Answers `Check` through `pipeline`, mapped by `config`.
+    pub fn new(pipeline: Pipeline, config: &ExtAuthzConfig) -> Self {
         Self {
-            inner,
+            pipeline,
             mapping: Mapping::from(config),
         }
     }
@@ -66,35 +65,19 @@ impl From<&ExtAuthzConfig> for Mapping {
     }
 }
 
-fn uid(type_name: &str, id: &str) -> proto::EntityUid {
-    proto::EntityUid {
-        r#type: type_name.to_string(),
-        id: id.to_string(),
-    }
+fn entity(uid: &Uid) -> Json {
+    json!({"__entity": {"type": uid.type_name, "id": uid.id}})
 }
 
-fn value(v: V) -> proto::Value {
-    proto::Value { value: Some(v) }
+fn uid_json(uid: &Uid) -> Json {
+    json!({"type": uid.type_name, "id": uid.id})
 }
 
-fn string(s: &str) -> proto::Value {
-    value(V::StringValue(s.to_string()))
+fn invalid(field: &str, message: impl Into<String>) -> InvalidField {
+    InvalidField::new(field, message)
 }
 
-fn record(fields: impl IntoIterator<Item = (String, proto::Value)>) -> proto::Value {
-    value(V::Record(proto::ValueRecord {
-        fields: fields.into_iter().collect(),
-    }))
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::Field(InvalidField {
-        field: field.to_string(),
-        message: message.into(),
-    })
-}
-
-fn spiffe_of(peer: Option<&Peer>, field: &str) -> Result<Option<SpiffeId>, ApiError> {
+fn spiffe_of(peer: Option<&Peer>, field: &str) -> Result<Option<SpiffeId>, InvalidField> {
     match peer.map(|p| p.principal.as_str()).filter(|p| !p.is_empty()) {
         None => Ok(None),
         Some(principal) => SpiffeId::parse(principal)
@@ -104,14 +87,33 @@ fn spiffe_of(peer: Option<&Peer>, field: &str) -> Result<Option<SpiffeId>, ApiEr
 }
 
 impl Mapping {
-    /// The documented mapping from a `CheckRequest` to an `AuthorizeRequest`.
+    /// The documented mapping from a `CheckRequest` to a decision request.
     /// Entities already loaded from disk are used as they are; the others
     /// are built from the request.
-    fn to_request(
+    fn to_request(&self, check: &CheckRequest, snapshot: &Snapshot) -> Submitted {
+        let request_id = check
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .map(|h| h.id.clone())
+            .unwrap_or_default();
+        self.map(check, snapshot).map_err(|error| {
+            Box::new(Rejected {
+                request: DecisionRequest {
+                    request_id,
+                    ..DecisionRequest::default()
+                },
+                error,
+            })
+        })
+    }
+
+    fn map(
         &self,
         check: &CheckRequest,
         snapshot: &Snapshot,
-    ) -> Result<proto::AuthorizeRequest, ApiError> {
+    ) -> Result<DecisionRequest, InvalidField> {
         let c = &self.config;
         let attrs = check
             .attributes
@@ -132,16 +134,14 @@ impl Mapping {
         };
         let path = path.split('#').next().unwrap_or_default();
         let mut entities = Vec::new();
-        let known = |u: &proto::EntityUid| {
-            EntityTypeName::from_str(&u.r#type).is_ok_and(|t| {
-                let uid = EntityUid::from_type_name_and_id(t, EntityId::new(&u.id));
-                snapshot.entities.get(&uid).is_some()
-            })
+        let known = |u: &Uid| {
+            u.parse("")
+                .is_ok_and(|uid| snapshot.entities.get(&uid).is_some())
         };
 
         let principal = match spiffe_of(attrs.source.as_ref(), "attributes.source.principal")? {
             Some(spiffe) => {
-                let principal = uid(&c.principal_type, &spiffe.id);
+                let principal = Uid::new(&c.principal_type, &spiffe.id);
                 if !known(&principal) {
                     entities.push(self.workload_entity(&principal, &spiffe));
                 }
@@ -152,8 +152,8 @@ impl Mapping {
                     .anonymous
                     .as_ref()
                     .ok_or_else(|| invalid("attributes.source.principal", "is required"))?;
-                uid(
-                    &anonymous.type_name().to_string(),
+                Uid::new(
+                    anonymous.type_name().to_string(),
                     anonymous.id().unescaped(),
                 )
             }
@@ -167,26 +167,20 @@ impl Mapping {
             Some(d) if !d.namespace.is_empty() => format!("{}/{}", d.namespace, d.service_account),
             _ => host_without_port(&http.host).to_string(),
         };
-        let service = uid(&c.service_type, &service_id);
+        let service = Uid::new(&c.service_type, &service_id);
         let resource_id = c
             .resource_id
             .replace("{host}", &http.host)
             .replace("{path}", path)
             .replace("{method}", &http.method)
             .replace("{service}", &service_id);
-        let resource = uid(&c.resource_type, &resource_id);
+        let resource = Uid::new(&c.resource_type, resource_id);
         if !known(&resource) {
-            entities.push(proto::Entity {
-                uid: Some(resource.clone()),
-                attrs: [
-                    ("host".to_string(), string(&http.host)),
-                    ("path".to_string(), string(path)),
-                    ("service".to_string(), value(V::Entity(service.clone()))),
-                ]
-                .into(),
-                parents: vec![service],
-                tags: BTreeMap::new(),
-            });
+            entities.push(json!({
+                "uid": uid_json(&resource),
+                "attrs": {"host": http.host, "path": path, "service": entity(&service)},
+                "parents": [uid_json(&service)],
+            }));
         }
 
         let action_id = c
@@ -198,80 +192,63 @@ impl Mapping {
             })
             .map_or(http.method.as_str(), |r| r.action.as_str());
 
-        let headers = c
+        let headers: Map<String, Json> = c
             .headers
             .iter()
-            .filter_map(|name| http.headers.get(name).map(|v| (name.clone(), string(v))));
-        let mut context: BTreeMap<String, proto::Value> = [
-            ("method".to_string(), string(&http.method)),
-            ("path".to_string(), string(path)),
-            ("query".to_string(), string(query)),
-            ("host".to_string(), string(&http.host)),
-            ("headers".to_string(), record(headers)),
-            (
-                "destination".to_string(),
-                string(destination.as_ref().map_or("", |d| d.id.as_str())),
-            ),
-            (
-                "context_extensions".to_string(),
-                record(
-                    attrs
-                        .context_extensions
-                        .iter()
-                        .map(|(k, v)| (k.clone(), string(v))),
-                ),
-            ),
-        ]
-        .into();
+            .filter_map(|name| http.headers.get(name).map(|v| (name.clone(), json!(v))))
+            .collect();
+        let extensions: Map<String, Json> = attrs
+            .context_extensions
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        let mut context = Map::new();
+        context.insert("method".into(), json!(http.method));
+        context.insert("path".into(), json!(path));
+        context.insert("query".into(), json!(query));
+        context.insert("host".into(), json!(http.host));
+        context.insert("headers".into(), Json::Object(headers));
+        context.insert(
+            "destination".into(),
+            json!(destination.as_ref().map_or("", |d| d.id.as_str())),
+        );
+        context.insert("context_extensions".into(), Json::Object(extensions));
         if let Some(ip) = source_ip(attrs.source.as_ref()) {
             context.insert(
-                "source_ip".to_string(),
-                value(V::Extension(proto::ExtensionValue {
-                    r#fn: "ip".to_string(),
-                    arg: ip.to_string(),
-                })),
+                "source_ip".into(),
+                json!({"__extn": {"fn": "ip", "arg": ip.to_string()}}),
             );
         }
-        Ok(proto::AuthorizeRequest {
+        Ok(DecisionRequest {
             principal: Some(principal),
-            action: Some(uid(&c.action_type, action_id)),
+            action: Some(Uid::new(&c.action_type, action_id)),
             resource: Some(resource),
-            context,
+            context: Context::Record(context),
             entities,
             request_id: http.id.clone(),
-            ..Default::default()
+            ..DecisionRequest::default()
         })
     }
 
     /// A workload named by its SPIFFE ID, in its namespace and trust domain.
-    fn workload_entity(&self, principal: &proto::EntityUid, spiffe: &SpiffeId) -> proto::Entity {
+    fn workload_entity(&self, principal: &Uid, spiffe: &SpiffeId) -> Json {
         let c = &self.config;
-        let trust_domain = uid(&c.trust_domain_type, &spiffe.trust_domain);
-        let mut attrs: BTreeMap<String, proto::Value> = [
-            ("spiffe_id".to_string(), string(&spiffe.id)),
-            (
-                "trust_domain".to_string(),
-                value(V::Entity(trust_domain.clone())),
-            ),
-        ]
-        .into();
-        let mut parents = vec![trust_domain];
+        let trust_domain = Uid::new(&c.trust_domain_type, &spiffe.trust_domain);
+        let mut attrs = Map::new();
+        attrs.insert("spiffe_id".into(), json!(spiffe.id));
+        attrs.insert("trust_domain".into(), entity(&trust_domain));
+        let mut parents = vec![uid_json(&trust_domain)];
         if !spiffe.namespace.is_empty() {
             let namespace_id = c
                 .namespace_id
                 .replace("{trust_domain}", &spiffe.trust_domain)
                 .replace("{namespace}", &spiffe.namespace);
-            let namespace = uid(&c.namespace_type, &namespace_id);
-            attrs.insert("namespace".into(), value(V::Entity(namespace.clone())));
-            attrs.insert("service_account".into(), string(&spiffe.service_account));
-            parents.push(namespace);
+            let namespace = Uid::new(&c.namespace_type, namespace_id);
+            attrs.insert("namespace".into(), entity(&namespace));
+            attrs.insert("service_account".into(), json!(spiffe.service_account));
+            parents.push(uid_json(&namespace));
         }
-        proto::Entity {
-            uid: Some(principal.clone()),
-            attrs,
-            parents,
-            tags: BTreeMap::new(),
-        }
+        json!({"uid": uid_json(principal), "attrs": attrs, "parents": parents})
     }
 }
 
@@ -316,73 +293,67 @@ fn denied(status: u16, headers: Vec<HeaderValueOption>, body: &str) -> CheckResp
     response
 }
 
-impl ExtAuthzService {
-    async fn check_call(
-        &self,
-        request: Request<CheckRequest>,
-        span: &tracing::Span,
-    ) -> Result<CheckResponse, ApiError> {
-        let peer = request.extensions().get::<PeerFacts>().cloned();
-        let call = self
-            .inner
-            .call_info(peer.as_ref(), request.metadata(), span);
-        let snapshot = self.inner.snapshot()?;
-        let authorize = self.mapping.to_request(request.get_ref(), &snapshot)?;
-        let response = self
-            .inner
-            .decide_one(&snapshot, authorize, peer.as_ref(), call, span)
-            .await?;
-        let headers = vec![
-            header(DECISION_ID_HEADER, &response.decision_id),
-            header(REVISION_HEADER, &response.policy_revision),
-        ];
-        Ok(if response.decision == proto::Decision::Allow as i32 {
-            let mut ok = CheckResponse::with_status(Status::ok(""));
-            ok.set_http_response(OkHttpResponse {
-                headers,
-                ..Default::default()
-            });
-            ok
-        } else {
-            denied(
-                self.mapping.config.deny_status,
-                headers,
-                "access denied by policy\n",
-            )
-        })
-    }
-}
-
 #[tonic::async_trait]
 impl Authorization for ExtAuthzService {
     async fn check(
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let metrics = self.inner.metrics();
-        let _inflight = metrics.inflight();
-        let span = spans::authorize(None);
-        spans::continue_trace(&span, request.metadata());
-        let timeout = self.inner.timeout(request.metadata());
-        let call = async {
-            let _permit = self.inner.admit()?;
-            self.check_call(request, &span).await.map_err(Status::from)
+        let rpc = Facts::of(&request).start(&self.pipeline, span::authorize(None));
+        let snapshot = self.pipeline.store().snapshot();
+        let req = match &snapshot {
+            Some(snapshot) => self.mapping.to_request(request.get_ref(), snapshot),
+            // Refused as not ready by the pipeline.
+            None => Ok(DecisionRequest::default()),
         };
-        match self.inner.within(timeout, call).await {
-            Ok(response) => Ok(Response::new(response)),
+        let admission = Admission::Acquire {
+            timeout: rpc.timeout,
+        };
+        let answer = self
+            .pipeline
+            .authorize_on(snapshot, req, &rpc.call, admission)
+            .await;
+        Ok(Response::new(match answer {
+            Ok(outcome) => {
+                let headers = vec![
+                    header(DECISION_ID_HEADER, &outcome.decision_id),
+                    header(REVISION_HEADER, &outcome.policy_revision),
+                ];
+                if outcome.decision.allow {
+                    let mut ok = CheckResponse::with_status(Status::ok(""));
+                    ok.set_http_response(OkHttpResponse {
+                        headers,
+                        ..Default::default()
+                    });
+                    ok
+                } else {
+                    denied(
+                        self.mapping.config.deny_status,
+                        headers,
+                        "access denied by policy\n",
+                    )
+                }
+            }
             // Fail closed: Envoy gets a deny it can apply, not an error it
             // might be configured to let through.
-            Err(status) => {
-                spans::record_failure(&span, &status);
-                metrics.request_error(status.code());
-                tracing::warn!(code = ?status.code(), "ext_authz check denied on error: {}", status.message());
-                Ok(Response::new(denied(
+            Err(refusal) => {
+                tracing::warn!(
+                    reason = refusal.error.reason.as_str(),
+                    decision_id = refusal.decision_id,
+                    "ext_authz check denied on error: {}",
+                    refusal.error.message
+                );
+                let mut headers = vec![header(DECISION_ID_HEADER, &refusal.decision_id)];
+                if !refusal.policy_revision.is_empty() {
+                    headers.push(header(REVISION_HEADER, &refusal.policy_revision));
+                }
+                denied(
                     self.mapping.config.error_status,
-                    Vec::new(),
+                    headers,
                     "authorization error\n",
-                )))
+                )
             }
-        }
+        }))
     }
 }
 

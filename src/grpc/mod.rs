@@ -1,15 +1,13 @@
-//! The gRPC face of cedar-pdp: generated code, the `Authorizer` service, the
-//! proto-to-Cedar conversion and the one mapping from errors to statuses.
+//! The gRPC face of cedar-pdp: generated code, thin `Authorizer` and
+//! ext_authz adapters over the pipeline, one RPC wrapper, and the one
+//! mapping from errors to statuses.
 
-mod audit;
 pub mod convert;
-mod decision_cache;
 mod ext_authz;
-pub mod limits;
 pub mod proto;
+mod rpc;
 mod service;
-mod spans;
 pub mod status;
 
 pub use ext_authz::ExtAuthzService;
-pub use service::{AuthorizerService, ServiceOptions};
+pub use service::AuthorizerService;

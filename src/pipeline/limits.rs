@@ -4,7 +4,7 @@
 
 use serde_json::Value as Json;
 
-use super::convert::InvalidField;
+use super::error::InvalidField;
 use crate::authorizer::Query;
 use crate::config::LimitsConfig;
 

@@ -1,61 +1,34 @@
 //! The `cedar.authorize` spans. Their target is only enabled when spans are
 //! exported, so with export off every call here is a no-op on a disabled span.
 
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tonic::metadata::{KeyRef, MetadataMap};
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::proto;
+use super::error::DecisionError;
+use super::request::{DecisionRequest, Uid};
+use crate::authorizer::Decision;
 use crate::identity::PeerFacts;
 use crate::telemetry::SPAN_TARGET;
 
-struct Metadata<'a>(&'a MetadataMap);
-
-impl Extractor for Metadata<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0
-            .keys()
-            .filter_map(|k| match k {
-                KeyRef::Ascii(k) => Some(k.as_str()),
-                KeyRef::Binary(_) => None,
-            })
-            .collect()
-    }
-}
-
 /// A `cedar.authorize` span; a child of `parent` for batch items, otherwise
-/// a root whose remote parent is set by [`continue_trace`].
+/// a root whose remote parent the front-end sets from the caller's trace.
 pub fn authorize(parent: Option<&Span>) -> Span {
     tracing::info_span!(target: SPAN_TARGET, parent: parent.and_then(Span::id), "cedar.authorize",
         cedar.principal = Empty, cedar.action = Empty, cedar.resource = Empty,
         cedar.decision = Empty, cedar.determining_policies = Empty, cedar.error_count = Empty,
         cedar.policy_revision = Empty, cedar.decision_id = Empty, cedar.request_id = Empty,
         cedar.workload.spiffe_id = Empty, cedar.caller.spiffe_id = Empty, cedar.caller.uid = Empty,
-        cedar.caller.pid = Empty, otel.status_code = Empty, otel.status_message = Empty)
+        cedar.caller.pid = Empty, cedar.error.reason = Empty,
+        otel.status_code = Empty, otel.status_message = Empty)
 }
 
 /// The span of a whole `BatchAuthorize` call.
 pub fn batch() -> Span {
     tracing::info_span!(target: SPAN_TARGET, "cedar.batch_authorize",
-        cedar.batch_size = Empty, cedar.policy_revision = Empty,
+        cedar.batch_size = Empty, cedar.policy_revision = Empty, cedar.error.reason = Empty,
         otel.status_code = Empty, otel.status_message = Empty)
-}
-
-/// Continues the caller's W3C trace, so this span is a child of its span.
-pub fn continue_trace(span: &Span, metadata: &MetadataMap) {
-    if span.is_disabled() {
-        return;
-    }
-    let parent = TraceContextPropagator::new().extract(&Metadata(metadata));
-    let _ = span.set_parent(parent);
 }
 
 /// `(trace_id, span_id)` of an exported span, as lowercase hex.
@@ -69,13 +42,12 @@ pub fn ids(span: &Span) -> Option<(String, String)> {
         .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
 }
 
-fn uid(uid: Option<&proto::EntityUid>) -> String {
-    uid.map(|u| format!("{}::{:?}", u.r#type, u.id))
-        .unwrap_or_default()
+fn uid(uid: Option<&Uid>) -> String {
+    uid.map(Uid::display).unwrap_or_default()
 }
 
 /// Records what was asked.
-pub fn record_request(span: &Span, req: &proto::AuthorizeRequest) {
+pub(super) fn record_request(span: &Span, req: &DecisionRequest) {
     if span.is_disabled() {
         return;
     }
@@ -89,10 +61,10 @@ pub fn record_request(span: &Span, req: &proto::AuthorizeRequest) {
 }
 
 /// Records what the transport proved about the caller.
-pub fn record_peer(span: &Span, peer: Option<&PeerFacts>) {
-    let Some(peer) = peer.filter(|_| !span.is_disabled()) else {
+pub(super) fn record_peer(span: &Span, peer: &PeerFacts) {
+    if span.is_disabled() {
         return;
-    };
+    }
     if let Some(s) = &peer.spiffe {
         span.record("cedar.caller.spiffe_id", s.id.as_str());
     }
@@ -105,23 +77,26 @@ pub fn record_peer(span: &Span, peer: Option<&PeerFacts>) {
 }
 
 /// Records the answer. A deny is not an error.
-pub fn record_response(span: &Span, resp: &proto::AuthorizeResponse) {
+pub(super) fn record_decision(span: &Span, d: &Decision, decision_id: &str, revision: &str) {
     if span.is_disabled() {
         return;
     }
-    let allow = resp.decision == proto::Decision::Allow as i32;
-    span.record("cedar.decision", if allow { "allow" } else { "deny" });
+    span.record("cedar.decision", if d.allow { "allow" } else { "deny" });
     span.record(
         "cedar.determining_policies",
-        resp.determining_policies.join(","),
+        d.determining_policies.join(","),
     );
-    span.record("cedar.error_count", resp.errors.len() as u64);
-    span.record("cedar.policy_revision", resp.policy_revision.as_str());
-    span.record("cedar.decision_id", resp.decision_id.as_str());
+    span.record("cedar.error_count", d.errors.len() as u64);
+    span.record("cedar.policy_revision", revision);
+    span.record("cedar.decision_id", decision_id);
 }
 
 /// Marks the span failed: the request itself could not be evaluated.
-pub fn record_failure(span: &Span, status: &tonic::Status) {
+pub fn record_failure(span: &Span, error: &DecisionError) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("cedar.error.reason", error.reason.as_str());
     span.record("otel.status_code", "error");
-    span.record("otel.status_message", status.message());
+    span.record("otel.status_message", error.message.as_str());
 }

@@ -6,16 +6,39 @@
 
 use std::sync::Arc;
 
-use prost::Message;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
+use serde::Serialize;
 
-use super::proto::AuthorizeRequest;
+use super::request::{Context, DecisionRequest};
 use crate::authorizer::Decision;
 use crate::identity::PeerFacts;
 
 /// Requests whose key is larger than this are not cached.
 const MAX_KEY_BYTES: usize = 16 * 1024;
+
+/// A key under construction: each field tagged and length-prefixed, so no
+/// two different requests encode the same.
+struct Key(Vec<u8>);
+
+impl Key {
+    fn bytes(&mut self, tag: u8, bytes: &[u8]) {
+        self.0.push(tag);
+        self.0
+            .extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn json(&mut self, tag: u8, value: &impl Serialize) -> Option<()> {
+        self.0.push(tag);
+        let at = self.0.len();
+        self.0.extend_from_slice(&[0; 4]);
+        serde_json::to_writer(&mut self.0, value).ok()?;
+        let len = u32::try_from(self.0.len() - at - 4).ok()?;
+        self.0[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        (self.0.len() <= MAX_KEY_BYTES).then_some(())
+    }
+}
 
 #[derive(Clone)]
 struct Bytes;
@@ -59,24 +82,38 @@ impl DecisionCache {
     /// the caller's own request id. `None` when too large to cache.
     pub fn key(
         generation: u64,
-        req: &mut AuthorizeRequest,
+        req: &DecisionRequest,
         caller: Option<&PeerFacts>,
     ) -> Option<Vec<u8>> {
-        let len = req.encoded_len();
-        if len > MAX_KEY_BYTES {
-            return None;
+        let mut key = Key(Vec::with_capacity(256));
+        key.0.extend_from_slice(&generation.to_le_bytes());
+        for uid in [&req.principal, &req.action, &req.resource] {
+            match uid {
+                Some(u) => {
+                    key.bytes(1, u.type_name.as_bytes());
+                    key.bytes(2, u.id.as_bytes());
+                }
+                None => key.0.push(0),
+            }
         }
-        let mut key = Vec::with_capacity(len + 64);
-        key.extend_from_slice(&generation.to_le_bytes());
-        let request_id = std::mem::take(&mut req.request_id);
-        let encoded = req.encode(&mut key);
-        req.request_id = request_id;
-        encoded.ok()?;
+        match &req.context {
+            Context::Json(text) => key.bytes(3, text.as_bytes()),
+            Context::Record(map) => key.json(4, map)?,
+        }
+        key.json(5, &req.entities)?;
+        key.bytes(6, req.entities_json.as_bytes());
+        if let Some(w) = &req.workload {
+            key.bytes(7, w.spiffe_id.as_bytes());
+            key.bytes(8, w.namespace.as_bytes());
+            key.bytes(9, w.service_account.as_bytes());
+            for label in &w.labels {
+                key.bytes(10, label.as_bytes());
+            }
+        }
         if let Some(peer) = caller {
-            key.push(0xff);
-            key.extend_from_slice(peer.to_context().to_string().as_bytes());
+            key.bytes(11, peer.to_context().to_string().as_bytes());
         }
-        Some(key)
+        (key.0.len() <= MAX_KEY_BYTES).then_some(key.0)
     }
 
     /// The cached decision for `key`.

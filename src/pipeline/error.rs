@@ -1,0 +1,294 @@
+//! Why a request got no decision: a stable reason, the status code it maps
+//! to, and a message for the caller. Reasons are metric labels and appear in
+//! decision records, so their names never change.
+
+use std::time::Duration;
+
+use crate::authorizer::AuthorizeError;
+
+/// A request field that cannot be converted or breaks a limit.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}`: {message}")]
+pub struct InvalidField {
+    /// Path of the offending field, e.g. `context.addr`.
+    pub field: String,
+    pub message: String,
+}
+
+impl InvalidField {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Prefixes the field path, e.g. with `requests[3]`.
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.field = format!("{prefix}.{}", self.field);
+        self
+    }
+}
+
+/// The canonical status codes a failure maps to. Named as gRPC names them,
+/// the taxonomy every front-end maps from (gRPC directly, HTTP by table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Code {
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+    ResourceExhausted,
+    DeadlineExceeded,
+    Cancelled,
+    Internal,
+}
+
+impl Code {
+    /// The gRPC name, as records carry it: `INVALID_ARGUMENT`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Self::Cancelled => "CANCELLED",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// The `code` metric label, spelled as it always was: `InvalidArgument`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "InvalidArgument",
+            Self::PermissionDenied => "PermissionDenied",
+            Self::Unavailable => "Unavailable",
+            Self::ResourceExhausted => "ResourceExhausted",
+            Self::DeadlineExceeded => "DeadlineExceeded",
+            Self::Cancelled => "Cancelled",
+            Self::Internal => "Internal",
+        }
+    }
+}
+
+/// The stable reason a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    InvalidRequest,
+    LimitExceeded,
+    InvalidEntities,
+    InvalidContext,
+    SchemaMismatch,
+    BindingMismatch,
+    NotReady,
+    Overloaded,
+    Deadline,
+    Cancelled,
+    Internal,
+}
+
+impl Reason {
+    /// Every reason, in documentation order.
+    pub const ALL: [Reason; 11] = [
+        Self::InvalidRequest,
+        Self::LimitExceeded,
+        Self::InvalidEntities,
+        Self::InvalidContext,
+        Self::SchemaMismatch,
+        Self::BindingMismatch,
+        Self::NotReady,
+        Self::Overloaded,
+        Self::Deadline,
+        Self::Cancelled,
+        Self::Internal,
+    ];
+
+    /// The reason's stable name: a metric label and a record field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::InvalidEntities => "invalid_entities",
+            Self::InvalidContext => "invalid_context",
+            Self::SchemaMismatch => "schema_mismatch",
+            Self::BindingMismatch => "binding_mismatch",
+            Self::NotReady => "not_ready",
+            Self::Overloaded => "overloaded",
+            Self::Deadline => "deadline",
+            Self::Cancelled => "cancelled",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The status code this reason maps to, for every front-end.
+    pub fn code(self) -> Code {
+        match self {
+            Self::InvalidRequest
+            | Self::LimitExceeded
+            | Self::InvalidEntities
+            | Self::InvalidContext
+            | Self::SchemaMismatch => Code::InvalidArgument,
+            Self::BindingMismatch => Code::PermissionDenied,
+            Self::NotReady => Code::Unavailable,
+            Self::Overloaded => Code::ResourceExhausted,
+            Self::Deadline => Code::DeadlineExceeded,
+            Self::Cancelled => Code::Cancelled,
+            Self::Internal => Code::Internal,
+        }
+    }
+}
+
+/// A request that got no decision. The caller must treat it as a deny.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecisionError {
+    pub reason: Reason,
+    /// The request field at fault, for structured error details.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl DecisionError {
+    fn new(reason: Reason, field: Option<String>, message: String) -> Self {
+        Self {
+            reason,
+            field,
+            message,
+        }
+    }
+
+    /// A malformed field.
+    pub fn invalid(f: InvalidField) -> Self {
+        let message = f.to_string();
+        Self::new(Reason::InvalidRequest, Some(f.field), message)
+    }
+
+    /// A field over one of the `limits.*`.
+    pub fn limit(f: InvalidField) -> Self {
+        let message = f.to_string();
+        Self::new(Reason::LimitExceeded, Some(f.field), message)
+    }
+
+    /// A batch with more items than `limits.max_batch_size`.
+    pub fn batch_too_large(len: usize, max: usize) -> Self {
+        Self::new(
+            Reason::LimitExceeded,
+            Some("requests".into()),
+            format!("batch has {len} requests; the limit is {max} (`limits.max_batch_size`)"),
+        )
+    }
+
+    /// No policy set has loaded yet.
+    pub fn not_ready() -> Self {
+        Self::new(Reason::NotReady, None, "no policy set is loaded yet".into())
+    }
+
+    /// Every in-flight slot is taken.
+    pub fn overloaded(max: usize) -> Self {
+        Self::new(
+            Reason::Overloaded,
+            None,
+            format!(
+                "overloaded: {max} calls are already being evaluated (`limits.max_in_flight`); retry with backoff"
+            ),
+        )
+    }
+
+    /// The call's deadline passed before it was decided.
+    pub fn deadline(timeout: Duration) -> Self {
+        Self::new(
+            Reason::Deadline,
+            None,
+            format!(
+                "deadline of {timeout:?} exceeded (`limits.request_timeout` or the client's `grpc-timeout`)"
+            ),
+        )
+    }
+
+    /// The client went away before the decision was made.
+    pub fn cancelled() -> Self {
+        Self::new(
+            Reason::Cancelled,
+            None,
+            "the client cancelled the call before it was decided".into(),
+        )
+    }
+
+    /// A workload asked as someone other than the verified caller.
+    pub fn binding(claimed: &str, verified: &str) -> Self {
+        Self::new(
+            Reason::BindingMismatch,
+            Some("workload.spiffe_id".into()),
+            format!(
+                "`workload.spiffe_id` `{claimed}` is not the verified caller `{verified}`; a workload may only ask for itself (`caller.bind_workload`)"
+            ),
+        )
+    }
+
+    /// Evaluation could not complete: a bug, never an allow.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Reason::Internal, None, message.into())
+    }
+
+    /// The status code of this error.
+    pub fn code(&self) -> Code {
+        self.reason.code()
+    }
+
+    /// The same error about batch item `i`: its field path gains `requests[i]`.
+    pub fn in_item(mut self, i: usize) -> Self {
+        let prefix = format!("requests[{i}]");
+        match self.field.take() {
+            // A field error reads `field`: message; its path gains the prefix.
+            Some(field)
+                if matches!(self.reason, Reason::InvalidRequest | Reason::LimitExceeded)
+                    && self.message.starts_with(&format!("`{field}`: ")) =>
+            {
+                let rest = &self.message[field.len() + 2..];
+                self.message = format!("`{prefix}.{field}`{rest}");
+                self.field = Some(format!("{prefix}.{field}"));
+            }
+            field => {
+                self.message = format!("`{prefix}`: {}", self.message);
+                self.field = field.map(|f| format!("{prefix}.{f}")).or(Some(prefix));
+            }
+        }
+        self
+    }
+}
+
+impl From<AuthorizeError> for DecisionError {
+    fn from(e: AuthorizeError) -> Self {
+        let reason = match e {
+            AuthorizeError::Entities(_) | AuthorizeError::EntityConflict(_) => {
+                Reason::InvalidEntities
+            }
+            AuthorizeError::Context(_) => Reason::InvalidContext,
+            AuthorizeError::Schema(_) => Reason::SchemaMismatch,
+        };
+        Self::new(reason, Some(e.field().to_string()), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_errors_name_their_item() {
+        let e = DecisionError::invalid(InvalidField::new("principal", "is required")).in_item(2);
+        assert_eq!(e.message, "`requests[2].principal`: is required");
+        assert_eq!(e.field.as_deref(), Some("requests[2].principal"));
+        let e = DecisionError::not_ready().in_item(0);
+        assert_eq!(e.message, "`requests[0]`: no policy set is loaded yet");
+    }
+
+    #[test]
+    fn reasons_have_distinct_names() {
+        let mut names: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Reason::ALL.len());
+    }
+}

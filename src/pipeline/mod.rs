@@ -1,0 +1,570 @@
+//! The one decision path, behind every front-end.
+//!
+//! A front-end converts its wire request into a [`DecisionRequest`], hands it
+//! here with the [`Call`] it came on, and converts the [`Answer`] back. The
+//! pipeline owns everything in between, once:
+//! admission (in-flight slots, room in the decision log, the deadline),
+//! caller binding, limits, the decision cache, the server's context
+//! (`workload`, `caller`), evaluation, and the span fields, metrics and
+//! decision record of every outcome, failures included.
+//!
+//! INVARIANT: every request handed in gets exactly one record (when the log
+//! is on) and one metric increment: `cedar_pdp_decisions_total` when it was
+//! decided, `cedar_pdp_request_errors_total{code,reason}` when it was not.
+//!
+//! - [`request`]: the typed request and the call's transport facts.
+//! - [`error`]: stable reasons and the codes they map to.
+//! - [`limits`]: per-request bounds on what a caller may send.
+//! - [`cache`](mod@cache): exact decisions by snapshot generation and request.
+//! - `server_context`: caller binding and the verified caller facts.
+//! - `record`, [`span`]: the decision record and the span fields.
+
+pub mod cache;
+pub mod error;
+pub mod limits;
+mod record;
+pub mod request;
+mod server_context;
+pub mod span;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Span;
+
+use crate::authorizer::{self, Decision};
+use crate::config::Config;
+use crate::decision_log::{DecisionLog, Slots};
+use crate::metrics::Metrics;
+use crate::policy_store::{PolicyStore, Snapshot};
+use cache::DecisionCache;
+pub use error::{Code, DecisionError, InvalidField, Reason};
+use limits::Limits;
+use record::Subject;
+pub use request::{Call, Context, DecisionRequest, Rejected, Submitted, Uid, Workload};
+
+/// How the pipeline bounds and shapes requests; built from the config.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    pub max_batch_size: usize,
+    pub limits: Limits,
+    /// Calls evaluated at once; the rest are shed.
+    pub max_in_flight: usize,
+    pub request_timeout: Duration,
+    /// Context key for verified caller facts; `None` keeps them out.
+    pub caller_key: Option<String>,
+    /// Reject a `workload.spiffe_id` that is not the verified caller's.
+    pub bind_workload: bool,
+    /// Bytes of decisions kept for identical requests; 0 turns it off.
+    pub decision_cache_bytes: u64,
+}
+
+impl PipelineOptions {
+    /// The options `config` asks for.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_batch_size: config.limits.max_batch_size,
+            limits: Limits::from(&config.limits),
+            max_in_flight: config.limits.max_in_flight,
+            request_timeout: config.limits.request_timeout,
+            caller_key: Some(config.caller.context_key.clone()).filter(|k| !k.is_empty()),
+            bind_workload: config.binds_workload(),
+            decision_cache_bytes: config.limits.decision_cache_bytes,
+        }
+    }
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self::from_config(&Config::default())
+    }
+}
+
+/// A decision, with what identifies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub decision: Decision,
+    pub decision_id: String,
+    pub policy_revision: String,
+    pub request_id: String,
+}
+
+/// A request that got no decision, identified as a decision is: the caller
+/// must treat it as a deny.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub error: DecisionError,
+    pub decision_id: String,
+    /// Empty when no policy set was live.
+    pub policy_revision: String,
+    pub request_id: String,
+}
+
+/// What the pipeline says about one request.
+pub type Answer = Result<Outcome, Box<Refusal>>;
+
+/// How a single decision is admitted.
+#[derive(Clone, Copy, Debug)]
+pub enum Admission {
+    /// Take an in-flight slot for this call; give up after `timeout`.
+    Acquire { timeout: Duration },
+    /// The caller already holds a slot (a stream); give up after `timeout`.
+    Held { timeout: Duration },
+}
+
+/// The decision pipeline; cheap to clone, shared by every front-end.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    store: Arc<PolicyStore>,
+    opts: Arc<PipelineOptions>,
+    permits: Arc<Semaphore>,
+    cache: Option<Arc<DecisionCache>>,
+    log: Option<DecisionLog>,
+    metrics: Arc<Metrics>,
+}
+
+fn new_decision_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+impl Pipeline {
+    /// A pipeline over `store`, bounded by `opts`.
+    pub fn new(store: Arc<PolicyStore>, opts: PipelineOptions, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            permits: Arc::new(Semaphore::new(opts.max_in_flight)),
+            cache: DecisionCache::new(opts.decision_cache_bytes).map(Arc::new),
+            opts: Arc::new(opts),
+            log: None,
+            metrics,
+        }
+    }
+
+    /// Records every outcome to `log`.
+    pub fn with_decision_log(mut self, log: DecisionLog) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// The store decisions are made from.
+    pub fn store(&self) -> &PolicyStore {
+        &self.store
+    }
+
+    /// The metrics every outcome is counted in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The configured timeout, or the client's shorter one.
+    pub fn timeout(&self, client: Option<Duration>) -> Duration {
+        client.map_or(self.opts.request_timeout, |t| {
+            t.min(self.opts.request_timeout)
+        })
+    }
+
+    fn admit(&self) -> Result<OwnedSemaphorePermit, DecisionError> {
+        Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| DecisionError::overloaded(self.opts.max_in_flight))
+    }
+
+    fn snapshot(&self) -> Result<Arc<Snapshot>, DecisionError> {
+        self.store.snapshot().ok_or_else(DecisionError::not_ready)
+    }
+
+    /// Room in the decision log for `n` records, waited for until `deadline`.
+    async fn reserve(&self, n: usize, deadline: Instant) -> Result<Option<Slots>, ()> {
+        match &self.log {
+            None => Ok(None),
+            Some(log) => tokio::time::timeout_at(deadline.into(), log.reserve(n))
+                .await
+                .map(Some)
+                .map_err(drop),
+        }
+    }
+
+    /// Holds one in-flight slot for a stream's life; a refusal is recorded.
+    pub fn admit_stream(&self, call: &Call) -> Result<OwnedSemaphorePermit, DecisionError> {
+        self.admit().map_err(|e| {
+            self.refuse(Ok(DecisionRequest::default()), e, call, &call.span, None)
+                .error
+        })
+    }
+
+    /// One decision: admission, then [`Pipeline::decide`]. A call dropped
+    /// before it is decided (the client went away) is recorded as cancelled.
+    pub async fn authorize(&self, req: Submitted, call: &Call, admission: Admission) -> Answer {
+        self.authorize_on(self.store.snapshot(), req, call, admission)
+            .await
+    }
+
+    /// [`Pipeline::authorize`] against `snapshot`, which the front-end took
+    /// to build the request; `None` (nothing loaded) refuses it as not ready.
+    pub async fn authorize_on(
+        &self,
+        snapshot: Option<Arc<Snapshot>>,
+        req: Submitted,
+        call: &Call,
+        admission: Admission,
+    ) -> Answer {
+        let mut pending = Pending {
+            pipeline: self,
+            call,
+            req: Some(req),
+        };
+        let (permit, timeout) = match admission {
+            Admission::Acquire { timeout } => match self.admit() {
+                Ok(p) => (Some(p), timeout),
+                Err(e) => return Err(pending.refuse(e, None)),
+            },
+            Admission::Held { timeout } => (None, timeout),
+        };
+        let Some(snapshot) = snapshot else {
+            return Err(pending.refuse(DecisionError::not_ready(), None));
+        };
+        let deadline = call.started + timeout;
+        let mut slots = match self.reserve(1, deadline).await {
+            Ok(slots) => slots,
+            Err(()) => {
+                return Err(pending.refuse(DecisionError::deadline(timeout), Some(&snapshot)));
+            }
+        };
+        let Some(req) = pending.req.take() else {
+            return Err(pending.refuse(DecisionError::internal("request taken twice"), None));
+        };
+        let answer = self.decide(&snapshot, req, &[], call, &call.span, slots.as_mut());
+        drop(permit);
+        answer
+    }
+
+    /// A batch against one snapshot: each item is decided, or refused on its
+    /// own, in order. When the whole call is refused, every item is recorded
+    /// with the reason, and the error is returned.
+    pub async fn authorize_batch(
+        &self,
+        items: Vec<Submitted>,
+        shared: Result<Vec<Json>, InvalidField>,
+        call: &Call,
+        timeout: Duration,
+    ) -> Result<Vec<Answer>, DecisionError> {
+        let refuse_all = |items: Vec<Submitted>, e: DecisionError, snapshot: Option<&Snapshot>| {
+            for (i, item) in items.into_iter().enumerate() {
+                let span = span::authorize(Some(&call.span));
+                self.refuse(item, e.clone().in_item(i), call, &span, snapshot);
+            }
+            span::record_failure(&call.span, &e);
+            e
+        };
+        if items.len() > self.opts.max_batch_size {
+            let e = DecisionError::batch_too_large(items.len(), self.opts.max_batch_size);
+            return Err(refuse_all(items, e, None));
+        }
+        let permit = match self.admit() {
+            Ok(p) => p,
+            Err(e) => return Err(refuse_all(items, e, None)),
+        };
+        let snapshot = match self.snapshot() {
+            Ok(s) => s,
+            Err(e) => return Err(refuse_all(items, e, None)),
+        };
+        call.span
+            .record("cedar.policy_revision", snapshot.revision.as_str());
+        let shared = match shared.map_err(DecisionError::invalid).and_then(|shared| {
+            if shared.len() > self.opts.limits.max_entities {
+                return Err(DecisionError::limit(InvalidField::new(
+                    "entities",
+                    format!(
+                        "{} shared entities; the limit is {} (`limits.max_entities_per_request`)",
+                        shared.len(),
+                        self.opts.limits.max_entities
+                    ),
+                )));
+            }
+            Ok(shared)
+        }) {
+            Ok(shared) => shared,
+            Err(e) => return Err(refuse_all(items, e, Some(&snapshot))),
+        };
+        let deadline = call.started + timeout;
+        let slots = match self.reserve(items.len(), deadline).await {
+            Ok(slots) => slots,
+            Err(()) => {
+                let e = DecisionError::deadline(timeout);
+                return Err(refuse_all(items, e, Some(&snapshot)));
+            }
+        };
+        // A batch can take milliseconds of CPU: keep it off the async
+        // workers. The work owns its slot and its records, so a call
+        // abandoned by its client still counts and records until it ends.
+        let this = self.clone();
+        let work_call = call.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.decide_batch(
+                &snapshot, items, &shared, &work_call, deadline, timeout, slots,
+            )
+        });
+        match tokio::time::timeout_at(deadline.into(), work).await {
+            Ok(Ok(answers)) => Ok(answers),
+            Ok(Err(e)) => {
+                let e = DecisionError::internal(format!("batch evaluation failed: {e}"));
+                span::record_failure(&call.span, &e);
+                Err(e)
+            }
+            // The remaining items are recorded as past their deadline.
+            Err(_) => {
+                let e = DecisionError::deadline(timeout);
+                span::record_failure(&call.span, &e);
+                Err(e)
+            }
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one batch's whole state")]
+    fn decide_batch(
+        &self,
+        snapshot: &Snapshot,
+        items: Vec<Submitted>,
+        shared: &[Json],
+        call: &Call,
+        deadline: Instant,
+        timeout: Duration,
+        mut slots: Option<Slots>,
+    ) -> Vec<Answer> {
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let span = span::authorize(Some(&call.span));
+                if Instant::now() >= deadline {
+                    let e = DecisionError::deadline(timeout).in_item(i);
+                    return Err(self.fail(snapshot, item, e, call, &span, slots.as_mut()));
+                }
+                self.decide(snapshot, item, shared, call, &span, slots.as_mut())
+                    .map_err(|mut r| {
+                        r.error = r.error.in_item(i);
+                        r
+                    })
+            })
+            .collect()
+    }
+
+    /// Records and counts a request refused before it could be decided.
+    fn refuse(
+        &self,
+        req: Submitted,
+        error: DecisionError,
+        call: &Call,
+        span: &Span,
+        snapshot: Option<&Snapshot>,
+    ) -> Box<Refusal> {
+        let req = match req {
+            Ok(r) => r,
+            Err(rejected) => rejected.request,
+        };
+        span::record_request(span, &req);
+        span::record_peer(span, &call.peer);
+        self.failed(
+            Subject::of(&req),
+            &req.request_id,
+            error,
+            call,
+            span,
+            snapshot,
+            None,
+        )
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "a failure's whole context")]
+    fn failed(
+        &self,
+        subject: Subject,
+        request_id: &str,
+        error: DecisionError,
+        call: &Call,
+        span: &Span,
+        snapshot: Option<&Snapshot>,
+        slots: Option<&mut Slots>,
+    ) -> Box<Refusal> {
+        let decision_id = new_decision_id();
+        span::record_failure(span, &error);
+        self.metrics
+            .request_error(error.code().label(), error.reason.as_str());
+        if let Some(log) = &self.log {
+            let record = subject.failed(&error, &decision_id, call, span, snapshot);
+            match slots {
+                Some(slots) => slots.submit(record),
+                None => log.submit_refusal(record),
+            }
+        }
+        Box::new(Refusal {
+            error,
+            decision_id,
+            policy_revision: snapshot.map(|s| s.revision.clone()).unwrap_or_default(),
+            request_id: request_id.to_string(),
+        })
+    }
+
+    fn fail(
+        &self,
+        snapshot: &Snapshot,
+        item: Submitted,
+        error: DecisionError,
+        call: &Call,
+        span: &Span,
+        slots: Option<&mut Slots>,
+    ) -> Box<Refusal> {
+        let req = match item {
+            Ok(r) => r,
+            Err(rejected) => rejected.request,
+        };
+        span::record_request(span, &req);
+        span::record_peer(span, &call.peer);
+        let subject = Subject::of(&req);
+        self.failed(
+            subject,
+            &req.request_id,
+            error,
+            call,
+            span,
+            Some(snapshot),
+            slots,
+        )
+    }
+
+    /// Decides one admitted request against `snapshot`, and records it.
+    fn decide(
+        &self,
+        snapshot: &Snapshot,
+        req: Submitted,
+        shared: &[Json],
+        call: &Call,
+        span: &Span,
+        mut slots: Option<&mut Slots>,
+    ) -> Answer {
+        // A request that did not convert still faces binding first.
+        let (req, invalid) = match req {
+            Ok(req) => (req, None),
+            Err(rejected) => (rejected.request, Some(rejected.error)),
+        };
+        span::record_request(span, &req);
+        span::record_peer(span, &call.peer);
+        let audit = self.log.is_some();
+        let request_id = req.request_id.clone();
+        let mut subject = audit.then(|| Subject::of(&req));
+        let decided = self.evaluate(snapshot, req, invalid, shared, call, &mut subject);
+        match decided {
+            Ok(decision) => {
+                let decision_id = new_decision_id();
+                span::record_decision(span, &decision, &decision_id, &snapshot.revision);
+                self.metrics
+                    .decision(decision.allow, call.started.elapsed());
+                if let (Some(slots), Some(subject)) = (slots.as_mut(), subject) {
+                    slots.submit(subject.decided(&decision, &decision_id, call, span, snapshot));
+                }
+                Ok(Outcome {
+                    decision,
+                    decision_id,
+                    policy_revision: snapshot.revision.clone(),
+                    request_id,
+                })
+            }
+            Err(error) => {
+                let subject = subject.unwrap_or_else(|| Subject::of(&DecisionRequest::default()));
+                Err(self.failed(
+                    subject,
+                    &request_id,
+                    error,
+                    call,
+                    span,
+                    Some(snapshot),
+                    slots,
+                ))
+            }
+        }
+    }
+
+    /// Binding, limits, cache and evaluation: the decision, or why not.
+    /// Fills `subject`'s context once it is known.
+    fn evaluate(
+        &self,
+        snapshot: &Snapshot,
+        req: DecisionRequest,
+        invalid: Option<InvalidField>,
+        shared: &[Json],
+        call: &Call,
+        subject: &mut Option<Subject>,
+    ) -> Result<Decision, DecisionError> {
+        let opts = &*self.opts;
+        server_context::check_binding(opts.bind_workload, &req, &call.peer)?;
+        opts.limits
+            .check_request_id(&req.request_id)
+            .map_err(DecisionError::limit)?;
+        opts.limits
+            .check_context_json(req.context_json())
+            .map_err(DecisionError::limit)?;
+        if let Some(e) = invalid {
+            return Err(DecisionError::invalid(e));
+        }
+        let caller = call.verified_peer().filter(|_| opts.caller_key.is_some());
+        // Binding and limits first: a cached answer never skips them.
+        let mut cached = None;
+        let mut cache_key = None;
+        if let (Some(cache), true) = (&self.cache, shared.is_empty()) {
+            cache_key = DecisionCache::key(snapshot.generation, &req, caller);
+            cached = cache_key.as_deref().and_then(|k| cache.get(k));
+            if cache_key.is_some() {
+                self.metrics.decision_cache(cached.is_some());
+            }
+        }
+        // Without a record to fill, a hit needs no conversion at all.
+        if let (Some(hit), None) = (&cached, &subject) {
+            return Ok((**hit).clone());
+        }
+        let has_workload = req.workload.is_some();
+        let mut q = req.into_query(shared).map_err(DecisionError::invalid)?;
+        opts.limits.check_query(&q).map_err(DecisionError::limit)?;
+        if let Some(s) = subject.take() {
+            *subject = Some(s.with_context(&q.context, has_workload));
+        }
+        server_context::add_caller(opts.caller_key.as_deref(), &mut q.context, caller)?;
+        if let Some(hit) = cached {
+            return Ok((*hit).clone());
+        }
+        let decision = authorizer::authorize(snapshot, q)?;
+        if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
+            cache.insert(key, Arc::new(decision.clone()));
+        }
+        Ok(decision)
+    }
+}
+
+/// A request admitted but not yet decided. Dropped with the request still
+/// inside (the call's future was dropped), it records the call as cancelled.
+struct Pending<'a> {
+    pipeline: &'a Pipeline,
+    call: &'a Call,
+    req: Option<Submitted>,
+}
+
+impl Pending<'_> {
+    fn refuse(&mut self, error: DecisionError, snapshot: Option<&Snapshot>) -> Box<Refusal> {
+        let req = self
+            .req
+            .take()
+            .unwrap_or_else(|| Ok(DecisionRequest::default()));
+        self.pipeline
+            .refuse(req, error, self.call, &self.call.span, snapshot)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.req.is_some() {
+            self.refuse(DecisionError::cancelled(), None);
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Turns a request and its outcome, or its failure, into a
+//! [`DecisionRecord`]. Only runs when the decision log is on, so the hot path
+//! pays nothing otherwise.
+
+use std::time::SystemTime;
+
+use serde_json::{Map, Value as Json};
+
+use super::error::DecisionError;
+use super::request::{Call, DecisionRequest, Uid};
+use super::span;
+use crate::authorizer::Decision;
+use crate::decision_log::{
+    Caller, DecisionRecord, EntityRef, RECORD_VERSION, RecordError, RecordFailure,
+};
+use crate::policy_store::Snapshot;
+
+/// `00-<trace-id>-<parent-id>-<flags>`; an all-zero trace id is invalid.
+fn trace_id_of(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.trim().split('-');
+    let (_version, trace, parent) = (parts.next()?, parts.next()?, parts.next()?);
+    let valid = trace.len() == 32
+        && parent.len() == 16
+        && trace.bytes().all(|b| b.is_ascii_hexdigit())
+        && trace.bytes().any(|b| b != b'0');
+    valid.then(|| trace.to_ascii_lowercase())
+}
+
+/// The request side of a record, captured before the request is consumed.
+#[derive(Clone, Debug)]
+pub(super) struct Subject {
+    principal: EntityRef,
+    action: EntityRef,
+    resource: EntityRef,
+    request_id: String,
+    context: Json,
+    workload: Json,
+}
+
+fn entity_ref(uid: Option<&Uid>) -> EntityRef {
+    let uid = uid.cloned().unwrap_or_default();
+    EntityRef {
+        type_name: uid.type_name,
+        id: uid.id,
+    }
+}
+
+impl Subject {
+    /// The uids of `req`; the context is filled in once it is converted.
+    pub fn of(req: &DecisionRequest) -> Self {
+        Self {
+            principal: entity_ref(req.principal.as_ref()),
+            action: entity_ref(req.action.as_ref()),
+            resource: entity_ref(req.resource.as_ref()),
+            request_id: req.request_id.clone(),
+            context: Json::Object(Map::new()),
+            workload: req.workload.as_ref().map_or(Json::Null, |w| w.to_json()),
+        }
+    }
+
+    /// Records the converted context; `context.workload` is reported as the
+    /// record's own `workload` field.
+    pub fn with_context(mut self, context: &Map<String, Json>, has_workload: bool) -> Self {
+        let mut context = context.clone();
+        if has_workload {
+            self.workload = context.remove("workload").unwrap_or(Json::Null);
+        }
+        self.context = Json::Object(context);
+        self
+    }
+
+    fn record(
+        self,
+        call: &Call,
+        span: &tracing::Span,
+        decision_id: String,
+        snapshot: Option<&Snapshot>,
+    ) -> DecisionRecord {
+        let (trace_id, span_id) = match span::ids(span) {
+            Some(ids) => ids,
+            None => (
+                call.traceparent
+                    .as_deref()
+                    .and_then(trace_id_of)
+                    .unwrap_or_default(),
+                String::new(),
+            ),
+        };
+        let peer = &call.peer;
+        DecisionRecord {
+            record_version: RECORD_VERSION,
+            decision_id,
+            timestamp: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            trace_id,
+            span_id,
+            request_id: self.request_id,
+            caller: Caller {
+                peer_addr: peer.addr.map(|a| a.to_string()),
+                spiffe_id: peer.spiffe.as_ref().map(|s| s.id.clone()),
+                uid: peer.unix.map(|u| u.uid),
+                gid: peer.unix.map(|u| u.gid),
+                pid: peer.unix.and_then(|u| u.pid),
+            },
+            principal: self.principal,
+            action: self.action,
+            resource: self.resource,
+            context: self.context,
+            workload: self.workload,
+            decision: "deny",
+            determining_policies: Vec::new(),
+            errors: Vec::new(),
+            error: None,
+            policy_revision: snapshot.map(|s| s.revision.clone()).unwrap_or_default(),
+            policy_commit: snapshot.and_then(|s| s.git_commit.as_ref().map(|g| g.id.clone())),
+            policy_generation: snapshot.map_or(0, |s| s.generation),
+            latency_us: u64::try_from(call.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The record of a decision.
+    pub fn decided(
+        self,
+        decision: &Decision,
+        decision_id: &str,
+        call: &Call,
+        span: &tracing::Span,
+        snapshot: &Snapshot,
+    ) -> DecisionRecord {
+        let mut record = self.record(call, span, decision_id.to_string(), Some(snapshot));
+        record.decision = if decision.allow { "allow" } else { "deny" };
+        record.determining_policies = decision.determining_policies.clone();
+        record.errors = decision
+            .errors
+            .iter()
+            .map(|e| RecordError {
+                policy_id: e.policy_id.clone(),
+                message: e.message.clone(),
+            })
+            .collect();
+        record
+    }
+
+    /// The record of a request that got no decision: a deny, with why.
+    pub fn failed(
+        self,
+        error: &DecisionError,
+        decision_id: &str,
+        call: &Call,
+        span: &tracing::Span,
+        snapshot: Option<&Snapshot>,
+    ) -> DecisionRecord {
+        let mut record = self.record(call, span, decision_id.to_string(), snapshot);
+        record.error = Some(RecordFailure {
+            code: error.code().name(),
+            reason: error.reason.as_str(),
+            message: error.message.clone(),
+        });
+        record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_w3c_trace_ids() {
+        assert_eq!(
+            trace_id_of("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id_of("garbage"), None);
+    }
+}

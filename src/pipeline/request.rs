@@ -1,0 +1,279 @@
+//! The typed decision request every front-end converts its wire request
+//! into, and what the transport knows about the call it came in on.
+//!
+//! Conversion is split in two on purpose: a front-end only moves strings and
+//! turns typed values into Cedar JSON (cheap, and enough for the decision
+//! cache's key); parsing uids and JSON text happens in [`DecisionRequest::into_query`],
+//! after binding, limits and the cache, so a cache hit never pays for it.
+
+use std::str::FromStr;
+use std::time::Instant;
+
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use serde_json::{Map, Value as Json, json};
+
+use super::error::InvalidField;
+use crate::authorizer::Query;
+use crate::identity::PeerFacts;
+
+/// An entity uid as the caller sent it; parsed by the pipeline.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Uid {
+    pub type_name: String,
+    pub id: String,
+}
+
+impl Uid {
+    /// A uid of `type_name` and `id`.
+    pub fn new(type_name: impl Into<String>, id: impl Into<String>) -> Self {
+        Self {
+            type_name: type_name.into(),
+            id: id.into(),
+        }
+    }
+
+    /// The Cedar uid; `field` names it in the error.
+    pub fn parse(&self, field: &str) -> Result<EntityUid, InvalidField> {
+        if self.type_name.is_empty() {
+            return Err(InvalidField::new(
+                format!("{field}.type"),
+                "is required, e.g. `User` or `Mesh::Workload`",
+            ));
+        }
+        let type_name = EntityTypeName::from_str(&self.type_name).map_err(|e| {
+            InvalidField::new(
+                format!("{field}.type"),
+                format!("`{}` is not a valid Cedar entity type: {e}", self.type_name),
+            )
+        })?;
+        // INVARIANT: any string is a valid entity id.
+        Ok(EntityUid::from_type_name_and_id(
+            type_name,
+            EntityId::new(&self.id),
+        ))
+    }
+
+    /// `{"type": .., "id": ..}`, checking the type parses.
+    pub fn to_json(&self, field: &str) -> Result<Json, InvalidField> {
+        self.parse(field)?;
+        Ok(json!({"type": self.type_name, "id": self.id}))
+    }
+
+    /// `Type::"id"`, for spans and logs.
+    pub fn display(&self) -> String {
+        format!("{}::{:?}", self.type_name, self.id)
+    }
+}
+
+/// The request's context, before the server adds its own keys.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Context {
+    /// Cedar JSON text (`__entity` / `__extn` escapes allowed), not yet parsed.
+    Json(String),
+    /// Already Cedar JSON, e.g. converted from typed values.
+    Record(Map<String, Json>),
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Self::Record(Map::new())
+    }
+}
+
+/// What a calling workload says about itself. Unverified unless caller
+/// binding ties `spiffe_id` to the verified peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub spiffe_id: String,
+    pub namespace: String,
+    pub service_account: String,
+    /// `key=value`, sorted.
+    pub labels: Vec<String>,
+}
+
+impl Workload {
+    /// `context.workload`: labels are a set of `key=value` strings, because
+    /// Cedar records have fixed keys and a schema could not declare
+    /// arbitrary pod labels.
+    pub fn to_json(&self) -> Json {
+        json!({
+            "spiffe_id": self.spiffe_id,
+            "namespace": self.namespace,
+            "service_account": self.service_account,
+            "labels": self.labels,
+        })
+    }
+}
+
+/// One authorization question, as every front-end hands it to the pipeline.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DecisionRequest {
+    /// `None` when the caller left it out; refused as `is required`.
+    pub principal: Option<Uid>,
+    pub action: Option<Uid>,
+    pub resource: Option<Uid>,
+    pub context: Context,
+    /// Cedar JSON entity objects.
+    pub entities: Vec<Json>,
+    /// A Cedar JSON entity array, not yet parsed; added to `entities`.
+    pub entities_json: String,
+    pub workload: Option<Workload>,
+    /// The caller's own id, echoed back.
+    pub request_id: String,
+}
+
+/// A wire request that could not even be converted: what is known of it, for
+/// its record, and why.
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    pub request: DecisionRequest,
+    pub error: InvalidField,
+}
+
+/// What a front-end submits: a converted request, or the reason it is not one.
+pub type Submitted = Result<DecisionRequest, Box<Rejected>>;
+
+fn uid(uid: Option<&Uid>, field: &str) -> Result<EntityUid, InvalidField> {
+    uid.ok_or_else(|| InvalidField::new(field, "is required"))?
+        .parse(field)
+}
+
+/// Parses a JSON entity array; `field` names it in errors.
+pub fn parse_entities_json(text: &str, field: &str) -> Result<Vec<Json>, InvalidField> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    match serde_json::from_str::<Json>(text) {
+        Ok(Json::Array(items)) => Ok(items),
+        Ok(_) => Err(InvalidField::new(
+            field,
+            "must be a JSON array of Cedar entities",
+        )),
+        Err(e) => Err(InvalidField::new(field, format!("invalid JSON: {e}"))),
+    }
+}
+
+impl DecisionRequest {
+    /// The Cedar query: uids parsed, context JSON parsed, `context.workload`
+    /// set from `workload`, and `shared` (a batch's) entities appended.
+    pub fn into_query(self, shared: &[Json]) -> Result<Query, InvalidField> {
+        let principal = uid(self.principal.as_ref(), "principal")?;
+        let action = uid(self.action.as_ref(), "action")?;
+        let resource = uid(self.resource.as_ref(), "resource")?;
+        let mut context = match self.context {
+            Context::Record(map) => map,
+            Context::Json(text) if text.trim().is_empty() => Map::new(),
+            Context::Json(text) => match serde_json::from_str::<Json>(&text) {
+                Ok(Json::Object(map)) => map,
+                Ok(_) => return Err(InvalidField::new("context_json", "must be a JSON object")),
+                Err(e) => {
+                    return Err(InvalidField::new(
+                        "context_json",
+                        format!("invalid JSON: {e}"),
+                    ));
+                }
+            },
+        };
+        if let Some(workload) = &self.workload {
+            if context.contains_key("workload") {
+                return Err(InvalidField::new(
+                    "context.workload",
+                    "is reserved for the `workload` field; rename the context key",
+                ));
+            }
+            context.insert("workload".to_string(), workload.to_json());
+        }
+        let mut entities = self.entities;
+        entities.extend(parse_entities_json(&self.entities_json, "entities_json")?);
+        entities.extend_from_slice(shared);
+        Ok(Query {
+            principal,
+            action,
+            resource,
+            context,
+            entities,
+        })
+    }
+
+    /// The context text, when it is still unparsed JSON.
+    pub(crate) fn context_json(&self) -> &str {
+        match &self.context {
+            Context::Json(text) => text,
+            Context::Record(_) => "",
+        }
+    }
+}
+
+/// What the transport knows about one call, shared by its decisions.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// The facts the connection proved; default when it proved none.
+    pub peer: PeerFacts,
+    /// The caller's W3C `traceparent`, when it sent one.
+    pub traceparent: Option<String>,
+    /// The span the call's decisions are recorded on.
+    pub span: tracing::Span,
+    pub started: Instant,
+}
+
+impl Call {
+    /// A call from `peer`, recorded on `span`.
+    pub fn new(peer: PeerFacts, traceparent: Option<String>, span: tracing::Span) -> Self {
+        Self {
+            peer,
+            traceparent,
+            span,
+            started: Instant::now(),
+        }
+    }
+
+    /// The peer, when it proved anything beyond its address.
+    pub fn verified_peer(&self) -> Option<&PeerFacts> {
+        Some(&self.peer).filter(|p| p.is_verified())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn request() -> DecisionRequest {
+        DecisionRequest {
+            principal: Some(Uid::new("User", "alice")),
+            action: Some(Uid::new("Action", "read")),
+            resource: Some(Uid::new("Doc", "d")),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut req = request();
+        req.principal = Some(Uid::new("not a type", "x"));
+        assert_eq!(req.into_query(&[]).unwrap_err().field, "principal.type");
+        let mut req = request();
+        req.resource = None;
+        assert_eq!(req.into_query(&[]).unwrap_err().field, "resource");
+        let mut req = request();
+        req.context = Context::Json("[1]".into());
+        assert_eq!(req.into_query(&[]).unwrap_err().field, "context_json");
+        let mut req = request();
+        req.entities_json = "{}".into();
+        assert_eq!(req.into_query(&[]).unwrap_err().field, "entities_json");
+    }
+
+    #[test]
+    fn workload_reaches_context_and_reserves_its_key() {
+        let mut req = request();
+        req.workload = Some(Workload {
+            spiffe_id: "spiffe://td/ns/a/sa/b".into(),
+            labels: vec!["app=web".into()],
+            ..Workload::default()
+        });
+        let q = req.clone().into_query(&[]).unwrap();
+        assert_eq!(q.context["workload"]["labels"], json!(["app=web"]));
+        req.context = Context::Json(r#"{"workload": 1}"#.into());
+        assert_eq!(req.into_query(&[]).unwrap_err().field, "context.workload");
+    }
+}
