@@ -740,7 +740,7 @@ mod tests {
 
     #[test]
     fn readme_reference_is_the_default() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../docs/configuration.md");
         let start = readme.find("```toml\n").unwrap() + "```toml\n".len();
         let end = start + readme[start..].find("```").unwrap();
         assert_eq!(
