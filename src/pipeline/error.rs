@@ -291,4 +291,28 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), Reason::ALL.len());
     }
+
+    /// docs/api.md's error table is the code's mapping, row for row.
+    #[test]
+    fn the_documented_error_table_is_the_mapping() {
+        let doc = include_str!("../../docs/api.md");
+        let rows: Vec<(String, String)> = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("| reason | gRPC code | when |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                (
+                    cells[1].trim_matches('`').to_string(),
+                    cells[2].trim_matches('`').to_string(),
+                )
+            })
+            .collect();
+        let code: Vec<(String, String)> = Reason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_string(), r.code().name().to_string()))
+            .collect();
+        assert_eq!(rows, code);
+    }
 }
