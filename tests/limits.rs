@@ -12,11 +12,6 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cedar_pdp::config::{Config, LogSink, OnFull};
@@ -25,6 +20,7 @@ use cedar_pdp::grpc::proto::value::Value as V;
 use cedar_pdp::grpc::proto::{
     self, AuthorizeRequest, AuthorizeResponse, BatchAuthorizeRequest, Decision,
 };
+use common::stuck_pipe::StuckPipe;
 use common::{TestServer, eventually, http_get, request, test_config, uid};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -751,99 +747,6 @@ async fn batch_size_at_the_edge() {
 // ---------------------------------------------------------------------------
 // Load shedding and deadlines, with a call held deterministically
 // ---------------------------------------------------------------------------
-
-/// Linux's `O_NONBLOCK` (the same on x86-64 and aarch64); the crate forbids
-/// `unsafe`, and `libc` is not a dependency of the tests.
-const O_NONBLOCK: i32 = 0o4000;
-
-/// A named pipe as the decision-log file, full before the server starts, and
-/// read by nobody until [`StuckPipe::drain`]. The log writer blocks on its
-/// first flush, the queue fills, and the next call that needs more queue room
-/// than is left waits in `reserve` while holding its in-flight permit:
-/// a call held for as long as the test wants, through the public API alone.
-struct StuckPipe {
-    path: PathBuf,
-    /// Taken by [`StuckPipe::drain`].
-    reader: Option<File>,
-}
-
-impl Drop for StuckPipe {
-    /// A test that fails while the pipe is stuck must not leave the server's
-    /// log writer blocked forever: the runtime would wait for it on drop.
-    fn drop(&mut self) {
-        if let Some(reader) = self.reader.take() {
-            drop(drain_to_eof(reader));
-        }
-    }
-}
-
-impl StuckPipe {
-    fn new(dir: &Path) -> Self {
-        let path = dir.join("decisions.fifo");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(made.success(), "mkfifo failed");
-        // Non-blocking, so that opening does not wait for a writer.
-        let reader = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(O_NONBLOCK)
-            .open(&path)
-            .unwrap();
-        let mut writer = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(O_NONBLOCK)
-            .open(&path)
-            .unwrap();
-        // Fill it with blank lines (so the records read back still parse),
-        // in pages and then byte by byte.
-        let mut filled = 0;
-        for chunk in [&[b'\n'; 4096][..], &b"\n"[..]] {
-            loop {
-                match writer.write(chunk) {
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("filling the pipe: {e}"),
-                }
-            }
-        }
-        assert!(filled >= 4096, "the pipe took only {filled} bytes");
-        Self {
-            path,
-            reader: Some(reader),
-        }
-    }
-
-    /// Reads the pipe on a thread until every writer has closed it (the
-    /// server stopped); returns everything read.
-    fn drain(mut self) -> JoinHandle<Vec<u8>> {
-        drain_to_eof(self.reader.take().unwrap())
-    }
-}
-
-/// Reads `reader` on a thread until every writer has closed the pipe.
-fn drain_to_eof(mut reader: File) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let mut buf = vec![0; 64 * 1024];
-        let start = Instant::now();
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => return out,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    assert!(
-                        start.elapsed() < Duration::from_secs(120),
-                        "the pipe never closed"
-                    );
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => panic!("reading the pipe: {e}"),
-            }
-        }
-    })
-}
 
 /// Items in a batch that fills the decision-log queue.
 const HOLD_BATCH: usize = 8;

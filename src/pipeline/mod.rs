@@ -235,7 +235,7 @@ impl Pipeline {
         let Some(req) = pending.req.take() else {
             return Err(pending.refuse(DecisionError::internal("request taken twice"), None));
         };
-        let answer = self.decide(&snapshot, req, &[], call, &call.span, slots.as_mut());
+        let answer = self.decide(&snapshot, req, None, call, &call.span, slots.as_mut());
         drop(permit);
         answer
     }
@@ -343,11 +343,8 @@ impl Pipeline {
                     let e = DecisionError::deadline(timeout).in_item(i);
                     return Err(self.fail(snapshot, item, e, call, &span, slots.as_mut()));
                 }
-                self.decide(snapshot, item, shared, call, &span, slots.as_mut())
-                    .map_err(|mut r| {
-                        r.error = r.error.in_item(i);
-                        r
-                    })
+                let batch = Item { shared, index: i };
+                self.decide(snapshot, item, Some(batch), call, &span, slots.as_mut())
             })
             .collect()
     }
@@ -440,7 +437,7 @@ impl Pipeline {
         &self,
         snapshot: &Snapshot,
         req: Submitted,
-        shared: &[Json],
+        item: Option<Item<'_>>,
         call: &Call,
         span: &Span,
         mut slots: Option<&mut Slots>,
@@ -455,7 +452,13 @@ impl Pipeline {
         let audit = self.log.is_some();
         let request_id = req.request_id.clone();
         let mut subject = audit.then(|| Subject::of(&req));
-        let decided = self.evaluate(snapshot, req, invalid, shared, call, &mut subject);
+        let shared = item.map_or(&[][..], |i| i.shared);
+        let decided = self
+            .evaluate(snapshot, req, invalid, shared, call, &mut subject)
+            .map_err(|e| match item {
+                Some(i) => e.in_item(i.index),
+                None => e,
+            });
         match decided {
             Ok(decision) => {
                 let decision_id = new_decision_id();
@@ -540,6 +543,13 @@ impl Pipeline {
         }
         Ok(decision)
     }
+}
+
+/// Where a batch item sits: its index, and the batch's shared entities.
+#[derive(Clone, Copy)]
+struct Item<'a> {
+    shared: &'a [Json],
+    index: usize,
 }
 
 /// A request admitted but not yet decided. Dropped with the request still

@@ -9,6 +9,7 @@
 )]
 
 pub mod binary;
+pub mod stuck_pipe;
 
 use std::future::Future;
 use std::net::SocketAddr;
