@@ -10,6 +10,9 @@
 #   ROUNDS=3          rounds; the targets' order rotates each round
 #   PEERS=../shared/peers   Cerbos, its policy and the equivalent Cedar request
 #   PORT=50061        cedar-pdp's port, and PORT+1 for the uncached one (Cerbos uses 3593)
+#   BASELINE=FILE     another cedar-pdp binary (e.g. the commit before a change), served
+#                     cached on PORT+2 and uncached on PORT+3 and measured in the same
+#                     rounds, as `base-authorize` and `base-uncached`
 # Needs h2load (apt-get install -y nghttp2-client), npm (Cerbos is installed
 # from the npm registry by the peers' start.sh) and python3.
 set -euo pipefail
@@ -37,6 +40,16 @@ printf '[limits]\ndecision_cache_bytes = 0\n' > "$work/uncached.toml"
 "$bin" serve --config "$work/uncached.toml" --policies "$peers/cedar-equivalent" \
     --listen "127.0.0.1:$((port + 1))" --admin-listen "" --log-level warn 2>"$work/uncached.log" &
 pids+=($!)
+ports=("$port" $((port + 1)))
+if [ -n "${BASELINE:-}" ]; then
+    "$BASELINE" serve --policies "$peers/cedar-equivalent" --listen "127.0.0.1:$((port + 2))" \
+        --admin-listen "" --log-level warn 2>"$work/base.log" &
+    pids+=($!)
+    "$BASELINE" serve --config "$work/uncached.toml" --policies "$peers/cedar-equivalent" \
+        --listen "127.0.0.1:$((port + 3))" --admin-listen "" --log-level warn 2>"$work/base-uncached.log" &
+    pids+=($!)
+    ports+=($((port + 2)) $((port + 3)))
+fi
 
 # The same request Cerbos gets, as a gRPC-framed AuthorizeRequest; the
 # health check's body is an empty HealthCheckRequest (five framing bytes).
@@ -52,7 +65,7 @@ open(sys.argv[2] + "/entities.json", "w").write(json.dumps(r["entities"]))
 open(sys.argv[2] + "/args", "w").write("\n".join([uid(r["principal"]), uid(r["action"]), uid(r["resource"])]))
 PY
 mapfile -t uids < "$work/args"
-for p in "$port" $((port + 1)); do
+for p in "${ports[@]}"; do
     deadline=$((SECONDS + 30))
     until out=$("$bin" authorize --addr "127.0.0.1:$p" --principal "${uids[0]}" --action "${uids[1]}" \
             --resource "${uids[2]}" --entities "$work/entities.json" 2>&1); do
@@ -72,6 +85,13 @@ url[uncached]=http://127.0.0.1:$((port + 1))/cedar_pdp.v1.Authorizer/Authorize
 body[uncached]=$work/authorize.bin
 url[health]=http://127.0.0.1:$port/grpc.health.v1.Health/Check
 body[health]=$work/health.bin
+if [ -n "${BASELINE:-}" ]; then
+    targets+=(base-authorize base-uncached)
+    url[base-authorize]=http://127.0.0.1:$((port + 2))/cedar_pdp.v1.Authorizer/Authorize
+    body[base-authorize]=$work/authorize.bin
+    url[base-uncached]=http://127.0.0.1:$((port + 3))/cedar_pdp.v1.Authorizer/Authorize
+    body[base-uncached]=$work/authorize.bin
+fi
 
 echo "h2load ${opts[*]}, $rounds round(s), $(nproc) cores, $(date -u +%FT%TZ)"
 for ((r = 0; r < rounds; r++)); do
@@ -95,13 +115,18 @@ for line in open(sys.argv[1]):
 med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v), sum(r[2] for r in v))
        for k, v in rows.items()}
 print()
-for k in ("cerbos", "authorize", "uncached", "health"):
+targets = [k for k in ("cerbos", "authorize", "uncached", "health", "base-authorize", "base-uncached") if k in med]
+for k in targets:
     rps, mean, failed = med[k]
-    print(f"{k:9s} median req/s={rps:10.0f}  median mean latency={mean*1000:8.0f}us  failed={failed}")
+    print(f"{k:14s} median req/s={rps:10.0f}  median mean latency={mean*1000:8.0f}us  failed={failed}")
 c, h = med["cerbos"], med["health"]
 print()
-for k in ("authorize", "uncached"):
+for k in [t for t in targets if t not in ("cerbos", "health")]:
     a = med[k]
-    print(f"{k:9s} throughput: / Cerbos = {a[0]/c[0]:.2f}x   / health ceiling = {a[0]/h[0]:.2f}"
+    print(f"{k:14s} throughput: / Cerbos = {a[0]/c[0]:.2f}x   / health ceiling = {a[0]/h[0]:.2f}"
           f"   mean latency: / health ceiling = {a[1]/h[1]:.2f}x   / Cerbos = {a[1]/c[1]:.2f}")
+for k in ("authorize", "uncached"):
+    if "base-" + k in med:
+        a, b = med[k], med["base-" + k]
+        print(f"{k:14s} / base-{k}: throughput {a[0]/b[0]:.2f}x   mean latency {a[1]/b[1]:.2f}x")
 PY

@@ -8,11 +8,16 @@
 )]
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use cedar_pdp::authorizer;
 use cedar_pdp::grpc::convert::query_from_request;
 use cedar_pdp::grpc::proto;
-use cedar_pdp::policy_store::{LoadOptions, build, read_dir};
+use cedar_pdp::grpc::convert::decision_request;
+use cedar_pdp::metrics::Metrics;
+use cedar_pdp::pipeline::{Admission, Call, Pipeline, PipelineOptions};
+use cedar_pdp::policy_store::{LoadOptions, PolicyStore, build, read_dir};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn uid(t: &str, id: &str) -> Option<proto::EntityUid> {
@@ -41,6 +46,27 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let q = query_from_request(example_req.clone(), &[]).unwrap();
             authorizer::authorize(&example, q).unwrap()
+        });
+    });
+
+    // The whole pipeline (admission, limits, cache off, span and metrics,
+    // no decision log) around the same conversion and evaluation.
+    let store = Arc::new(PolicyStore::new(root.join("policies"), options.clone()));
+    store.reload().unwrap();
+    let opts = PipelineOptions {
+        decision_cache_bytes: 0,
+        ..PipelineOptions::default()
+    };
+    let pipeline = Pipeline::new(store, opts, Arc::new(Metrics::new()));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let admission = Admission::Acquire {
+        timeout: Duration::from_secs(1),
+    };
+    c.bench_function("pipeline/example_call_uncached", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let call = Call::new(Default::default(), None, tracing::Span::none());
+            let req = decision_request(example_req.clone());
+            pipeline.authorize(req, &call, admission).await.unwrap()
         });
     });
 

@@ -189,8 +189,8 @@ impl Pipeline {
     /// Holds one in-flight slot for a stream's life; a refusal is recorded.
     pub fn admit_stream(&self, call: &Call) -> Result<OwnedSemaphorePermit, DecisionError> {
         self.admit().map_err(|e| {
-            self.refuse(Ok(DecisionRequest::default()), e, call, &call.span, None)
-                .error
+            let at = At::refused(call, &call.span, None);
+            self.refuse(Ok(DecisionRequest::default()), e, at).error
         })
     }
 
@@ -253,7 +253,7 @@ impl Pipeline {
         let refuse_all = |items: Vec<Submitted>, e: DecisionError, snapshot: Option<&Snapshot>| {
             for (i, item) in items.into_iter().enumerate() {
                 let span = span::authorize(Some(&call.span));
-                self.refuse(item, e.clone().in_item(i), call, &span, snapshot);
+                self.refuse(item, e.clone().in_item(i), At::refused(call, &span, snapshot));
             }
             span::record_failure(&call.span, &e);
             e
@@ -341,7 +341,13 @@ impl Pipeline {
                 let span = span::authorize(Some(&call.span));
                 if Instant::now() >= deadline {
                     let e = DecisionError::deadline(timeout).in_item(i);
-                    return Err(self.fail(snapshot, item, e, call, &span, slots.as_mut()));
+                    let at = At {
+                        call,
+                        span: &span,
+                        snapshot: Some(snapshot),
+                        slots: slots.as_mut(),
+                    };
+                    return Err(self.refuse(item, e, at));
                 }
                 let batch = Item { shared, index: i };
                 self.decide(snapshot, item, Some(batch), call, &span, slots.as_mut())
@@ -349,50 +355,32 @@ impl Pipeline {
             .collect()
     }
 
-    /// Records and counts a request refused before it could be decided.
-    fn refuse(
-        &self,
-        req: Submitted,
-        error: DecisionError,
-        call: &Call,
-        span: &Span,
-        snapshot: Option<&Snapshot>,
-    ) -> Box<Refusal> {
+    /// Records and counts a request that got no decision.
+    fn refuse(&self, req: Submitted, error: DecisionError, at: At<'_, '_>) -> Box<Refusal> {
         let req = match req {
             Ok(r) => r,
             Err(rejected) => rejected.request,
         };
-        span::record_request(span, &req);
-        span::record_peer(span, &call.peer);
-        self.failed(
-            Subject::of(&req),
-            &req.request_id,
-            error,
-            call,
-            span,
-            snapshot,
-            None,
-        )
+        span::record_request(at.span, &req);
+        span::record_peer(at.span, &at.call.peer);
+        let subject = self.log.as_ref().map(|_| Subject::of(&req));
+        self.failed(subject, req.request_id, error, at)
     }
 
-    #[expect(clippy::too_many_arguments, reason = "a failure's whole context")]
     fn failed(
         &self,
-        subject: Subject,
-        request_id: &str,
+        subject: Option<Subject>,
+        request_id: String,
         error: DecisionError,
-        call: &Call,
-        span: &Span,
-        snapshot: Option<&Snapshot>,
-        slots: Option<&mut Slots>,
+        at: At<'_, '_>,
     ) -> Box<Refusal> {
         let decision_id = new_decision_id();
-        span::record_failure(span, &error);
+        span::record_failure(at.span, &error);
         self.metrics
             .request_error(error.code().label(), error.reason.as_str());
-        if let Some(log) = &self.log {
-            let record = subject.failed(&error, &decision_id, call, span, snapshot);
-            match slots {
+        if let (Some(log), Some(subject)) = (&self.log, subject) {
+            let record = subject.failed(&error, &decision_id, at.call, at.span, at.snapshot);
+            match at.slots {
                 Some(slots) => slots.submit(record),
                 None => log.submit_refusal(record),
             }
@@ -400,36 +388,9 @@ impl Pipeline {
         Box::new(Refusal {
             error,
             decision_id,
-            policy_revision: snapshot.map(|s| s.revision.clone()).unwrap_or_default(),
-            request_id: request_id.to_string(),
+            policy_revision: at.snapshot.map(|s| s.revision.clone()).unwrap_or_default(),
+            request_id,
         })
-    }
-
-    fn fail(
-        &self,
-        snapshot: &Snapshot,
-        item: Submitted,
-        error: DecisionError,
-        call: &Call,
-        span: &Span,
-        slots: Option<&mut Slots>,
-    ) -> Box<Refusal> {
-        let req = match item {
-            Ok(r) => r,
-            Err(rejected) => rejected.request,
-        };
-        span::record_request(span, &req);
-        span::record_peer(span, &call.peer);
-        let subject = Subject::of(&req);
-        self.failed(
-            subject,
-            &req.request_id,
-            error,
-            call,
-            span,
-            Some(snapshot),
-            slots,
-        )
     }
 
     /// Decides one admitted request against `snapshot`, and records it.
@@ -476,16 +437,13 @@ impl Pipeline {
                 })
             }
             Err(error) => {
-                let subject = subject.unwrap_or_else(|| Subject::of(&DecisionRequest::default()));
-                Err(self.failed(
-                    subject,
-                    &request_id,
-                    error,
+                let at = At {
                     call,
                     span,
-                    Some(snapshot),
+                    snapshot: Some(snapshot),
                     slots,
-                ))
+                };
+                Err(self.failed(subject, request_id, error, at))
             }
         }
     }
@@ -545,6 +503,27 @@ impl Pipeline {
     }
 }
 
+/// Where an outcome is recorded: the call, its span, the snapshot that
+/// judged it (if one was live) and the log room reserved for it (if any).
+struct At<'a, 'b> {
+    call: &'a Call,
+    span: &'a Span,
+    snapshot: Option<&'a Snapshot>,
+    slots: Option<&'b mut Slots>,
+}
+
+impl<'a> At<'a, '_> {
+    /// A refusal before any log room was reserved.
+    fn refused(call: &'a Call, span: &'a Span, snapshot: Option<&'a Snapshot>) -> Self {
+        Self {
+            call,
+            span,
+            snapshot,
+            slots: None,
+        }
+    }
+}
+
 /// Where a batch item sits: its index, and the batch's shared entities.
 #[derive(Clone, Copy)]
 struct Item<'a> {
@@ -566,8 +545,8 @@ impl Pending<'_> {
             .req
             .take()
             .unwrap_or_else(|| Ok(DecisionRequest::default()));
-        self.pipeline
-            .refuse(req, error, self.call, &self.call.span, snapshot)
+        let at = At::refused(self.call, &self.call.span, snapshot);
+        self.pipeline.refuse(req, error, at)
     }
 }
 
