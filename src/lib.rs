@@ -17,6 +17,7 @@
 //! - [`telemetry`]: log output setup.
 //! - [`transport`]: TCP, Unix socket and reloading TLS listeners, and the peer facts they prove.
 //! - [`identity`]: SPIFFE IDs and the caller facts handed to policies.
+//! - [`error_chain`]: an error with its sources, as one line.
 
 pub mod admin;
 pub mod app;
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod decision_log;
+pub mod error_chain;
 pub mod grpc;
 pub mod identity;
 pub mod metrics;

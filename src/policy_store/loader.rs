@@ -658,7 +658,7 @@ fn first_offset(diag: &(impl Diagnostic + ?Sized)) -> Option<usize> {
 }
 
 fn render_diagnostic(diag: &(impl Diagnostic + 'static)) -> String {
-    let mut message = crate::authorizer::chain(diag);
+    let mut message = crate::error_chain::chain(diag);
     if let Some(related) = diag.related() {
         for r in related {
             message.push_str("; ");
