@@ -20,6 +20,7 @@ use crate::grpc::proto::{self, authorizer_server::AuthorizerServer};
 use crate::grpc::{AuthorizerService, ExtAuthzService, ServiceOptions};
 use crate::metrics::Metrics;
 use crate::policy_store::{LoadError, LoadOptions, PolicyStore, WatchOptions, spawn_watcher};
+use crate::policy_tests;
 use crate::transport::{self, Listener, ReloadingTls, TlsAccept, TlsError};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 
@@ -69,7 +70,7 @@ impl App {
                     validate_policies: config.validation.policies,
                 },
             )
-            .require_tests(config.reload.require_tests),
+            .test_gate(config.reload.require_tests.then(policy_tests::gate)),
         );
         store.reload().map_err(|source| AppError::InitialLoad {
             dir: config.policies.display().to_string(),
