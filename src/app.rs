@@ -21,6 +21,7 @@ use crate::grpc::{AuthorizerService, ExtAuthzService};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::policy_store::{LoadError, LoadOptions, PolicyStore, WatchOptions, spawn_watcher};
+use crate::policy_tests;
 use crate::state_metrics::StateCollector;
 use crate::transport::{self, Listener, ReloadingTls, TlsAccept, TlsError};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -71,7 +72,7 @@ impl App {
                     validate_policies: config.validation.policies,
                 },
             )
-            .require_tests(config.reload.require_tests),
+            .test_gate(config.reload.require_tests.then(policy_tests::gate)),
         );
         store.reload().map_err(|source| AppError::InitialLoad {
             dir: config.policies.display().to_string(),

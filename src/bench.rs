@@ -1,18 +1,17 @@
-//! `cedar-pdp bench`: a load client. It sends one request, read from a JSON
-//! file, over `--connections` HTTP/2 connections with `--concurrency` calls
-//! in flight on each, for a duration or a count, and prints throughput and a
-//! latency summary from an HDR histogram.
+//! The load generator behind `cedar-pdp bench`: it sends one request, read
+//! from a JSON file, over several HTTP/2 connections with several calls in
+//! flight on each, for a duration or a count, and summarises throughput and
+//! latency with an HDR histogram.
 //!
-//! `--emit-h2load-body` instead writes the request as a gRPC-framed body, so
-//! h2load can send the same request (see `shared/peers/h2load-grpc.sh`).
+//! [`grpc_frame`] writes the request as a gRPC-framed body instead, so h2load
+//! can send the same request (see `shared/peers/h2load-grpc.sh`).
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::{Args, ValueEnum};
+use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use prost::Message;
 use serde::Deserialize;
@@ -21,38 +20,28 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::grpc::proto::{self, authorizer_client::AuthorizerClient};
 
-/// Flags of `bench`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
+/// What a load run sends, over how many connections, until when.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
     /// Server address, `host:port` or a URL.
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    addr: String,
-    /// The request: a JSON object with `principal`, `action`, `resource`
-    /// (each `{"type", "id"}`), and optional `context` and `entities`.
-    #[arg(long, value_name = "FILE")]
-    request: PathBuf,
-    /// HTTP/2 connections to open.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    connections: u32,
-    /// Calls in flight on each connection.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    concurrency: u32,
-    /// How long to send for, e.g. `10s` [default: 10s].
-    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "requests")]
-    duration: Option<Duration>,
-    /// How many calls to send in total, instead of `--duration`.
-    #[arg(long)]
-    requests: Option<u64>,
-    /// Which RPC to call.
-    #[arg(long, value_enum, default_value_t = Mode::Unary)]
-    mode: Mode,
+    pub addr: String,
+    /// HTTP/2 connections to open; at least 1.
+    pub connections: u32,
+    /// Calls in flight on each connection; at least 1.
+    pub concurrency: u32,
+    pub stop: Stop,
+    pub mode: Mode,
     /// Copies of the request in each `BatchAuthorize` call.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    batch_size: u32,
-    /// Write the request as a gRPC-framed `AuthorizeRequest` body for h2load
-    /// to FILE, and exit without sending anything.
-    #[arg(long, value_name = "FILE")]
-    emit_h2load_body: Option<PathBuf>,
+    pub batch_size: u32,
+}
+
+/// When a run stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// After this long.
+    After(Duration),
+    /// After this many calls in total.
+    Calls(u64),
 }
 
 /// The RPC a bench calls.
@@ -213,49 +202,26 @@ enum Limit {
     Count(u64),
 }
 
-/// Runs the command and maps the outcome to an exit code: 0 when every call
-/// succeeded, 1 otherwise.
-pub fn main(args: BenchArgs) -> ExitCode {
-    match run_cli(args) {
-        Ok(Some(summary)) => {
-            println!("{summary}");
-            if summary.errors == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Ok(None) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cedar-pdp: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run_cli(args: BenchArgs) -> Result<Option<Summary>, BenchError> {
-    let request = read_request(&args.request)?;
-    if let Some(path) = &args.emit_h2load_body {
-        std::fs::write(path, grpc_frame(&request)).map_err(|source| BenchError::Write {
-            path: path.clone(),
-            source,
-        })?;
-        println!("wrote {}", path.display());
-        return Ok(None);
-    }
+/// Runs `spec` with `request` on a runtime of its own, until it stops.
+pub fn run_blocking(
+    spec: &LoadSpec,
+    request: proto::AuthorizeRequest,
+) -> Result<Summary, BenchError> {
     let runtime = tokio::runtime::Runtime::new().map_err(BenchError::Runtime)?;
-    runtime.block_on(run(&args, request)).map(Some)
+    runtime.block_on(run(spec, request))
 }
 
-async fn run(args: &BenchArgs, request: proto::AuthorizeRequest) -> Result<Summary, BenchError> {
-    let url = if args.addr.contains("://") {
-        args.addr.clone()
+/// Runs `spec` with `request` until it stops. A failed call is counted, not
+/// an error; only a connection that cannot be opened is.
+pub async fn run(spec: &LoadSpec, request: proto::AuthorizeRequest) -> Result<Summary, BenchError> {
+    let url = if spec.addr.contains("://") {
+        spec.addr.clone()
     } else {
-        format!("http://{}", args.addr)
+        format!("http://{}", spec.addr)
     };
     // One channel per connection: a tonic `Channel` is one HTTP/2 connection.
     let mut channels = Vec::new();
-    for _ in 0..args.connections {
+    for _ in 0..spec.connections {
         let channel = Endpoint::from_shared(url.clone())
             .map(|e| e.connect_timeout(Duration::from_secs(5)))
             .map_err(|source| BenchError::Connect {
@@ -270,25 +236,25 @@ async fn run(args: &BenchArgs, request: proto::AuthorizeRequest) -> Result<Summa
             })?;
         channels.push(channel);
     }
-    let batch_size = match args.mode {
+    let batch_size = match spec.mode {
         Mode::Unary | Mode::Stream => 1,
-        Mode::Batch => args.batch_size,
+        Mode::Batch => spec.batch_size,
     };
     let batch = proto::BatchAuthorizeRequest {
         requests: vec![request.clone(); batch_size as usize],
         ..Default::default()
     };
     let started = Instant::now();
-    let limit = match (args.requests, args.duration) {
-        (Some(n), _) => Limit::Count(n),
-        (None, d) => Limit::Until(started + d.unwrap_or(Duration::from_secs(10))),
+    let limit = match spec.stop {
+        Stop::Calls(n) => Limit::Count(n),
+        Stop::After(d) => Limit::Until(started + d),
     };
     let issued = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
     for channel in &channels {
-        if args.mode == Mode::Stream {
+        if spec.mode == Mode::Stream {
             let client = AuthorizerClient::new(channel.clone());
-            let window = args.concurrency as usize;
+            let window = spec.concurrency as usize;
             workers.spawn(stream_worker(
                 client,
                 request.clone(),
@@ -298,10 +264,10 @@ async fn run(args: &BenchArgs, request: proto::AuthorizeRequest) -> Result<Summa
             ));
             continue;
         }
-        for _ in 0..args.concurrency {
+        for _ in 0..spec.concurrency {
             let worker = Worker {
                 client: AuthorizerClient::new(channel.clone()),
-                mode: args.mode,
+                mode: spec.mode,
                 request: request.clone(),
                 batch: batch.clone(),
                 limit,

@@ -1,5 +1,9 @@
 //! The config file (TOML). Every command-line flag has a key here; flags win.
-//! [`Config::validate`] reports every problem at once.
+//!
+//! [`Config::read`] only parses, so that flags can still change a key (a bad
+//! `listen` in the file is fixed by `--listen`); then [`Config::settings`]
+//! checks everything once, reporting every problem together, and returns the
+//! typed [`Settings`] the server starts from.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -432,14 +436,55 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
+/// A config whose every key was checked, with what the server starts from
+/// in its own types; see [`Config::settings`].
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The checked config, flags applied.
+    pub config: Config,
+    pub listen: ListenAddr,
+    /// `None` when `admin_listen` is empty (the admin listener is off).
+    pub admin_listen: Option<SocketAddr>,
+    /// File mode of the socket when `listen` is a Unix socket.
+    pub unix_socket_mode: u32,
+}
+
 impl Config {
-    /// Reads and validates a TOML config file.
-    pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads a TOML config file without checking its values: flags may still
+    /// override them. Unknown keys and wrong types are errors already.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        text.parse()
+        Self::from_toml(&text)
+    }
+
+    /// Parses TOML without checking its values; see [`Config::read`].
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Checks every key, once the flags have applied, and returns the typed
+    /// settings.
+    pub fn settings(self) -> Result<Settings, ConfigError> {
+        self.validate()?;
+        let listen = self.listen_addr()?;
+        let admin_listen = match self.admin_listen.as_str() {
+            "" => None,
+            addr => Some(addr.parse().map_err(|e| {
+                ConfigError::Invalid(vec![format!("`admin_listen`: `{addr}`: {e}")])
+            })?),
+        };
+        let unix_socket_mode = self
+            .unix_socket_mode()
+            .map_err(|p| ConfigError::Invalid(vec![p]))?;
+        Ok(Settings {
+            config: self,
+            listen,
+            admin_listen,
+            unix_socket_mode,
+        })
     }
 
     /// The parsed listen address.
@@ -679,11 +724,12 @@ impl Config {
     }
 }
 
+/// A whole config with no flags to apply: parsed and checked.
 impl FromStr for Config {
     type Err = ConfigError;
 
     fn from_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text)?;
+        let config = Self::from_toml(text)?;
         config.validate()?;
         Ok(config)
     }
@@ -747,6 +793,24 @@ mod tests {
             readme[start..end].parse::<Config>().unwrap(),
             Config::default()
         );
+    }
+
+    #[test]
+    fn values_are_checked_only_when_settings_are_taken() {
+        let mut config = Config::from_toml("listen = \"nope\"\nadmin_listen = \"\"\n").unwrap();
+        assert!(matches!(
+            config.clone().settings(),
+            Err(ConfigError::Invalid(p)) if p.len() == 1 && p[0].contains("`listen`: `nope`")
+        ));
+        // As a `--listen` flag does.
+        config.listen = "127.0.0.1:7".to_string();
+        let settings = config.settings().unwrap();
+        assert_eq!(
+            settings.listen,
+            ListenAddr::Tcp("127.0.0.1:7".parse().unwrap())
+        );
+        assert_eq!(settings.admin_listen, None);
+        assert_eq!(settings.unix_socket_mode, 0o660);
     }
 
     #[test]

@@ -1,34 +1,34 @@
 //! cedar-pdp: a Cedar policy decision point that runs as a sidecar.
 //!
 //! # Layout
-//! - [`cli`]: command-line parsing and the subcommands' entry points.
-//! - [`config`]: the TOML config file, merged with flags, and its validation.
+//! - [`cmd`]: the binary: command-line parsing, one file per subcommand, exit codes.
+//! - [`config`]: the TOML config file, merged with flags, then checked once into settings.
 //! - [`admin`]: the admin HTTP listener: metrics, liveness, readiness.
 //! - [`app`]: composition: config -> policy store -> gRPC services -> listener.
-//! - [`policy_format`]: `cedar-pdp fmt`, with the Cedar project's formatter.
-//! - [`policy_store`]: the only reader of policy files; loads, watches and swaps snapshots.
+//! - [`policy_store`]: the only reader of the policy directory; loads, watches and swaps snapshots.
 //! - [`policy_tests`]: policy test files, run by `cedar-pdp test` and the reload gate.
+//! - [`policy_format`]: formatting policy files with the Cedar project's formatter.
 //! - [`authorizer`]: pure evaluation of one request against one snapshot.
 //! - [`pipeline`]: the one decision path behind every front-end: admission, binding, limits,
 //!   cache, server context, evaluation, spans, metrics and the decision record.
 //! - [`grpc`]: generated code, thin Authorizer and ext_authz adapters, the one Status mapping.
 //! - [`metrics`]: Prometheus metrics, read by the admin listener; a leaf.
 //! - [`state_metrics`]: scrape-time metrics read from the policy store and the decision log.
-//! - [`client`]: the `cedar-pdp authorize` client.
-//! - [`bench`]: the `cedar-pdp bench` load client.
+//! - [`bench`]: the load generator behind `cedar-pdp bench`.
 //! - [`decision_log`]: the only writer of decision records; a bounded queue and a writer thread.
 //! - [`telemetry`]: log output setup.
 //! - [`transport`]: TCP, Unix socket and reloading TLS listeners, and the peer facts they prove.
 //! - [`identity`]: SPIFFE IDs and the caller facts handed to policies.
+//! - [`error_chain`]: an error with its sources, as one line.
 
 pub mod admin;
 pub mod app;
 pub mod authorizer;
 pub mod bench;
-pub mod cli;
-pub mod client;
+pub mod cmd;
 pub mod config;
 pub mod decision_log;
+pub mod error_chain;
 pub mod grpc;
 pub mod identity;
 pub mod metrics;

@@ -1,5 +1,5 @@
 //! The `cedar-pdp` binary: everything lives in the library.
 
 fn main() -> std::process::ExitCode {
-    cedar_pdp::cli::main()
+    cedar_pdp::cmd::main()
 }

@@ -224,6 +224,43 @@ fn bad_config_exits_64_with_a_clear_message() {
     }
 }
 
+#[test]
+fn listen_flag_overrides_a_bad_listen_in_the_config_file() {
+    let dir = good_dir();
+    let work = TempDir::new().unwrap();
+    let config = write(
+        work.path(),
+        "bad-listen.toml",
+        "listen = \"nope\"\nadmin_listen = \"\"\n",
+    );
+    // The file alone is refused...
+    let mut cmd = bin();
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .arg("--policies")
+        .arg(dir.path());
+    let ran = run(cmd);
+    assert_eq!(ran.code(), Some(64), "{ran:?}");
+    assert!(
+        ran.stderr.contains("`listen`: `nope` is not an address"),
+        "{ran:?}"
+    );
+    // ...but flags apply before the config is checked, so `--listen` (which
+    // `Served::start` passes, on a free loopback port) fixes it.
+    let mut served = Served::start(
+        dir.path(),
+        &["--config", config.to_str().unwrap()],
+        DEADLINE,
+    );
+    let ran = served.authorize(&args(&who(
+        r#"User::"alice""#,
+        r#"Action::"view""#,
+        r#"Photo::"p""#,
+    )));
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(served.terminate().success(), "{}", served.log());
+}
+
 fn who(principal: &str, action: &str, resource: &str) -> Vec<String> {
     vec![
         "--principal".into(),

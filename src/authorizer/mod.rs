@@ -6,6 +6,7 @@ use cedar_policy::{
     Context, ContextJsonError, Entities, EntityUid, Request, RequestValidationError,
 };
 
+use crate::error_chain::chain;
 use crate::policy_store::{Snapshot, Target};
 
 mod request_entities;
@@ -54,22 +55,6 @@ pub enum AuthorizeError {
     Context(#[source] Box<ContextJsonError>),
     #[error("request does not match the schema: {}", chain(.0.as_ref()))]
     Schema(#[source] Box<RequestValidationError>),
-}
-
-/// An error and its sources, `: `-joined. Cedar often keeps the useful part
-/// (which attribute, which value) in a source, not in the top message.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    message
 }
 
 impl AuthorizeError {

@@ -13,10 +13,30 @@
 //! A lookup reads the buckets of the request's entity, its ancestors and its
 //! type for the part with the fewest candidates, then checks the other two
 //! parts of each candidate exactly.
+//!
+//! Cedar evaluates a `PolicySet`, and building one costs about a microsecond
+//! per policy, so the set of each distinct candidate list is built once and
+//! kept in [`SetCache`]: a fixed table of [`ArcSwapOption`] slots, so a
+//! request never takes a lock. A lookup hashes the candidate list to two
+//! slots and compares their keys: two atomic loads. A miss builds the set and
+//! stores it in one of the two slots (an empty one first), replacing what was
+//! there; so memory stays bounded by the table's size under any stream of
+//! distinct request shapes, and a hot shape is evicted only when two others
+//! land on both its slots. Other choices, and why not:
+//! - Precomputing sets when the snapshot is built (say per action bucket)
+//!   would make each set a superset of the exact candidates: with the
+//!   multi-tenant sets of `benches/policy_scaling.rs` (one action, many
+//!   tenants) every request would evaluate every tenant's policies.
+//! - `quick_cache` (already a dependency) takes a shard's `RwLock` on every
+//!   `get`; `arc-swap` is already a dependency too, and never blocks a reader.
+//! - A lock-free map (`papaya`, `scc`) would be a new dependency, and still
+//!   needs an eviction policy to stay bounded.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use cedar_policy::{
     ActionConstraint, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
     ResourceConstraint,
@@ -190,14 +210,85 @@ pub struct PolicyIndex {
     principal: Buckets,
     action: ActionBuckets,
     resource: Buckets,
-    /// Sets already built, by candidate slots: building a `PolicySet` costs
-    /// about a microsecond per policy, and requests repeat their shapes.
-    sets: Mutex<HashMap<Box<[u32]>, Arc<PolicySet>>>,
+    /// Sets already built, by candidate slots; see the module docs.
+    sets: SetCache,
 }
 
-/// Distinct candidate sets kept; past this the cache starts over, so a
-/// stream of distinct shapes costs a rebuild each, never unbounded memory.
-const SET_CACHE_ENTRIES: usize = 4096;
+/// Slots of the [`SetCache`] table, a power of two: at most this many
+/// candidate sets are kept per snapshot.
+const SET_CACHE_SLOTS: usize = 4096;
+
+/// Candidate sets already built, in a fixed table of slots read without a
+/// lock; see the module docs.
+struct SetCache {
+    slots: Box<[ArcSwapOption<CachedSet>]>,
+    /// Keyed per snapshot, so no request stream can aim at chosen slots.
+    hasher: RandomState,
+}
+
+struct CachedSet {
+    key: Box<[u32]>,
+    set: Arc<PolicySet>,
+}
+
+impl std::fmt::Debug for SetCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetCache")
+            .field("slots", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SetCache {
+    fn new() -> Self {
+        Self {
+            slots: (0..SET_CACHE_SLOTS)
+                .map(|_| ArcSwapOption::empty())
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The two slots `key` may sit in.
+    fn slots_of(&self, key: &[u32]) -> [usize; 2] {
+        let hash = self.hasher.hash_one(key);
+        let mask = SET_CACHE_SLOTS as u64 - 1;
+        // Truncation is the point: two slot numbers from one hash.
+        [(hash & mask) as usize, ((hash >> 32) & mask) as usize]
+    }
+
+    /// The set kept for `key`, or the one `build` makes, which is then kept.
+    fn get_or_build(&self, key: &[u32], build: impl FnOnce() -> PolicySet) -> Arc<PolicySet> {
+        let slots = self.slots_of(key);
+        for &i in &slots {
+            if let Some(cached) = self.slots[i].load().as_deref()
+                && *cached.key == *key
+            {
+                return Arc::clone(&cached.set);
+            }
+        }
+        let set = Arc::new(build());
+        let [first, second] = slots;
+        let target = if self.slots[first].load().is_none() || self.slots[second].load().is_some() {
+            first
+        } else {
+            second
+        };
+        // Racing misses may both store; the last one wins, and both sets
+        // are the same policies.
+        self.slots[target].store(Some(Arc::new(CachedSet {
+            key: key.into(),
+            set: Arc::clone(&set),
+        })));
+        set
+    }
+
+    /// How many sets are kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.load().is_some()).count()
+    }
+}
 
 impl PolicyIndex {
     /// Indexes every static policy of `set`; templates must already be
@@ -208,7 +299,7 @@ impl PolicyIndex {
             principal: Buckets::default(),
             action: ActionBuckets::default(),
             resource: Buckets::default(),
-            sets: Mutex::new(HashMap::new()),
+            sets: SetCache::new(),
         };
         for (slot, policy) in (0u32..).zip(set.policies()) {
             let indexed = Indexed {
@@ -304,28 +395,15 @@ impl<'a> Candidates<'a> {
     /// The matching policies as a set of their own, built once per distinct
     /// set of candidates.
     pub fn policy_set(&self) -> Arc<PolicySet> {
-        let lock = || {
-            self.index
-                .sets
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-        };
-        if let Some(set) = lock().get(self.slots.as_slice()) {
-            return Arc::clone(set);
-        }
-        let mut set = PolicySet::new();
-        for p in self.policies() {
-            // Ids come from one valid set, so they are unique and this
-            // cannot fail.
-            let _ = set.add(p.clone());
-        }
-        let set = Arc::new(set);
-        let mut sets = lock();
-        if sets.len() >= SET_CACHE_ENTRIES {
-            sets.clear();
-        }
-        sets.insert(self.slots.clone().into_boxed_slice(), Arc::clone(&set));
-        set
+        self.index.sets.get_or_build(&self.slots, || {
+            let mut set = PolicySet::new();
+            for p in self.policies() {
+                // Ids come from one valid set, so they are unique and this
+                // cannot fail.
+                let _ = set.add(p.clone());
+            }
+            set
+        })
     }
 }
 
@@ -452,5 +530,64 @@ mod tests {
             for_a.policies().next().unwrap().id(),
             for_b.policies().next().unwrap().id()
         );
+    }
+
+    #[test]
+    fn the_set_cache_stays_bounded_under_distinct_shapes() {
+        let cache = SetCache::new();
+        let built = std::cell::Cell::new(0);
+        let build = || {
+            built.set(built.get() + 1);
+            PolicySet::new()
+        };
+        for i in 0..(4 * SET_CACHE_SLOTS as u32) {
+            cache.get_or_build(&[i, i + 1], build);
+        }
+        assert_eq!(built.get(), 4 * SET_CACHE_SLOTS);
+        assert!(cache.len() <= SET_CACHE_SLOTS);
+        // Most slots fill: two choices per key spread them out.
+        assert!(cache.len() > SET_CACHE_SLOTS / 2, "{}", cache.len());
+        // The latest shape is kept, and found again without a build.
+        let last = 4 * SET_CACHE_SLOTS as u32 - 1;
+        let again = cache.get_or_build(&[last, last + 1], build);
+        assert_eq!(built.get(), 4 * SET_CACHE_SLOTS);
+        assert!(Arc::ptr_eq(
+            &again,
+            &cache.get_or_build(&[last, last + 1], || unreachable!("kept"))
+        ));
+    }
+
+    #[test]
+    #[expect(clippy::unwrap_used, reason = "test input is valid")]
+    fn concurrent_lookups_get_the_set_of_their_own_key() {
+        let text: String = (0..64)
+            .map(|i| format!("@id(\"p{i}\") permit(principal == U::\"u{i}\", action, resource);\n"))
+            .collect();
+        let set = PolicySet::from_str(&text).unwrap();
+        let index = PolicyIndex::new(&set);
+        let (act, r) = (uid(r#"Action::"x""#), uid(r#"R::"r""#));
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (index, act, r) = (&index, &act, &r);
+                scope.spawn(move || {
+                    for round in 0..200 {
+                        let i = (round * 7 + t) % 64;
+                        let p = uid(&format!(r#"U::"u{i}""#));
+                        let target = |u| Target {
+                            uid: u,
+                            ancestors: &[],
+                        };
+                        let got = index
+                            .candidates(target(&p), target(act), target(r))
+                            .policy_set();
+                        let ids: Vec<_> = got
+                            .policies()
+                            .filter_map(|p| p.annotation("id").map(str::to_string))
+                            .collect();
+                        assert_eq!(ids, [format!("p{i}")]);
+                    }
+                });
+            }
+        });
     }
 }

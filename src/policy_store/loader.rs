@@ -1,23 +1,18 @@
-//! Reads a policy directory and builds a [`Snapshot`]: the one boundary where
-//! files turn into Cedar values. Loading is all or nothing.
+//! Builds a [`Snapshot`] from a directory's [`Sources`]: the one boundary
+//! where files turn into Cedar values. Loading is all or nothing.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::SystemTime;
 
 use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use miette::Diagnostic;
-use sha2::{Digest, Sha256};
 
 use super::index::PolicyIndex;
+use super::reader::{FileKind, Sources};
 use super::snapshot::Snapshot;
-
-/// How deep symlinked directory trees are followed; guards against loops.
-const MAX_DEPTH: usize = 32;
-/// A single policy file larger than this is refused rather than read whole.
-const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Options that change how a directory is turned into a snapshot.
 #[derive(Clone, Debug)]
@@ -85,251 +80,6 @@ impl fmt::Display for Problems<'_> {
         }
         Ok(())
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FileKind {
-    Policies,
-    CedarSchema,
-    JsonSchema,
-    Entities,
-}
-
-impl FileKind {
-    fn of(name: &str) -> Option<Self> {
-        if name.ends_with(".cedarschema.json") {
-            Some(Self::JsonSchema)
-        } else if name.ends_with(".cedarschema") {
-            Some(Self::CedarSchema)
-        } else if name.ends_with(".entities.json") {
-            Some(Self::Entities)
-        } else if name.ends_with(".cedar") {
-            Some(Self::Policies)
-        } else {
-            None
-        }
-    }
-}
-
-struct SourceFile {
-    /// Relative to the policy directory, with `/` separators.
-    rel: String,
-    kind: FileKind,
-    text: String,
-}
-
-/// The raw contents of a policy directory, read but not parsed.
-pub struct Sources {
-    root: PathBuf,
-    files: Vec<SourceFile>,
-    digest: String,
-    git: Option<GitCommit>,
-}
-
-/// The git commit a policy directory was checked out from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GitCommit {
-    /// Full hex object id of `HEAD`.
-    pub id: String,
-    /// A file read differs from (or is missing in) that commit.
-    pub dirty: bool,
-}
-
-impl Sources {
-    /// SHA-256 over every relevant file's relative path and content.
-    pub fn digest(&self) -> &str {
-        &self.digest
-    }
-
-    /// The commit the files came from, when the directory is in a git checkout.
-    pub fn git(&self) -> Option<&GitCommit> {
-        self.git.as_ref()
-    }
-
-    /// The revision shown to clients: the short digest, and the short commit
-    /// id when there is one (`-dirty` when the files differ from it).
-    pub fn revision(&self) -> String {
-        let digest = format!("sha256:{}", &self.digest[..16]);
-        match &self.git {
-            Some(git) => format!(
-                "{digest}+git:{}{}",
-                &git.id[..git.id.len().min(12)],
-                if git.dirty { "-dirty" } else { "" }
-            ),
-            None => digest,
-        }
-    }
-}
-
-/// How often a read is retried when the directory changes under it.
-const READ_ATTEMPTS: usize = 8;
-
-/// Reads every policy, schema and entities file under `root`, as one
-/// consistent version of the directory.
-///
-/// Hidden entries are skipped, so a ConfigMap's `..2026_…` and `..data`
-/// folders are read only through the visible symlinks that point into them.
-/// Every file is read through its resolved path, and the read is kept only if
-/// every path still resolves the same way afterwards: otherwise a symlink swap
-/// (kubelet, git-sync) happened mid-read and files from two versions could mix.
-pub fn read_dir(root: &Path) -> Result<Sources, LoadError> {
-    let mut last = None;
-    for _ in 0..READ_ATTEMPTS {
-        match read_once(root) {
-            Ok((sources, resolved)) if resolved.unchanged(root) => return Ok(sources),
-            Ok(_) => {
-                last = Some(LoadError::Io {
-                    path: root.to_path_buf(),
-                    source: std::io::Error::other("directory changed while it was read"),
-                });
-            }
-            Err(ReadError::Moved(e)) => last = Some(e),
-            Err(ReadError::Fatal(e)) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| LoadError::Io {
-        path: root.to_path_buf(),
-        source: std::io::Error::other("directory kept changing while it was read"),
-    }))
-}
-
-enum ReadError {
-    /// Something vanished mid-read: a symlink swap, worth a retry.
-    Moved(LoadError),
-    Fatal(LoadError),
-}
-
-/// Where the root and every file resolved to during one read.
-struct Resolved {
-    root: PathBuf,
-    files: Vec<(PathBuf, PathBuf)>,
-}
-
-impl Resolved {
-    fn unchanged(&self, root: &Path) -> bool {
-        std::fs::canonicalize(root).is_ok_and(|r| r == self.root)
-            && self
-                .files
-                .iter()
-                .all(|(link, target)| std::fs::canonicalize(link).is_ok_and(|t| &t == target))
-    }
-}
-
-fn read_once(root: &Path) -> Result<(Sources, Resolved), ReadError> {
-    let io = |path: &Path, source: std::io::Error| {
-        let moved = source.kind() == std::io::ErrorKind::NotFound;
-        let err = LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if moved {
-            ReadError::Moved(err)
-        } else {
-            ReadError::Fatal(err)
-        }
-    };
-    let canonical_root = std::fs::canonicalize(root).map_err(|e| match io(root, e) {
-        // A missing root is a configuration problem, not a swap in progress.
-        ReadError::Moved(e) | ReadError::Fatal(e) => ReadError::Fatal(e),
-    })?;
-    if !canonical_root.is_dir() {
-        return Err(ReadError::Fatal(LoadError::Io {
-            path: root.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
-        }));
-    }
-    let walker = walkdir::WalkDir::new(&canonical_root)
-        .follow_links(true)
-        .max_depth(MAX_DEPTH)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
-    let mut files = Vec::new();
-    let mut resolved = Vec::new();
-    for entry in walker {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(root).to_path_buf();
-            io(&path, e.into())
-        })?;
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        let Some(kind) = FileKind::of(&entry.file_name().to_string_lossy()) else {
-            continue;
-        };
-        let path = entry.path();
-        let target = std::fs::canonicalize(path).map_err(|e| io(path, e))?;
-        let len = std::fs::metadata(&target).map_err(|e| io(path, e))?.len();
-        if len > MAX_FILE_BYTES {
-            return Err(ReadError::Fatal(LoadError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::FileTooLarge,
-                    format!("larger than {MAX_FILE_BYTES} bytes"),
-                ),
-            }));
-        }
-        let text = std::fs::read_to_string(&target).map_err(|e| io(path, e))?;
-        let rel = path
-            .strip_prefix(&canonical_root)
-            .unwrap_or(path)
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy())
-            .collect::<Vec<_>>()
-            .join("/");
-        files.push(SourceFile { rel, kind, text });
-        resolved.push((path.to_path_buf(), target));
-    }
-    files.sort_by(|a, b| a.rel.cmp(&b.rel));
-
-    let mut hasher = Sha256::new();
-    for f in &files {
-        hasher.update((f.rel.len() as u64).to_le_bytes());
-        hasher.update(f.rel.as_bytes());
-        hasher.update((f.text.len() as u64).to_le_bytes());
-        hasher.update(f.text.as_bytes());
-    }
-    let digest = hex::encode(hasher.finalize());
-    let git = git_commit(&canonical_root, &files);
-    let sources = Sources {
-        root: root.to_path_buf(),
-        files,
-        digest,
-        git,
-    };
-    Ok((
-        sources,
-        Resolved {
-            root: canonical_root,
-            files: resolved,
-        },
-    ))
-}
-
-/// The `HEAD` commit of the git checkout holding `dir` (a resolved path, so
-/// git-sync's symlinked worktrees name their own commit), read with gix: no
-/// `git` binary. `None` outside a checkout or when the repository is unreadable.
-fn git_commit(dir: &Path, files: &[SourceFile]) -> Option<GitCommit> {
-    let repo = gix::discover(dir).ok()?;
-    let commit = repo.head_commit().ok()?;
-    let id = commit.id().to_string();
-    // Compare what was read with the commit, so uncommitted edits show.
-    let dirty = (|| {
-        let workdir = std::fs::canonicalize(repo.workdir()?).ok()?;
-        let prefix = dir.strip_prefix(&workdir).ok()?.to_path_buf();
-        let tree = commit.tree().ok()?;
-        Some(files.iter().any(|f| {
-            let path = prefix.join(&f.rel);
-            match tree.lookup_entry_by_path(&path) {
-                Ok(Some(entry)) => entry
-                    .object()
-                    .map_or(true, |blob| blob.data != f.text.as_bytes()),
-                _ => true,
-            }
-        }))
-    })()
-    .unwrap_or(true);
-    Some(GitCommit { id, dirty })
 }
 
 /// Parses and validates `sources` into a snapshot. Reports every problem
@@ -636,8 +386,9 @@ fn parse_entities(
     merged
 }
 
-/// Locates a diagnostic in `text` by its first labelled span.
-fn problem(file: &str, text: &str, diag: &(impl Diagnostic + 'static)) -> SourceProblem {
+/// Locates a diagnostic in `text` (the contents of `file`) by its first
+/// labelled span.
+pub(crate) fn problem(file: &str, text: &str, diag: &(impl Diagnostic + 'static)) -> SourceProblem {
     let offset = first_offset(diag);
     let (line, column) = offset.map_or((1, 1), |o| line_column(text, o));
     SourceProblem {
@@ -658,7 +409,7 @@ fn first_offset(diag: &(impl Diagnostic + ?Sized)) -> Option<usize> {
 }
 
 fn render_diagnostic(diag: &(impl Diagnostic + 'static)) -> String {
-    let mut message = crate::authorizer::chain(diag);
+    let mut message = crate::error_chain::chain(diag);
     if let Some(related) = diag.related() {
         for r in related {
             message.push_str("; ");
@@ -764,17 +515,5 @@ mod tests {
             "permit(principal,action,resource);\n  @id(\"x\")\nforbid(principal,action,resource);";
         assert_eq!(find_id_annotation(text, "x"), (2, 3));
         assert_eq!(find_id_annotation(text, "y"), (1, 1));
-    }
-
-    #[test]
-    fn kinds_by_suffix() {
-        assert_eq!(FileKind::of("a.cedar"), Some(FileKind::Policies));
-        assert_eq!(FileKind::of("a.cedarschema"), Some(FileKind::CedarSchema));
-        assert_eq!(
-            FileKind::of("a.cedarschema.json"),
-            Some(FileKind::JsonSchema)
-        );
-        assert_eq!(FileKind::of("a.entities.json"), Some(FileKind::Entities));
-        assert_eq!(FileKind::of("a.json"), None);
     }
 }

@@ -1,4 +1,5 @@
-//! The policy store: the only reader of policy files.
+//! The policy store: the only reader of the policy directory (`reader.rs`
+//! holds the rules), and the owner of the live snapshot.
 //!
 //! It holds the live [`Snapshot`] behind an [`ArcSwapOption`], so a request
 //! takes one snapshot with a single atomic load and never sees a partial set.
@@ -7,6 +8,7 @@
 
 mod index;
 mod loader;
+mod reader;
 mod snapshot;
 mod test_gate;
 mod watcher;
@@ -19,8 +21,14 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
 pub use index::{Candidates, PolicyIndex, Target};
-pub use loader::{GitCommit, LoadError, LoadOptions, SourceProblem, Sources, build, read_dir};
+pub(crate) use loader::problem;
+pub use loader::{LoadError, LoadOptions, SourceProblem, build};
+pub use reader::{
+    FileKind, GitCommit, MAX_DEPTH, MAX_FILE_BYTES, SourceFile, Sources, TestFiles, is_test_file,
+    read_dir,
+};
 pub use snapshot::Snapshot;
+pub use test_gate::TestGate;
 pub use watcher::{WatchOptions, spawn_watcher};
 
 /// The outcome of the most recent load attempt.
@@ -56,10 +64,10 @@ pub struct PolicyStore {
     // generation counts successful swaps exactly.
     reload_lock: Mutex<()>,
     generation: watch::Sender<u64>,
-    /// `reload.require_tests`: run the policy tests before a set goes live.
-    require_tests: bool,
-    /// Digest of the test files the live set last passed; see `test_gate`.
-    tested: Mutex<Option<String>>,
+    /// `reload.require_tests`: checks a set must pass before it goes live.
+    gate: Option<TestGate>,
+    /// What the live set last passed; see `test_gate`.
+    tested: Mutex<Option<test_gate::Tested>>,
 }
 
 impl PolicyStore {
@@ -73,15 +81,15 @@ impl PolicyStore {
             status: Mutex::new(ReloadStatus::default()),
             reload_lock: Mutex::new(()),
             generation: watch::Sender::new(0),
-            require_tests: false,
+            gate: None,
             tested: Mutex::new(None),
         }
     }
 
-    /// With `on`, every load (the first too) runs the directory's policy
-    /// tests on the new set, and a set whose tests fail is not activated.
-    pub fn require_tests(mut self, on: bool) -> Self {
-        self.require_tests = on;
+    /// With a gate, every load (the first too) runs it on the new set, and a
+    /// set it refuses is not activated.
+    pub fn test_gate(mut self, gate: Option<TestGate>) -> Self {
+        self.gate = gate;
         self
     }
 
@@ -152,8 +160,8 @@ impl PolicyStore {
 
     /// A new snapshot, or `None` when the files hash to the live revision.
     fn build_if_changed(&self) -> Result<Option<Arc<Snapshot>>, LoadError> {
-        if self.require_tests {
-            return self.build_tested();
+        if let Some(gate) = &self.gate {
+            return self.build_tested(gate);
         }
         let sources = read_dir(&self.dir)?;
         let current = self.live.load();

@@ -1,99 +1,197 @@
 //! `reload.require_tests`: a new set goes live only when the directory's
 //! policy tests pass on it.
 //!
-//! The tests run on the built snapshot, before the swap; on failure the
+//! The store knows nothing of the test format: the composition root installs
+//! a [`TestGate`] (the policy tests' runner) with [`PolicyStore::test_gate`].
+//! The gate runs on the built snapshot, before the swap; on failure the
 //! reload fails like an invalid set does, so the last good set keeps serving
 //! and the failing cases become the reload error. Test files are not part of
-//! the policy revision, so the store remembers the digest of the tests the
-//! live set passed: a change to the tests alone re-runs them (and a failure
-//! is reported), without swapping or bumping the generation.
+//! the policy revision, so the store remembers the digest of the tests (and
+//! fixtures) the live set passed: a change to the tests alone re-runs them
+//! (and a failure is reported), without swapping or bumping the generation.
 
+use std::fmt;
 use std::sync::{Arc, PoisonError};
 
-use super::{LoadError, PolicyStore, Snapshot, SourceProblem, Sources, build, read_dir};
-use crate::policy_tests::{self, Suite};
+use super::{LoadError, PolicyStore, Snapshot, TestFiles, build, read_dir};
 
 /// How often a read is retried when the directory changes under it.
 const READ_ATTEMPTS: usize = 8;
-/// Failing cases listed in a reload error; the rest are counted.
-const MAX_LISTED: usize = 20;
+
+/// The check a new snapshot must pass before it goes live: given the
+/// snapshot and the directory's test files (fixtures are read through them),
+/// `Ok` to activate it, or the problems that refuse it.
+type Check = dyn Fn(&Snapshot, &mut TestFiles) -> Result<(), LoadError> + Send + Sync;
+
+/// Runs a directory's policy tests on each new snapshot; see the module docs.
+#[derive(Clone)]
+pub struct TestGate(Arc<Check>);
+
+impl TestGate {
+    /// A gate that runs `check`.
+    pub fn new(
+        check: impl Fn(&Snapshot, &mut TestFiles) -> Result<(), LoadError> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(check))
+    }
+}
+
+impl fmt::Debug for TestGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TestGate")
+    }
+}
+
+/// What the live set last passed: the tests' digest, and the fixtures they
+/// read, so the same digest can be taken again before deciding to skip.
+#[derive(Debug)]
+pub(super) struct Tested {
+    digest: String,
+    fixtures: Vec<String>,
+}
+
+/// One attempt's outcome.
+enum Attempt {
+    Done(Option<Arc<Snapshot>>),
+    /// A symlink swap happened mid-read; read again.
+    Moved,
+}
 
 impl PolicyStore {
     /// [`PolicyStore::build_if_changed`] with the test gate: a new snapshot
     /// whose tests passed, or `None` when nothing changed or only the tests
     /// changed and still pass on the live set.
-    pub(super) fn build_tested(&self) -> Result<Option<Arc<Snapshot>>, LoadError> {
-        let (sources, suite) = read_together(self)?;
+    pub(super) fn build_tested(&self, gate: &TestGate) -> Result<Option<Arc<Snapshot>>, LoadError> {
+        for _ in 0..READ_ATTEMPTS {
+            if let Attempt::Done(built) = self.attempt_tested(gate)? {
+                return Ok(built);
+            }
+        }
+        Err(LoadError::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::other("directory kept changing while it was read"),
+        })
+    }
+
+    fn attempt_tested(&self, gate: &TestGate) -> Result<Attempt, LoadError> {
+        let sources = read_dir(&self.dir)?;
         let current = self.live.load_full();
         let generation = current.as_ref().map_or(0, |s| s.generation) + 1;
         let mut tested = self.tested.lock().unwrap_or_else(PoisonError::into_inner);
         // The same test as `build_if_changed`: same contents, same commit.
         let live = current
             .filter(|s| s.digest == sources.digest() && s.git_commit.as_ref() == sources.git());
-        if live.is_some() && tested.as_deref() == Some(suite.digest()) {
-            return Ok(None);
+        if let (Some(_), Some(memo)) = (&live, tested.as_ref()) {
+            let mut again = sources.tests();
+            for rel in &memo.fixtures {
+                again.fixture(rel)?;
+            }
+            if again.digest() == memo.digest && again.still_resolves() {
+                return Ok(Attempt::Done(None));
+            }
         }
+        let mut tests = sources.tests();
         let (snapshot, is_new) = match live {
             Some(live) => (live, false),
             None => (Arc::new(build(sources, &self.options, generation)?), true),
         };
-        check(&snapshot, &suite)?;
-        *tested = Some(suite.digest().to_string());
-        Ok(is_new.then_some(snapshot))
-    }
-}
-
-/// The policy files and the test files of one version of the directory: the
-/// tests are read first, and kept only if no file they came from was swapped
-/// while the policies were read.
-fn read_together(store: &PolicyStore) -> Result<(Sources, Suite), LoadError> {
-    for _ in 1..READ_ATTEMPTS {
-        let suite = policy_tests::read_suite(store.dir())?;
-        let sources = read_dir(store.dir())?;
-        if suite.still_resolves() {
-            return Ok((sources, suite));
+        let checked = (gate.0)(&snapshot, &mut tests);
+        // Fixtures are read after the rest: a swap since means they may be
+        // of another version than the set they were checked against.
+        if !tests.still_resolves() {
+            return Ok(Attempt::Moved);
         }
+        checked?;
+        *tested = Some(Tested {
+            digest: tests.digest(),
+            fixtures: tests.fixture_names().map(str::to_string).collect(),
+        });
+        Ok(Attempt::Done(is_new.then_some(snapshot)))
     }
-    let suite = policy_tests::read_suite(store.dir())?;
-    Ok((read_dir(store.dir())?, suite))
 }
 
-/// Runs `suite` on `snapshot`; every failing case becomes a problem located
-/// at the case.
-fn check(snapshot: &Snapshot, suite: &Suite) -> Result<(), LoadError> {
-    if suite.case_count() == 0 {
-        return Err(LoadError::Invalid(vec![SourceProblem {
-            file: "<tests>".to_string(),
-            line: 1,
-            column: 1,
-            message: "`reload.require_tests` is on, but the directory has no \
-                      `*.test.yaml` / `*.test.json` cases"
-                .to_string(),
-        }]));
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::super::{LoadOptions, Reloaded, SourceProblem};
+    use super::*;
+
+    fn write(dir: &Path, rel: &str, text: &str) {
+        std::fs::write(dir.join(rel), text).unwrap();
     }
-    let report = policy_tests::run(snapshot, suite);
-    let mut failures = report.failures();
-    if failures.is_empty() {
-        return Ok(());
+
+    /// A gate that passes while `pass.test.yaml` exists and reads the
+    /// fixture `f.fixture.json`, counting its runs.
+    fn counting_gate(runs: Arc<AtomicUsize>) -> TestGate {
+        TestGate::new(move |_snapshot, tests| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tests.fixture("f.fixture.json")?;
+            if tests.files().any(|(rel, _)| rel == "pass.test.yaml") {
+                Ok(())
+            } else {
+                Err(LoadError::Invalid(vec![SourceProblem {
+                    file: "<tests>".into(),
+                    line: 1,
+                    column: 1,
+                    message: "no passing test".into(),
+                }]))
+            }
+        })
     }
-    let total = failures.len();
-    if total > MAX_LISTED {
-        failures.truncate(MAX_LISTED);
-        failures.push(SourceProblem {
-            file: "<tests>".to_string(),
-            line: 1,
-            column: 1,
-            message: format!("and {} more failing tests", total - MAX_LISTED),
-        });
+
+    #[test]
+    fn reruns_only_when_tests_or_fixtures_change() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.cedar",
+            "permit(principal, action, resource);",
+        );
+        write(dir.path(), "pass.test.yaml", "one");
+        write(dir.path(), "f.fixture.json", "[]");
+        let runs = Arc::new(AtomicUsize::new(0));
+        let store = PolicyStore::new(dir.path(), LoadOptions::default())
+            .test_gate(Some(counting_gate(Arc::clone(&runs))));
+        assert!(matches!(store.reload(), Ok(Reloaded::Swapped(_))));
+        assert!(matches!(store.reload(), Ok(Reloaded::Unchanged)));
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "nothing changed");
+
+        // A fixture change alone re-runs the tests on the live set.
+        write(dir.path(), "f.fixture.json", "[ ]");
+        assert!(matches!(store.reload(), Ok(Reloaded::Unchanged)));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+        // Tests that now fail are reported; the live set stays.
+        std::fs::rename(
+            dir.path().join("pass.test.yaml"),
+            dir.path().join("x.test.yaml"),
+        )
+        .unwrap();
+        let err = store.reload().unwrap_err();
+        assert!(err.to_string().contains("no passing test"), "{err}");
+        assert_eq!(store.snapshot().unwrap().generation, 1);
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
     }
-    failures.push(SourceProblem {
-        file: "<tests>".to_string(),
-        line: 1,
-        column: 1,
-        message: format!(
-            "policy tests failed ({}); the set was not activated",
-            report.summary()
-        ),
-    });
-    Err(LoadError::Invalid(failures))
+
+    #[test]
+    fn without_a_gate_tests_are_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.cedar",
+            "permit(principal, action, resource);",
+        );
+        let runs = Arc::new(AtomicUsize::new(0));
+        let store = PolicyStore::new(dir.path(), LoadOptions::default()).test_gate(None);
+        assert!(matches!(store.reload(), Ok(Reloaded::Swapped(_))));
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        let gated = PolicyStore::new(dir.path(), LoadOptions::default())
+            .test_gate(Some(counting_gate(Arc::clone(&runs))));
+        assert!(gated.reload().is_err(), "no passing test file");
+        assert!(gated.snapshot().is_none());
+    }
 }

@@ -3,19 +3,20 @@
 //!
 //! `cedar-pdp test` runs them against a directory loaded exactly as the
 //! server loads it; with `reload.require_tests`, the policy store runs them
-//! on every new set before it goes live. Both evaluate each case through
-//! [`crate::authorizer::authorize`], the path every server request takes.
+//! (through the [`gate`]) on every new set before it goes live. Both
+//! evaluate each case through [`crate::authorizer::authorize`], the path
+//! every server request takes.
 //!
-//! - [`spec`]: the file format, and reading a directory's test files.
+//! - [`spec`]: the file format, and parsing a directory's test files.
 //! - [`run`](mod@run): evaluating cases and comparing what they got.
 //! - [`junit`]: the results as JUnit XML.
-//! - [`command`]: the `cedar-pdp test` subcommand.
+//! - [`gate`](mod@gate): the reload test gate.
 
-pub mod command;
+pub mod gate;
 pub mod junit;
 pub mod run;
 pub mod spec;
 
-pub use command::{TestArgs, main};
+pub use gate::gate;
 pub use run::{CaseResult, FileResult, Report, run};
-pub use spec::{Case, Expect, ExpectedError, Suite, TestFile, is_test_file, read_suite};
+pub use spec::{Case, Expect, ExpectedError, Suite, TestFile, parse_suite, read_suite};

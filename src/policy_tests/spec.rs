@@ -1,63 +1,38 @@
-//! The test file format, and reading every test file of a policy directory.
+//! The test file format, and parsing every test file of a policy directory
+//! (read by the policy store's one reader).
 //!
 //! A file is YAML (`*.test.yaml`, `*.test.yml`) or JSON (`*.test.json`); both
 //! are read by one YAML 1.2 parser, of which JSON is a subset, so a problem in
 //! either is located as `file:line:column`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 use std::str::FromStr;
 
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_saphyr::Spanned;
-use sha2::{Digest, Sha256};
 
 use crate::authorizer::Query;
-use crate::policy_store::{LoadError, SourceProblem};
+use crate::policy_store::{LoadError, SourceProblem, TestFiles, read_dir};
 
-/// How deep symlinked directory trees are followed, as the policy loader does.
-const MAX_DEPTH: usize = 32;
-/// A test or fixture file larger than this is refused rather than read whole.
-const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// Suffix a fixture must not have: the loader would also load it as the
 /// directory's own entities.
 const ENTITIES_SUFFIX: &str = ".entities.json";
-
-/// Whether `name` is a test file.
-pub fn is_test_file(name: &str) -> bool {
-    name.ends_with(".test.yaml") || name.ends_with(".test.yml") || name.ends_with(".test.json")
-}
 
 /// Every test file of one policy directory, parsed.
 #[derive(Clone, Debug)]
 pub struct Suite {
     /// Sorted by path.
     pub files: Vec<TestFile>,
-    digest: String,
-    /// Each file read, and where it resolved to, to detect a swap mid-read.
-    resolved: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Suite {
-    /// SHA-256 over every test and fixture file's relative path and content.
-    pub fn digest(&self) -> &str {
-        &self.digest
-    }
-
     /// How many cases the suite holds.
     pub fn case_count(&self) -> usize {
         self.files.iter().map(|f| f.cases.len()).sum()
-    }
-
-    /// Whether every file read still resolves to the same target, i.e. no
-    /// symlink swap (kubelet, git-sync) happened since the read.
-    pub fn still_resolves(&self) -> bool {
-        self.resolved
-            .iter()
-            .all(|(link, target)| std::fs::canonicalize(link).is_ok_and(|t| &t == target))
     }
 }
 
@@ -278,101 +253,32 @@ impl From<ErrorSpec> for ExpectedError {
 
 // ---- Reading a directory. ----
 
-/// Reads and parses every test file under `root`, and the fixtures they
-/// name. Reports every malformed file at once, as `file:line:column`.
-///
-/// Walks the directory as the policy loader does: recursively, following
-/// symlinks, skipping hidden entries (a ConfigMap's `..data`).
+/// Reads the policy directory at `root` and parses its test files; see
+/// [`parse_suite`].
 pub fn read_suite(root: &Path) -> Result<Suite, LoadError> {
-    let io = |path: &Path, source: std::io::Error| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let canonical_root = std::fs::canonicalize(root).map_err(|e| io(root, e))?;
-    let walker = walkdir::WalkDir::new(&canonical_root)
-        .follow_links(true)
-        .max_depth(MAX_DEPTH)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
-    let mut reader = Reader::default();
+    parse_suite(&mut read_dir(root)?.tests())
+}
+
+/// Parses every test file of `tests`, and the fixtures they name (read
+/// through `tests`, by the directory's rules). Reports every malformed file
+/// at once, as `file:line:column`.
+pub fn parse_suite(tests: &mut TestFiles) -> Result<Suite, LoadError> {
+    // Owned, since fixtures are read through `tests` while these are parsed.
+    let texts: Vec<(String, String)> = tests
+        .files()
+        .map(|(rel, text)| (rel.to_string(), text.to_string()))
+        .collect();
     let mut problems = Vec::new();
     let mut files = Vec::new();
-    for entry in walker {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(root).to_path_buf();
-            io(&path, e.into())
-        })?;
-        if !entry.file_type().is_file() || !is_test_file(&entry.file_name().to_string_lossy()) {
-            continue;
-        }
-        let rel = relative(&canonical_root, entry.path());
-        let text = reader.read(entry.path(), &rel)?;
-        if let Some(file) = parse_file(&canonical_root, &rel, &text, &mut reader, &mut problems)? {
+    for (rel, text) in &texts {
+        if let Some(file) = parse_file(rel, text, tests, &mut problems)? {
             files.push(file);
         }
     }
     if !problems.is_empty() {
         return Err(LoadError::Invalid(problems));
     }
-    files.sort_by(|a, b| a.rel.cmp(&b.rel));
-    Ok(Suite {
-        files,
-        digest: reader.digest(),
-        resolved: reader.resolved,
-    })
-}
-
-/// Reads files, remembering each one's content (for the digest) and target.
-#[derive(Default)]
-struct Reader {
-    /// By relative path, so the digest does not depend on reading order.
-    contents: BTreeMap<String, String>,
-    resolved: Vec<(PathBuf, PathBuf)>,
-}
-
-impl Reader {
-    fn read(&mut self, path: &Path, rel: &str) -> Result<String, LoadError> {
-        let io = |source: std::io::Error| LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(text) = self.contents.get(rel) {
-            return Ok(text.clone());
-        }
-        let target = std::fs::canonicalize(path).map_err(io)?;
-        let len = std::fs::metadata(&target).map_err(io)?.len();
-        if len > MAX_FILE_BYTES {
-            return Err(io(std::io::Error::new(
-                std::io::ErrorKind::FileTooLarge,
-                format!("larger than {MAX_FILE_BYTES} bytes"),
-            )));
-        }
-        let text = std::fs::read_to_string(&target).map_err(io)?;
-        self.contents.insert(rel.to_string(), text.clone());
-        self.resolved.push((path.to_path_buf(), target));
-        Ok(text)
-    }
-
-    fn digest(&self) -> String {
-        let mut hasher = Sha256::new();
-        for (rel, text) in &self.contents {
-            hasher.update((rel.len() as u64).to_le_bytes());
-            hasher.update(rel.as_bytes());
-            hasher.update((text.len() as u64).to_le_bytes());
-            hasher.update(text.as_bytes());
-        }
-        hex::encode(hasher.finalize())
-    }
-}
-
-fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
-        .unwrap_or(path)
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
+    Ok(Suite { files })
 }
 
 fn problem(file: &str, line: u64, column: u64, message: impl Into<String>) -> SourceProblem {
@@ -387,10 +293,9 @@ fn problem(file: &str, line: u64, column: u64, message: impl Into<String>) -> So
 /// Parses one test file. A malformed file adds to `problems` and yields
 /// `None`; only an unreadable fixture is an error of its own.
 fn parse_file(
-    root: &Path,
     rel: &str,
     text: &str,
-    reader: &mut Reader,
+    tests: &mut TestFiles,
     problems: &mut Vec<SourceProblem>,
 ) -> Result<Option<TestFile>, LoadError> {
     let spec: FileSpec = match serde_saphyr::from_str(text) {
@@ -422,12 +327,10 @@ fn parse_file(
             ));
             continue;
         };
-        let path = root.join(&fixture_rel);
-        if !path.is_file() {
+        let Some(fixture_text) = tests.fixture(&fixture_rel)? else {
             bad(format!("fixture `{name}` does not exist"));
             continue;
-        }
-        let fixture_text = reader.read(&path, &fixture_rel)?;
+        };
         match serde_json::from_str::<Vec<serde_json::Value>>(&fixture_text) {
             Ok(entities) => fixture_entities.extend(entities),
             Err(e) => problems.push(problem(
@@ -563,15 +466,5 @@ mod tests {
         );
         assert_eq!(join_inside("a.test.yaml", "../s.fixture.json"), None);
         assert_eq!(join_inside("a.test.yaml", "/etc/passwd"), None);
-    }
-
-    #[test]
-    fn test_files_by_suffix() {
-        assert!(is_test_file("mesh.test.yaml"));
-        assert!(is_test_file("mesh.test.yml"));
-        assert!(is_test_file("mesh.test.json"));
-        assert!(!is_test_file("mesh.entities.json"));
-        assert!(!is_test_file("shared.fixture.json"));
-        assert!(!is_test_file("test.yaml"));
     }
 }

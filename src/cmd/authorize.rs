@@ -2,16 +2,16 @@
 //! decision and prints it.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::str::FromStr;
 
 use clap::Args;
 
+use super::Exit;
 use crate::grpc::proto::{self, authorizer_client::AuthorizerClient};
 
 /// Flags of `authorize`.
 #[derive(Debug, Args)]
-pub struct AuthorizeArgs {
+pub(super) struct AuthorizeArgs {
     /// Server address, `host:port` or a URL.
     #[arg(long, default_value = "127.0.0.1:50051")]
     addr: String,
@@ -35,11 +35,9 @@ pub struct AuthorizeArgs {
     request_id: String,
 }
 
-/// Exit code for a deny, as the Cedar CLI uses.
-const EXIT_DENY: u8 = 2;
-
-/// Runs the client and maps the decision to an exit code.
-pub fn main(args: AuthorizeArgs) -> ExitCode {
+/// Asks for the decision: 0 allow, 2 deny (a result, as the Cedar CLI has
+/// it), 1 when there is no answer.
+pub(super) fn run(args: AuthorizeArgs) -> Exit {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -47,7 +45,7 @@ pub fn main(args: AuthorizeArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cedar-pdp: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Failure;
         }
     };
     match runtime.block_on(call(args)) {
@@ -63,15 +61,11 @@ pub fn main(args: AuthorizeArgs) -> ExitCode {
             }
             println!("decision id: {}", response.decision_id);
             println!("policy revision: {}", response.policy_revision);
-            if allow {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_DENY)
-            }
+            if allow { Exit::Success } else { Exit::Deny }
         }
         Err(e) => {
             eprintln!("cedar-pdp: {e}");
-            ExitCode::FAILURE
+            Exit::Failure
         }
     }
 }

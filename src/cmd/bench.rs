@@ -1,0 +1,89 @@
+//! `cedar-pdp bench`: load a running server with one request and print
+//! throughput and latency; or, with `--emit-h2load-body`, write the request
+//! for h2load and send nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::Exit;
+use crate::bench::{self, BenchError, LoadSpec, Mode, Stop};
+
+/// Flags of `bench`.
+#[derive(Debug, Args)]
+pub(super) struct BenchArgs {
+    /// Server address, `host:port` or a URL.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// The request: a JSON object with `principal`, `action`, `resource`
+    /// (each `{"type", "id"}`), and optional `context` and `entities`.
+    #[arg(long, value_name = "FILE")]
+    request: PathBuf,
+    /// HTTP/2 connections to open.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    connections: u32,
+    /// Calls in flight on each connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// How long to send for, e.g. `10s` [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "requests")]
+    duration: Option<Duration>,
+    /// How many calls to send in total, instead of `--duration`.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Which RPC to call.
+    #[arg(long, value_enum, default_value_t = Mode::Unary)]
+    mode: Mode,
+    /// Copies of the request in each `BatchAuthorize` call.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
+    /// Write the request as a gRPC-framed `AuthorizeRequest` body for h2load
+    /// to FILE, and exit without sending anything.
+    #[arg(long, value_name = "FILE")]
+    emit_h2load_body: Option<PathBuf>,
+}
+
+/// Runs the bench: 0 when every call succeeded, 1 otherwise.
+pub(super) fn run(args: BenchArgs) -> Exit {
+    match send(args) {
+        Ok(Some(summary)) => {
+            println!("{summary}");
+            if summary.errors == 0 {
+                Exit::Success
+            } else {
+                Exit::Failure
+            }
+        }
+        Ok(None) => Exit::Success,
+        Err(e) => {
+            eprintln!("cedar-pdp: {e}");
+            Exit::Failure
+        }
+    }
+}
+
+/// The summary of the run, or `None` when only the h2load body was written.
+fn send(args: BenchArgs) -> Result<Option<bench::Summary>, BenchError> {
+    let request = bench::read_request(&args.request)?;
+    if let Some(path) = &args.emit_h2load_body {
+        std::fs::write(path, bench::grpc_frame(&request)).map_err(|source| BenchError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        println!("wrote {}", path.display());
+        return Ok(None);
+    }
+    let spec = LoadSpec {
+        addr: args.addr,
+        connections: args.connections,
+        concurrency: args.concurrency,
+        stop: match args.requests {
+            Some(n) => Stop::Calls(n),
+            None => Stop::After(args.duration.unwrap_or(Duration::from_secs(10))),
+        },
+        mode: args.mode,
+        batch_size: args.batch_size,
+    };
+    bench::run_blocking(&spec, request).map(Some)
+}

@@ -1,0 +1,112 @@
+//! The `cedar-pdp` binary: command-line parsing, and one file per
+//! subcommand. `serve` is the default.
+//!
+//! Every subcommand ends in an [`Exit`]: 0 success (and `authorize` allow),
+//! 1 failure (invalid policies, a failing test, a failed call), 2
+//! `authorize` deny (the Cedar CLI's convention: a deny is a result, not a
+//! failure), 64 bad usage or config.
+
+mod authorize;
+mod bench;
+mod fmt;
+mod problems;
+mod serve;
+mod test;
+mod validate;
+
+use std::path::Path;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::policy_store::LoadOptions;
+
+/// How the binary exits. The numbers are a contract that scripts and CI
+/// read; they never change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Done as asked; `authorize` got an allow.
+    Success = 0,
+    /// Invalid policies, a failing test, a failed call.
+    Failure = 1,
+    /// `authorize` got a deny.
+    Deny = 2,
+    /// Bad flags or config (sysexits `EX_USAGE`).
+    Usage = 64,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        Self::from(exit as u8)
+    }
+}
+
+/// cedar-pdp: a Cedar policy decision point sidecar.
+#[derive(Debug, Parser)]
+#[command(name = "cedar-pdp", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: serve::ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the Authorizer gRPC API (the default).
+    Serve(serve::ServeArgs),
+    /// Load a policy directory as the server would, and report every error.
+    Validate(validate::ValidateArgs),
+    /// Ask a running server for one decision.
+    Authorize(authorize::AuthorizeArgs),
+    /// Format the `.cedar` files of a policy directory.
+    Fmt(fmt::FmtArgs),
+    /// Load a running server with one request and report throughput and latency.
+    Bench(bench::BenchArgs),
+    /// Run the policy directory's `*.test.yaml` / `*.test.json` cases.
+    Test(test::TestArgs),
+}
+
+/// Parses the command line and runs the chosen command.
+pub fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // `--help` and `--version` end here too, and succeed.
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Success
+            }
+            .into();
+        }
+    };
+    let exit = match cli.command {
+        Some(Command::Serve(args)) => serve::run(args),
+        None => serve::run(cli.serve),
+        Some(Command::Validate(args)) => validate::run(args),
+        Some(Command::Fmt(args)) => fmt::run(args),
+        Some(Command::Authorize(args)) => authorize::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Test(args)) => test::run(args),
+    };
+    exit.into()
+}
+
+/// The load options of a `--config` file (its `[validation]` table), or the
+/// defaults without one. The whole file is checked, as `serve` would.
+fn load_options(config: Option<&Path>) -> Result<LoadOptions, ConfigError> {
+    let validate_policies = match config {
+        Some(path) => Config::read(path)?.settings()?.config.validation.policies,
+        None => true,
+    };
+    Ok(LoadOptions { validate_policies })
+}
+
+/// Prints a config error as the one line (or list) it is, for [`Exit::Usage`].
+fn usage(e: &ConfigError) -> Exit {
+    eprintln!("cedar-pdp: {e}");
+    Exit::Usage
+}

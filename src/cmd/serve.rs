@@ -1,0 +1,159 @@
+//! `cedar-pdp serve` (and no subcommand): flags over the config file, checked
+//! once into settings, then the server until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::Exit;
+use crate::app::App;
+use crate::config::{Config, ConfigError, ListenAddr, LogFormat, Settings};
+use crate::telemetry;
+use crate::transport::{Listener, UnixSocket};
+
+/// Flags of `serve`. Each overrides the config key named in its help.
+#[derive(Debug, Default, Args)]
+pub(super) struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, value_name = "FILE", env = "CEDAR_PDP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Policy directory [config: policies] [default: policies].
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// gRPC listen address [config: listen] [default: 127.0.0.1:50051].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Admin HTTP address for /metrics, /healthz, /readyz; empty disables
+    /// [config: admin_listen] [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Log format [config: log.format] [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` [config: log.level] [default: info].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+impl ServeArgs {
+    /// The config file (or the defaults) with these flags applied, then
+    /// checked: a flag can fix a bad value in the file.
+    fn settings(self) -> Result<Settings, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::read(path)?,
+            None => Config::default(),
+        };
+        if let Some(p) = self.policies {
+            config.policies = p;
+        }
+        if let Some(l) = self.listen {
+            config.listen = l;
+        }
+        if let Some(a) = self.admin_listen {
+            config.admin_listen = a;
+        }
+        if let Some(f) = self.log_format {
+            config.log.format = f;
+        }
+        if let Some(l) = self.log_level {
+            config.log.level = l;
+        }
+        config.settings()
+    }
+}
+
+/// Runs the server until a signal, then drains.
+pub(super) fn run(args: ServeArgs) -> Exit {
+    let settings = match args.settings() {
+        Ok(settings) => settings,
+        Err(e) => return super::usage(&e),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cedar-pdp: cannot start the runtime: {e}");
+            return Exit::Failure;
+        }
+    };
+    let Settings {
+        config,
+        listen,
+        admin_listen,
+        unix_socket_mode,
+    } = settings;
+    // The gRPC span exporter binds to the runtime it is built in.
+    let telemetry = {
+        let _enter = runtime.enter();
+        match telemetry::init(config.log.format, &config.log.level, &config.otel) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("cedar-pdp: {e}");
+                return Exit::Usage;
+            }
+        }
+    };
+    let app = match App::build(config) {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("cedar-pdp: {e}");
+            return Exit::Failure;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listener: Listener = match &listen {
+            ListenAddr::Tcp(a) => tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("cannot listen on `{a}`: {e}"))?
+                .into(),
+            ListenAddr::Unix(path) => UnixSocket::bind(path, unix_socket_mode)
+                .map_err(|e| format!("cannot listen on a Unix socket: {e}"))?
+                .into(),
+        };
+        let app = match admin_listen {
+            Some(admin) => app.with_admin_listener(
+                tokio::net::TcpListener::bind(admin)
+                    .await
+                    .map_err(|e| format!("cannot listen on `{admin}` (admin_listen): {e}"))?,
+            ),
+            None => app,
+        };
+        app.run(listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    // After the drain: flush buffered spans last.
+    telemetry.shutdown();
+    match result {
+        Ok(()) => Exit::Success,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("cedar-pdp: {e}");
+            Exit::Failure
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
