@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cedar_pdp::authorizer;
+use cedar_pdp::grpc::convert::decision_request;
 use cedar_pdp::grpc::convert::query_from_request;
 use cedar_pdp::grpc::proto;
-use cedar_pdp::grpc::convert::decision_request;
 use cedar_pdp::metrics::Metrics;
 use cedar_pdp::pipeline::{Admission, Call, Pipeline, PipelineOptions};
 use cedar_pdp::policy_store::{LoadOptions, PolicyStore, build, read_dir};

@@ -72,7 +72,12 @@ impl App {
                     validate_policies: config.validation.policies,
                 },
             )
-            .test_gate(config.reload.require_tests.then(policy_tests::gate)),
+            .test_gate(
+                config
+                    .reload
+                    .require_tests
+                    .then(|| policy_tests::gate(PipelineOptions::from_config(&config))),
+            ),
         );
         store.reload().map_err(|source| AppError::InitialLoad {
             dir: config.policies.display().to_string(),

@@ -597,3 +597,130 @@ fn the_gate_refuses_the_first_set_too_and_is_off_by_default() {
     // Without `require_tests`, tests are not the server's business.
     assert!(App::build(test_config(dir.path())).is_ok());
 }
+
+/// Cases give the caller's verified facts and its `workload` as the API
+/// takes them; the pipeline builds `context.caller` and `context.workload`,
+/// applies caller binding under the given config, and a case can expect a
+/// refusal by its stable reason.
+#[test]
+fn cases_run_through_the_pipeline_with_caller_facts_and_workload() {
+    let dir = TempDir::new().unwrap();
+    write(
+        dir.path(),
+        "p.cedar",
+        r#"@id("caller-is-principal")
+permit(principal, action, resource)
+when { context has caller && context.caller has spiffe_id && context.caller.spiffe_id == "spiffe://td/ns/a/sa/b" };
+
+@id("unix-root")
+permit(principal, action, resource)
+when { context has caller && context.caller has uid && context.caller.uid == 0 };
+
+@id("labelled")
+permit(principal, action, resource)
+when { context has workload && context.workload.labels.contains("app=web") };
+"#,
+    );
+    let cases = r#"cases:
+  - name: the verified caller is the principal
+    principal: {type: W, id: "spiffe://td/ns/a/sa/b"}
+    action: A::"x"
+    resource: R::"r"
+    caller: {spiffe_id: "spiffe://td/ns/a/sa/b"}
+    expect: {decision: allow, determining_policies: [caller-is-principal]}
+  - name: another verified caller is not
+    principal: {type: W, id: "spiffe://td/ns/a/sa/b"}
+    action: A::"x"
+    resource: R::"r"
+    caller: {spiffe_id: "spiffe://td/ns/a/sa/other"}
+    expect: {decision: deny}
+  - name: a Unix peer's credentials
+    principal: W::"p"
+    action: A::"x"
+    resource: R::"r"
+    caller: {uid: 0, gid: 0, pid: 7}
+    expect: {decision: allow, determining_policies: [unix-root]}
+  - name: workload labels become key=value
+    principal: W::"p"
+    action: A::"x"
+    resource: R::"r"
+    workload: {spiffe_id: "spiffe://td/ns/a/sa/b", labels: {app: web}}
+    expect: {decision: allow, determining_policies: [labelled]}
+  - name: context.caller is the server's to set
+    principal: W::"p"
+    action: A::"x"
+    resource: R::"r"
+    context: {caller: {uid: 0}}
+    expect: {error: invalid_request}
+"#;
+    write(dir.path(), "p.test.yaml", cases);
+    let ran = run_tests(dir.path(), None);
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert_eq!(last_line(&ran.stdout), "5 passed, 0 failed", "{ran:?}");
+
+    // With caller binding on (a config), a workload that names another
+    // SPIFFE ID than the verified caller is refused, as the server would.
+    let binding = r#"cases:
+  - name: a workload may only ask for itself
+    principal: W::"p"
+    action: A::"x"
+    resource: R::"r"
+    caller: {spiffe_id: "spiffe://td/ns/a/sa/b"}
+    workload: {spiffe_id: "spiffe://td/ns/a/sa/other"}
+    expect: {error: binding_mismatch}
+  - name: a wrong expectation is reported with the reason it got
+    principal: W::"p"
+    action: A::"x"
+    resource: R::"r"
+    caller: {spiffe_id: "spiffe://td/ns/a/sa/b"}
+    workload: {spiffe_id: "spiffe://td/ns/a/sa/other"}
+    expect: {decision: allow}
+"#;
+    write(dir.path(), "p.test.yaml", binding);
+    let config_dir = TempDir::new().unwrap();
+    // The server's config: binding needs client certificates, which the
+    // test command names but never reads.
+    let config = write(
+        config_dir.path(),
+        "bind.toml",
+        "[caller]\nbind_workload = \"always\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n",
+    );
+    let mut cmd = bin();
+    cmd.arg("test")
+        .arg("--policies")
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config);
+    let ran = binary::run(cmd, DEADLINE);
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert_eq!(last_line(&ran.stdout), "1 passed, 1 failed", "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("PERMISSION_DENIED, reason `binding_mismatch`"),
+        "{ran:?}"
+    );
+
+    // Malformed facts are located at their line.
+    let bad = r#"cases:
+  - name: a Unix peer without gid
+    principal: W::"p"
+    action: A::"x"
+    resource: R::"r"
+    caller: {uid: 0}
+    expect: {decision: deny}
+  - name: an unknown reason
+    principal: W::"p"
+    action: A::"x"
+    resource: R::"r"
+    expect: {error: no_such_reason}
+"#;
+    write(dir.path(), "p.test.yaml", bad);
+    let ran = run_tests(dir.path(), None);
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("p.test.yaml:6:"), "{ran:?}");
+    assert!(ran.stderr.contains("needs both `uid` and `gid`"), "{ran:?}");
+    assert!(
+        ran.stderr.contains("unknown reason `no_such_reason`"),
+        "{ran:?}"
+    );
+}

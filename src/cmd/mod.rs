@@ -98,11 +98,22 @@ pub fn main() -> std::process::ExitCode {
 /// The load options of a `--config` file (its `[validation]` table), or the
 /// defaults without one. The whole file is checked, as `serve` would.
 fn load_options(config: Option<&Path>) -> Result<LoadOptions, ConfigError> {
-    let validate_policies = match config {
-        Some(path) => Config::read(path)?.settings()?.config.validation.policies,
-        None => true,
-    };
-    Ok(LoadOptions { validate_policies })
+    checked_config(config).map(|c| load_options_of(&c))
+}
+
+/// The config file at `config`, checked, or the defaults.
+fn checked_config(config: Option<&Path>) -> Result<Config, ConfigError> {
+    match config {
+        Some(path) => Ok(Config::read(path)?.settings()?.config),
+        None => Ok(Config::default()),
+    }
+}
+
+/// How `config` says policies load.
+fn load_options_of(config: &Config) -> LoadOptions {
+    LoadOptions {
+        validate_policies: config.validation.policies,
+    }
 }
 
 /// Prints a config error as the one line (or list) it is, for [`Exit::Usage`].

@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::Exit;
 use super::problems::{self, Severity};
+use crate::pipeline::PipelineOptions;
 use crate::policy_store::{LoadError, build, read_dir};
 use crate::policy_tests::{junit, parse_suite, run as run_suite};
 
@@ -20,7 +21,8 @@ pub(super) struct TestArgs {
     /// Also write the results as JUnit XML to FILE.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
-    /// Config file whose `[validation]` settings apply.
+    /// Config file whose `[validation]`, `[limits]` and `[caller]` settings
+    /// apply, as the server would apply them.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -28,8 +30,11 @@ pub(super) struct TestArgs {
 /// Runs the cases: 0 every case passed, 1 a case failed or the policies or
 /// tests do not load, 64 bad usage or config.
 pub(super) fn run(args: TestArgs) -> Exit {
-    let options = match super::load_options(args.config.as_deref()) {
-        Ok(options) => options,
+    let (options, judge) = match super::checked_config(args.config.as_deref()) {
+        Ok(config) => (
+            super::load_options_of(&config),
+            PipelineOptions::from_config(&config),
+        ),
         Err(e) => return super::usage(&e),
     };
     let dir = &args.policies;
@@ -55,7 +60,7 @@ pub(super) fn run(args: TestArgs) -> Exit {
         return Exit::Failure;
     }
 
-    let report = run_suite(&snapshot, &suite);
+    let report = run_suite(&snapshot, &suite, &judge);
     for (file, case) in report.cases() {
         let path = dir.join(file);
         if case.passed() {

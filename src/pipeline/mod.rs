@@ -21,6 +21,7 @@
 
 pub mod cache;
 pub mod error;
+mod evaluate;
 pub mod limits;
 mod record;
 pub mod request;
@@ -34,13 +35,15 @@ use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Span;
 
-use crate::authorizer::{self, Decision};
+use crate::authorizer::Decision;
 use crate::config::Config;
 use crate::decision_log::{DecisionLog, Slots};
+use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
 use crate::policy_store::{PolicyStore, Snapshot};
 use cache::DecisionCache;
 pub use error::{Code, DecisionError, InvalidField, Reason};
+use evaluate::Evaluator;
 use limits::Limits;
 use record::Subject;
 pub use request::{Call, Context, DecisionRequest, Rejected, Submitted, Uid, Workload};
@@ -80,6 +83,18 @@ impl Default for PipelineOptions {
     fn default() -> Self {
         Self::from_config(&Config::default())
     }
+}
+
+/// Decides `req` as the server would for a caller that proved `peer`:
+/// binding, limits, the server's context and evaluation, without
+/// admission, cache, metrics or a record. What policy tests run.
+pub fn judge(
+    opts: &PipelineOptions,
+    snapshot: &Snapshot,
+    req: DecisionRequest,
+    peer: &PeerFacts,
+) -> Result<Decision, DecisionError> {
+    Evaluator { opts, cache: None }.evaluate(snapshot, req, None, &[], peer, &mut None)
 }
 
 /// A decision, with what identifies it.
@@ -163,6 +178,13 @@ impl Pipeline {
         client.map_or(self.opts.request_timeout, |t| {
             t.min(self.opts.request_timeout)
         })
+    }
+
+    fn evaluator(&self) -> Evaluator<'_> {
+        Evaluator {
+            opts: &self.opts,
+            cache: self.cache.as_deref().map(|c| (c, &*self.metrics)),
+        }
     }
 
     fn admit(&self) -> Result<OwnedSemaphorePermit, DecisionError> {
@@ -253,7 +275,11 @@ impl Pipeline {
         let refuse_all = |items: Vec<Submitted>, e: DecisionError, snapshot: Option<&Snapshot>| {
             for (i, item) in items.into_iter().enumerate() {
                 let span = span::authorize(Some(&call.span));
-                self.refuse(item, e.clone().in_item(i), At::refused(call, &span, snapshot));
+                self.refuse(
+                    item,
+                    e.clone().in_item(i),
+                    At::refused(call, &span, snapshot),
+                );
             }
             span::record_failure(&call.span, &e);
             e
@@ -415,7 +441,8 @@ impl Pipeline {
         let mut subject = audit.then(|| Subject::of(&req));
         let shared = item.map_or(&[][..], |i| i.shared);
         let decided = self
-            .evaluate(snapshot, req, invalid, shared, call, &mut subject)
+            .evaluator()
+            .evaluate(snapshot, req, invalid, shared, &call.peer, &mut subject)
             .map_err(|e| match item {
                 Some(i) => e.in_item(i.index),
                 None => e,
@@ -446,60 +473,6 @@ impl Pipeline {
                 Err(self.failed(subject, request_id, error, at))
             }
         }
-    }
-
-    /// Binding, limits, cache and evaluation: the decision, or why not.
-    /// Fills `subject`'s context once it is known.
-    fn evaluate(
-        &self,
-        snapshot: &Snapshot,
-        req: DecisionRequest,
-        invalid: Option<InvalidField>,
-        shared: &[Json],
-        call: &Call,
-        subject: &mut Option<Subject>,
-    ) -> Result<Decision, DecisionError> {
-        let opts = &*self.opts;
-        server_context::check_binding(opts.bind_workload, &req, &call.peer)?;
-        opts.limits
-            .check_request_id(&req.request_id)
-            .map_err(DecisionError::limit)?;
-        opts.limits
-            .check_context_json(req.context_json())
-            .map_err(DecisionError::limit)?;
-        if let Some(e) = invalid {
-            return Err(DecisionError::invalid(e));
-        }
-        let caller = call.verified_peer().filter(|_| opts.caller_key.is_some());
-        // Binding and limits first: a cached answer never skips them.
-        let mut cached = None;
-        let mut cache_key = None;
-        if let (Some(cache), true) = (&self.cache, shared.is_empty()) {
-            cache_key = DecisionCache::key(snapshot.generation, &req, caller);
-            cached = cache_key.as_deref().and_then(|k| cache.get(k));
-            if cache_key.is_some() {
-                self.metrics.decision_cache(cached.is_some());
-            }
-        }
-        // Without a record to fill, a hit needs no conversion at all.
-        if let (Some(hit), None) = (&cached, &subject) {
-            return Ok((**hit).clone());
-        }
-        let has_workload = req.workload.is_some();
-        let mut q = req.into_query(shared).map_err(DecisionError::invalid)?;
-        opts.limits.check_query(&q).map_err(DecisionError::limit)?;
-        if let Some(s) = subject.take() {
-            *subject = Some(s.with_context(&q.context, has_workload));
-        }
-        server_context::add_caller(opts.caller_key.as_deref(), &mut q.context, caller)?;
-        if let Some(hit) = cached {
-            return Ok((*hit).clone());
-        }
-        let decision = authorizer::authorize(snapshot, q)?;
-        if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
-            cache.insert(key, Arc::new(decision.clone()));
-        }
-        Ok(decision)
     }
 }
 

@@ -226,11 +226,6 @@ impl Call {
             started: Instant::now(),
         }
     }
-
-    /// The peer, when it proved anything beyond its address.
-    pub fn verified_peer(&self) -> Option<&PeerFacts> {
-        Some(&self.peer).filter(|p| p.is_verified())
-    }
 }
 
 #[cfg(test)]

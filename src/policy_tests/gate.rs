@@ -1,6 +1,7 @@
 //! The reload test gate: the directory's policy tests as the check a new set
 //! must pass before the policy store activates it.
 
+use crate::pipeline::PipelineOptions;
 use crate::policy_store::{LoadError, Snapshot, SourceProblem, TestFiles, TestGate};
 
 use super::{parse_suite, run};
@@ -9,14 +10,19 @@ use super::{parse_suite, run};
 const MAX_LISTED: usize = 20;
 
 /// The gate for `reload.require_tests`: every case of the directory must
-/// pass on the new set, and a directory without cases is refused.
-pub fn gate() -> TestGate {
-    TestGate::new(check)
+/// pass on the new set, judged with the server's `opts`, and a directory
+/// without cases is refused.
+pub fn gate(opts: PipelineOptions) -> TestGate {
+    TestGate::new(move |snapshot, tests| check(snapshot, tests, &opts))
 }
 
 /// Parses the tests of `tests` and runs them on `snapshot`; every failing
 /// case becomes a problem located at the case.
-fn check(snapshot: &Snapshot, tests: &mut TestFiles) -> Result<(), LoadError> {
+fn check(
+    snapshot: &Snapshot,
+    tests: &mut TestFiles,
+    opts: &PipelineOptions,
+) -> Result<(), LoadError> {
     let suite = parse_suite(tests)?;
     if suite.case_count() == 0 {
         return Err(LoadError::Invalid(vec![problem(
@@ -25,7 +31,7 @@ fn check(snapshot: &Snapshot, tests: &mut TestFiles) -> Result<(), LoadError> {
                 .to_string(),
         )]));
     }
-    let report = run(snapshot, &suite);
+    let report = run(snapshot, &suite, opts);
     let mut failures = report.failures();
     if failures.is_empty() {
         return Ok(());

@@ -1,9 +1,12 @@
-//! Runs a [`Suite`] against a snapshot, through [`authorizer::authorize`]:
-//! the path every server request takes.
+//! Runs a [`Suite`] against a snapshot, through the decision pipeline's
+//! checks and evaluation ([`pipeline::judge`]): conversion, limits, caller
+//! binding, the server's `workload` and `caller` context, and Cedar, as
+//! every server request takes them.
 
 use std::time::{Duration, Instant};
 
-use crate::authorizer::{self, Decision};
+use crate::authorizer::Decision;
+use crate::pipeline::{self, DecisionError, PipelineOptions};
 use crate::policy_store::{Snapshot, SourceProblem};
 
 use super::spec::{Case, Expect, Suite};
@@ -76,27 +79,44 @@ impl Report {
     }
 }
 
-/// Runs every case of `suite` against `snapshot`.
-pub fn run(snapshot: &Snapshot, suite: &Suite) -> Report {
+/// Runs every case of `suite` against `snapshot`, judged with `opts` (the
+/// server's limits and caller settings).
+pub fn run(snapshot: &Snapshot, suite: &Suite, opts: &PipelineOptions) -> Report {
     Report {
         files: suite
             .files
             .iter()
             .map(|file| FileResult {
                 rel: file.rel.clone(),
-                cases: file.cases.iter().map(|c| run_case(snapshot, c)).collect(),
+                cases: file
+                    .cases
+                    .iter()
+                    .map(|c| run_case(snapshot, c, opts))
+                    .collect(),
             })
             .collect(),
     }
 }
 
-fn run_case(snapshot: &Snapshot, case: &Case) -> CaseResult {
+fn run_case(snapshot: &Snapshot, case: &Case, opts: &PipelineOptions) -> CaseResult {
     let start = Instant::now();
-    let mismatches = match authorizer::authorize(snapshot, case.query.clone()) {
-        Ok(decision) => compare(&case.expect, &decision),
-        Err(e) => vec![format!(
-            "the request could not be evaluated (the server answers INVALID_ARGUMENT): {e}"
+    let judged = pipeline::judge(opts, snapshot, case.request.clone(), &case.caller);
+    let mismatches = match (judged, case.expect.refused) {
+        (Ok(decision), None) => compare(&case.expect, &decision),
+        (Ok(decision), Some(reason)) => vec![format!(
+            "expected the request to be refused with `{}`, but it was decided: {} (determining policies {})",
+            reason.as_str(),
+            word(decision.allow),
+            list(&decision.determining_policies)
         )],
+        (Err(e), Some(reason)) if e.reason == reason => Vec::new(),
+        (Err(e), Some(reason)) => vec![format!(
+            "expected the request to be refused with `{}`, but it was refused with `{}`: {}",
+            reason.as_str(),
+            e.reason.as_str(),
+            e.message
+        )],
+        (Err(e), None) => vec![refused(&e)],
     };
     CaseResult {
         name: case.name.clone(),
@@ -104,6 +124,15 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> CaseResult {
         mismatches,
         elapsed: start.elapsed(),
     }
+}
+
+fn refused(e: &DecisionError) -> String {
+    format!(
+        "the request could not be evaluated (the server answers {}, reason `{}`): {}",
+        e.code().name(),
+        e.reason.as_str(),
+        e.message
+    )
 }
 
 fn word(allow: bool) -> &'static str {
@@ -187,6 +216,7 @@ mod tests {
     fn only_what_is_given_is_compared() {
         let expect = Expect {
             allow: false,
+            refused: None,
             determining_policies: None,
             errors: None,
         };
@@ -202,6 +232,7 @@ mod tests {
     fn errors_match_by_policy_or_substring_and_must_all_be_accounted_for() {
         let expect = Expect {
             allow: false,
+            refused: None,
             determining_policies: Some(vec![]),
             errors: Some(vec![
                 ExpectedError {

@@ -10,12 +10,15 @@ use std::fmt;
 use std::path::{Component, Path};
 use std::str::FromStr;
 
-use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use std::collections::BTreeMap;
+
+use cedar_policy::EntityUid;
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
-use crate::authorizer::Query;
+use crate::identity::{PeerFacts, SpiffeId, UnixPeer};
+use crate::pipeline::{Context, DecisionRequest, Reason, Uid, Workload};
 use crate::policy_store::{LoadError, SourceProblem, TestFiles, read_dir};
 
 /// Suffix a fixture must not have: the loader would also load it as the
@@ -50,8 +53,12 @@ pub struct Case {
     pub name: String,
     /// 1-based line of the case in its file.
     pub line: usize,
-    /// The request, with the file's fixture entities before the case's own.
-    pub query: Query,
+    /// The request as the API takes it, with the file's fixture entities
+    /// before the case's own.
+    pub request: DecisionRequest,
+    /// What the transport proved about the caller, as the server would
+    /// have it from a client certificate or a Unix socket.
+    pub caller: PeerFacts,
     pub expect: Expect,
 }
 
@@ -59,6 +66,9 @@ pub struct Case {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expect {
     pub allow: bool,
+    /// When given, the request must be refused with this reason (and is
+    /// then a deny).
+    pub refused: Option<Reason>,
     /// When given, exactly these policies (in any order) must determine it.
     pub determining_policies: Option<Vec<String>>,
     /// When given, exactly this many errors, each matched by one entry.
@@ -118,13 +128,74 @@ struct CaseSpec {
     context: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     entities: Vec<serde_json::Value>,
-    expect: ExpectSpec,
+    #[serde(default)]
+    workload: Option<WorkloadSpec>,
+    #[serde(default)]
+    caller: Option<Spanned<CallerSpec>>,
+    expect: Spanned<ExpectSpec>,
+}
+
+/// `workload` as the API takes it: labels are a map.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadSpec {
+    #[serde(default)]
+    spiffe_id: String,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    service_account: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// What the transport would prove: a client certificate's SPIFFE ID, or a
+/// Unix socket peer's credentials.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallerSpec {
+    #[serde(default)]
+    spiffe_id: Option<String>,
+    #[serde(default)]
+    uid: Option<u32>,
+    #[serde(default)]
+    gid: Option<u32>,
+    #[serde(default)]
+    pid: Option<i32>,
+}
+
+impl CallerSpec {
+    fn to_peer(&self) -> Result<PeerFacts, String> {
+        let spiffe = match &self.spiffe_id {
+            Some(id) => {
+                Some(SpiffeId::parse(id).map_err(|e| format!("`caller.spiffe_id` `{id}`: {e}"))?)
+            }
+            None => None,
+        };
+        let unix = match (self.uid, self.gid, self.pid) {
+            (None, None, None) => None,
+            (Some(uid), Some(gid), pid) => Some(UnixPeer { uid, gid, pid }),
+            _ => return Err("`caller`: a Unix peer needs both `uid` and `gid`".into()),
+        };
+        if spiffe.is_none() && unix.is_none() {
+            return Err("`caller` needs `spiffe_id`, or `uid` and `gid`".into());
+        }
+        Ok(PeerFacts {
+            addr: None,
+            spiffe,
+            unix,
+        })
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExpectSpec {
-    decision: DecisionSpec,
+    #[serde(default)]
+    decision: Option<DecisionSpec>,
+    /// A stable reason (`binding_mismatch`, `invalid_request`, ...).
+    #[serde(default)]
+    error: Option<String>,
     #[serde(default)]
     determining_policies: Option<Vec<String>>,
     #[serde(default)]
@@ -177,17 +248,19 @@ impl<'de> Deserialize<'de> for UidSpec {
 }
 
 impl UidSpec {
-    fn to_uid(&self) -> Result<EntityUid, String> {
+    /// The uid as the API takes it; its type is checked here, so a bad one
+    /// is reported at its line.
+    fn to_uid(&self) -> Result<Uid, String> {
         match self {
             Self::Cedar(text) => EntityUid::from_str(text)
+                .map(|u| Uid::new(u.type_name().to_string(), u.id().unescaped()))
                 .map_err(|e| format!("`{text}` is not an entity uid like `User::\"alice\"`: {e}")),
             Self::Parts { type_name, id } => {
-                let type_name = EntityTypeName::from_str(type_name)
-                    .map_err(|e| format!("`{type_name}` is not a Cedar entity type: {e}"))?;
-                Ok(EntityUid::from_type_name_and_id(
-                    type_name,
-                    EntityId::new(id),
-                ))
+                let uid = Uid::new(type_name, id);
+                uid.parse("").map_err(|e| {
+                    format!("`{type_name}` is not a Cedar entity type: {}", e.message)
+                })?;
+                Ok(uid)
             }
         }
     }
@@ -386,24 +459,91 @@ fn parse_file(
         };
         let mut entities = fixture_entities.clone();
         entities.extend(case.entities);
+        let caller = match case
+            .caller
+            .as_ref()
+            .map(|c| (c.value.to_peer(), &c.referenced))
+        {
+            None => PeerFacts::default(),
+            Some((Ok(peer), _)) => peer,
+            Some((Err(message), at)) => {
+                problems.push(problem(rel, at.line(), at.column(), message));
+                continue;
+            }
+        };
+        let expect_at = case.expect.referenced;
+        let expect = case.expect.value;
+        let refused = match expect.error.as_deref() {
+            None => None,
+            Some(name) => match Reason::ALL.into_iter().find(|r| r.as_str() == name) {
+                Some(reason) => Some(reason),
+                None => {
+                    let known: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+                    problems.push(problem(
+                        rel,
+                        expect_at.line(),
+                        expect_at.column(),
+                        format!(
+                            "`expect.error`: unknown reason `{name}`; one of {}",
+                            known.join(", ")
+                        ),
+                    ));
+                    continue;
+                }
+            },
+        };
+        let allow = match (expect.decision, refused) {
+            (Some(DecisionSpec::Allow), Some(_)) => {
+                problems.push(problem(
+                    rel,
+                    expect_at.line(),
+                    expect_at.column(),
+                    "a refused request is a deny: `expect.error` cannot go with `decision: allow`",
+                ));
+                continue;
+            }
+            (None, None) => {
+                problems.push(problem(
+                    rel,
+                    expect_at.line(),
+                    expect_at.column(),
+                    "`expect` needs `decision` (allow or deny) or `error` (a reason)",
+                ));
+                continue;
+            }
+            (decision, _) => matches!(decision, Some(DecisionSpec::Allow)),
+        };
+        let workload = case.workload.map(|w| Workload {
+            spiffe_id: w.spiffe_id,
+            namespace: w.namespace,
+            service_account: w.service_account,
+            labels: w
+                .labels
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        });
         cases.push(Case {
             name,
             line: usize::try_from(at.line().max(1)).unwrap_or(usize::MAX),
-            query: Query {
-                principal,
-                action,
-                resource,
-                context: case.context,
+            request: DecisionRequest {
+                principal: Some(principal),
+                action: Some(action),
+                resource: Some(resource),
+                context: Context::Record(case.context),
                 entities,
+                workload,
+                ..DecisionRequest::default()
             },
+            caller,
             expect: Expect {
-                allow: matches!(case.expect.decision, DecisionSpec::Allow),
-                determining_policies: case.expect.determining_policies.map(|mut p| {
+                allow,
+                refused,
+                determining_policies: expect.determining_policies.map(|mut p| {
                     p.sort_unstable();
                     p
                 }),
-                errors: case
-                    .expect
+                errors: expect
                     .errors
                     .map(|e| e.into_iter().map(ExpectedError::from).collect()),
             },
