@@ -21,6 +21,15 @@ impl From<&proto::EntityUid> for Uid {
     }
 }
 
+impl From<proto::EntityUid> for Uid {
+    fn from(u: proto::EntityUid) -> Self {
+        Uid {
+            type_name: u.r#type,
+            id: u.id,
+        }
+    }
+}
+
 /// Typed entities as Cedar JSON.
 pub fn entities_to_json(typed: Vec<proto::Entity>, field: &str) -> Result<Vec<Json>, InvalidField> {
     typed
@@ -47,9 +56,9 @@ pub fn shared_entities(
 /// uids and JSON text are parsed by the pipeline.
 pub fn decision_request(req: proto::AuthorizeRequest) -> Submitted {
     let mut out = DecisionRequest {
-        principal: req.principal.as_ref().map(Uid::from),
-        action: req.action.as_ref().map(Uid::from),
-        resource: req.resource.as_ref().map(Uid::from),
+        principal: req.principal.map(Uid::from),
+        action: req.action.map(Uid::from),
+        resource: req.resource.map(Uid::from),
         context: Context::default(),
         entities: Vec::new(),
         entities_json: req.entities_json,
