@@ -92,6 +92,19 @@ fn bench(c: &mut Criterion) {
                 authorizer::authorize(&peer, q).unwrap()
             });
         });
+
+        // The pipeline on a decision-cache hit: what a repeated request costs
+        // besides the transport.
+        let store = Arc::new(PolicyStore::new(peer_dir.clone(), options.clone()));
+        store.reload().unwrap();
+        let pipeline = Pipeline::new(store, PipelineOptions::default(), Arc::new(Metrics::new()));
+        c.bench_function("pipeline/cerbos_equivalent_cached", |b| {
+            b.to_async(&runtime).iter(|| async {
+                let call = Call::new(Default::default(), None, tracing::Span::none());
+                let req = decision_request(peer_req.clone());
+                pipeline.authorize(req, &call, admission).await.unwrap()
+            });
+        });
     }
 }
 

@@ -113,11 +113,6 @@ impl App {
         self
     }
 
-    /// The policy store the server answers from.
-    pub fn store(&self) -> &Arc<PolicyStore> {
-        &self.store
-    }
-
     /// Serves on `listener` until `shutdown` completes, then drains in-flight
     /// calls for at most `limits.shutdown_grace`.
     pub async fn run(

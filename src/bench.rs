@@ -265,11 +265,13 @@ pub async fn run(spec: &LoadSpec, request: proto::AuthorizeRequest) -> Result<Su
             continue;
         }
         for _ in 0..spec.concurrency {
+            let call = match spec.mode {
+                Mode::Batch => Call::Batch(batch.clone()),
+                Mode::Unary | Mode::Stream => Call::Unary(request.clone()),
+            };
             let worker = Worker {
                 client: AuthorizerClient::new(channel.clone()),
-                mode: spec.mode,
-                request: request.clone(),
-                batch: batch.clone(),
+                call,
                 limit,
                 issued: Arc::clone(&issued),
             };
@@ -302,11 +304,15 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
+/// What a unary worker sends on every call.
+enum Call {
+    Unary(proto::AuthorizeRequest),
+    Batch(proto::BatchAuthorizeRequest),
+}
+
 struct Worker {
     client: AuthorizerClient<Channel>,
-    mode: Mode,
-    request: proto::AuthorizeRequest,
-    batch: proto::BatchAuthorizeRequest,
+    call: Call,
     limit: Limit,
     issued: Arc<AtomicU64>,
 }
@@ -333,15 +339,9 @@ impl Worker {
                 return tally;
             }
             let start = Instant::now();
-            let ok = match self.mode {
-                Mode::Unary | Mode::Stream => {
-                    self.client.authorize(self.request.clone()).await.is_ok()
-                }
-                Mode::Batch => self
-                    .client
-                    .batch_authorize(self.batch.clone())
-                    .await
-                    .is_ok(),
+            let ok = match &self.call {
+                Call::Unary(request) => self.client.authorize(request.clone()).await.is_ok(),
+                Call::Batch(batch) => self.client.batch_authorize(batch.clone()).await.is_ok(),
             };
             tally.calls += 1;
             if ok {

@@ -109,14 +109,6 @@ impl PolicyStore {
         self.generation.subscribe()
     }
 
-    /// The outcome of the most recent load attempt.
-    pub fn status(&self) -> ReloadStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
     /// The live snapshot and the last attempt's outcome, read together so a
     /// caller never sees a new generation beside an old error.
     pub fn state(&self) -> (Option<Arc<Snapshot>>, ReloadStatus) {
