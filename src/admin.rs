@@ -18,7 +18,7 @@ use crate::policy_store::PolicyStore;
 
 /// Whether the server should receive traffic.
 #[derive(Clone, Debug)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     store: Arc<PolicyStore>,
     /// Zero disables the staleness check.
     max_policy_age: Duration,
@@ -26,7 +26,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// Readiness of `store`, stale after `max_policy_age` of failing reloads.
-    pub fn new(store: Arc<PolicyStore>, max_policy_age: Duration) -> Self {
+    pub(crate) fn new(store: Arc<PolicyStore>, max_policy_age: Duration) -> Self {
         Self {
             store,
             max_policy_age,
@@ -34,12 +34,12 @@ impl Readiness {
     }
 
     /// The store whose readiness this is.
-    pub fn store(&self) -> &Arc<PolicyStore> {
+    pub(crate) fn store(&self) -> &Arc<PolicyStore> {
         &self.store
     }
 
     /// `Ok` when a set is live and not stale; otherwise the reason.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let (snapshot, status) = self.store.state();
         if snapshot.is_none() {
             return Err("no policy set is loaded yet".to_string());
@@ -71,7 +71,7 @@ struct AdminState {
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` completes.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     readiness: Readiness,

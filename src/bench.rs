@@ -22,7 +22,7 @@ use crate::grpc::proto::{self, authorizer_client::AuthorizerClient};
 
 /// What a load run sends, over how many connections, until when.
 #[derive(Clone, Debug)]
-pub struct LoadSpec {
+pub(crate) struct LoadSpec {
     /// Server address, `host:port` or a URL.
     pub addr: String,
     /// HTTP/2 connections to open; at least 1.
@@ -37,7 +37,7 @@ pub struct LoadSpec {
 
 /// When a run stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// After this long.
     After(Duration),
     /// After this many calls in total.
@@ -46,7 +46,7 @@ pub enum Stop {
 
 /// The RPC a bench calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// `Authorize`, one decision per call.
     Unary,
     /// `BatchAuthorize`, `--batch-size` decisions per call.
@@ -58,7 +58,7 @@ pub enum Mode {
 
 /// Why a bench could not run.
 #[derive(Debug, thiserror::Error)]
-pub enum BenchError {
+pub(crate) enum BenchError {
     #[error("cannot read `{}`: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -115,7 +115,7 @@ impl From<Uid> for proto::EntityUid {
 }
 
 /// Reads a request file into the `AuthorizeRequest` it describes.
-pub fn read_request(path: &Path) -> Result<proto::AuthorizeRequest, BenchError> {
+pub(crate) fn read_request(path: &Path) -> Result<proto::AuthorizeRequest, BenchError> {
     let text = std::fs::read_to_string(path).map_err(|source| BenchError::Read {
         path: path.to_path_buf(),
         source,
@@ -144,7 +144,7 @@ pub fn read_request(path: &Path) -> Result<proto::AuthorizeRequest, BenchError> 
 
 /// `request` as one gRPC message: an uncompressed flag byte, the length as a
 /// big-endian u32, then the protobuf encoding.
-pub fn grpc_frame(request: &proto::AuthorizeRequest) -> Vec<u8> {
+pub(crate) fn grpc_frame(request: &proto::AuthorizeRequest) -> Vec<u8> {
     let body = request.encode_to_vec();
     let mut framed = Vec::with_capacity(5 + body.len());
     framed.push(0);
@@ -156,7 +156,7 @@ pub fn grpc_frame(request: &proto::AuthorizeRequest) -> Vec<u8> {
 
 /// What a run measured.
 #[derive(Debug)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub calls: u64,
     pub errors: u64,
     pub decisions_per_call: u64,
@@ -203,7 +203,7 @@ enum Limit {
 }
 
 /// Runs `spec` with `request` on a runtime of its own, until it stops.
-pub fn run_blocking(
+pub(crate) fn run_blocking(
     spec: &LoadSpec,
     request: proto::AuthorizeRequest,
 ) -> Result<Summary, BenchError> {
@@ -213,7 +213,10 @@ pub fn run_blocking(
 
 /// Runs `spec` with `request` until it stops. A failed call is counted, not
 /// an error; only a connection that cannot be opened is.
-pub async fn run(spec: &LoadSpec, request: proto::AuthorizeRequest) -> Result<Summary, BenchError> {
+pub(crate) async fn run(
+    spec: &LoadSpec,
+    request: proto::AuthorizeRequest,
+) -> Result<Summary, BenchError> {
     let url = if spec.addr.contains("://") {
         spec.addr.clone()
     } else {
@@ -267,7 +270,7 @@ pub async fn run(spec: &LoadSpec, request: proto::AuthorizeRequest) -> Result<Su
         for _ in 0..spec.concurrency {
             let call = match spec.mode {
                 Mode::Batch => Call::Batch(batch.clone()),
-                Mode::Unary | Mode::Stream => Call::Unary(request.clone()),
+                Mode::Unary | Mode::Stream => Call::Unary(Box::new(request.clone())),
             };
             let worker = Worker {
                 client: AuthorizerClient::new(channel.clone()),
@@ -306,7 +309,7 @@ fn new_histogram() -> Histogram<u64> {
 
 /// What a unary worker sends on every call.
 enum Call {
-    Unary(proto::AuthorizeRequest),
+    Unary(Box<proto::AuthorizeRequest>),
     Batch(proto::BatchAuthorizeRequest),
 }
 
@@ -340,7 +343,7 @@ impl Worker {
             }
             let start = Instant::now();
             let ok = match &self.call {
-                Call::Unary(request) => self.client.authorize(request.clone()).await.is_ok(),
+                Call::Unary(request) => self.client.authorize(*request.clone()).await.is_ok(),
                 Call::Batch(batch) => self.client.batch_authorize(batch.clone()).await.is_ok(),
             };
             tally.calls += 1;

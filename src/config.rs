@@ -461,7 +461,7 @@ impl Config {
     }
 
     /// Parses TOML without checking its values; see [`Config::read`].
-    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+    fn from_toml(text: &str) -> Result<Self, ConfigError> {
         Ok(toml::from_str(text)?)
     }
 

@@ -3,7 +3,7 @@
 
 /// An error and its sources, `: `-joined. Cedar often keeps the useful part
 /// (which attribute, which value) in a source, not in the top message.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut message = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {

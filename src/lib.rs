@@ -1,5 +1,8 @@
 //! cedar-pdp: a Cedar policy decision point that runs as a sidecar.
 //!
+//! The public modules are what the binary, the tests and the benches use;
+//! the rest is `pub(crate)`.
+//!
 //! # Layout
 //! - [`cmd`]: the binary: command-line parsing, one file per subcommand, exit codes.
 //! - [`config`]: the TOML config file, merged with flags, then checked once into settings.
@@ -21,21 +24,23 @@
 //! - [`identity`]: SPIFFE IDs and the caller facts handed to policies.
 //! - [`error_chain`]: an error with its sources, as one line.
 
-pub mod admin;
+#![warn(unreachable_pub)]
+
+pub(crate) mod admin;
 pub mod app;
 pub mod authorizer;
-pub mod bench;
+pub(crate) mod bench;
 pub mod cmd;
 pub mod config;
 pub mod decision_log;
-pub mod error_chain;
+pub(crate) mod error_chain;
 pub mod grpc;
 pub mod identity;
 pub mod metrics;
 pub mod pipeline;
-pub mod policy_format;
+pub(crate) mod policy_format;
 pub mod policy_store;
 pub mod policy_tests;
-pub mod state_metrics;
+pub(crate) mod state_metrics;
 pub mod telemetry;
 pub mod transport;

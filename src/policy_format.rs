@@ -12,7 +12,7 @@ use crate::policy_store::{self, FileKind, LoadError, SourceFile, SourceProblem, 
 
 /// What formatting found, file by file (paths relative to the directory).
 #[derive(Debug, Default)]
-pub struct FormatReport {
+pub(crate) struct FormatReport {
     /// Files already formatted.
     pub unchanged: Vec<String>,
     /// Files that were (or, with `check`, would be) rewritten.
@@ -24,7 +24,11 @@ pub struct FormatReport {
 /// Formats every `.cedar` file under `root`. With `check`, nothing is
 /// written. A directory that cannot be read is an error; a file that does
 /// not format is reported and left alone.
-pub fn format_dir(root: &Path, check: bool, line_width: usize) -> Result<FormatReport, LoadError> {
+pub(crate) fn format_dir(
+    root: &Path,
+    check: bool,
+    line_width: usize,
+) -> Result<FormatReport, LoadError> {
     let config = Config {
         line_width,
         indent_width: 2,

@@ -15,7 +15,7 @@ use crate::policy_store::PolicyStore;
 
 /// Reads the store and the decision log's drop counter at scrape time.
 #[derive(Debug)]
-pub struct StateCollector {
+pub(crate) struct StateCollector {
     pub store: Arc<PolicyStore>,
     pub log_dropped: Option<Arc<AtomicU64>>,
 }

@@ -61,7 +61,7 @@ fn env(name: &str) -> Option<String> {
 
 /// The tracer provider, or `None` when no endpoint is configured or
 /// `OTEL_SDK_DISABLED=true`. Must run inside a Tokio runtime (gRPC export).
-pub fn tracer_provider(config: &OtelConfig) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+fn tracer_provider(config: &OtelConfig) -> Result<Option<SdkTracerProvider>, TelemetryError> {
     if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(None);
     }

@@ -82,7 +82,7 @@ pub struct DecisionRecord {
 
 /// What happens to a field named by a masking rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MaskAction {
+pub(super) enum MaskAction {
     /// Replace the value with `"***"`.
     Mask,
     /// Remove the field.

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::{DecisionLogError, DecisionRecord};
 
 /// A file that rotates to `path.1`, `path.2`, … once it passes `max_bytes`.
-pub fn rotating_file(
+pub(super) fn rotating_file(
     path: &Path,
     max_bytes: usize,
     max_files: usize,
@@ -38,14 +38,14 @@ pub fn rotating_file(
 
 /// The queue's receiving end, yielding bare records: whatever held their
 /// room is released as soon as the writer takes them.
-pub struct Records<T> {
+pub(super) struct Records<T> {
     rx: mpsc::UnboundedReceiver<T>,
     open: fn(T) -> DecisionRecord,
 }
 
 impl<T> Records<T> {
     /// Reads `rx`, unwrapping each item with `open`.
-    pub fn new(rx: mpsc::UnboundedReceiver<T>, open: fn(T) -> DecisionRecord) -> Self {
+    pub(super) fn new(rx: mpsc::UnboundedReceiver<T>, open: fn(T) -> DecisionRecord) -> Self {
         Self { rx, open }
     }
 
@@ -60,7 +60,11 @@ impl<T> Records<T> {
 
 /// Writes records as JSON lines until every sender is gone. Flushes whenever
 /// the queue is momentarily empty, so lines reach the sink in batches.
-pub fn drain<T>(mut rx: Records<T>, sink: Box<dyn Write + Send>, dropped: &AtomicU64) -> u64 {
+pub(super) fn drain<T>(
+    mut rx: Records<T>,
+    sink: Box<dyn Write + Send>,
+    dropped: &AtomicU64,
+) -> u64 {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let mut written = 0u64;
     let mut failing = false;

@@ -31,7 +31,7 @@ impl From<proto::EntityUid> for Uid {
 }
 
 /// Typed entities as Cedar JSON.
-pub fn entities_to_json(typed: Vec<proto::Entity>, field: &str) -> Result<Vec<Json>, InvalidField> {
+fn entities_to_json(typed: Vec<proto::Entity>, field: &str) -> Result<Vec<Json>, InvalidField> {
     typed
         .into_iter()
         .enumerate()
@@ -45,7 +45,7 @@ pub fn shared_entities(
     json_text: &str,
 ) -> Result<Vec<Json>, InvalidField> {
     let mut out = entities_to_json(batch_entities, "entities")?;
-    out.extend(crate::pipeline::request::parse_entities_json(
+    out.extend(crate::pipeline::parse_entities_json(
         json_text,
         "entities_json",
     )?);

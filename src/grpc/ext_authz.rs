@@ -28,9 +28,9 @@ use crate::pipeline::{
 use crate::policy_store::Snapshot;
 
 /// Header carrying the decision id, on allows and denies.
-pub const DECISION_ID_HEADER: &str = "x-cedar-decision-id";
+pub(super) const DECISION_ID_HEADER: &str = "x-cedar-decision-id";
 /// Header carrying the policy revision that decided.
-pub const REVISION_HEADER: &str = "x-cedar-policy-revision";
+pub(super) const REVISION_HEADER: &str = "x-cedar-policy-revision";
 
 /// The ext_authz service, over the same pipeline as the `Authorizer`.
 #[derive(Clone, Debug)]

@@ -7,7 +7,7 @@ mod ext_authz;
 pub mod proto;
 mod rpc;
 mod service;
-pub mod status;
+pub(crate) mod status;
 
 pub use ext_authz::ExtAuthzService;
 pub use service::AuthorizerService;

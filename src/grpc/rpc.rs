@@ -50,17 +50,17 @@ pub(super) struct Facts<'a> {
 
 impl<'a> Facts<'a> {
     /// What `request` carries besides its message.
-    pub fn of<T>(request: &'a tonic::Request<T>) -> Self {
+    pub(super) fn of<T>(request: &'a tonic::Request<T>) -> Self {
         Self::new(request.extensions().get::<PeerFacts>(), request.metadata())
     }
 
     /// The facts of a call whose request is already taken apart.
-    pub fn new(peer: Option<&'a PeerFacts>, metadata: &'a MetadataMap) -> Self {
+    pub(super) fn new(peer: Option<&'a PeerFacts>, metadata: &'a MetadataMap) -> Self {
         Self { peer, metadata }
     }
 
     /// A call recorded on `span`, continuing the caller's trace.
-    pub fn call(&self, span: Span) -> Call {
+    pub(super) fn call(&self, span: Span) -> Call {
         if !span.is_disabled() {
             let parent = TraceContextPropagator::new().extract(&Metadata(self.metadata));
             let _ = span.set_parent(parent);
@@ -94,7 +94,7 @@ impl<'a> Facts<'a> {
 
     /// Starts the call: in flight from now, on `span`, within the
     /// configured timeout or the client's shorter one.
-    pub fn start(&self, pipeline: &Pipeline, span: Span) -> Rpc {
+    pub(super) fn start(&self, pipeline: &Pipeline, span: Span) -> Rpc {
         Rpc {
             _inflight: pipeline.metrics().inflight(),
             timeout: pipeline.timeout(self.grpc_timeout()),

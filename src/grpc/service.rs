@@ -76,7 +76,7 @@ impl AuthorizerService {
 }
 
 /// The response stream of `AuthorizeStream`.
-pub type ResponseStream =
+pub(super) type ResponseStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<AuthorizeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]

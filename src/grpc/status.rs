@@ -7,7 +7,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::pipeline::{Code, DecisionError};
 
 /// The gRPC code of a pipeline code.
-pub fn grpc_code(code: Code) -> tonic::Code {
+pub(crate) fn grpc_code(code: Code) -> tonic::Code {
     match code {
         Code::InvalidArgument => tonic::Code::InvalidArgument,
         Code::PermissionDenied => tonic::Code::PermissionDenied,
@@ -21,7 +21,7 @@ pub fn grpc_code(code: Code) -> tonic::Code {
 
 /// The status of `err`, with the offending field as a `BadRequest`
 /// violation when there is one.
-pub fn status(err: DecisionError) -> Status {
+pub(crate) fn status(err: DecisionError) -> Status {
     let code = grpc_code(err.code());
     match err.field {
         Some(field) => Status::with_error_details(

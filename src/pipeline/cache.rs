@@ -56,7 +56,7 @@ impl Weighter<Vec<u8>, Arc<Decision>> for Bytes {
 }
 
 /// Decisions by (generation, request bytes, verified caller facts).
-pub struct DecisionCache {
+pub(super) struct DecisionCache {
     cache: Cache<Vec<u8>, Arc<Decision>, Bytes>,
 }
 
@@ -72,7 +72,7 @@ impl std::fmt::Debug for DecisionCache {
 impl DecisionCache {
     /// A cache holding at most about `max_bytes` of keys and decisions;
     /// `None` when `max_bytes` is 0.
-    pub fn new(max_bytes: u64) -> Option<Self> {
+    pub(super) fn new(max_bytes: u64) -> Option<Self> {
         (max_bytes > 0).then(|| Self {
             cache: Cache::with_weighter((max_bytes / 1024).max(16) as usize, max_bytes, Bytes),
         })
@@ -80,7 +80,7 @@ impl DecisionCache {
 
     /// The key of `req` under `generation`: everything that decides except
     /// the caller's own request id. `None` when too large to cache.
-    pub fn key(
+    pub(super) fn key(
         generation: u64,
         req: &DecisionRequest,
         caller: Option<&PeerFacts>,
@@ -117,12 +117,12 @@ impl DecisionCache {
     }
 
     /// The cached decision for `key`.
-    pub fn get(&self, key: &[u8]) -> Option<Arc<Decision>> {
+    pub(super) fn get(&self, key: &[u8]) -> Option<Arc<Decision>> {
         self.cache.get(key)
     }
 
     /// Remembers `decision` for `key`.
-    pub fn insert(&self, key: Vec<u8>, decision: Arc<Decision>) {
+    pub(super) fn insert(&self, key: Vec<u8>, decision: Arc<Decision>) {
         self.cache.insert(key, decision);
     }
 }

@@ -24,7 +24,7 @@ pub(super) struct Evaluator<'a> {
 impl Evaluator<'_> {
     /// Binding, limits, cache and evaluation: the decision, or why not.
     /// Fills `subject`'s context once it is known.
-    pub fn evaluate(
+    pub(super) fn evaluate(
         &self,
         snapshot: &Snapshot,
         req: DecisionRequest,

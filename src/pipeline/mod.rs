@@ -19,14 +19,14 @@
 //! - `server_context`: caller binding and the verified caller facts.
 //! - `record`, [`span`]: the decision record and the span fields.
 
-pub mod cache;
+mod cache;
 pub mod error;
 mod evaluate;
 pub mod limits;
 mod record;
-pub mod request;
+mod request;
 mod server_context;
-pub mod span;
+pub(crate) mod span;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +46,7 @@ pub use error::{Code, DecisionError, InvalidField, Reason};
 use evaluate::Evaluator;
 use limits::Limits;
 use record::Subject;
+pub(crate) use request::parse_entities_json;
 pub use request::{Call, Context, DecisionRequest, Rejected, Submitted, Uid, Workload};
 
 /// How the pipeline bounds and shapes requests; built from the config.

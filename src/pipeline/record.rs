@@ -47,7 +47,7 @@ fn entity_ref(uid: Option<&Uid>) -> EntityRef {
 
 impl Subject {
     /// The uids of `req`; the context is filled in once it is converted.
-    pub fn of(req: &DecisionRequest) -> Self {
+    pub(super) fn of(req: &DecisionRequest) -> Self {
         Self {
             principal: entity_ref(req.principal.as_ref()),
             action: entity_ref(req.action.as_ref()),
@@ -60,7 +60,7 @@ impl Subject {
 
     /// Records the converted context; `context.workload` is reported as the
     /// record's own `workload` field.
-    pub fn with_context(mut self, context: &Map<String, Json>, has_workload: bool) -> Self {
+    pub(super) fn with_context(mut self, context: &Map<String, Json>, has_workload: bool) -> Self {
         let mut context = context.clone();
         if has_workload {
             self.workload = context.remove("workload").unwrap_or(Json::Null);
@@ -118,7 +118,7 @@ impl Subject {
     }
 
     /// The record of a decision.
-    pub fn decided(
+    pub(super) fn decided(
         self,
         decision: &Decision,
         decision_id: &str,
@@ -141,7 +141,7 @@ impl Subject {
     }
 
     /// The record of a request that got no decision: a deny, with why.
-    pub fn failed(
+    pub(super) fn failed(
         self,
         error: &DecisionError,
         decision_id: &str,

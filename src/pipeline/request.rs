@@ -139,7 +139,7 @@ fn uid(uid: Option<&Uid>, field: &str) -> Result<EntityUid, InvalidField> {
 }
 
 /// Parses a JSON entity array; `field` names it in errors.
-pub fn parse_entities_json(text: &str, field: &str) -> Result<Vec<Json>, InvalidField> {
+pub(crate) fn parse_entities_json(text: &str, field: &str) -> Result<Vec<Json>, InvalidField> {
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }

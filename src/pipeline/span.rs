@@ -14,7 +14,7 @@ use crate::telemetry::SPAN_TARGET;
 
 /// A `cedar.authorize` span; a child of `parent` for batch items, otherwise
 /// a root whose remote parent the front-end sets from the caller's trace.
-pub fn authorize(parent: Option<&Span>) -> Span {
+pub(crate) fn authorize(parent: Option<&Span>) -> Span {
     tracing::info_span!(target: SPAN_TARGET, parent: parent.and_then(Span::id), "cedar.authorize",
         cedar.principal = Empty, cedar.action = Empty, cedar.resource = Empty,
         cedar.decision = Empty, cedar.determining_policies = Empty, cedar.error_count = Empty,
@@ -25,14 +25,14 @@ pub fn authorize(parent: Option<&Span>) -> Span {
 }
 
 /// The span of a whole `BatchAuthorize` call.
-pub fn batch() -> Span {
+pub(crate) fn batch() -> Span {
     tracing::info_span!(target: SPAN_TARGET, "cedar.batch_authorize",
         cedar.batch_size = Empty, cedar.policy_revision = Empty, cedar.error.reason = Empty,
         otel.status_code = Empty, otel.status_message = Empty)
 }
 
 /// `(trace_id, span_id)` of an exported span, as lowercase hex.
-pub fn ids(span: &Span) -> Option<(String, String)> {
+pub(crate) fn ids(span: &Span) -> Option<(String, String)> {
     if span.is_disabled() {
         return None;
     }
@@ -92,7 +92,7 @@ pub(super) fn record_decision(span: &Span, d: &Decision, decision_id: &str, revi
 }
 
 /// Marks the span failed: the request itself could not be evaluated.
-pub fn record_failure(span: &Span, error: &DecisionError) {
+pub(crate) fn record_failure(span: &Span, error: &DecisionError) {
     if span.is_disabled() {
         return;
     }
