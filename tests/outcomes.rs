@@ -58,10 +58,10 @@ async fn bounded<T>(what: &str, call: impl std::future::Future<Output = T>) -> T
         .unwrap_or_else(|_| panic!("{what}: no answer within 20s"))
 }
 
-fn config(dir: &TempDir, pipe: &StuckPipe) -> Config {
+fn config(dir: &TempDir, pipe: &StuckPipe, timeout: Duration) -> Config {
     let mut config = test_config(dir.path());
     config.limits.max_in_flight = 1;
-    config.limits.request_timeout = TIMEOUT;
+    config.limits.request_timeout = timeout;
     config.limits.max_string_bytes = 64 * 1024;
     config.limits.max_context_bytes = 128 * 1024;
     config.decision_log.enabled = true;
@@ -106,10 +106,15 @@ fn check(id: &str, method: &str) -> CheckRequest {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_with(TIMEOUT).await
+    }
+
+    /// A server whose calls give up after `timeout`.
+    async fn start_with(timeout: Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.cedar"), POLICY).unwrap();
         let pipe = StuckPipe::new(dir.path());
-        let server = TestServer::start_with(config(&dir, &pipe)).await;
+        let server = TestServer::start_with(config(&dir, &pipe, timeout)).await;
         let client = server.client().await;
         Self {
             server,
@@ -549,4 +554,42 @@ async fn reflection_lists_every_service() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A call whose client goes away while it waits is recorded as cancelled,
+/// once, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_abandoned_by_its_client_is_recorded_as_cancelled() {
+    // Long enough that the client surely leaves before the server gives up.
+    let mut h = Harness::start_with(Duration::from_secs(5)).await;
+    h.fill_the_queue().await;
+    let mut client = h.client.clone();
+    let mut req = tonic::Request::new(alice("gone"));
+    req.set_timeout(Duration::from_secs(30));
+    let waiting = tokio::spawn(async move { client.authorize(req).await });
+    let admin = h.server.admin_addr;
+    eventually("the call in flight", Duration::from_secs(10), || async {
+        (metric(admin, "cedar_pdp_inflight_requests", &[]).await >= 1.0).then_some(())
+    })
+    .await;
+    waiting.abort();
+    eventually(
+        "the cancellation counted",
+        Duration::from_secs(10),
+        || async {
+            let n = metric(
+                admin,
+                "cedar_pdp_request_errors_total",
+                &[("reason", "cancelled")],
+            )
+            .await;
+            (n >= 1.0).then_some(())
+        },
+    )
+    .await;
+    let (records, errors, dropped) = h.finish().await;
+    let r = one(&records, "gone", Some("cancelled"));
+    assert_eq!(r["error"]["code"], "CANCELLED");
+    assert_eq!(errors["cancelled"], 1.0);
+    counted(&records, &errors, dropped);
 }
