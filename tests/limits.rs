@@ -14,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cedar_pdp::config::{Config, LogSink, OnFull};
+use cedar_pdp::config::Config;
 use cedar_pdp::grpc::proto::authorizer_client::AuthorizerClient;
 use cedar_pdp::grpc::proto::value::Value as V;
 use cedar_pdp::grpc::proto::{
@@ -756,13 +756,7 @@ const HOLD_BATCH: usize = 8;
 fn held_config(dir: &TempDir, pipe: &StuckPipe) -> Config {
     let mut config = test_config(dir.path());
     config.limits.max_batch_size = HOLD_BATCH;
-    config.limits.max_string_bytes = 64 * 1024;
-    config.limits.max_context_bytes = 128 * 1024;
-    config.decision_log.enabled = true;
-    config.decision_log.sink = LogSink::File;
-    config.decision_log.path = pipe.path.clone();
-    config.decision_log.queue_capacity = HOLD_BATCH;
-    config.decision_log.on_full = OnFull::Block;
+    pipe.log_into(&mut config, HOLD_BATCH);
     config
 }
 

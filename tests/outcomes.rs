@@ -20,9 +20,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cedar_pdp::config::{Config, LogSink, OnFull};
+use cedar_pdp::config::Config;
 use cedar_pdp::grpc::proto::authorizer_client::AuthorizerClient;
-use cedar_pdp::grpc::proto::{AuthorizeRequest, BatchAuthorizeRequest, Decision};
+use cedar_pdp::grpc::proto::{self, AuthorizeRequest, BatchAuthorizeRequest, Decision};
 use common::stuck_pipe::StuckPipe;
 use common::{TestServer, eventually, metric, request, test_config};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
@@ -62,13 +62,7 @@ fn config(dir: &TempDir, pipe: &StuckPipe, timeout: Duration) -> Config {
     let mut config = test_config(dir.path());
     config.limits.max_in_flight = 1;
     config.limits.request_timeout = timeout;
-    config.limits.max_string_bytes = 64 * 1024;
-    config.limits.max_context_bytes = 128 * 1024;
-    config.decision_log.enabled = true;
-    config.decision_log.sink = LogSink::File;
-    config.decision_log.path = pipe.path.clone();
-    config.decision_log.queue_capacity = QUEUE;
-    config.decision_log.on_full = OnFull::Block;
+    pipe.log_into(&mut config, QUEUE);
     config.ext_authz.anonymous_principal = r#"User::"alice""#.into();
     config
 }
@@ -340,54 +334,57 @@ async fn batch_items_leave_one_record_each() {
     counted(&records, &errors, dropped);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_items_leave_one_record_each() {
-    let mut h = Harness::start().await;
+type Answers = tonic::Streaming<proto::AuthorizeResponse>;
+
+/// Opens a stream: where to send items, and where their answers come.
+async fn open_stream(
+    client: &mut AuthorizerClient<Channel>,
+) -> (tokio::sync::mpsc::Sender<AuthorizeRequest>, Answers) {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut answers = h
-        .client
+    let answers = client
         .authorize_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .unwrap()
         .into_inner();
+    (tx, answers)
+}
+
+/// The stream's next answer.
+async fn next(answers: &mut Answers) -> proto::AuthorizeResponse {
+    bounded("an answer", answers.message())
+        .await
+        .unwrap()
+        .expect("an answer, not the end")
+}
+
+/// The stream ends once its sender is gone.
+async fn ends(tx: tokio::sync::mpsc::Sender<AuthorizeRequest>, answers: &mut Answers) {
+    drop(tx);
+    let end = bounded("the end", answers.message()).await.unwrap();
+    assert!(end.is_none(), "{end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_items_leave_one_record_each() {
+    let mut h = Harness::start().await;
+    let (tx, mut answers) = open_stream(&mut h.client).await;
     tx.send(alice("valid")).await.unwrap();
     tx.send(invalid("invalid")).await.unwrap();
-    let ok = bounded("an answer", answers.message())
-        .await
-        .unwrap()
-        .unwrap();
+    let ok = next(&mut answers).await;
     assert_eq!(ok.decision(), Decision::Allow);
-    let refused = bounded("an answer", answers.message())
-        .await
-        .unwrap()
-        .unwrap();
+    let refused = next(&mut answers).await;
     assert_eq!(refused.decision(), Decision::Deny);
     assert_eq!(
         refused.errors[0].message,
         "InvalidArgument: `principal`: is required"
     );
-    drop(tx);
-    assert!(
-        bounded("the end", answers.message())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    ends(tx, &mut answers).await;
 
     h.fill_the_queue().await;
     // A new stream holds the only slot; its item waits out its deadline.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut answers = h
-        .client
-        .authorize_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut answers) = open_stream(&mut h.client).await;
     tx.send(alice("deadline")).await.unwrap();
-    let late = bounded("an answer", answers.message())
-        .await
-        .unwrap()
-        .unwrap();
+    let late = next(&mut answers).await;
     assert_eq!(late.decision(), Decision::Deny);
     assert!(
         late.errors[0]
@@ -404,13 +401,7 @@ async fn stream_items_leave_one_record_each() {
     )
     .await;
     assert_eq!(shed.unwrap_err().code(), Code::ResourceExhausted);
-    drop(tx);
-    assert!(
-        bounded("the end", answers.message())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    ends(tx, &mut answers).await;
 
     let (records, errors, dropped) = h.finish().await;
     let valid = one(&records, "valid", None);

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use cedar_pdp::config::{Config, LogSink, OnFull};
+
 /// Linux's `O_NONBLOCK` (the same on x86-64 and aarch64); the crate forbids
 /// `unsafe`, and `libc` is not a dependency of the tests.
 const O_NONBLOCK: i32 = 0o4000;
@@ -100,4 +102,19 @@ fn drain_to_eof(mut reader: File) -> JoinHandle<Vec<u8>> {
             }
         }
     })
+}
+
+impl StuckPipe {
+    /// `config` with its decision log writing into this pipe, in `block`
+    /// mode with room for `queue` records, and limits that let a request
+    /// carry the 32 KiB pads that fill the pipe's writer quickly.
+    pub fn log_into(&self, config: &mut Config, queue: usize) {
+        config.limits.max_string_bytes = 64 * 1024;
+        config.limits.max_context_bytes = 128 * 1024;
+        config.decision_log.enabled = true;
+        config.decision_log.sink = LogSink::File;
+        config.decision_log.path = self.path.clone();
+        config.decision_log.queue_capacity = queue;
+        config.decision_log.on_full = OnFull::Block;
+    }
 }
