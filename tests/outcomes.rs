@@ -484,69 +484,6 @@ async fn ext_authz_checks_leave_one_record_each() {
     counted(&records, &errors, dropped);
 }
 
-/// Reflection lists every service the server answers, ext_authz included,
-/// so grpcurl can call `Check` without Envoy's proto files.
-#[tokio::test]
-async fn reflection_lists_every_service() {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
-
-    async fn ask(server: &TestServer, request: MessageRequest) -> ServerReflectionResponse {
-        let channel = Channel::from_shared(server.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = ServerReflectionClient::new(channel);
-        let req = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(request),
-        };
-        let mut answers = client
-            .server_reflection_info(tokio_stream::iter([req]))
-            .await
-            .unwrap()
-            .into_inner();
-        answers.message().await.unwrap().unwrap()
-    }
-
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.cedar"), POLICY).unwrap();
-    let server = TestServer::start(dir.path()).await;
-    let listed = match ask(&server, MessageRequest::ListServices(String::new()))
-        .await
-        .message_response
-    {
-        Some(MessageResponse::ListServicesResponse(l)) => l.service,
-        other => panic!("{other:?}"),
-    };
-    let mut names: Vec<_> = listed.into_iter().map(|s| s.name).collect();
-    names.sort();
-    assert_eq!(
-        names,
-        [
-            "cedar_pdp.v1.Authorizer",
-            "envoy.service.auth.v3.Authorization",
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-        ]
-    );
-    // And it can describe `Check`'s request, down to its imports.
-    let described = ask(
-        &server,
-        MessageRequest::FileContainingSymbol("envoy.service.auth.v3.CheckRequest".into()),
-    )
-    .await;
-    match described.message_response {
-        Some(MessageResponse::FileDescriptorResponse(f)) => {
-            assert!(!f.file_descriptor_proto.is_empty())
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
 /// A call whose client goes away while it waits is recorded as cancelled,
 /// once, and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
