@@ -10,9 +10,14 @@
 #   ROUNDS=3          rounds; the targets' order rotates each round
 #   PEERS=../shared/peers   Cerbos, its policy and the equivalent Cedar request
 #   PORT=50061        cedar-pdp's port, and PORT+1 for the uncached one (Cerbos uses 3593)
+#   BIN=FILE          the cedar-pdp binary to measure (default: build target/release/cedar-pdp)
 #   BASELINE=FILE     another cedar-pdp binary (e.g. the commit before a change), served
 #                     cached on PORT+2 and uncached on PORT+3 and measured in the same
-#                     rounds, as `base-authorize` and `base-uncached`
+#                     rounds, as `base-authorize`, `base-uncached` and `base-health`
+#                     (its health check too, so both builds' servers see the same load).
+#                     The servers started first measure a few per cent slower even when
+#                     both are the same binary: run it twice, BIN and BASELINE swapped,
+#                     and compare the two orientations.
 # Needs h2load (apt-get install -y nghttp2-client), npm (Cerbos is installed
 # from the npm registry by the peers' start.sh) and python3.
 set -euo pipefail
@@ -24,8 +29,8 @@ opts=("$@")
 [ ${#opts[@]} -gt 0 ] || opts=(-n 200000 -c 8 -m 16 -t 1)
 command -v h2load >/dev/null || { echo "h2load missing: apt-get install -y nghttp2-client" >&2; exit 2; }
 
-cargo build --release --locked --quiet
-bin=target/release/cedar-pdp
+if [ -z "${BIN:-}" ]; then cargo build --release --locked --quiet; fi
+bin=${BIN:-target/release/cedar-pdp}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -86,7 +91,9 @@ body[uncached]=$work/authorize.bin
 url[health]=http://127.0.0.1:$port/grpc.health.v1.Health/Check
 body[health]=$work/health.bin
 if [ -n "${BASELINE:-}" ]; then
-    targets+=(base-authorize base-uncached)
+    targets+=(base-authorize base-uncached base-health)
+    url[base-health]=http://127.0.0.1:$((port + 2))/grpc.health.v1.Health/Check
+    body[base-health]=$work/health.bin
     url[base-authorize]=http://127.0.0.1:$((port + 2))/cedar_pdp.v1.Authorizer/Authorize
     body[base-authorize]=$work/authorize.bin
     url[base-uncached]=http://127.0.0.1:$((port + 3))/cedar_pdp.v1.Authorizer/Authorize
@@ -115,17 +122,17 @@ for line in open(sys.argv[1]):
 med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v), sum(r[2] for r in v))
        for k, v in rows.items()}
 print()
-targets = [k for k in ("cerbos", "authorize", "uncached", "health", "base-authorize", "base-uncached") if k in med]
+targets = [k for k in ("cerbos", "authorize", "uncached", "health", "base-authorize", "base-uncached", "base-health") if k in med]
 for k in targets:
     rps, mean, failed = med[k]
     print(f"{k:14s} median req/s={rps:10.0f}  median mean latency={mean*1000:8.0f}us  failed={failed}")
 c, h = med["cerbos"], med["health"]
 print()
-for k in [t for t in targets if t not in ("cerbos", "health")]:
+for k in [t for t in targets if t not in ("cerbos", "health", "base-health")]:
     a = med[k]
     print(f"{k:14s} throughput: / Cerbos = {a[0]/c[0]:.2f}x   / health ceiling = {a[0]/h[0]:.2f}"
           f"   mean latency: / health ceiling = {a[1]/h[1]:.2f}x   / Cerbos = {a[1]/c[1]:.2f}")
-for k in ("authorize", "uncached"):
+for k in ("authorize", "uncached", "health"):
     if "base-" + k in med:
         a, b = med[k], med["base-" + k]
         print(f"{k:14s} / base-{k}: throughput {a[0]/b[0]:.2f}x   mean latency {a[1]/b[1]:.2f}x")

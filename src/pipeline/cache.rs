@@ -85,7 +85,20 @@ impl DecisionCache {
         req: &DecisionRequest,
         caller: Option<&PeerFacts>,
     ) -> Option<Vec<u8>> {
-        let mut key = Key(Vec::with_capacity(256));
+        // One allocation of about the final size: the text fields dominate.
+        let text = |u: &Option<super::request::Uid>| {
+            u.as_ref().map_or(0, |u| u.type_name.len() + u.id.len())
+        };
+        let estimate = 128
+            + text(&req.principal)
+            + text(&req.action)
+            + text(&req.resource)
+            + req.context_json().len()
+            + req.entities_json.len();
+        if estimate > MAX_KEY_BYTES {
+            return None;
+        }
+        let mut key = Key(Vec::with_capacity(estimate));
         key.0.extend_from_slice(&generation.to_le_bytes());
         for uid in [&req.principal, &req.action, &req.resource] {
             match uid {
