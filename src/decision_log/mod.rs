@@ -46,6 +46,13 @@ struct Queued {
     _room: OwnedSemaphorePermit,
 }
 
+impl Queued {
+    /// The record; its room is released as the writer takes it.
+    fn open(self) -> DecisionRecord {
+        self.record
+    }
+}
+
 /// A cheap, cloneable handle that queues records for the writer.
 #[derive(Clone, Debug)]
 pub struct DecisionLog {
@@ -85,7 +92,6 @@ impl DecisionLog {
             )?),
         };
         let (tx, rx) = mpsc::unbounded_channel::<Queued>();
-        let rx = sink::Records::new(rx, |q: Queued| q.record);
         let dropped = Arc::new(AtomicU64::new(0));
         let writer_dropped = Arc::clone(&dropped);
         let thread = std::thread::Builder::new()

@@ -9,7 +9,7 @@ use file_rotate::suffix::AppendCount;
 use file_rotate::{ContentLimit, FileRotate};
 use tokio::sync::mpsc;
 
-use super::{DecisionLogError, DecisionRecord};
+use super::{DecisionLogError, DecisionRecord, Queued};
 
 /// A file that rotates to `path.1`, `path.2`, … once it passes `max_bytes`.
 pub(super) fn rotating_file(
@@ -36,39 +36,17 @@ pub(super) fn rotating_file(
     ))
 }
 
-/// The queue's receiving end, yielding bare records: whatever held their
-/// room is released as soon as the writer takes them.
-pub(super) struct Records<T> {
-    rx: mpsc::UnboundedReceiver<T>,
-    open: fn(T) -> DecisionRecord,
-}
-
-impl<T> Records<T> {
-    /// Reads `rx`, unwrapping each item with `open`.
-    pub(super) fn new(rx: mpsc::UnboundedReceiver<T>, open: fn(T) -> DecisionRecord) -> Self {
-        Self { rx, open }
-    }
-
-    fn blocking_recv(&mut self) -> Option<DecisionRecord> {
-        self.rx.blocking_recv().map(self.open)
-    }
-
-    fn try_recv(&mut self) -> Result<DecisionRecord, mpsc::error::TryRecvError> {
-        self.rx.try_recv().map(self.open)
-    }
-}
-
 /// Writes records as JSON lines until every sender is gone. Flushes whenever
 /// the queue is momentarily empty, so lines reach the sink in batches.
-pub(super) fn drain<T>(
-    mut rx: Records<T>,
+pub(super) fn drain(
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     sink: Box<dyn Write + Send>,
     dropped: &AtomicU64,
 ) -> u64 {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let mut written = 0u64;
     let mut failing = false;
-    while let Some(first) = rx.blocking_recv() {
+    while let Some(first) = rx.blocking_recv().map(Queued::open) {
         let mut next = Some(first);
         while let Some(record) = next {
             match write_line(&mut out, &record) {
@@ -82,7 +60,7 @@ pub(super) fn drain<T>(
                     }
                 }
             }
-            next = rx.try_recv().ok();
+            next = rx.try_recv().ok().map(Queued::open);
         }
         if let Err(e) = out.flush() {
             tracing::error!("decision log flush failed: {e}");

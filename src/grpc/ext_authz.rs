@@ -73,16 +73,12 @@ fn uid_json(uid: &Uid) -> Json {
     json!({"type": uid.type_name, "id": uid.id})
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> InvalidField {
-    InvalidField::new(field, message)
-}
-
 fn spiffe_of(peer: Option<&Peer>, field: &str) -> Result<Option<SpiffeId>, InvalidField> {
     match peer.map(|p| p.principal.as_str()).filter(|p| !p.is_empty()) {
         None => Ok(None),
-        Some(principal) => SpiffeId::parse(principal)
-            .map(Some)
-            .map_err(|e| invalid(field, format!("`{principal}` is not a SPIFFE ID: {e}"))),
+        Some(principal) => SpiffeId::parse(principal).map(Some).map_err(|e| {
+            InvalidField::new(field, format!("`{principal}` is not a SPIFFE ID: {e}"))
+        }),
     }
 }
 
@@ -118,14 +114,17 @@ impl Mapping {
         let attrs = check
             .attributes
             .as_ref()
-            .ok_or_else(|| invalid("attributes", "is required"))?;
+            .ok_or_else(|| InvalidField::new("attributes", "is required"))?;
         let http = attrs
             .request
             .as_ref()
             .and_then(|r| r.http.as_ref())
-            .ok_or_else(|| invalid("attributes.request.http", "is required"))?;
+            .ok_or_else(|| InvalidField::new("attributes.request.http", "is required"))?;
         if http.method.is_empty() {
-            return Err(invalid("attributes.request.http.method", "is required"));
+            return Err(InvalidField::new(
+                "attributes.request.http.method",
+                "is required",
+            ));
         }
         // Envoy sends the request target: the path with its query string.
         let (path, query) = match http.path.split_once('?') {
@@ -148,10 +147,9 @@ impl Mapping {
                 principal
             }
             None => {
-                let anonymous = self
-                    .anonymous
-                    .as_ref()
-                    .ok_or_else(|| invalid("attributes.source.principal", "is required"))?;
+                let anonymous = self.anonymous.as_ref().ok_or_else(|| {
+                    InvalidField::new("attributes.source.principal", "is required")
+                })?;
                 Uid::new(
                     anonymous.type_name().to_string(),
                     anonymous.id().unescaped(),

@@ -87,6 +87,21 @@ impl Limits {
         self.check_string("request_id", id)
     }
 
+    /// Checks a batch's shared entities, before any item is decided.
+    pub fn check_shared_entities(&self, shared: &[Json]) -> Result<(), InvalidField> {
+        if shared.len() > self.max_entities {
+            return Err(InvalidField::new(
+                "entities",
+                format!(
+                    "{} shared entities; the limit is {} (`limits.max_entities_per_request`)",
+                    shared.len(),
+                    self.max_entities
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks a converted query: entity count, and the depth, string lengths
     /// and size of its context and entities.
     pub fn check_query(&self, q: &Query) -> Result<(), InvalidField> {

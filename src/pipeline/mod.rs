@@ -255,9 +255,7 @@ impl Pipeline {
                 return Err(pending.refuse(DecisionError::deadline(timeout), Some(&snapshot)));
             }
         };
-        let Some(req) = pending.req.take() else {
-            return Err(pending.refuse(DecisionError::internal("request taken twice"), None));
-        };
+        let req = pending.take();
         let answer = self.decide(&snapshot, req, None, call, &call.span, slots.as_mut());
         drop(permit);
         answer
@@ -299,19 +297,14 @@ impl Pipeline {
         };
         call.span
             .record("cedar.policy_revision", snapshot.revision.as_str());
-        let shared = match shared.map_err(DecisionError::invalid).and_then(|shared| {
-            if shared.len() > self.opts.limits.max_entities {
-                return Err(DecisionError::limit(InvalidField::new(
-                    "entities",
-                    format!(
-                        "{} shared entities; the limit is {} (`limits.max_entities_per_request`)",
-                        shared.len(),
-                        self.opts.limits.max_entities
-                    ),
-                )));
-            }
+        let shared = shared.map_err(DecisionError::invalid).and_then(|shared| {
+            let limits = &self.opts.limits;
+            limits
+                .check_shared_entities(&shared)
+                .map_err(DecisionError::limit)?;
             Ok(shared)
-        }) {
+        });
+        let shared = match shared {
             Ok(shared) => shared,
             Err(e) => return Err(refuse_all(items, e, Some(&snapshot))),
         };
@@ -514,11 +507,16 @@ struct Pending<'a> {
 }
 
 impl Pending<'_> {
-    fn refuse(&mut self, error: DecisionError, snapshot: Option<&Snapshot>) -> Box<Refusal> {
-        let req = self
-            .req
+    /// The request, disarming the guard. It is taken once; an empty request
+    /// stands in should that ever not hold, so nothing is ever allowed.
+    fn take(&mut self) -> Submitted {
+        self.req
             .take()
-            .unwrap_or_else(|| Ok(DecisionRequest::default()));
+            .unwrap_or_else(|| Ok(DecisionRequest::default()))
+    }
+
+    fn refuse(&mut self, error: DecisionError, snapshot: Option<&Snapshot>) -> Box<Refusal> {
+        let req = self.take();
         let at = At::refused(self.call, &self.call.span, snapshot);
         self.pipeline.refuse(req, error, at)
     }
