@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cedar_pdp::authorizer;
+use cedar_pdp::config::OnForbidError;
 use cedar_pdp::grpc::convert::decision_request;
 use cedar_pdp::grpc::convert::query_from_request;
 use cedar_pdp::grpc::proto;
@@ -41,11 +42,15 @@ fn bench(c: &mut Criterion) {
         ..Default::default()
     };
     let q = query_from_request(example_req.clone(), &[]).unwrap();
-    assert!(authorizer::authorize(&example, q).unwrap().allow);
+    assert!(
+        authorizer::authorize(&example, q, OnForbidError::Deny)
+            .unwrap()
+            .allow
+    );
     c.bench_function("example_policies/call_same_namespace", |b| {
         b.iter(|| {
             let q = query_from_request(example_req.clone(), &[]).unwrap();
-            authorizer::authorize(&example, q).unwrap()
+            authorizer::authorize(&example, q, OnForbidError::Deny).unwrap()
         });
     });
 
@@ -57,7 +62,7 @@ fn bench(c: &mut Criterion) {
         decision_cache_bytes: 0,
         ..PipelineOptions::default()
     };
-    let pipeline = Pipeline::new(store, opts, Arc::new(Metrics::new()));
+    let pipeline = Pipeline::new(store, opts, Arc::new(Metrics::new())).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let admission = Admission::Acquire {
         timeout: Duration::from_secs(1),
@@ -85,11 +90,15 @@ fn bench(c: &mut Criterion) {
             ..Default::default()
         };
         let q = query_from_request(peer_req.clone(), &[]).unwrap();
-        assert!(authorizer::authorize(&peer, q).unwrap().allow);
+        assert!(
+            authorizer::authorize(&peer, q, OnForbidError::Deny)
+                .unwrap()
+                .allow
+        );
         c.bench_function("cerbos_equivalent/read_document", |b| {
             b.iter(|| {
                 let q = query_from_request(peer_req.clone(), &[]).unwrap();
-                authorizer::authorize(&peer, q).unwrap()
+                authorizer::authorize(&peer, q, OnForbidError::Deny).unwrap()
             });
         });
 
@@ -97,7 +106,8 @@ fn bench(c: &mut Criterion) {
         // besides the transport.
         let store = Arc::new(PolicyStore::new(peer_dir.clone(), options.clone()));
         store.reload().unwrap();
-        let pipeline = Pipeline::new(store, PipelineOptions::default(), Arc::new(Metrics::new()));
+        let pipeline =
+            Pipeline::new(store, PipelineOptions::default(), Arc::new(Metrics::new())).unwrap();
         c.bench_function("pipeline/cerbos_equivalent_cached", |b| {
             b.to_async(&runtime).iter(|| async {
                 let call = Call::new(Default::default(), None, tracing::Span::none());

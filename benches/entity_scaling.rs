@@ -16,6 +16,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use cedar_pdp::authorizer::{self, Query};
+use cedar_pdp::config::OnForbidError;
 use cedar_pdp::policy_store::{LoadOptions, build, read_dir};
 use cedar_policy::{Context, Entities, EntityUid, Request};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -50,11 +51,12 @@ fn bench(c: &mut Criterion) {
                 "parents": [tenants::uid("Tenant", "t0")],
             })],
         };
-        let decision = authorizer::authorize(&snapshot, query.clone()).unwrap();
+        let decision =
+            authorizer::authorize(&snapshot, query.clone(), OnForbidError::Deny).unwrap();
         assert!(decision.allow, "{decision:?}");
 
         group.bench_with_input(BenchmarkId::new("sliced", n), &query, |b, q| {
-            b.iter(|| authorizer::authorize(&snapshot, q.clone()).unwrap());
+            b.iter(|| authorizer::authorize(&snapshot, q.clone(), OnForbidError::Deny).unwrap());
         });
         group.bench_with_input(BenchmarkId::new("whole_store_merge", n), &query, |b, q| {
             b.iter(|| {

@@ -17,6 +17,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use cedar_pdp::authorizer::{self, Query};
+use cedar_pdp::config::OnForbidError;
 use cedar_pdp::policy_store::{LoadOptions, PolicyIndex, Snapshot, build, read_dir};
 use cedar_policy::{Context, EntityUid, Request};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -49,12 +50,13 @@ fn bench(c: &mut Criterion) {
             context: serde_json::Map::new(),
             entities: Vec::new(),
         };
-        let decision = authorizer::authorize(&snapshot, query.clone()).unwrap();
+        let decision =
+            authorizer::authorize(&snapshot, query.clone(), OnForbidError::Deny).unwrap();
         assert!(decision.allow, "{decision:?}");
         assert_eq!(decision.determining_policies, [format!("t{t}-readers")]);
 
         group.bench_with_input(BenchmarkId::new("sliced", n), &query, |b, q| {
-            b.iter(|| authorizer::authorize(&snapshot, q.clone()).unwrap());
+            b.iter(|| authorizer::authorize(&snapshot, q.clone(), OnForbidError::Deny).unwrap());
         });
         group.bench_with_input(BenchmarkId::new("whole_set", n), &query, |b, q| {
             b.iter(|| {

@@ -15,7 +15,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::admin::{self, Readiness};
 use crate::config::Config;
-use crate::decision_log::{DecisionLog, DecisionLogError, LogWriter, warn_on_drops};
+use crate::decision_log::{DecisionLog, DecisionLogError, FinishError, LogWriter, warn_on_drops};
 use crate::grpc::proto::{self, authorizer_server::AuthorizerServer};
 use crate::grpc::{AuthorizerService, ExtAuthzService};
 use crate::metrics::Metrics;
@@ -39,8 +39,12 @@ pub enum AppError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     DecisionLog(#[from] DecisionLogError),
+    #[error(transparent)]
+    DecisionLogEnd(#[from] FinishError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("cannot start the evaluation threads: {0}")]
+    Evaluation(#[source] std::io::Error),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -55,8 +59,10 @@ pub struct App {
     tls: Option<Arc<ReloadingTls>>,
 }
 
-/// How long shutdown waits for the decision log to drain.
-const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the decision log to drain. With the default
+/// `limits.shutdown_grace` (10 s) the whole stop fits in Kubernetes'
+/// default 30 s `terminationGracePeriodSeconds`.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The service name health reports under, besides the empty (whole-server) one.
 const AUTHORIZER_SERVICE: &str = "cedar_pdp.v1.Authorizer";
@@ -66,17 +72,13 @@ impl App {
     /// here: the server never starts without a good set.
     pub fn build(config: Config) -> Result<Self, AppError> {
         let store = Arc::new(
-            PolicyStore::new(
-                config.policies.clone(),
-                LoadOptions {
-                    validate_policies: config.validation.policies,
-                },
-            )
-            .test_gate(
-                config
-                    .reload
-                    .require_tests
-                    .then(|| policy_tests::gate(PipelineOptions::from_config(&config))),
+            PolicyStore::new(config.policies.clone(), LoadOptions::from_config(&config)).test_gate(
+                config.reload.require_tests.then(|| {
+                    policy_tests::gate(
+                        PipelineOptions::from_config(&config),
+                        config.reload.test_timeout,
+                    )
+                }),
             ),
         );
         store.reload().map_err(|source| AppError::InitialLoad {
@@ -158,7 +160,8 @@ impl App {
             self.store.clone(),
             PipelineOptions::from_config(&self.config),
             metrics.clone(),
-        );
+        )
+        .map_err(AppError::Evaluation)?;
         let (writer, drop_warnings) = match self.log {
             Some((log, writer)) => {
                 pipeline = pipeline.with_decision_log(log.clone());
@@ -250,11 +253,12 @@ impl App {
         }
         if let Some(writer) = writer {
             match writer.finish(LOG_FLUSH_TIMEOUT).await {
-                Some(written) => tracing::info!(written, "decision log flushed"),
-                None => tracing::error!(
-                    timeout = ?LOG_FLUSH_TIMEOUT,
-                    "decision log did not finish flushing"
-                ),
+                Ok(written) => tracing::info!(written, "decision log flushed and synced"),
+                // Records may be lost: the stop is not clean.
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return Err(AppError::DecisionLogEnd(e));
+                }
             }
         }
         tracing::info!("stopped");

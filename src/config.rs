@@ -25,6 +25,7 @@ pub struct Config {
     pub log: LogConfig,
     pub reload: ReloadConfig,
     pub validation: ValidationConfig,
+    pub evaluation: EvaluationConfig,
     pub limits: LimitsConfig,
     pub decision_log: DecisionLogConfig,
     pub otel: OtelConfig,
@@ -239,6 +240,9 @@ pub struct ReloadConfig {
     /// Run the directory's policy tests before a new set goes live; a set
     /// whose tests fail (or that has none) is not activated.
     pub require_tests: bool,
+    /// A test run that takes longer refuses the new set.
+    #[serde(with = "humantime_serde")]
+    pub test_timeout: Duration,
 }
 
 /// `[validation]`: how strictly a policy set is checked before it goes live.
@@ -248,6 +252,38 @@ pub struct ValidationConfig {
     /// Validate policies strictly against the schema, when there is one.
     /// Turning this off keeps the schema for parsing requests only.
     pub policies: bool,
+    /// Whether a reload may drop the schema the live set has.
+    pub schema: SchemaRequirement,
+}
+
+/// `[validation] schema`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaRequirement {
+    /// Once a set with a schema is live, a set without one is refused:
+    /// without it requests parse untyped, and an `ipaddr` stays a string.
+    #[default]
+    RequiredOnceLoaded,
+    /// A set may drop its schema.
+    Optional,
+}
+
+/// `[evaluation]`: how a Cedar answer becomes the server's.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvaluationConfig {
+    pub on_forbid_error: OnForbidError,
+}
+
+/// What a `forbid` whose evaluation errors means.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnForbidError {
+    /// The answer is deny: an error must not lift a forbid.
+    #[default]
+    Deny,
+    /// Cedar's semantics: the erroring policy is skipped.
+    Skip,
 }
 
 /// `[limits]`: bounds on what one call may cost.
@@ -269,6 +305,15 @@ pub struct LimitsConfig {
     pub max_context_bytes: usize,
     /// Longest single string (ids, values, keys), in bytes.
     pub max_string_bytes: usize,
+    /// Most parents one request entity may name.
+    pub max_parents_per_entity: usize,
+    /// Largest total of a request's (or batch's shared) entities, as JSON bytes.
+    pub max_entity_bytes: usize,
+    /// Most ancestor edges a request's entities may make, transitively.
+    pub max_ancestor_edges: usize,
+    /// Threads that run Cedar evaluation, off the async workers; 0: one per
+    /// CPU the process may use (cgroup quotas count).
+    pub evaluation_threads: usize,
     /// Calls evaluated at once; more are shed with `RESOURCE_EXHAUSTED`.
     pub max_in_flight: usize,
     /// Longest a call may take; a shorter `grpc-timeout` from the client wins.
@@ -293,6 +338,8 @@ pub struct DecisionLogConfig {
     pub max_files: usize,
     /// Records queued between the request path and the writer.
     pub queue_capacity: usize,
+    /// Bytes of records queued between the request path and the writer.
+    pub queue_bytes: usize,
     pub on_full: OnFull,
     /// Field paths (`context.token`) whose values are replaced by `***`.
     pub mask: Vec<String>,
@@ -351,6 +398,7 @@ impl Default for DecisionLogConfig {
             max_file_bytes: 100 * 1024 * 1024,
             max_files: 5,
             queue_capacity: 16 * 1024,
+            queue_bytes: 64 * 1024 * 1024,
             on_full: OnFull::Block,
             mask: Vec::new(),
             remove: Vec::new(),
@@ -367,6 +415,7 @@ impl Default for Config {
             log: LogConfig::default(),
             reload: ReloadConfig::default(),
             validation: ValidationConfig::default(),
+            evaluation: EvaluationConfig::default(),
             limits: LimitsConfig::default(),
             decision_log: DecisionLogConfig::default(),
             otel: OtelConfig::default(),
@@ -394,13 +443,17 @@ impl Default for ReloadConfig {
             rescan_interval: Duration::from_secs(30),
             max_policy_age: Duration::ZERO,
             require_tests: false,
+            test_timeout: Duration::from_secs(60),
         }
     }
 }
 
 impl Default for ValidationConfig {
     fn default() -> Self {
-        Self { policies: true }
+        Self {
+            policies: true,
+            schema: SchemaRequirement::RequiredOnceLoaded,
+        }
     }
 }
 
@@ -414,6 +467,10 @@ impl Default for LimitsConfig {
             max_context_depth: 16,
             max_context_bytes: 64 * 1024,
             max_string_bytes: 16 * 1024,
+            max_parents_per_entity: 64,
+            max_entity_bytes: 1024 * 1024,
+            max_ancestor_edges: 100_000,
+            evaluation_threads: 0,
             max_in_flight: 1_024,
             request_timeout: Duration::from_secs(5),
             decision_cache_bytes: 32 * 1024 * 1024,
@@ -545,6 +602,12 @@ impl Config {
         if let Err(p) = self.unix_socket_mode() {
             problems.push(p);
         }
+        // `pipeline::request::WORKLOAD_KEY`; config stays below the pipeline.
+        if self.caller.context_key == "workload" {
+            problems.push(
+                "`caller.context_key`: `workload` is reserved for the `workload` field".to_string(),
+            );
+        }
         self.validate_tls(&mut problems);
         self.validate_limits(&mut problems);
         self.validate_ext_authz(&mut problems);
@@ -559,6 +622,9 @@ impl Config {
         }
         if self.reload.debounce.is_zero() || self.reload.debounce > Duration::from_secs(60) {
             problems.push("`reload.debounce`: must be between 1ms and 60s".to_string());
+        }
+        if self.reload.test_timeout < Duration::from_millis(100) {
+            problems.push("`reload.test_timeout`: must be at least 100ms".to_string());
         }
         if !self.reload.rescan_interval.is_zero()
             && self.reload.rescan_interval < Duration::from_secs(1)
@@ -584,6 +650,9 @@ impl Config {
                 "`decision_log.queue_capacity`: must hold at least one full batch (`limits.max_batch_size`)"
                     .to_string(),
             );
+        }
+        if log.queue_bytes < 64 * 1024 {
+            problems.push("`decision_log.queue_bytes`: must be at least 64 KiB".to_string());
         }
         if log.max_file_bytes < 1024 {
             problems.push("`decision_log.max_file_bytes`: must be at least 1 KiB".to_string());
@@ -643,7 +712,7 @@ impl Config {
 
     fn validate_limits(&self, problems: &mut Vec<String>) {
         let l = &self.limits;
-        let checks: [(&str, usize, usize, usize); 5] = [
+        let checks: [(&str, usize, usize, usize); 9] = [
             (
                 "max_entities_per_request",
                 l.max_entities_per_request,
@@ -664,6 +733,20 @@ impl Config {
                 256 * 1024 * 1024,
             ),
             ("max_in_flight", l.max_in_flight, 1, 1_000_000),
+            (
+                "max_parents_per_entity",
+                l.max_parents_per_entity,
+                1,
+                1_000_000,
+            ),
+            (
+                "max_entity_bytes",
+                l.max_entity_bytes,
+                1024,
+                256 * 1024 * 1024,
+            ),
+            ("max_ancestor_edges", l.max_ancestor_edges, 1, 100_000_000),
+            ("evaluation_threads", l.evaluation_threads, 0, 1024),
         ];
         for (key, value, min, max) in checks {
             if !(min..=max).contains(&value) {

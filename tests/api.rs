@@ -867,7 +867,7 @@ async fn unavailable_before_any_set_is_loaded() {
     let store = PolicyStore::new(dir.path(), LoadOptions::default());
     let store = Arc::new(store);
     let metrics = Arc::new(cedar_pdp::metrics::Metrics::new());
-    let service = AuthorizerService::new(store, Default::default(), metrics);
+    let service = AuthorizerService::new(store, Default::default(), metrics).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -24,6 +24,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cedar_pdp::config::OnForbidError;
 use cedar_pdp::grpc::proto::{self, Decision};
 use cedar_pdp::policy_store::{LoadOptions, build, read_dir};
 use cedar_policy::{PolicySet, Schema, ValidationMode, ValidationWarning, Validator};
@@ -345,6 +346,8 @@ async fn run_case(root: &Path, rel: &str) -> CaseOutcome {
 
     let mut config = test_config(dir.path());
     config.validation.policies = validate;
+    // The corpus expects Cedar's semantics: an erroring policy is skipped.
+    config.evaluation.on_forbid_error = OnForbidError::Skip;
     // Nothing changes on disk; skip the periodic rescan.
     config.reload.rescan_interval = Duration::ZERO;
     let server = TestServer::start_with(config).await;
@@ -423,9 +426,16 @@ async fn load_result(dir: &Path, validate_policies: bool) -> Result<(), String> 
     let dir: PathBuf = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let sources = read_dir(&dir).map_err(|e| e.to_string())?;
-        build(sources, &LoadOptions { validate_policies }, 1)
-            .map(drop)
-            .map_err(|e| e.to_string())
+        build(
+            sources,
+            &LoadOptions {
+                validate_policies,
+                ..LoadOptions::default()
+            },
+            1,
+        )
+        .map(drop)
+        .map_err(|e| e.to_string())
     })
     .await
     .unwrap()

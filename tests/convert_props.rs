@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use cedar_pdp::authorizer;
+use cedar_pdp::config::OnForbidError;
 use cedar_pdp::grpc::convert::query_from_request;
 use cedar_pdp::grpc::proto::{self, value::Value as V};
 use cedar_pdp::pipeline::limits::Limits;
@@ -335,12 +336,12 @@ fn check_one(req: proto::AuthorizeRequest, shared: &[Json]) -> Result<(), TestCa
             return Ok(());
         }
     };
-    if let Err(e) = limits.check_query(&query) {
+    if let Err(e) = limits.check_query(&query, &[]) {
         prop_assert!(!e.field.is_empty() && !e.message.is_empty(), "{e:?}");
         return Ok(());
     }
     for snapshot in snapshots() {
-        match authorizer::authorize(snapshot, query.clone()) {
+        match authorizer::authorize(snapshot, query.clone(), OnForbidError::Skip) {
             Ok(d) => {
                 prop_assert_eq!(d.allow, !d.determining_policies.is_empty() && d.allow);
             }

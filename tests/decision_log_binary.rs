@@ -249,6 +249,7 @@ async fn drop_mode_counts_what_it_drops() {
         max_file_bytes: 1024 * 1024 * 1024,
         max_files: 2,
         queue_capacity: 1,
+        queue_bytes: 64 * 1024 * 1024,
         on_full: OnFull::Drop,
         mask: vec![],
         remove: vec![],

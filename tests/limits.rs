@@ -1304,16 +1304,21 @@ async fn entity_cycles_in_parents_are_rejected_without_hanging() {
         &[&cycle_error(r#"Group::"self""#)],
     );
 
-    // A ring of 500 groups, as JSON, and as a batch's shared entities.
-    let ring: Vec<String> = (0..500)
-        .map(|i| {
-            format!(
-                r#"{{"uid":{{"type":"Group","id":"r{i}"}},"attrs":{{}},"parents":[{{"type":"Group","id":"r{}"}}]}}"#,
-                (i + 1) % 500
-            )
-        })
-        .collect();
-    let ring = format!("[{}]", ring.join(","));
+    // A ring of groups, as JSON, and as a batch's shared entities. Of 200,
+    // Cedar finds the cycle; of 500, the closure (500 × 499 ancestor edges)
+    // passes `limits.max_ancestor_edges` before Cedar builds it.
+    let ring_of = |n: usize| {
+        let ring: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"uid":{{"type":"Group","id":"r{i}"}},"attrs":{{}},"parents":[{{"type":"Group","id":"r{}"}}]}}"#,
+                    (i + 1) % n
+                )
+            })
+            .collect();
+        format!("[{}]", ring.join(","))
+    };
+    let ring = ring_of(200);
     let started = Instant::now();
     assert_rejected(
         authorize(
@@ -1328,28 +1333,35 @@ async fn entity_cycles_in_parents_are_rejected_without_hanging() {
         Some("entities"),
         &["input graph has a cycle containing vertex `Group::\"r"],
     );
-    let batch = bounded(
-        "BatchAuthorize",
-        client.batch_authorize(BatchAuthorizeRequest {
-            requests: vec![member(Vec::new()), alice()],
-            entities_json: ring,
-            ..Default::default()
-        }),
-    )
-    .await
-    .unwrap()
-    .into_inner();
-    // Each item is denied on its own, with the reason.
-    for (i, resp) in batch.responses.iter().enumerate() {
-        assert_eq!(resp.decision(), Decision::Deny, "{resp:?}");
-        assert!(
-            resp.errors[0]
-                .message
-                .starts_with(&format!("`requests[{i}]`: invalid entities"))
-                && resp.errors[0].message.contains("has a cycle"),
-            "{resp:?}"
-        );
-    }
+    assert_rejected(
+        authorize(
+            &mut client,
+            AuthorizeRequest {
+                entities_json: ring_of(500),
+                ..member(vec![entity("User", "m", &[("Group", "r0")])])
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+        Some("entities"),
+        &["max_ancestor_edges"],
+    );
+    // Shared entities are parsed once for the batch: a cycle among them
+    // refuses the whole call, and each item is recorded with the reason.
+    assert_rejected(
+        bounded(
+            "BatchAuthorize",
+            client.batch_authorize(BatchAuthorizeRequest {
+                requests: vec![member(Vec::new()), alice()],
+                entities_json: ring,
+                ..Default::default()
+            }),
+        )
+        .await,
+        Code::InvalidArgument,
+        None,
+        &["invalid entities", "has a cycle"],
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_still_answers(&mut client).await;
 }
@@ -1405,4 +1417,40 @@ async fn escape_shaped_records_count_toward_the_depth_limit() {
         "records nested past `limits.max_context_depth = 4` were accepted:\n{}",
         accepted.join("\n")
     );
+}
+
+/// `decision_log.queue_bytes`: with the writer stuck, records queue only up
+/// to the byte budget, however many records the count budget would take;
+/// in `drop` mode the rest are dropped and counted, and no call waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_queue_is_bounded_in_bytes() {
+    const CALLS: usize = 60;
+    let dir = fixture();
+    let pipe = StuckPipe::new(dir.path());
+    let mut config = test_config(dir.path());
+    pipe.log_into(&mut config, 10_000);
+    config.decision_log.on_full = cedar_pdp::config::OnFull::Drop;
+    config.decision_log.queue_bytes = 64 * 1024;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let pad = "x".repeat(8 * 1024);
+    for _ in 0..CALLS {
+        let req = with_context(vec![("pad", string(&pad))]);
+        bounded("a padded call", client.authorize(req))
+            .await
+            .unwrap();
+    }
+    // 60 records of 8 KiB: at most the 64 KiB queue, the writer's 64 KiB
+    // buffer and the record in its hand fit; the count budget took them all.
+    let dropped = common::metric(
+        server.admin_addr,
+        "cedar_pdp_decision_log_dropped_total",
+        &[],
+    )
+    .await;
+    assert!(dropped >= 20.0, "only {dropped} of {CALLS} records dropped");
+    let reader = pipe.drain();
+    server.stop().await.unwrap();
+    let written = records(&reader.join().unwrap()).len();
+    assert_eq!(written as f64 + dropped, CALLS as f64);
 }

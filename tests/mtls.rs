@@ -359,3 +359,147 @@ fn a_server_with_bad_tls_files_does_not_start() {
         "{err}"
     );
 }
+
+/// Binding covers every way to name a workload: a forged `context.workload`,
+/// an empty `spiffe_id`, and a `namespace` or `service_account` the verified
+/// ID does not carry. Each refusal is recorded as `binding_mismatch` or as
+/// the reserved key it is.
+#[tokio::test]
+async fn binding_cannot_be_skipped() {
+    const ADMIN: &str = "spiffe://td/ns/shop/sa/admin";
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("p.cedar"),
+        r#"
+@id("admin-only")
+permit (principal, action == Action::"refund", resource)
+when { context has workload && context.workload.service_account == "admin" };
+
+@id("web-from-its-id")
+permit (principal, action == Action::"browse", resource)
+when { context has workload && context.workload.namespace == "shop" &&
+       context.workload.service_account == "web" };
+"#,
+    )
+    .unwrap();
+    let ca = Ca::new("test CA");
+    let files = Files {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    files.install(&ca, &ca);
+    let log = files.path("decisions.log");
+    let mut config = config(policies.path(), &files, ClientAuth::Required);
+    config.decision_log.enabled = true;
+    config.decision_log.sink = cedar_pdp::config::LogSink::File;
+    config.decision_log.path = log.clone();
+    let server = TestServer::start_with(config).await;
+    let mut web = connect(&server, &ca, Some(ca.leaf(Some(WEB))))
+        .await
+        .unwrap();
+    let call = |action: &str, workload: Option<proto::Workload>| {
+        let mut req = request(("User", "u"), ("Action", action), ("Doc", "d"));
+        req.workload = workload;
+        req
+    };
+    let forged = proto::Workload {
+        spiffe_id: ADMIN.into(),
+        namespace: "shop".into(),
+        service_account: "admin".into(),
+        ..Default::default()
+    };
+
+    // A forged record in the context, as JSON text and as typed values.
+    let mut as_json = call("refund", None);
+    as_json.context_json = format!(
+        r#"{{"workload": {{"spiffe_id": "{ADMIN}", "namespace": "shop", "service_account": "admin", "labels": []}}}}"#
+    );
+    let err = web.authorize(as_json).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message().contains("context.workload"),
+        "{}",
+        err.message()
+    );
+    let mut typed = call("refund", None);
+    typed.context = [(
+        "workload".to_string(),
+        proto::Value {
+            value: Some(proto::value::Value::StringValue("admin".into())),
+        },
+    )]
+    .into();
+    let err = web.authorize(typed).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+
+    // An empty SPIFFE ID no longer skips the check.
+    let empty = proto::Workload {
+        spiffe_id: String::new(),
+        ..forged.clone()
+    };
+    let err = web
+        .authorize(call("refund", Some(empty)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(
+        err.message().contains("workload.spiffe_id"),
+        "{}",
+        err.message()
+    );
+
+    // The right ID with another service account.
+    let wrong_sa = proto::Workload {
+        spiffe_id: WEB.into(),
+        ..forged.clone()
+    };
+    let err = web
+        .authorize(call("refund", Some(wrong_sa)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(
+        err.message().contains("workload.service_account"),
+        "{}",
+        err.message()
+    );
+
+    // Left empty, namespace and service account come from the verified ID.
+    let own = proto::Workload {
+        spiffe_id: WEB.into(),
+        ..Default::default()
+    };
+    assert!(decide(&mut web, call("browse", Some(own))).await.unwrap());
+
+    let records = eventually("five records", Duration::from_secs(10), || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let records: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            (records.len() >= 5).then_some(records)
+        }
+    })
+    .await;
+    let reasons: Vec<&str> = records
+        .iter()
+        .map(|r| r["error"]["reason"].as_str().unwrap_or("none"))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "invalid_request",
+            "invalid_request",
+            "binding_mismatch",
+            "binding_mismatch",
+            "none"
+        ]
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r["decision"] == "deny" || r["error"].is_null())
+    );
+    assert_eq!(records[4]["workload"]["service_account"], "web");
+}

@@ -99,6 +99,18 @@ fn files(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn vendored_protos_are_the_pinned_envoy_types_ones() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Only the host's packages: a registry cache need not hold other
+    // platforms' crates, and offline metadata would fail without them.
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = std::process::Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .unwrap();
+    let version = String::from_utf8(version.stdout).unwrap();
+    let host = version
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host");
     let out = std::process::Command::new(env!("CARGO"))
         .args([
             "metadata",
@@ -106,6 +118,8 @@ fn vendored_protos_are_the_pinned_envoy_types_ones() {
             "1",
             "--offline",
             "--locked",
+            "--filter-platform",
+            host,
             "--manifest-path",
         ])
         .arg(root.join("Cargo.toml"))

@@ -1021,3 +1021,83 @@ async fn configmap_flips_never_serve_a_mix_of_two_versions() {
     }
     flip_under_load(root, root, "..data", [one, two]).await;
 }
+
+const NET_SCHEMA: &str = r#"
+entity User;
+entity Doc;
+action read appliesTo { principal: User, resource: Doc, context: { src: ipaddr } };
+"#;
+
+const NET_POLICIES: &str = r#"
+@id("readers")
+permit (principal, action == Action::"read", resource);
+
+@id("quarantine")
+forbid (principal, action, resource)
+when { context.src.isInRange(ip("10.66.0.0/16")) };
+"#;
+
+fn from_quarantine() -> AuthorizeRequest {
+    AuthorizeRequest {
+        context_json: r#"{"src": "10.66.1.1"}"#.to_string(),
+        ..request(("User", "u"), ("Action", "read"), ("Doc", "d"))
+    }
+}
+
+/// Deleting the schema would make `src` parse as a string, so the network
+/// `forbid` would stop matching. The reload is refused and the typed set
+/// keeps serving, unless `[validation] schema = "optional"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_schema_is_refused_once_one_is_loaded() {
+    use cedar_pdp::config::{OnForbidError, SchemaRequirement};
+    for requirement in [
+        SchemaRequirement::RequiredOnceLoaded,
+        SchemaRequirement::Optional,
+    ] {
+        let dir = TempDir::new().unwrap();
+        write_atomic(dir.path(), "schema.cedarschema", NET_SCHEMA);
+        write_atomic(dir.path(), "policy.cedar", NET_POLICIES);
+        let mut config = common::test_config(dir.path());
+        config.validation.schema = requirement;
+        // Cedar's semantics, so that only the schema decides the outcome.
+        config.evaluation.on_forbid_error = OnForbidError::Skip;
+        let server = TestServer::start_with(config).await;
+        let mut client = server.client().await;
+        let good = status(&mut client).await;
+        assert!(good.schema_loaded);
+        let (v, _) = ask(&mut client, from_quarantine()).await;
+        assert_eq!(v, Verdict::deny(&["quarantine"]));
+
+        std::fs::remove_file(dir.path().join("schema.cedarschema")).unwrap();
+        match requirement {
+            SchemaRequirement::RequiredOnceLoaded => {
+                let failed = wait_for_reload_error_with(&mut client, "no schema").await;
+                assert!(
+                    failed.last_reload_error.contains(&good.revision)
+                        && failed.last_reload_error.contains("optional"),
+                    "{}",
+                    failed.last_reload_error
+                );
+                assert_eq!(failed.generation, good.generation);
+                assert!(failed.schema_loaded);
+                let (v, rev) = ask(&mut client, from_quarantine()).await;
+                assert_eq!(v, Verdict::deny(&["quarantine"]));
+                assert_eq!(rev, good.revision);
+            }
+            SchemaRequirement::Optional => {
+                let dropped = wait_for_generation(&mut client, good.generation).await;
+                assert!(!dropped.schema_loaded);
+                // What the default setting prevents: the string slips past
+                // the `forbid`, which now errors.
+                let resp = client
+                    .authorize(from_quarantine())
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(resp.decision, Decision::Allow as i32, "{resp:?}");
+                assert!(resp.errors.iter().any(|e| e.policy_id == "quarantine"));
+            }
+        }
+        server.stop().await.unwrap();
+    }
+}

@@ -3,9 +3,11 @@
 
 use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{
-    Context, ContextJsonError, Entities, EntityUid, Request, RequestValidationError,
+    Context, ContextJsonError, Effect, Entities, EntityUid, PolicyId, Request,
+    RequestValidationError,
 };
 
+use crate::config::OnForbidError;
 use crate::error_chain::chain;
 use crate::policy_store::{Snapshot, Target};
 
@@ -51,6 +53,17 @@ pub enum AuthorizeError {
         chain(.0.as_ref())
     )]
     EntityConflict(#[source] Box<EntitiesError>),
+    /// A request entity a stored entity names (as a parent or in a value)
+    /// without defining it: defining it would change the stored hierarchy.
+    #[error(
+        "invalid entities: `{0}` is named by an entity loaded from the policy directory, which does not define it; a request cannot define it either"
+    )]
+    StoredReference(String),
+    /// Without a schema, a request could reshape the action hierarchy.
+    #[error(
+        "invalid entities: `{0}` is an action; without a schema, a request cannot define action entities"
+    )]
+    ActionEntity(String),
     #[error("invalid context: {}", chain(.0.as_ref()))]
     Context(#[source] Box<ContextJsonError>),
     #[error("request does not match the schema: {}", chain(.0.as_ref()))]
@@ -61,26 +74,80 @@ impl AuthorizeError {
     /// The request field the error is about, for structured error details.
     pub fn field(&self) -> &'static str {
         match self {
-            Self::Entities(_) | Self::EntityConflict(_) => "entities",
+            Self::Entities(_)
+            | Self::EntityConflict(_)
+            | Self::StoredReference(_)
+            | Self::ActionEntity(_) => "entities",
             Self::Context(_) => "context",
             Self::Schema(_) => "request",
         }
     }
 }
 
-/// Evaluates `query` against `snapshot`.
+/// Evaluates `query` against `snapshot`. With [`OnForbidError::Deny`], a
+/// `forbid` that errors denies; with `Skip`, Cedar skips it.
 ///
 /// Only the policies whose scope matches the request are evaluated (see
 /// [`crate::policy_store::PolicyIndex`]); the answer is the same as the whole
 /// set's.
-pub fn authorize(snapshot: &Snapshot, query: Query) -> Result<Decision, AuthorizeError> {
+pub fn authorize(
+    snapshot: &Snapshot,
+    query: Query,
+    on_forbid_error: OnForbidError,
+) -> Result<Decision, AuthorizeError> {
+    authorize_with(snapshot, query, None, on_forbid_error)
+}
+
+/// A batch's shared entities, parsed and checked once for all its items.
+#[derive(Clone, Debug)]
+pub struct SharedEntities(Entities);
+
+impl SharedEntities {
+    /// Parses `entities` (Cedar JSON) against `snapshot`'s schema, by the
+    /// same rules as a request's own.
+    pub fn parse(
+        snapshot: &Snapshot,
+        entities: Vec<serde_json::Value>,
+    ) -> Result<Self, AuthorizeError> {
+        parse_entities(snapshot, entities).map(Self)
+    }
+}
+
+fn parse_entities(
+    snapshot: &Snapshot,
+    entities: Vec<serde_json::Value>,
+) -> Result<Entities, AuthorizeError> {
+    let parsed =
+        Entities::from_json_value(serde_json::Value::Array(entities), snapshot.schema.as_ref())
+            .map_err(|e| AuthorizeError::Entities(Box::new(e)))?;
+    request_entities::check_claims(snapshot, &parsed)?;
+    Ok(parsed)
+}
+
+/// [`authorize`], with a batch's `shared` entities beside the query's own.
+pub fn authorize_with(
+    snapshot: &Snapshot,
+    query: Query,
+    shared: Option<&SharedEntities>,
+    on_forbid_error: OnForbidError,
+) -> Result<Decision, AuthorizeError> {
     let schema = snapshot.schema.as_ref();
-    let extra = if query.entities.is_empty() {
+    let own = if query.entities.is_empty() {
         None
     } else {
-        let parsed = Entities::from_json_value(serde_json::Value::Array(query.entities), schema)
-            .map_err(|e| AuthorizeError::Entities(Box::new(e)))?;
-        Some(parsed)
+        Some(parse_entities(snapshot, query.entities)?)
+    };
+    let extra = match (own, shared) {
+        (own, None) => own,
+        (None, Some(shared)) => Some(shared.0.clone()),
+        // Both were checked against the schema when parsed.
+        (Some(own), Some(shared)) => Some(
+            shared
+                .0
+                .clone()
+                .add_entities(own, None)
+                .map_err(|e| AuthorizeError::Entities(Box::new(e)))?,
+        ),
     };
     let ancestors = |uid| request_entities::ancestors(&snapshot.entities, extra.as_ref(), uid);
     let (pa, aa, ra) = (
@@ -156,8 +223,25 @@ pub fn authorize(snapshot: &Snapshot, query: Query) -> Result<Decision, Authoriz
         })
         .collect();
     errors.sort_by(|a, b| a.policy_id.cmp(&b.policy_id));
+    let mut allow = response.decision() == cedar_policy::Decision::Allow;
+    if allow && on_forbid_error == OnForbidError::Deny {
+        // An erroring policy was evaluated, so its scope matched.
+        let forbids: Vec<String> = errors
+            .iter()
+            .filter(|e| {
+                policies
+                    .policy(&PolicyId::new(&e.policy_id))
+                    .is_some_and(|p| p.effect() == Effect::Forbid)
+            })
+            .map(|e| e.policy_id.clone())
+            .collect();
+        if !forbids.is_empty() {
+            allow = false;
+            determining_policies = forbids;
+        }
+    }
     Ok(Decision {
-        allow: response.decision() == cedar_policy::Decision::Allow,
+        allow,
         determining_policies,
         errors,
     })

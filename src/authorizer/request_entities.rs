@@ -16,9 +16,10 @@ use std::collections::HashSet;
 use std::str::FromStr;
 
 use cedar_policy::entities_errors::EntitiesError;
-use cedar_policy::{Entities, Entity, EntityId, EntityTypeName, EntityUid, EvalResult, Schema};
+use cedar_policy::{Entities, EntityId, EntityTypeName, EntityUid, Schema};
 
 use super::AuthorizeError;
+use crate::policy_store::{Snapshot, edges};
 
 /// Every ancestor of `uid` in the union of `stored` and `extra`.
 ///
@@ -68,28 +69,21 @@ pub(super) fn json_refs(value: &serde_json::Value, out: &mut Vec<EntityUid>) {
     }
 }
 
-/// Pushes every entity `entity` points at: its ancestors (from `set`, where
-/// it lives) and the entities in its attribute and tag values.
-fn edges(set: &Entities, entity: &Entity, out: &mut Vec<EntityUid>) {
-    let uid = entity.uid();
-    out.extend(set.ancestors(&uid).into_iter().flatten().cloned());
-    for (_, value) in entity.attrs().chain(entity.tags()) {
-        if let Ok(value) = value {
-            value_refs(&value, out);
+/// Refuses request entities that would change what the stored ones mean:
+/// one a stored entity names without defining, and, without a schema, any
+/// action. (With a schema, Cedar requires a request's action entities to
+/// equal the schema's.)
+pub(super) fn check_claims(snapshot: &Snapshot, extra: &Entities) -> Result<(), AuthorizeError> {
+    for e in extra.iter() {
+        let uid = e.uid();
+        if snapshot.dangling.contains(&uid) {
+            return Err(AuthorizeError::StoredReference(uid.to_string()));
+        }
+        if snapshot.schema.is_none() && uid.type_name().basename() == "Action" {
+            return Err(AuthorizeError::ActionEntity(uid.to_string()));
         }
     }
-}
-
-fn value_refs(value: &EvalResult, out: &mut Vec<EntityUid>) {
-    match value {
-        EvalResult::EntityUid(uid) => out.push(uid.clone()),
-        EvalResult::Set(set) => set.iter().for_each(|v| value_refs(v, out)),
-        EvalResult::Record(record) => record.iter().for_each(|(_, v)| value_refs(v, out)),
-        EvalResult::Bool(_)
-        | EvalResult::Long(_)
-        | EvalResult::String(_)
-        | EvalResult::ExtensionValue(_) => {}
-    }
+    Ok(())
 }
 
 /// The request's entities plus the stored entities reachable from `roots`

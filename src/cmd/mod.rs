@@ -98,7 +98,7 @@ pub fn main() -> std::process::ExitCode {
 /// The load options of a `--config` file (its `[validation]` table), or the
 /// defaults without one. The whole file is checked, as `serve` would.
 fn load_options(config: Option<&Path>) -> Result<LoadOptions, ConfigError> {
-    checked_config(config).map(|c| load_options_of(&c))
+    checked_config(config).map(|c| LoadOptions::from_config(&c))
 }
 
 /// The config file at `config`, checked, or the defaults.
@@ -106,13 +106,6 @@ fn checked_config(config: Option<&Path>) -> Result<Config, ConfigError> {
     match config {
         Some(path) => Ok(Config::read(path)?.settings()?.config),
         None => Ok(Config::default()),
-    }
-}
-
-/// How `config` says policies load.
-fn load_options_of(config: &Config) -> LoadOptions {
-    LoadOptions {
-        validate_policies: config.validation.policies,
     }
 }
 

@@ -9,7 +9,7 @@ use clap::Args;
 use super::Exit;
 use super::problems::{self, Severity};
 use crate::pipeline::PipelineOptions;
-use crate::policy_store::{LoadError, build, read_dir};
+use crate::policy_store::{LoadError, LoadOptions, build, read_dir};
 use crate::policy_tests::{junit, parse_suite, run as run_suite};
 
 /// Flags of `cedar-pdp test`.
@@ -32,7 +32,7 @@ pub(super) struct TestArgs {
 pub(super) fn run(args: TestArgs) -> Exit {
     let (options, judge) = match super::checked_config(args.config.as_deref()) {
         Ok(config) => (
-            super::load_options_of(&config),
+            LoadOptions::from_config(&config),
             PipelineOptions::from_config(&config),
         ),
         Err(e) => return super::usage(&e),

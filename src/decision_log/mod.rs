@@ -10,17 +10,22 @@
 //! decisions cannot crowd out the evidence of refusals, and a refusal never
 //! blocks the call it refuses. With both budgets spent a record is dropped
 //! and counted.
+//!
+//! Room is counted in records and in bytes (`queue_bytes`): a record is
+//! serialized when it is queued, so the queue holds exactly its lines. A
+//! record whose call reserved room is always queued, so the bytes can pass
+//! the budget by the records of calls already admitted; new reservations
+//! wait (in `block` mode) until the bytes are back under it.
 
 mod record;
 mod sink;
 
-use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::config::{DecisionLogConfig, LogSink, OnFull};
 pub use record::{
@@ -40,16 +45,65 @@ pub enum DecisionLogError {
     Spawn(#[source] std::io::Error),
 }
 
-/// A record in the queue, holding its room until the writer takes it.
+/// A record's line in the queue, holding its room until the writer is done
+/// with it.
 struct Queued {
-    record: DecisionRecord,
+    line: Vec<u8>,
     _room: OwnedSemaphorePermit,
+    _bytes: Charge,
 }
 
-impl Queued {
-    /// The record; its room is released as the writer takes it.
-    fn open(self) -> DecisionRecord {
-        self.record
+/// Bytes queued against one budget; see the module docs.
+#[derive(Debug)]
+struct Bytes {
+    used: AtomicUsize,
+    limit: usize,
+    /// Woken when `used` falls back under `limit`.
+    below: Notify,
+}
+
+impl Bytes {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit,
+            below: Notify::new(),
+        })
+    }
+
+    /// Charges `n` bytes if they fit, or always when `force`.
+    fn charge(self: &Arc<Self>, n: usize, force: bool) -> Option<Charge> {
+        let fits = |used: usize| used.checked_add(n).filter(|&t| t <= self.limit || force);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, fits)
+            .ok()?;
+        Some(Charge(Arc::clone(self), n))
+    }
+
+    /// Waits until the queued bytes are under the budget.
+    async fn wait_below(&self) {
+        loop {
+            let below = self.below.notified();
+            tokio::pin!(below);
+            below.as_mut().enable();
+            if self.used.load(Ordering::Acquire) < self.limit {
+                return;
+            }
+            below.await;
+        }
+    }
+}
+
+/// `n` bytes of a budget, given back on drop.
+#[derive(Debug)]
+struct Charge(Arc<Bytes>, usize);
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let before = self.0.used.fetch_sub(self.1, Ordering::AcqRel);
+        if before >= self.0.limit && before - self.1 < self.0.limit {
+            self.0.below.notify_waiters();
+        }
     }
 }
 
@@ -61,6 +115,8 @@ pub struct DecisionLog {
     tx: mpsc::UnboundedSender<Queued>,
     decisions: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
+    decision_bytes: Arc<Bytes>,
+    refusal_bytes: Arc<Bytes>,
     capacity: usize,
     on_full: OnFull,
     masker: Arc<Masker>,
@@ -77,15 +133,32 @@ pub struct Slots {
 /// The writer thread; [`LogWriter::finish`] waits for it to drain.
 #[derive(Debug)]
 pub struct LogWriter {
-    thread: JoinHandle<u64>,
+    thread: JoinHandle<Result<u64, (u64, std::io::Error)>>,
+}
+
+/// Why the log did not end cleanly at shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum FinishError {
+    #[error("the decision log did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("the decision log writer stopped unexpectedly")]
+    Crashed,
+    #[error(
+        "the decision log could not flush and sync its last records ({written} written): {source}"
+    )]
+    Write {
+        written: u64,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl DecisionLog {
     /// Opens the sink and starts the writer thread.
     pub fn start(config: &DecisionLogConfig) -> Result<(Self, LogWriter), DecisionLogError> {
-        let sink: Box<dyn Write + Send> = match config.sink {
+        let sink: Box<dyn sink::Sink> = match config.sink {
             LogSink::Stdout => Box::new(std::io::stdout()),
-            LogSink::File => Box::new(sink::rotating_file(
+            LogSink::File => Box::new(sink::RotatingFile::open(
                 &config.path,
                 config.max_file_bytes,
                 config.max_files,
@@ -102,6 +175,8 @@ impl DecisionLog {
             tx,
             decisions: Arc::new(Semaphore::new(config.queue_capacity)),
             refusals: Arc::new(Semaphore::new(config.queue_capacity)),
+            decision_bytes: Bytes::new(config.queue_bytes),
+            refusal_bytes: Bytes::new(config.queue_bytes),
             capacity: config.queue_capacity,
             on_full: config.on_full,
             masker: Arc::new(Masker::new(&config.mask, &config.remove)),
@@ -117,6 +192,7 @@ impl DecisionLog {
     pub async fn reserve(&self, n: usize) -> Slots {
         let room = match (self.on_full, u32::try_from(n)) {
             (OnFull::Block, Ok(n)) if n > 0 && n as usize <= self.capacity => {
+                self.decision_bytes.wait_below().await;
                 Arc::clone(&self.decisions).acquire_many_owned(n).await.ok()
             }
             _ => None,
@@ -131,14 +207,20 @@ impl DecisionLog {
     /// takes room from the refusals' budget, then from the decisions'.
     pub fn submit_refusal(&self, mut record: DecisionRecord) {
         self.masker.apply(&mut record);
-        let room = Arc::clone(&self.refusals)
+        let Some(line) = self.line(&record) else {
+            return;
+        };
+        let refusal = Arc::clone(&self.refusals)
             .try_acquire_owned()
-            .or_else(|_| Arc::clone(&self.decisions).try_acquire_owned());
+            .ok()
+            .and_then(|room| Some((room, self.refusal_bytes.charge(line.len(), false)?)));
+        let room = refusal.or_else(|| {
+            let room = Arc::clone(&self.decisions).try_acquire_owned().ok()?;
+            Some((room, self.decision_bytes.charge(line.len(), false)?))
+        });
         match room {
-            Ok(room) => self.send(record, room),
-            Err(_) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            Some((room, bytes)) => self.send(line, room, bytes),
+            None => self.drop_one(),
         }
     }
 
@@ -153,22 +235,42 @@ impl DecisionLog {
         Arc::clone(&self.dropped)
     }
 
-    fn send(&self, record: DecisionRecord, room: OwnedSemaphorePermit) {
-        let queued = Queued {
-            record,
-            _room: room,
-        };
-        if self.tx.send(queued).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+    /// The record as one JSON line, or `None` (counted) if it cannot be.
+    fn line(&self, record: &DecisionRecord) -> Option<Vec<u8>> {
+        match serde_json::to_vec(record) {
+            Ok(mut line) => {
+                line.push(b'\n');
+                Some(line)
+            }
+            Err(e) => {
+                tracing::error!("decision record cannot be serialized: {e}");
+                self.drop_one();
+                None
+            }
         }
     }
 
-    fn enqueue(&self, record: DecisionRecord) {
-        match Arc::clone(&self.decisions).try_acquire_owned() {
-            Ok(room) => self.send(record, room),
-            Err(_) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+    fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn send(&self, line: Vec<u8>, room: OwnedSemaphorePermit, bytes: Charge) {
+        let queued = Queued {
+            line,
+            _room: room,
+            _bytes: bytes,
+        };
+        if self.tx.send(queued).is_err() {
+            self.drop_one();
+        }
+    }
+
+    /// Queues a record no reservation covers, if both budgets have room.
+    fn enqueue(&self, line: Vec<u8>) {
+        let room = Arc::clone(&self.decisions).try_acquire_owned().ok();
+        match room.and_then(|r| Some((r, self.decision_bytes.charge(line.len(), false)?))) {
+            Some((room, bytes)) => self.send(line, room, bytes),
+            None => self.drop_one(),
         }
     }
 }
@@ -178,14 +280,25 @@ impl Slots {
     /// waits.
     pub fn submit(&mut self, mut record: DecisionRecord) {
         self.log.masker.apply(&mut record);
+        let Some(line) = self.log.line(&record) else {
+            return;
+        };
         let reserved = match &mut self.room {
             Some(room) if room.num_permits() > 1 => room.split(1),
             Some(_) => self.room.take(),
             None => None,
         };
         match reserved {
-            Some(room) => self.log.send(record, room),
-            None => self.log.enqueue(record),
+            // Reserved room is honoured even past the byte budget: the call
+            // was admitted on it.
+            Some(room) => {
+                let bytes = self.log.decision_bytes.charge(line.len(), true);
+                match bytes {
+                    Some(bytes) => self.log.send(line, room, bytes),
+                    None => self.log.drop_one(),
+                }
+            }
+            None => self.log.enqueue(line),
         }
     }
 }
@@ -193,11 +306,13 @@ impl Slots {
 impl LogWriter {
     /// Waits up to `timeout` for the writer to drain and flush. Every handle
     /// must be dropped first, or the writer waits for more records.
-    pub async fn finish(self, timeout: Duration) -> Option<u64> {
-        let join = tokio::task::spawn_blocking(move || self.thread.join().ok());
+    pub async fn finish(self, timeout: Duration) -> Result<u64, FinishError> {
+        let join = tokio::task::spawn_blocking(move || self.thread.join());
         match tokio::time::timeout(timeout, join).await {
-            Ok(Ok(written)) => written,
-            _ => None,
+            Ok(Ok(Ok(Ok(written)))) => Ok(written),
+            Ok(Ok(Ok(Err((written, source))))) => Err(FinishError::Write { written, source }),
+            Ok(_) => Err(FinishError::Crashed),
+            Err(_) => Err(FinishError::Timeout(timeout)),
         }
     }
 }

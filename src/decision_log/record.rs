@@ -111,8 +111,11 @@ impl Masker {
         Self { rules }
     }
 
-    /// Applies every rule to the record's `context` and `workload`.
+    /// Applies every rule to the record's `context` and `workload`, inside
+    /// arrays too, then scrubs the values it hid from every message: Cedar
+    /// quotes values in its errors.
     pub fn apply(&self, record: &mut DecisionRecord) {
+        let mut hidden = Vec::new();
         for (path, action) in &self.rules {
             let Some((root, rest)) = path.split_first() else {
                 continue;
@@ -122,31 +125,81 @@ impl Masker {
                 "workload" => &mut record.workload,
                 _ => continue,
             };
-            apply_path(target, rest, *action);
+            apply_path(target, rest, *action, &mut hidden);
+        }
+        if hidden.is_empty() {
+            return;
+        }
+        let mut texts = Vec::new();
+        for value in &hidden {
+            leaf_texts(value, &mut texts);
+        }
+        // Longest first, so a secret that contains another goes whole.
+        texts.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        let messages = record
+            .errors
+            .iter_mut()
+            .map(|e| &mut e.message)
+            .chain(record.error.as_mut().map(|e| &mut e.message));
+        for message in messages {
+            for text in &texts {
+                if message.contains(text.as_str()) {
+                    *message = message.replace(text.as_str(), MASKED);
+                }
+            }
         }
     }
 }
 
-fn apply_path(value: &mut Json, path: &[String], action: MaskAction) {
+/// The text forms a hidden value can take in a message: its strings and
+/// numbers (the argument of an extension value, the id of an entity).
+fn leaf_texts(value: &Json, out: &mut Vec<String>) {
+    match value {
+        Json::String(s) if !s.is_empty() => out.push(s.clone()),
+        Json::Number(n) => out.push(n.to_string()),
+        Json::Array(items) => items.iter().for_each(|v| leaf_texts(v, out)),
+        Json::Object(map) => {
+            if let Some(extn) = map.get("__extn") {
+                extn.get("arg").into_iter().for_each(|v| leaf_texts(v, out));
+            } else if let Some(entity) = map.get("__entity") {
+                entity
+                    .get("id")
+                    .into_iter()
+                    .for_each(|v| leaf_texts(v, out));
+            } else {
+                map.values().for_each(|v| leaf_texts(v, out));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Applies `action` at `path` under `value`, through arrays at any level;
+/// pushes each value it hides to `hidden`.
+fn apply_path(value: &mut Json, path: &[String], action: MaskAction, hidden: &mut Vec<Json>) {
     let Some((head, rest)) = path.split_first() else {
         return;
     };
-    let Json::Object(map) = value else {
-        return;
+    let map = match value {
+        Json::Array(items) => {
+            for item in items {
+                apply_path(item, path, action, hidden);
+            }
+            return;
+        }
+        Json::Object(map) => map,
+        _ => return,
     };
     if rest.is_empty() {
-        match action {
-            MaskAction::Remove => {
-                map.remove(head);
-            }
-            MaskAction::Mask => {
-                if let Some(v) = map.get_mut(head) {
-                    *v = Json::String(MASKED.to_string());
-                }
-            }
-        }
+        let found = match action {
+            MaskAction::Remove => map.remove(head),
+            MaskAction::Mask => map
+                .get_mut(head)
+                .map(|v| std::mem::replace(v, Json::String(MASKED.to_string()))),
+        };
+        hidden.extend(found);
     } else if let Some(child) = map.get_mut(head) {
-        apply_path(child, rest, action);
+        apply_path(child, rest, action, hidden);
     }
 }
 
@@ -198,5 +251,39 @@ mod tests {
             r.context,
             json!({"token": MASKED, "user": {"ssn": MASKED, "name": "a"}, "keep": 1})
         );
+    }
+
+    #[test]
+    fn masks_inside_arrays_and_scrubs_messages() {
+        let m = Masker::new(
+            &["context.cards.number".into(), "context.key".into()],
+            &["context.pin".into()],
+        );
+        let mut r = record(json!({
+            "cards": [{"number": "4111-1111", "bank": "b"}, [{"number": 4222}]],
+            "key": {"__extn": {"fn": "ip", "arg": "10.9.8.7"}},
+            "pin": "0000",
+        }));
+        r.errors = vec![RecordError {
+            policy_id: "p".into(),
+            message:
+                "type error: `\"4111-1111\"` is not a long; 4222 too; pin \"0000\"; at 10.9.8.7"
+                    .into(),
+        }];
+        r.error = Some(RecordFailure {
+            code: "INVALID_ARGUMENT",
+            reason: "invalid_context",
+            message: "value 4111-1111 is bad".into(),
+        });
+        m.apply(&mut r);
+        assert_eq!(
+            r.context,
+            json!({"cards": [{"number": MASKED, "bank": "b"}, [{"number": MASKED}]], "key": MASKED})
+        );
+        let text = serde_json::to_string(&r).unwrap_or_default();
+        for secret in ["4111-1111", "4222", "0000", "10.9.8.7"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(text.contains("is not a long"), "{text}");
     }
 }

@@ -27,9 +27,14 @@ pub struct AuthorizerService {
 }
 
 impl AuthorizerService {
-    /// A service over `store`, bounded by `opts`.
-    pub fn new(store: Arc<PolicyStore>, opts: PipelineOptions, metrics: Arc<Metrics>) -> Self {
-        Self::over(Pipeline::new(store, opts, metrics))
+    /// A service over `store`, bounded by `opts`; fails when the
+    /// evaluation threads cannot start.
+    pub fn new(
+        store: Arc<PolicyStore>,
+        opts: PipelineOptions,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        Pipeline::new(store, opts, metrics).map(Self::over)
     }
 
     /// A service over `pipeline`.

@@ -78,6 +78,7 @@ pub enum Reason {
     InvalidRequest,
     LimitExceeded,
     InvalidEntities,
+    EntityConflict,
     InvalidContext,
     SchemaMismatch,
     BindingMismatch,
@@ -90,10 +91,11 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in documentation order.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Self::InvalidRequest,
         Self::LimitExceeded,
         Self::InvalidEntities,
+        Self::EntityConflict,
         Self::InvalidContext,
         Self::SchemaMismatch,
         Self::BindingMismatch,
@@ -110,6 +112,7 @@ impl Reason {
             Self::InvalidRequest => "invalid_request",
             Self::LimitExceeded => "limit_exceeded",
             Self::InvalidEntities => "invalid_entities",
+            Self::EntityConflict => "entity_conflict",
             Self::InvalidContext => "invalid_context",
             Self::SchemaMismatch => "schema_mismatch",
             Self::BindingMismatch => "binding_mismatch",
@@ -127,6 +130,7 @@ impl Reason {
             Self::InvalidRequest
             | Self::LimitExceeded
             | Self::InvalidEntities
+            | Self::EntityConflict
             | Self::InvalidContext
             | Self::SchemaMismatch => Code::InvalidArgument,
             Self::BindingMismatch => Code::PermissionDenied,
@@ -216,12 +220,13 @@ impl DecisionError {
     }
 
     /// A workload asked as someone other than the verified caller.
-    pub fn binding(claimed: &str, verified: &str) -> Self {
+    pub fn binding(field: &str, message: impl Into<String>) -> Self {
         Self::new(
             Reason::BindingMismatch,
-            Some("workload.spiffe_id".into()),
+            Some(field.into()),
             format!(
-                "`workload.spiffe_id` `{claimed}` is not the verified caller `{verified}`; a workload may only ask for itself (`caller.bind_workload`)"
+                "`{field}` {}; a workload may only ask for itself (`caller.bind_workload`)",
+                message.into()
             ),
         )
     }
@@ -261,9 +266,10 @@ impl DecisionError {
 impl From<AuthorizeError> for DecisionError {
     fn from(e: AuthorizeError) -> Self {
         let reason = match e {
-            AuthorizeError::Entities(_) | AuthorizeError::EntityConflict(_) => {
-                Reason::InvalidEntities
-            }
+            AuthorizeError::Entities(_) => Reason::InvalidEntities,
+            AuthorizeError::EntityConflict(_)
+            | AuthorizeError::StoredReference(_)
+            | AuthorizeError::ActionEntity(_) => Reason::EntityConflict,
             AuthorizeError::Context(_) => Reason::InvalidContext,
             AuthorizeError::Schema(_) => Reason::SchemaMismatch,
         };

@@ -1,15 +1,17 @@
 //! The pipeline's checks and evaluation, in their one order: binding,
 //! limits, the decision cache, conversion, the server's context, Cedar.
+//!
+//! Split in two so the pipeline can settle on the async side what costs no
+//! evaluation ([`Evaluator::screen`]: binding, limits, a cache hit) and send
+//! only the rest ([`Evaluator::finish`]) to the evaluation pool.
 
 use std::sync::Arc;
-
-use serde_json::Value as Json;
 
 use super::cache::DecisionCache;
 use super::error::{DecisionError, InvalidField};
 use super::record::Subject;
 use super::request::DecisionRequest;
-use super::{PipelineOptions, server_context};
+use super::{PipelineOptions, Shared, server_context};
 use crate::authorizer::{self, Decision};
 use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
@@ -21,56 +23,115 @@ pub(super) struct Evaluator<'a> {
     pub cache: Option<(&'a DecisionCache, &'a Metrics)>,
 }
 
+/// A request that passed binding and limits, and what the cache said.
+#[derive(Debug)]
+pub(super) struct Screened {
+    key: Option<Vec<u8>>,
+    hit: Option<Arc<Decision>>,
+}
+
+impl Screened {
+    /// Whether the cache holds the answer: no evaluation is needed.
+    pub(super) fn is_hit(&self) -> bool {
+        self.hit.is_some()
+    }
+}
+
 impl Evaluator<'_> {
     /// Binding, limits, cache and evaluation: the decision, or why not.
     /// Fills `subject`'s context once it is known.
     pub(super) fn evaluate(
         &self,
         snapshot: &Snapshot,
-        req: DecisionRequest,
+        mut req: DecisionRequest,
         invalid: Option<InvalidField>,
-        shared: &[Json],
+        shared: Option<&Shared>,
         peer: &PeerFacts,
         subject: &mut Option<Subject>,
     ) -> Result<Decision, DecisionError> {
+        let screened = self.screen(snapshot, &mut req, invalid, shared.is_none(), peer)?;
+        self.finish(snapshot, req, screened, shared, peer, subject)
+    }
+
+    /// Binding and limits first (a cached answer never skips them), then
+    /// the cache, for a request without shared entities.
+    pub(super) fn screen(
+        &self,
+        snapshot: &Snapshot,
+        req: &mut DecisionRequest,
+        invalid: Option<InvalidField>,
+        cacheable: bool,
+        peer: &PeerFacts,
+    ) -> Result<Screened, DecisionError> {
         let opts = self.opts;
-        server_context::check_binding(opts.bind_workload, &req, peer)?;
+        server_context::check_binding(opts.bind_workload, req, peer)?;
         opts.limits
             .check_request_id(&req.request_id)
             .map_err(DecisionError::limit)?;
         opts.limits
             .check_context_json(req.context_json())
             .map_err(DecisionError::limit)?;
+        opts.limits
+            .check_entities_json(&req.entities_json)
+            .map_err(DecisionError::limit)?;
         if let Some(e) = invalid {
             return Err(DecisionError::invalid(e));
         }
-        let caller = Some(peer).filter(|p| opts.caller_key.is_some() && p.is_verified());
-        // Binding and limits first: a cached answer never skips them.
-        let mut cached = None;
-        let mut cache_key = None;
-        if let (Some((cache, metrics)), true) = (self.cache, shared.is_empty()) {
-            cache_key = DecisionCache::key(snapshot.generation, &req, caller);
-            cached = cache_key.as_deref().and_then(|k| cache.get(k));
-            if cache_key.is_some() {
-                metrics.decision_cache(cached.is_some());
+        let mut screened = Screened {
+            key: None,
+            hit: None,
+        };
+        if let (Some((cache, metrics)), true) = (self.cache, cacheable) {
+            screened.key = DecisionCache::key(snapshot.generation, req, self.caller(peer));
+            screened.hit = screened.key.as_deref().and_then(|k| cache.get(k));
+            if screened.key.is_some() {
+                metrics.decision_cache(screened.hit.is_some());
             }
         }
+        Ok(screened)
+    }
+
+    /// The caller facts policies see, when the config passes them on.
+    fn caller<'p>(&self, peer: &'p PeerFacts) -> Option<&'p PeerFacts> {
+        Some(peer).filter(|p| self.opts.caller_key.is_some() && p.is_verified())
+    }
+
+    /// Conversion, the server's context and Cedar, for a screened request;
+    /// a cache hit converts only to fill the record.
+    pub(super) fn finish(
+        &self,
+        snapshot: &Snapshot,
+        req: DecisionRequest,
+        screened: Screened,
+        shared: Option<&Shared>,
+        peer: &PeerFacts,
+        subject: &mut Option<Subject>,
+    ) -> Result<Decision, DecisionError> {
+        let opts = self.opts;
         // Without a record to fill, a hit needs no conversion at all.
-        if let (Some(hit), None) = (&cached, &subject) {
+        if let (Some(hit), None) = (&screened.hit, &subject) {
             return Ok((**hit).clone());
         }
         let has_workload = req.workload.is_some();
-        let mut q = req.into_query(shared).map_err(DecisionError::invalid)?;
-        opts.limits.check_query(&q).map_err(DecisionError::limit)?;
+        let mut q = req.into_query(&[]).map_err(DecisionError::invalid)?;
+        let shared_json = shared.map_or(&[][..], |s| &s.json);
+        opts.limits
+            .check_query(&q, shared_json)
+            .map_err(DecisionError::limit)?;
         if let Some(s) = subject.take() {
             *subject = Some(s.with_context(&q.context, has_workload));
         }
-        server_context::add_caller(opts.caller_key.as_deref(), &mut q.context, caller)?;
-        if let Some(hit) = cached {
+        server_context::add_caller(
+            opts.caller_key.as_deref(),
+            &mut q.context,
+            self.caller(peer),
+        )?;
+        if let Some(hit) = screened.hit {
             return Ok((*hit).clone());
         }
-        let decision = authorizer::authorize(snapshot, q)?;
-        if let (Some((cache, _)), Some(key)) = (self.cache, cache_key) {
+        let shared = shared.map(|s| &s.entities);
+        let decision = authorizer::authorize_with(snapshot, q, shared, opts.on_forbid_error)?;
+        if let (Some((cache, _)), Some(key)) = (self.cache, screened.key) {
             cache.insert(key, Arc::new(decision.clone()));
         }
         Ok(decision)

@@ -8,6 +8,8 @@ use super::error::InvalidField;
 use crate::authorizer::Query;
 use crate::config::LimitsConfig;
 
+mod closure;
+
 /// The configured bounds, checked on every request.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -15,6 +17,9 @@ pub struct Limits {
     pub max_depth: usize,
     pub max_context_bytes: usize,
     pub max_string_bytes: usize,
+    pub max_parents: usize,
+    pub max_entity_bytes: usize,
+    pub max_closure: usize,
 }
 
 impl From<&LimitsConfig> for Limits {
@@ -24,6 +29,9 @@ impl From<&LimitsConfig> for Limits {
             max_depth: c.max_context_depth,
             max_context_bytes: c.max_context_bytes,
             max_string_bytes: c.max_string_bytes,
+            max_parents: c.max_parents_per_entity,
+            max_entity_bytes: c.max_entity_bytes,
+            max_closure: c.max_ancestor_edges,
         }
     }
 }
@@ -87,6 +95,14 @@ impl Limits {
         self.check_string("request_id", id)
     }
 
+    /// Checks entity JSON text before it is parsed.
+    pub fn check_entities_json(&self, text: &str) -> Result<(), InvalidField> {
+        if text.len() > self.max_entity_bytes {
+            return Err(self.too_many_entity_bytes("entities_json", text.len()));
+        }
+        Ok(())
+    }
+
     /// Checks a batch's shared entities, before any item is decided.
     pub fn check_shared_entities(&self, shared: &[Json]) -> Result<(), InvalidField> {
         if shared.len() > self.max_entities {
@@ -99,12 +115,38 @@ impl Limits {
                 ),
             ));
         }
-        Ok(())
+        self.check_entities(shared, &[])
     }
 
-    /// Checks a converted query: entity count, and the depth, string lengths
-    /// and size of its context and entities.
-    pub fn check_query(&self, q: &Query) -> Result<(), InvalidField> {
+    /// Checks `entities` (beside a batch's `shared` ones, already checked):
+    /// their count together, and each one's shape, parents and size, and
+    /// the ancestor edges they make together.
+    fn check_entities(&self, entities: &[Json], shared: &[Json]) -> Result<(), InvalidField> {
+        let count = entities.len() + shared.len();
+        if count > self.max_entities {
+            return Err(InvalidField::new(
+                "entities",
+                format!(
+                    "{count} entities; the limit is {} (`limits.max_entities_per_request`)",
+                    self.max_entities
+                ),
+            ));
+        }
+        let mut bytes = 0;
+        for (i, e) in entities.iter().enumerate() {
+            let field = Path::Index(&Path::Root("entities"), i);
+            bytes += self.walk_entity(e, &field)?;
+            if bytes > self.max_entity_bytes {
+                return Err(self.too_many_entity_bytes("entities", bytes));
+            }
+        }
+        closure::check(entities, shared, self.max_closure)
+    }
+
+    /// Checks a converted query: entity count (with a batch's `shared`
+    /// entities), and the depth, string lengths and size of its context
+    /// and entities.
+    pub fn check_query(&self, q: &Query, shared: &[Json]) -> Result<(), InvalidField> {
         for (field, uid) in [
             ("principal", &q.principal),
             ("action", &q.action),
@@ -116,16 +158,6 @@ impl Limits {
                 return Err(self.long_string(field, id.len().max(type_len)));
             }
         }
-        if q.entities.len() > self.max_entities {
-            return Err(InvalidField {
-                field: "entities".into(),
-                message: format!(
-                    "{} entities; the limit is {} (`limits.max_entities_per_request`)",
-                    q.entities.len(),
-                    self.max_entities
-                ),
-            });
-        }
         let mut size = 0;
         for (k, v) in &q.context {
             let field = Path::Key(&Path::Root("context"), k);
@@ -135,10 +167,7 @@ impl Limits {
                 return Err(self.too_big("context", size));
             }
         }
-        for (i, e) in q.entities.iter().enumerate() {
-            self.walk_entity(e, &Path::Index(&Path::Root("entities"), i))?;
-        }
-        Ok(())
+        self.check_entities(&q.entities, shared)
     }
 
     /// Walks `v`, which sits inside `depth` records and sets; returns its
@@ -195,27 +224,48 @@ impl Limits {
         })
     }
 
-    /// An entity's attrs and tags are records whose values start at depth 0.
-    fn walk_entity(&self, e: &Json, field: &Path<'_>) -> Result<(), InvalidField> {
+    /// An entity's attrs and tags are records whose values start at depth
+    /// 0; its parents are bounded in number. Returns its approximate size.
+    fn walk_entity(&self, e: &Json, field: &Path<'_>) -> Result<usize, InvalidField> {
         let Json::Object(map) = e else {
-            return self.walk(e, field, 0).map(drop);
+            return self.walk(e, field, 0);
         };
+        let mut size = 2;
         for (k, v) in map {
             let inner = Path::Key(field, k);
+            size += k.len() + 4;
             match (k.as_str(), v) {
                 ("attrs" | "tags", Json::Object(record)) => {
                     for (name, value) in record {
                         let at = Path::Key(&inner, name);
                         self.check_string(&at, name)?;
-                        self.walk(value, &at, 0)?;
+                        size += name.len() + 4 + self.walk(value, &at, 0)?;
                     }
                 }
-                _ => {
-                    self.walk(v, &inner, 0)?;
+                ("parents", Json::Array(parents)) if parents.len() > self.max_parents => {
+                    return Err(InvalidField::new(
+                        inner.to_string(),
+                        format!(
+                            "{} parents; the limit is {} (`limits.max_parents_per_entity`)",
+                            parents.len(),
+                            self.max_parents
+                        ),
+                    ));
                 }
+                _ => size += self.walk(v, &inner, 0)?,
             }
         }
-        Ok(())
+        Ok(size)
+    }
+
+    fn too_many_entity_bytes(&self, field: &str, size: usize) -> InvalidField {
+        InvalidField::new(
+            field,
+            format!(
+                "{size} bytes of entities; the limit is {} (`limits.max_entity_bytes`)",
+                self.max_entity_bytes
+            ),
+        )
     }
 
     /// `field` is formatted only for an error: the walk runs on every request.
@@ -280,11 +330,11 @@ mod tests {
         };
         assert!(
             limits
-                .check_query(&query(json!({ "x": nested(4) })))
+                .check_query(&query(json!({ "x": nested(4) })), &[])
                 .is_ok()
         );
         let err = limits
-            .check_query(&query(json!({ "x": nested(5) })))
+            .check_query(&query(json!({ "x": nested(5) })), &[])
             .unwrap_err();
         assert!(err.field.starts_with("context.x.a"), "{err}");
     }
@@ -298,16 +348,18 @@ mod tests {
         };
         assert!(
             limits
-                .check_query(&query(json!({ "s": "0123456789" })))
+                .check_query(&query(json!({ "s": "0123456789" })), &[])
                 .is_ok()
         );
         let err = limits
-            .check_query(&query(json!({ "s": "0123456789x" })))
+            .check_query(&query(json!({ "s": "0123456789x" })), &[])
             .unwrap_err();
         assert_eq!(err.field, "context.s");
         let many: serde_json::Map<String, Json> =
             (0..20).map(|i| (format!("k{i}"), json!("v"))).collect();
-        let err = limits.check_query(&query(Json::Object(many))).unwrap_err();
+        let err = limits
+            .check_query(&query(Json::Object(many)), &[])
+            .unwrap_err();
         assert_eq!(err.field, "context");
     }
 }

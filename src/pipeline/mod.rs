@@ -18,11 +18,13 @@
 //! - [`cache`](mod@cache): exact decisions by snapshot generation and request.
 //! - `server_context`: caller binding and the verified caller facts.
 //! - `record`, [`span`]: the decision record and the span fields.
+//! - `pool`: the threads evaluation runs on, off the async workers.
 
 mod cache;
 pub mod error;
 mod evaluate;
 pub mod limits;
+mod pool;
 mod record;
 mod request;
 mod server_context;
@@ -35,16 +37,17 @@ use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Span;
 
-use crate::authorizer::Decision;
-use crate::config::Config;
+use crate::authorizer::{Decision, SharedEntities};
+use crate::config::{Config, OnForbidError};
 use crate::decision_log::{DecisionLog, Slots};
 use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
 use crate::policy_store::{PolicyStore, Snapshot};
 use cache::DecisionCache;
 pub use error::{Code, DecisionError, InvalidField, Reason};
-use evaluate::Evaluator;
+use evaluate::{Evaluator, Screened};
 use limits::Limits;
+use pool::EvalPool;
 use record::Subject;
 pub(crate) use request::parse_entities_json;
 pub use request::{Call, Context, DecisionRequest, Rejected, Submitted, Uid, Workload};
@@ -63,6 +66,9 @@ pub struct PipelineOptions {
     pub bind_workload: bool,
     /// Bytes of decisions kept for identical requests; 0 turns it off.
     pub decision_cache_bytes: u64,
+    pub on_forbid_error: OnForbidError,
+    /// Threads evaluation runs on; 0: one per CPU the process may use.
+    pub evaluation_threads: usize,
 }
 
 impl PipelineOptions {
@@ -76,6 +82,8 @@ impl PipelineOptions {
             caller_key: Some(config.caller.context_key.clone()).filter(|k| !k.is_empty()),
             bind_workload: config.binds_workload(),
             decision_cache_bytes: config.limits.decision_cache_bytes,
+            on_forbid_error: config.evaluation.on_forbid_error,
+            evaluation_threads: config.limits.evaluation_threads,
         }
     }
 }
@@ -95,7 +103,7 @@ pub fn judge(
     req: DecisionRequest,
     peer: &PeerFacts,
 ) -> Result<Decision, DecisionError> {
-    Evaluator { opts, cache: None }.evaluate(snapshot, req, None, &[], peer, &mut None)
+    Evaluator { opts, cache: None }.evaluate(snapshot, req, None, None, peer, &mut None)
 }
 
 /// A decision, with what identifies it.
@@ -137,6 +145,7 @@ pub struct Pipeline {
     opts: Arc<PipelineOptions>,
     permits: Arc<Semaphore>,
     cache: Option<Arc<DecisionCache>>,
+    pool: Arc<EvalPool>,
     log: Option<DecisionLog>,
     metrics: Arc<Metrics>,
 }
@@ -146,16 +155,27 @@ fn new_decision_id() -> String {
 }
 
 impl Pipeline {
-    /// A pipeline over `store`, bounded by `opts`.
-    pub fn new(store: Arc<PolicyStore>, opts: PipelineOptions, metrics: Arc<Metrics>) -> Self {
-        Self {
+    /// A pipeline over `store`, bounded by `opts`; fails when the
+    /// evaluation threads cannot start.
+    pub fn new(
+        store: Arc<PolicyStore>,
+        opts: PipelineOptions,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        // A call holds an in-flight slot while its work is queued and queues
+        // one job, so the queue fills only if that stops holding; then a job
+        // is refused (and recorded), never lost.
+        let queue = opts.max_in_flight.saturating_mul(2);
+        let pool = EvalPool::new(opts.evaluation_threads, queue)?;
+        Ok(Self {
             store,
             permits: Arc::new(Semaphore::new(opts.max_in_flight)),
             cache: DecisionCache::new(opts.decision_cache_bytes).map(Arc::new),
+            pool: Arc::new(pool),
             opts: Arc::new(opts),
             log: None,
             metrics,
-        }
+        })
     }
 
     /// Records every outcome to `log`.
@@ -255,8 +275,50 @@ impl Pipeline {
                 return Err(pending.refuse(DecisionError::deadline(timeout), Some(&snapshot)));
             }
         };
-        let req = pending.take();
-        let answer = self.decide(&snapshot, req, None, call, &call.span, slots.as_mut());
+        // What needs no evaluation (binding, limits, a cache hit) is settled
+        // here; only the rest waits for the pool.
+        let (mut req, invalid) = split(pending.take());
+        let screened = self
+            .evaluator()
+            .screen(&snapshot, &mut req, invalid, true, &call.peer);
+        let screened = match screened {
+            Ok(s) if !s.is_hit() => s,
+            screened => {
+                let answer = self.settle(
+                    &snapshot,
+                    req,
+                    screened,
+                    None,
+                    call,
+                    &call.span,
+                    slots.as_mut(),
+                );
+                drop(permit);
+                return answer;
+            }
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job {
+            pipeline: self.clone(),
+            snapshot,
+            req: Some(req),
+            screened: Some(screened),
+            call: call.clone(),
+            slots,
+            deadline,
+            timeout,
+            reply: Some(reply),
+        };
+        // A job the pool cannot take is dropped, and records its refusal.
+        let _ = self.pool.spawn(Box::new(move || job.run()));
+        let answer = answer.await.unwrap_or_else(|_| {
+            Err(Box::new(Refusal {
+                error: DecisionError::internal("evaluation stopped before it answered"),
+                decision_id: new_decision_id(),
+                policy_revision: String::new(),
+                request_id: String::new(),
+            }))
+        });
         drop(permit);
         answer
     }
@@ -316,19 +378,24 @@ impl Pipeline {
                 return Err(refuse_all(items, e, Some(&snapshot)));
             }
         };
-        // A batch can take milliseconds of CPU: keep it off the async
-        // workers. The work owns its slot and its records, so a call
-        // abandoned by its client still counts and records until it ends.
+        // A batch runs on the evaluation pool, as one job. The work owns its
+        // slot and its records, so a call abandoned by its client still
+        // counts and records until it ends.
         let this = self.clone();
         let work_call = call.clone();
-        let work = tokio::task::spawn_blocking(move || {
+        let work = self.pool.run(move || {
             let _permit = permit;
             this.decide_batch(
-                &snapshot, items, &shared, &work_call, deadline, timeout, slots,
+                &snapshot, items, shared, &work_call, deadline, timeout, slots,
             )
         });
         match tokio::time::timeout_at(deadline.into(), work).await {
-            Ok(Ok(answers)) => Ok(answers),
+            Ok(Ok(Ok(answers))) => Ok(answers),
+            // The shared entities did not parse: every item was recorded.
+            Ok(Ok(Err(e))) => {
+                span::record_failure(&call.span, &e);
+                Err(e)
+            }
             Ok(Err(e)) => {
                 let e = DecisionError::internal(format!("batch evaluation failed: {e}"));
                 span::record_failure(&call.span, &e);
@@ -343,18 +410,43 @@ impl Pipeline {
         }
     }
 
+    /// Parses the shared entities once, then decides each item in order.
     #[expect(clippy::too_many_arguments, reason = "one batch's whole state")]
     fn decide_batch(
         &self,
         snapshot: &Snapshot,
         items: Vec<Submitted>,
-        shared: &[Json],
+        shared: Vec<Json>,
         call: &Call,
         deadline: Instant,
         timeout: Duration,
         mut slots: Option<Slots>,
-    ) -> Vec<Answer> {
-        items
+    ) -> Result<Vec<Answer>, DecisionError> {
+        let shared = if shared.is_empty() {
+            None
+        } else {
+            match SharedEntities::parse(snapshot, shared.clone()) {
+                Ok(entities) => Some(Shared {
+                    entities,
+                    json: shared,
+                }),
+                Err(e) => {
+                    let e = DecisionError::from(e);
+                    for (i, item) in items.into_iter().enumerate() {
+                        let span = span::authorize(Some(&call.span));
+                        let at = At {
+                            call,
+                            span: &span,
+                            snapshot: Some(snapshot),
+                            slots: slots.as_mut(),
+                        };
+                        self.refuse(item, e.clone().in_item(i), at);
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let answers = items
             .into_iter()
             .enumerate()
             .map(|(i, item)| {
@@ -369,10 +461,14 @@ impl Pipeline {
                     };
                     return Err(self.refuse(item, e, at));
                 }
-                let batch = Item { shared, index: i };
+                let batch = Item {
+                    shared: shared.as_ref(),
+                    index: i,
+                };
                 self.decide(snapshot, item, Some(batch), call, &span, slots.as_mut())
             })
-            .collect()
+            .collect();
+        Ok(answers)
     }
 
     /// Records and counts a request that got no decision.
@@ -421,22 +517,41 @@ impl Pipeline {
         item: Option<Item<'_>>,
         call: &Call,
         span: &Span,
-        mut slots: Option<&mut Slots>,
+        slots: Option<&mut Slots>,
     ) -> Answer {
         // A request that did not convert still faces binding first.
-        let (req, invalid) = match req {
-            Ok(req) => (req, None),
-            Err(rejected) => (rejected.request, Some(rejected.error)),
-        };
+        let (mut req, invalid) = split(req);
+        let cacheable = item.is_none_or(|i| i.shared.is_none());
+        let screened = self
+            .evaluator()
+            .screen(snapshot, &mut req, invalid, cacheable, &call.peer);
+        self.settle(snapshot, req, screened, item, call, span, slots)
+    }
+
+    /// Finishes a screened request: evaluation (unless screening settled
+    /// it), the span, the metric and the record.
+    #[expect(clippy::too_many_arguments, reason = "one decision's whole state")]
+    fn settle(
+        &self,
+        snapshot: &Snapshot,
+        req: DecisionRequest,
+        screened: Result<Screened, DecisionError>,
+        item: Option<Item<'_>>,
+        call: &Call,
+        span: &Span,
+        mut slots: Option<&mut Slots>,
+    ) -> Answer {
         span::record_request(span, &req);
         span::record_peer(span, &call.peer);
         let audit = self.log.is_some();
         let request_id = req.request_id.clone();
         let mut subject = audit.then(|| Subject::of(&req));
-        let shared = item.map_or(&[][..], |i| i.shared);
-        let decided = self
-            .evaluator()
-            .evaluate(snapshot, req, invalid, shared, &call.peer, &mut subject)
+        let shared = item.and_then(|i| i.shared);
+        let decided = screened
+            .and_then(|screened| {
+                self.evaluator()
+                    .finish(snapshot, req, screened, shared, &call.peer, &mut subject)
+            })
             .map_err(|e| match item {
                 Some(i) => e.in_item(i.index),
                 None => e,
@@ -470,6 +585,88 @@ impl Pipeline {
     }
 }
 
+/// The request, and why it did not convert if it did not.
+fn split(req: Submitted) -> (DecisionRequest, Option<InvalidField>) {
+    match req {
+        Ok(req) => (req, None),
+        Err(rejected) => (rejected.request, Some(rejected.error)),
+    }
+}
+
+/// A batch's shared entities: parsed once, and as sent, for the limits.
+struct Shared {
+    entities: SharedEntities,
+    json: Vec<Json>,
+}
+
+/// One decision's work on the pool. It owns the request and its log room:
+/// run, it decides and records; dropped unrun (the queue could not take
+/// it), it records the refusal. Either way it replies.
+struct Job {
+    pipeline: Pipeline,
+    snapshot: Arc<Snapshot>,
+    req: Option<DecisionRequest>,
+    screened: Option<Screened>,
+    call: Call,
+    slots: Option<Slots>,
+    deadline: Instant,
+    timeout: Duration,
+    reply: Option<tokio::sync::oneshot::Sender<Answer>>,
+}
+
+impl Job {
+    fn run(mut self) {
+        let (Some(req), Some(screened)) = (self.req.take(), self.screened.take()) else {
+            return;
+        };
+        let (p, call) = (&self.pipeline, &self.call);
+        // Work that waited past its deadline is refused, not evaluated.
+        let answer = if Instant::now() >= self.deadline {
+            let at = At {
+                call,
+                span: &call.span,
+                snapshot: Some(&self.snapshot),
+                slots: self.slots.as_mut(),
+            };
+            Err(p.refuse(Ok(req), DecisionError::deadline(self.timeout), at))
+        } else {
+            let span = &call.span;
+            p.settle(
+                &self.snapshot,
+                req,
+                Ok(screened),
+                None,
+                call,
+                span,
+                self.slots.as_mut(),
+            )
+        };
+        if let Some(reply) = self.reply.take() {
+            // The client may have gone; the outcome is recorded either way.
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let Some(req) = self.req.take() else {
+            return;
+        };
+        let at = At {
+            call: &self.call,
+            span: &self.call.span,
+            snapshot: Some(&self.snapshot),
+            slots: self.slots.as_mut(),
+        };
+        let error = DecisionError::internal("evaluation did not complete");
+        let refusal = self.pipeline.refuse(Ok(req), error, at);
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Err(refusal));
+        }
+    }
+}
+
 /// Where an outcome is recorded: the call, its span, the snapshot that
 /// judged it (if one was live) and the log room reserved for it (if any).
 struct At<'a, 'b> {
@@ -494,7 +691,7 @@ impl<'a> At<'a, '_> {
 /// Where a batch item sits: its index, and the batch's shared entities.
 #[derive(Clone, Copy)]
 struct Item<'a> {
-    shared: &'a [Json],
+    shared: Option<&'a Shared>,
     index: usize,
 }
 

@@ -16,6 +16,10 @@ use super::error::InvalidField;
 use crate::authorizer::Query;
 use crate::identity::PeerFacts;
 
+/// The context key the `workload` field reaches policies under; no request
+/// may set it itself.
+pub(crate) const WORKLOAD_KEY: &str = "workload";
+
 /// An entity uid as the caller sent it; parsed by the pipeline.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Uid {
@@ -174,14 +178,16 @@ impl DecisionRequest {
                 }
             },
         };
+        // Reserved even without a `workload` field: a record a caller forged
+        // in its context would otherwise pass for one binding had checked.
+        if context.contains_key(WORKLOAD_KEY) {
+            return Err(InvalidField::new(
+                "context.workload",
+                "is reserved for the `workload` field; rename the context key",
+            ));
+        }
         if let Some(workload) = &self.workload {
-            if context.contains_key("workload") {
-                return Err(InvalidField::new(
-                    "context.workload",
-                    "is reserved for the `workload` field; rename the context key",
-                ));
-            }
-            context.insert("workload".to_string(), workload.to_json());
+            context.insert(WORKLOAD_KEY.to_string(), workload.to_json());
         }
         let mut entities = self.entities;
         entities.extend(parse_entities_json(&self.entities_json, "entities_json")?);
@@ -269,6 +275,20 @@ mod tests {
         let q = req.clone().into_query(&[]).unwrap();
         assert_eq!(q.context["workload"]["labels"], json!(["app=web"]));
         req.context = Context::Json(r#"{"workload": 1}"#.into());
+        assert_eq!(
+            req.clone().into_query(&[]).unwrap_err().field,
+            "context.workload"
+        );
+        // Without the field, a forged record is refused all the same.
+        req.workload = None;
+        req.context = Context::Json(r#"{"workload": {"spiffe_id": "spiffe://td/x"}}"#.into());
+        assert_eq!(
+            req.clone().into_query(&[]).unwrap_err().field,
+            "context.workload"
+        );
+        let mut forged = Map::new();
+        forged.insert("workload".into(), json!({"spiffe_id": "spiffe://td/x"}));
+        req.context = Context::Record(forged);
         assert_eq!(req.into_query(&[]).unwrap_err().field, "context.workload");
     }
 }

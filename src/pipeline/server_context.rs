@@ -7,28 +7,60 @@ use super::error::{DecisionError, InvalidField};
 use super::request::DecisionRequest;
 use crate::identity::PeerFacts;
 
-/// Caller binding: a workload may only speak for itself.
+/// Caller binding: a workload may only speak for itself. A claimed
+/// `namespace` or `service_account` must agree with the verified SPIFFE ID,
+/// and is filled in from it when left empty; labels stay unverified.
 pub(super) fn check_binding(
     bind: bool,
-    req: &DecisionRequest,
+    req: &mut DecisionRequest,
     peer: &PeerFacts,
 ) -> Result<(), DecisionError> {
     if !bind {
         return Ok(());
     }
-    let Some(claimed) = req.workload.as_ref().map(|w| w.spiffe_id.as_str()) else {
+    let Some(claimed) = req.workload.as_mut() else {
         return Ok(());
     };
+    let verified_id = peer.spiffe.as_ref().map(|s| s.id.as_str()).unwrap_or("");
+    if claimed.spiffe_id.is_empty() {
+        return Err(DecisionError::binding(
+            "workload.spiffe_id",
+            format!("is empty, but caller binding is on: name the verified caller `{verified_id}`"),
+        ));
+    }
+    let Some(verified) = peer.spiffe.as_ref().filter(|v| v.id == claimed.spiffe_id) else {
+        return Err(DecisionError::binding(
+            "workload.spiffe_id",
+            format!(
+                "`{}` is not the verified caller `{verified_id}`",
+                claimed.spiffe_id
+            ),
+        ));
+    };
+    agree(
+        &mut claimed.namespace,
+        &verified.namespace,
+        "workload.namespace",
+    )?;
+    agree(
+        &mut claimed.service_account,
+        &verified.service_account,
+        "workload.service_account",
+    )
+}
+
+/// `claimed` must be `verified`; empty takes it.
+fn agree(claimed: &mut String, verified: &str, field: &str) -> Result<(), DecisionError> {
     if claimed.is_empty() {
+        verified.clone_into(claimed);
         return Ok(());
     }
-    let verified = peer.spiffe.as_ref().map(|s| s.id.as_str());
-    if verified == Some(claimed) {
+    if claimed == verified {
         return Ok(());
     }
     Err(DecisionError::binding(
-        claimed,
-        verified.unwrap_or_default(),
+        field,
+        format!("`{claimed}` is not `{verified}`, from the verified SPIFFE ID"),
     ))
 }
 

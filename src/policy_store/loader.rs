@@ -13,19 +13,30 @@ use miette::Diagnostic;
 use super::index::PolicyIndex;
 use super::reader::{FileKind, Sources};
 use super::snapshot::Snapshot;
+use crate::config::{Config, SchemaRequirement};
 
 /// Options that change how a directory is turned into a snapshot.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Validate policies strictly against the schema when one is present.
     pub validate_policies: bool,
+    /// Refuse a reload that drops the live set's schema.
+    pub keep_schema: bool,
+}
+
+impl LoadOptions {
+    /// The options `config` asks for.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            validate_policies: config.validation.policies,
+            keep_schema: config.validation.schema == SchemaRequirement::RequiredOnceLoaded,
+        }
+    }
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            validate_policies: true,
-        }
+        Self::from_config(&Config::default())
     }
 }
 
@@ -46,6 +57,13 @@ pub enum LoadError {
     /// Files were read but do not form a valid policy set.
     #[error("{}", Problems(.0))]
     Invalid(Vec<SourceProblem>),
+    /// The new set has no schema but the live one has: requests would parse
+    /// untyped, so an `ipaddr` stays a string and network `forbid`s stop
+    /// matching.
+    #[error(
+        "the new set has no schema, but the live set (revision {live_revision}) has one; restore the `.cedarschema` file, or set `[validation] schema = \"optional\"` to allow dropping it"
+    )]
+    SchemaRemoved { live_revision: String },
 }
 
 /// One problem in one file, located as `file:line:column`.
@@ -141,6 +159,7 @@ pub fn build(
     let policy_count = policies.num_of_policies();
     let entity_count = entities.len();
     let index = PolicyIndex::new(&policies);
+    let dangling = super::entity_refs::dangling(&entities);
     Ok(Snapshot {
         revision: sources.revision(),
         git_commit: sources.git.clone(),
@@ -153,6 +172,7 @@ pub fn build(
         index,
         schema,
         entities,
+        dangling,
         warnings,
     })
 }

@@ -6,6 +6,7 @@
 //! A reload builds a new snapshot apart from the live one and swaps it in only
 //! when the whole directory is valid; on failure the last good one stays.
 
+mod entity_refs;
 mod index;
 mod loader;
 mod reader;
@@ -13,19 +14,22 @@ mod snapshot;
 mod test_gate;
 mod watcher;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use sha2::Digest;
 use tokio::sync::watch;
 
+pub use entity_refs::edges;
 pub use index::{Candidates, PolicyIndex, Target};
 pub(crate) use loader::problem;
 pub use loader::{LoadError, LoadOptions, SourceProblem, build};
 pub use reader::{
     FileKind, GitCommit, MAX_DEPTH, MAX_FILE_BYTES, SourceFile, Sources, TestFiles, is_test_file,
-    read_dir,
+    read_dir, read_settled,
 };
 pub use snapshot::Snapshot;
 pub use test_gate::TestGate;
@@ -68,7 +72,15 @@ pub struct PolicyStore {
     gate: Option<TestGate>,
     /// What the live set last passed; see `test_gate`.
     tested: Mutex<Option<test_gate::Tested>>,
+    /// Each file's target, inode and text digest at the last read, to tell
+    /// an in-place write from an atomic swap.
+    seen: Mutex<HashMap<String, (PathBuf, u64, String)>>,
+    /// Files already warned about as written in place.
+    warned: Mutex<HashSet<String>>,
 }
+
+/// The pause between the two reads of a reload; see [`read_settled`].
+const SETTLE_GAP: Duration = Duration::from_millis(20);
 
 impl PolicyStore {
     /// A store with nothing loaded yet; requests get `UNAVAILABLE` until the
@@ -83,6 +95,8 @@ impl PolicyStore {
             generation: watch::Sender::new(0),
             gate: None,
             tested: Mutex::new(None),
+            seen: Mutex::new(HashMap::new()),
+            warned: Mutex::new(HashSet::new()),
         }
     }
 
@@ -150,12 +164,44 @@ impl PolicyStore {
         Ok(Reloaded::Swapped(snapshot))
     }
 
+    /// The directory, read twice to settle (see [`read_settled`]); warns,
+    /// once per file, about files written in place.
+    fn read(&self) -> Result<Sources, LoadError> {
+        let sources = read_settled(&self.dir, || std::thread::sleep(SETTLE_GAP))?;
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        for f in &sources.files {
+            let digest = hex::encode(sha2::Sha256::digest(f.text.as_bytes()));
+            let now = (f.target.clone(), f.inode, digest);
+            if let Some(before) = seen.insert(f.rel.clone(), now.clone())
+                && before.0 == now.0
+                && before.1 == now.1
+                && before.2 != now.2
+                && warned.insert(f.rel.clone())
+            {
+                tracing::warn!(
+                    file = %f.rel,
+                    "policy file changed in place; a reader can see it half-written. Deliver policies by an atomic swap (rename, ConfigMap, git-sync)"
+                );
+            }
+        }
+        Ok(sources)
+    }
+
+    /// The files seen written in place (rather than swapped), sorted.
+    pub fn changed_in_place(&self) -> Vec<String> {
+        let warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut files: Vec<String> = warned.iter().cloned().collect();
+        files.sort_unstable();
+        files
+    }
+
     /// A new snapshot, or `None` when the files hash to the live revision.
     fn build_if_changed(&self) -> Result<Option<Arc<Snapshot>>, LoadError> {
         if let Some(gate) = &self.gate {
             return self.build_tested(gate);
         }
-        let sources = read_dir(&self.dir)?;
+        let sources = self.read()?;
         let current = self.live.load();
         if current
             .as_ref()
@@ -164,7 +210,60 @@ impl PolicyStore {
             return Ok(None);
         }
         let generation = current.as_ref().map_or(0, |s| s.generation) + 1;
-        drop(current);
-        Ok(Some(Arc::new(build(sources, &self.options, generation)?)))
+        let next = build(sources, &self.options, generation)?;
+        self.keeps_schema(current.as_deref(), &next)?;
+        Ok(Some(Arc::new(next)))
+    }
+
+    /// `[validation] schema`: once a set with a schema is live, a set
+    /// without one is refused.
+    fn keeps_schema(&self, live: Option<&Snapshot>, next: &Snapshot) -> Result<(), LoadError> {
+        match live {
+            Some(live)
+                if self.options.keep_schema && live.schema.is_some() && next.schema.is_none() =>
+            {
+                Err(LoadError::SchemaRemoved {
+                    live_revision: live.revision.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn in_place_writes_are_named_once_and_swaps_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("a.cedar", "permit(principal, action, resource);");
+        write("b.cedar", "forbid(principal, action, resource);");
+        let store = PolicyStore::new(dir.path(), LoadOptions::default());
+        store.reload().unwrap();
+        assert!(store.changed_in_place().is_empty());
+
+        // A rename over `b.cedar` is an atomic swap: a new inode.
+        write(
+            ".b.tmp",
+            "forbid(principal, action, resource) when { true };",
+        );
+        std::fs::rename(dir.path().join(".b.tmp"), dir.path().join("b.cedar")).unwrap();
+        store.reload().unwrap();
+        assert!(store.changed_in_place().is_empty());
+
+        // Rewriting `a.cedar` keeps its inode.
+        write(
+            "a.cedar",
+            "permit(principal, action, resource) when { true };",
+        );
+        store.reload().unwrap();
+        assert_eq!(store.changed_in_place(), ["a.cedar"]);
+        write("a.cedar", "permit(principal, action, resource);");
+        store.reload().unwrap();
+        assert_eq!(store.changed_in_place(), ["a.cedar"]);
     }
 }

@@ -90,6 +90,8 @@ pub struct SourceFile {
     pub(super) target: PathBuf,
     pub(super) kind: FileKind,
     pub(super) text: String,
+    /// The inode read: the same one with new text means an in-place write.
+    pub(super) inode: u64,
 }
 
 impl SourceFile {
@@ -226,7 +228,7 @@ impl TestFiles {
             return Ok(None);
         }
         let (target, text) = match read_file(&path) {
-            Ok(read) => read,
+            Ok((target, text, _)) => (target, text),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -294,6 +296,33 @@ pub fn read_dir(root: &Path) -> Result<Sources, LoadError> {
     }))
 }
 
+/// [`read_dir`] twice, with `between` run between the reads: kept only when
+/// both reads hold the same files. A file cut off mid-write can still parse
+/// (a `.cedar` file cut after a `;` loses its trailing `forbid`s), so one
+/// read is not enough while something writes in place.
+pub fn read_settled(root: &Path, mut between: impl FnMut()) -> Result<Sources, LoadError> {
+    for _ in 0..READ_ATTEMPTS {
+        let first = read_dir(root)?;
+        between();
+        let second = read_dir(root)?;
+        let same = first.files.len() == second.files.len()
+            && first
+                .files
+                .iter()
+                .zip(&second.files)
+                .all(|(a, b)| a.rel == b.rel && a.text == b.text);
+        if same {
+            return Ok(second);
+        }
+    }
+    Err(LoadError::Io {
+        path: root.to_path_buf(),
+        source: io::Error::other(
+            "files kept changing between two reads; deliver policies by an atomic swap (rename, ConfigMap, git-sync)",
+        ),
+    })
+}
+
 enum ReadError {
     /// Something vanished mid-read: a symlink swap, worth a retry.
     Moved(LoadError),
@@ -323,7 +352,7 @@ impl Resolved {
 /// Reads one file through its resolved path. A file over [`MAX_FILE_BYTES`]
 /// is `FileTooLarge`, even one that grows while it is read; anything but a
 /// file is `InvalidInput`.
-fn read_file(path: &Path) -> io::Result<(PathBuf, String)> {
+fn read_file(path: &Path) -> io::Result<(PathBuf, String, u64)> {
     let target = std::fs::canonicalize(path)?;
     let file = std::fs::File::open(&target)?;
     let meta = file.metadata()?;
@@ -344,7 +373,7 @@ fn read_file(path: &Path) -> io::Result<(PathBuf, String)> {
     if text.len() as u64 > MAX_FILE_BYTES {
         return Err(too_large());
     }
-    Ok((target, text))
+    Ok((target, text, std::os::unix::fs::MetadataExt::ino(&meta)))
 }
 
 fn relative(root: &Path, path: &Path) -> String {
@@ -409,13 +438,14 @@ fn read_once(root: &Path) -> Result<Sources, ReadError> {
             continue;
         };
         let path = entry.path();
-        let (target, text) = read_file(path).map_err(|e| io_error(path, e))?;
+        let (target, text, inode) = read_file(path).map_err(|e| io_error(path, e))?;
         let rel = relative(&canonical_root, path);
         files.push(SourceFile {
             rel,
             target: target.clone(),
             kind,
             text,
+            inode,
         });
         resolved.push((path.to_path_buf(), target));
     }
@@ -579,6 +609,35 @@ mod tests {
         );
         symlink(".", dir.path().join("loop")).unwrap();
         assert!(matches!(read_dir(dir.path()), Err(LoadError::Io { .. })));
+    }
+
+    /// A writer finishing the file between the reads: the cut-off version
+    /// is never what the read returns.
+    #[test]
+    fn a_file_written_in_place_is_read_only_once_it_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = "permit(principal, action, resource);\nforbid(principal, action, resource) when { context.risky };\n";
+        let cut = &full[..full.find(';').unwrap() + 1];
+        write(dir.path(), "a.cedar", cut);
+        let mut writes = 0;
+        let sources = read_settled(dir.path(), || {
+            if writes == 0 {
+                write(dir.path(), "a.cedar", full);
+            }
+            writes += 1;
+        })
+        .unwrap();
+        assert_eq!(sources.files()[0].text(), full);
+        assert_eq!(writes, 2, "the first pair differed, the second agreed");
+
+        // A writer that never stops is an error, not a cut-off set.
+        let mut n = 0;
+        let err = read_settled(dir.path(), || {
+            n += 1;
+            write(dir.path(), "a.cedar", &format!("{full}// {n}\n"));
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("atomic swap"), "{err}");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! An immutable, fully validated policy set: what one request is judged by.
 
+use std::collections::HashSet;
 use std::time::SystemTime;
 
-use cedar_policy::{Entities, PolicySet, Schema};
+use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
 
 use super::index::PolicyIndex;
 
@@ -27,6 +28,8 @@ pub struct Snapshot {
     pub schema: Option<Schema>,
     /// Entities from `*.entities.json`, plus the schema's action entities.
     pub entities: Entities,
+    /// Uids `entities` name but do not define; no request may define them.
+    pub dangling: HashSet<EntityUid>,
     /// Problems that do not stop the load: policies without `@id`, policies
     /// that can never apply under the schema, schema warnings.
     pub warnings: Vec<super::SourceProblem>,

@@ -11,9 +11,11 @@
 //! (and a failure is reported), without swapping or bumping the generation.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
-use super::{LoadError, PolicyStore, Snapshot, TestFiles, build, read_dir};
+use super::{LoadError, PolicyStore, Snapshot, TestFiles, build};
 
 /// How often a read is retried when the directory changes under it.
 const READ_ATTEMPTS: usize = 8;
@@ -25,15 +27,77 @@ type Check = dyn Fn(&Snapshot, &mut TestFiles) -> Result<(), LoadError> + Send +
 
 /// Runs a directory's policy tests on each new snapshot; see the module docs.
 #[derive(Clone)]
-pub struct TestGate(Arc<Check>);
+pub struct TestGate {
+    check: Arc<Check>,
+    /// A run that takes longer refuses the reload (`reload.test_timeout`).
+    timeout: Duration,
+    /// Set while a run is under way, even one that outlived its timeout: a
+    /// thread cannot be stopped, so a late run must finish before the next.
+    running: Arc<AtomicBool>,
+}
 
 impl TestGate {
-    /// A gate that runs `check`.
+    /// A gate that runs `check`, for at most `timeout` a run.
     pub fn new(
         check: impl Fn(&Snapshot, &mut TestFiles) -> Result<(), LoadError> + Send + Sync + 'static,
+        timeout: Duration,
     ) -> Self {
-        Self(Arc::new(check))
+        Self {
+            check: Arc::new(check),
+            timeout,
+            running: Arc::new(AtomicBool::new(false)),
+        }
     }
+
+    /// Runs the check on its own thread, so a run that never ends refuses
+    /// the reload instead of stalling the watcher. Gives the files back.
+    fn run(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        tests: TestFiles,
+    ) -> Result<(TestFiles, Result<(), LoadError>), LoadError> {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return Err(gate_error(format!(
+                "the previous policy test run, which took longer than `reload.test_timeout` ({}), is still running; the set was not activated",
+                humantime::format_duration(self.timeout)
+            )));
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (check, running, snapshot) = (
+            Arc::clone(&self.check),
+            Arc::clone(&self.running),
+            Arc::clone(snapshot),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("policy-tests".into())
+            .spawn(move || {
+                let mut tests = tests;
+                let result = check(&snapshot, &mut tests);
+                running.store(false, Ordering::Release);
+                // The reload may have stopped waiting.
+                let _ = tx.send((tests, result));
+            });
+        if let Err(e) = spawned {
+            self.running.store(false, Ordering::Release);
+            return Err(gate_error(format!("cannot start the policy tests: {e}")));
+        }
+        rx.recv_timeout(self.timeout).map_err(|_| {
+            gate_error(format!(
+                "policy tests did not finish within `reload.test_timeout` ({}); the set was not activated",
+                humantime::format_duration(self.timeout)
+            ))
+        })
+    }
+}
+
+/// A refusal of the gate as a whole.
+fn gate_error(message: String) -> LoadError {
+    LoadError::Invalid(vec![super::SourceProblem {
+        file: "<tests>".into(),
+        line: 1,
+        column: 1,
+        message,
+    }])
 }
 
 impl fmt::Debug for TestGate {
@@ -74,7 +138,7 @@ impl PolicyStore {
     }
 
     fn attempt_tested(&self, gate: &TestGate) -> Result<Attempt, LoadError> {
-        let sources = read_dir(&self.dir)?;
+        let sources = self.read()?;
         let current = self.live.load_full();
         let generation = current.as_ref().map_or(0, |s| s.generation) + 1;
         let mut tested = self.tested.lock().unwrap_or_else(PoisonError::into_inner);
@@ -90,12 +154,16 @@ impl PolicyStore {
                 return Ok(Attempt::Done(None));
             }
         }
-        let mut tests = sources.tests();
+        let tests = sources.tests();
         let (snapshot, is_new) = match live {
             Some(live) => (live, false),
-            None => (Arc::new(build(sources, &self.options, generation)?), true),
+            None => {
+                let next = build(sources, &self.options, generation)?;
+                self.keeps_schema(self.live.load().as_deref(), &next)?;
+                (Arc::new(next), true)
+            }
         };
-        let checked = (gate.0)(&snapshot, &mut tests);
+        let (tests, checked) = gate.run(&snapshot, tests)?;
         // Fixtures are read after the rest: a swap since means they may be
         // of another version than the set they were checked against.
         if !tests.still_resolves() {
@@ -112,10 +180,10 @@ impl PolicyStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
     use std::path::Path;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use super::super::{LoadOptions, Reloaded, SourceProblem};
     use super::*;
@@ -127,20 +195,70 @@ mod tests {
     /// A gate that passes while `pass.test.yaml` exists and reads the
     /// fixture `f.fixture.json`, counting its runs.
     fn counting_gate(runs: Arc<AtomicUsize>) -> TestGate {
-        TestGate::new(move |_snapshot, tests| {
-            runs.fetch_add(1, Ordering::SeqCst);
-            tests.fixture("f.fixture.json")?;
-            if tests.files().any(|(rel, _)| rel == "pass.test.yaml") {
+        TestGate::new(
+            move |_snapshot, tests| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                tests.fixture("f.fixture.json")?;
+                if tests.files().any(|(rel, _)| rel == "pass.test.yaml") {
+                    Ok(())
+                } else {
+                    Err(LoadError::Invalid(vec![SourceProblem {
+                        file: "<tests>".into(),
+                        line: 1,
+                        column: 1,
+                        message: "no passing test".into(),
+                    }]))
+                }
+            },
+            Duration::from_secs(30),
+        )
+    }
+
+    #[test]
+    fn a_run_that_never_ends_refuses_the_reload_and_blocks_none_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.cedar",
+            "permit(principal, action, resource);",
+        );
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = std::sync::Mutex::new(wait);
+        let stuck = TestGate::new(
+            move |_, _| {
+                // Stands for a run that hangs, until the test lets it go.
+                let _ = wait.lock().unwrap().recv();
                 Ok(())
-            } else {
-                Err(LoadError::Invalid(vec![SourceProblem {
-                    file: "<tests>".into(),
-                    line: 1,
-                    column: 1,
-                    message: "no passing test".into(),
-                }]))
+            },
+            Duration::from_millis(200),
+        );
+        let store = PolicyStore::new(dir.path(), LoadOptions::default()).test_gate(Some(stuck));
+        let started = std::time::Instant::now();
+        let err = store.reload().unwrap_err().to_string();
+        assert!(err.contains("reload.test_timeout"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(store.snapshot().is_none(), "nothing was activated");
+        // While the late run goes on, a new reload says so rather than
+        // starting a second one.
+        let err = store.reload().unwrap_err().to_string();
+        assert!(err.contains("still running"), "{err}");
+        // Let it go; runs from now on end at once.
+        release.send(()).unwrap();
+        drop(release);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match store.reload() {
+                Ok(Reloaded::Swapped(_)) => break,
+                Err(e) if e.to_string().contains("still running") => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the late run never ended"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => panic!("{other:?}"),
             }
-        })
+        }
     }
 
     #[test]

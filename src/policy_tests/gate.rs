@@ -1,6 +1,8 @@
 //! The reload test gate: the directory's policy tests as the check a new set
 //! must pass before the policy store activates it.
 
+use std::time::Duration;
+
 use crate::pipeline::PipelineOptions;
 use crate::policy_store::{LoadError, Snapshot, SourceProblem, TestFiles, TestGate};
 
@@ -12,8 +14,12 @@ const MAX_LISTED: usize = 20;
 /// The gate for `reload.require_tests`: every case of the directory must
 /// pass on the new set, judged with the server's `opts`, and a directory
 /// without cases is refused.
-pub fn gate(opts: PipelineOptions) -> TestGate {
-    TestGate::new(move |snapshot, tests| check(snapshot, tests, &opts))
+/// A run longer than `timeout` refuses the set.
+pub fn gate(opts: PipelineOptions, timeout: Duration) -> TestGate {
+    TestGate::new(
+        move |snapshot, tests| check(snapshot, tests, &opts),
+        timeout,
+    )
 }
 
 /// Parses the tests of `tests` and runs them on `snapshot`; every failing

@@ -1,0 +1,75 @@
+//! The references between stored entities: parent edges and entity values
+//! in attributes and tags. The slicer follows them per request; the loader
+//! finds, once, the ones that point at no stored entity.
+
+use std::collections::HashSet;
+
+use cedar_policy::{Entities, Entity, EntityUid, EvalResult};
+
+/// Pushes every entity `entity` points at: its ancestors (from `set`, where
+/// it lives) and the entities in its attribute and tag values.
+pub fn edges(set: &Entities, entity: &Entity, out: &mut Vec<EntityUid>) {
+    let uid = entity.uid();
+    out.extend(set.ancestors(&uid).into_iter().flatten().cloned());
+    for (_, value) in entity.attrs().chain(entity.tags()) {
+        if let Ok(value) = value {
+            value_refs(&value, out);
+        }
+    }
+}
+
+fn value_refs(value: &EvalResult, out: &mut Vec<EntityUid>) {
+    match value {
+        EvalResult::EntityUid(uid) => out.push(uid.clone()),
+        EvalResult::Set(set) => set.iter().for_each(|v| value_refs(v, out)),
+        EvalResult::Record(record) => record.iter().for_each(|(_, v)| value_refs(v, out)),
+        EvalResult::Bool(_)
+        | EvalResult::Long(_)
+        | EvalResult::String(_)
+        | EvalResult::ExtensionValue(_) => {}
+    }
+}
+
+/// The uids stored entities name, as a parent or in a value, that no stored
+/// entity defines. A request must not define them: it would graft its own
+/// parents and attributes onto the stored hierarchy.
+pub(super) fn dangling(set: &Entities) -> HashSet<EntityUid> {
+    let mut named = Vec::new();
+    for e in set.iter() {
+        edges(set, e, &mut named);
+    }
+    named.into_iter().filter(|u| set.get(u).is_none()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use std::str::FromStr;
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn dangling_holds_undefined_parents_and_values_only() {
+        let set = Entities::from_json_value(
+            json!([
+                {"uid": {"type": "User", "id": "a"}, "attrs": {
+                    "boss": {"__entity": {"type": "User", "id": "ghost"}},
+                    "peers": [{"__entity": {"type": "User", "id": "b"}}],
+                }, "parents": [{"type": "Group", "id": "undefined"}, {"type": "Group", "id": "g"}]},
+                {"uid": {"type": "User", "id": "b"}, "attrs": {}, "parents": []},
+                {"uid": {"type": "Group", "id": "g"}, "attrs": {}, "parents": [{"type": "Org", "id": "far"}]},
+            ]),
+            None,
+        )
+        .unwrap();
+        let mut got: Vec<String> = dangling(&set).iter().map(ToString::to_string).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [r#"Group::"undefined""#, r#"Org::"far""#, r#"User::"ghost""#]
+        );
+        assert!(!dangling(&set).contains(&EntityUid::from_str(r#"User::"b""#).unwrap()));
+    }
+}
