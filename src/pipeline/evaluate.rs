@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::Value as Json;
 
 use super::cache::DecisionCache;
-use super::error::{DecisionError, InvalidField};
+use super::error::DecisionError;
 use super::record::Subject;
 use super::request::DecisionRequest;
 use super::{PipelineOptions, server_context};
@@ -28,7 +28,7 @@ impl Evaluator<'_> {
         &self,
         snapshot: &Snapshot,
         req: DecisionRequest,
-        invalid: Option<InvalidField>,
+        invalid: Option<DecisionError>,
         shared: &[Json],
         peer: &PeerFacts,
         subject: &mut Option<Subject>,
@@ -42,7 +42,7 @@ impl Evaluator<'_> {
             .check_context_json(req.context_json())
             .map_err(DecisionError::limit)?;
         if let Some(e) = invalid {
-            return Err(DecisionError::invalid(e));
+            return Err(e);
         }
         let caller = Some(peer).filter(|p| opts.caller_key.is_some() && p.is_verified());
         // Binding and limits first: a cached answer never skips them.
