@@ -18,7 +18,7 @@ venv that has them). Checks, all without network access:
 3. the Grafana dashboard: every query names metrics that src/metrics.rs
    registers;
 4. envoy/envoy.yaml: the ext_authz filter, fail-closed, its timeout and
-   cluster;
+   cluster, and path normalisation on the HTTP connection manager;
 5. observability/alerts.yaml: every rule has expr, for, labels.severity and
    names registered metrics;
 6. the Dockerfile: non-root numeric USER, HEALTHCHECK, copied paths exist;
@@ -63,6 +63,12 @@ POLICIES_CONFIGMAP = Path("kubernetes/policies/policies.yaml")
 EXT_AUTHZ_NAME = "envoy.filters.http.ext_authz"
 EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 HCM_NAME = "envoy.filters.network.http_connection_manager"
+# The path Envoy forwards must be the one cedar-pdp decided on (docs/mesh.md).
+HCM_PATH_NORMALISATION = {
+    "normalize_path": True,
+    "merge_slashes": True,
+    "path_with_escaped_slashes_action": "REJECT_REQUEST",
+}
 ROUTER_NAME = "envoy.filters.http.router"
 
 SEVERITIES = {"critical", "warning", "info"}
@@ -708,6 +714,13 @@ def check_envoy(root: Path, problems: Problems) -> None:
                 if f.get("name") != HCM_NAME:
                     continue
                 hcm = f.get("typed_config") or {}
+                for key, want in HCM_PATH_NORMALISATION.items():
+                    if hcm.get(key) != want:
+                        problems.add(
+                            path,
+                            f"http_connection_manager {key} must be {json.dumps(want)} "
+                            f"(the app must get the path cedar-pdp decided on), got `{hcm.get(key)}`",
+                        )
                 for vh in (hcm.get("route_config") or {}).get("virtual_hosts") or []:
                     for r in vh.get("routes") or []:
                         target = (r.get("route") or {}).get("cluster")

@@ -1,6 +1,7 @@
 //! The admin HTTP listener: `/metrics`, `/healthz` (liveness) and `/readyz`
 //! (readiness), kept off the gRPC port so probes and scrapes never queue
-//! behind authorization traffic.
+//! behind authorization traffic. `/readyz` gives a short reason only: the
+//! port is unauthenticated, and reload errors quote files and policy text.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
+use crate::transport::http::{self, HttpLimits};
 
 /// Whether the server should receive traffic.
 #[derive(Clone, Debug)]
@@ -38,11 +40,11 @@ impl Readiness {
         &self.store
     }
 
-    /// `Ok` when a set is live and not stale; otherwise the reason.
-    pub(crate) fn check(&self) -> Result<(), String> {
+    /// `Ok` when a set is live and not stale; otherwise why not.
+    pub(crate) fn check(&self) -> Result<(), NotReady> {
         let (snapshot, status) = self.store.state();
         if snapshot.is_none() {
-            return Err("no policy set is loaded yet".to_string());
+            return Err(NotReady::NoPolicySet);
         }
         if self.max_policy_age.is_zero() {
             return Ok(());
@@ -54,13 +56,50 @@ impl Readiness {
             .duration_since(success)
             .unwrap_or_default();
         if age > self.max_policy_age {
-            return Err(format!(
-                "policy set is stale: last successful load {}s ago (max_policy_age {}s), and reloads fail: {error}",
-                age.as_secs(),
-                self.max_policy_age.as_secs()
-            ));
+            return Err(NotReady::Stale {
+                age,
+                max: self.max_policy_age,
+                error,
+            });
         }
         Ok(())
+    }
+}
+
+/// Why the server is not ready. Its `Display` is the short reason `/readyz`
+/// shows; the reload error is only for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum NotReady {
+    NoPolicySet,
+    Stale {
+        age: Duration,
+        max: Duration,
+        /// The last reload error, which can quote file names and policy text.
+        error: String,
+    },
+}
+
+impl NotReady {
+    /// The full reload error, when there is one.
+    pub(crate) fn reload_error(&self) -> Option<&str> {
+        match self {
+            Self::NoPolicySet => None,
+            Self::Stale { error, .. } => Some(error),
+        }
+    }
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoPolicySet => f.write_str("no policy set is loaded yet"),
+            Self::Stale { age, max, .. } => write!(
+                f,
+                "policy set is stale: reloads fail, and the last good load was {}s ago (`reload.max_policy_age` {}s)",
+                age.as_secs(),
+                max.as_secs()
+            ),
+        }
     }
 }
 
@@ -70,21 +109,21 @@ struct AdminState {
     readiness: Readiness,
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` completes.
+/// Serves the admin endpoints on `listener` until `shutdown` completes,
+/// each client bounded by `limits`.
 pub(crate) async fn serve(
     listener: TcpListener,
+    limits: HttpLimits,
     metrics: Arc<Metrics>,
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) {
     let app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_page))
         .with_state(AdminState { metrics, readiness });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    http::serve(listener, app, limits, shutdown).await;
 }
 
 async fn metrics_page(State(state): State<AdminState>) -> impl IntoResponse {
@@ -104,5 +143,26 @@ async fn ready_page(State(state): State<AdminState>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_short_reason_never_quotes_the_reload_error() {
+        let stale = NotReady::Stale {
+            age: Duration::from_secs(90),
+            max: Duration::from_secs(60),
+            error: "`/etc/policies/p.cedar`: unexpected token `permit (principal,`".into(),
+        };
+        let short = stale.to_string();
+        assert!(short.starts_with("policy set is stale"), "{short}");
+        assert!(
+            !short.contains("p.cedar") && !short.contains("permit"),
+            "{short}"
+        );
+        assert!(stale.reload_error().is_some_and(|e| e.contains("p.cedar")));
     }
 }

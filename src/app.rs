@@ -23,6 +23,7 @@ use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::policy_store::{LoadError, LoadOptions, PolicyStore, WatchOptions, spawn_watcher};
 use crate::policy_tests;
 use crate::state_metrics::StateCollector;
+use crate::transport::http::HttpLimits;
 use crate::transport::{self, Listener, ReloadingTls, TlsAccept, TlsError};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 
@@ -206,9 +207,20 @@ impl App {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin listener: /metrics /healthz /readyz");
             }
-            tokio::spawn(admin::serve(listener, metrics, readiness, async move {
-                let _ = admin_stopped.await;
-            }))
+            let limits = HttpLimits {
+                header_read_timeout: self.config.admin.header_read_timeout,
+                idle_timeout: self.config.admin.idle_timeout,
+                max_connections: self.config.admin.max_connections,
+            };
+            tokio::spawn(admin::serve(
+                listener,
+                limits,
+                metrics,
+                readiness,
+                async move {
+                    let _ = admin_stopped.await;
+                },
+            ))
         });
         let draining = Arc::new(Notify::new());
         let signal = {
@@ -221,7 +233,17 @@ impl App {
                 draining.notify_one();
             }
         };
+        let l = &self.config.limits;
+        // No `max_connection_age_grace`: in tonic 0.14 setting it skips the
+        // graceful GOAWAY at `max_connection_age` and only closes the
+        // connection hard after age + grace. Without it, an aged connection
+        // drains its open calls, which `request_timeout` and
+        // `stream_max_age` bound.
         let server = Server::builder()
+            .max_concurrent_streams(l.max_concurrent_streams_per_connection)
+            .http2_keepalive_interval(Some(l.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(l.http2_keepalive_timeout))
+            .max_connection_age(l.max_connection_age)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -241,7 +263,7 @@ impl App {
         // Probes and scrapes keep answering through the drain, then stop.
         let _ = admin_stop.send(());
         if let Some(admin) = admin
-            && let Ok(Err(e)) = admin.await
+            && let Err(e) = admin.await
         {
             tracing::warn!("admin listener failed: {e}");
         }
@@ -281,7 +303,10 @@ async fn follow_readiness(readiness: Readiness, reporter: HealthReporter) {
             Ok(()) => ServingStatus::Serving,
             Err(reason) => {
                 if last == Some(ServingStatus::Serving) {
-                    tracing::warn!("not ready: {reason}");
+                    match reason.reload_error() {
+                        Some(error) => tracing::warn!(error, "not ready: {reason}"),
+                        None => tracing::warn!("not ready: {reason}"),
+                    }
                 }
                 ServingStatus::NotServing
             }

@@ -22,6 +22,7 @@ pub struct Config {
     pub policies: PathBuf,
     /// Admin HTTP listener (`/metrics`, `/healthz`, `/readyz`); empty disables it.
     pub admin_listen: String,
+    pub admin: AdminConfig,
     pub log: LogConfig,
     pub reload: ReloadConfig,
     pub validation: ValidationConfig,
@@ -69,6 +70,10 @@ pub struct TlsConfig {
     /// PEM trust bundle that client certificates must chain to.
     pub client_ca: PathBuf,
     pub client_auth: ClientAuth,
+    /// Trust domains whose SVIDs are callers; empty means the trust domain
+    /// of the server's own certificate. Other client certificates fail the
+    /// handshake.
+    pub trust_domains: Vec<String>,
     /// How often the three files are checked for changes; SVIDs rotate hourly.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
@@ -91,6 +96,7 @@ impl Default for TlsConfig {
             key: PathBuf::new(),
             client_ca: PathBuf::new(),
             client_auth: ClientAuth::Required,
+            trust_domains: Vec::new(),
             reload_interval: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
         }
@@ -158,11 +164,16 @@ pub struct ExtAuthzConfig {
     /// Entity type of actions; the id is the HTTP method unless a route matches.
     pub action_type: String,
     pub resource_type: String,
-    /// Resource id template over `{host}`, `{path}`, `{method}`, `{service}`.
+    /// Resource id template over `{host}`, `{path}`, `{method}`, `{service}`,
+    /// expanded in one pass (a value holding `{service}` stays as it is).
     pub resource_id: String,
     /// Entity type of `resource.service`, named `<namespace>/<service account>`
-    /// of the destination's SPIFFE ID (or the host without port).
+    /// of the destination's SPIFFE ID.
     pub service_type: String,
+    /// The service id when the check has no destination SPIFFE ID with a
+    /// namespace and service account; empty denies such checks. Never taken
+    /// from the client's `Host` header.
+    pub default_service: String,
     /// Request headers copied into `context.headers`; never all of them.
     pub headers: Vec<String>,
     /// HTTP status of a deny.
@@ -197,10 +208,36 @@ impl Default for ExtAuthzConfig {
             resource_type: "Mesh::HttpRoute".to_string(),
             resource_id: "{host}{path}".to_string(),
             service_type: "Mesh::Service".to_string(),
+            default_service: String::new(),
             headers: Vec::new(),
             deny_status: 403,
             error_status: 403,
             routes: Vec::new(),
+        }
+    }
+}
+
+/// `[admin]`: what one client of the admin listener may cost it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// A request's headers must arrive within this, and so must the next
+    /// request on a kept-alive connection.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection that moves no byte for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections open at once; more are answered `503` and closed.
+    pub max_connections: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 32,
         }
     }
 }
@@ -314,8 +351,28 @@ pub struct LimitsConfig {
     /// Threads that run Cedar evaluation, off the async workers; 0: one per
     /// CPU the process may use (cgroup quotas count).
     pub evaluation_threads: usize,
-    /// Calls evaluated at once; more are shed with `RESOURCE_EXHAUSTED`.
+    /// Calls evaluated at once; more are shed with `RESOURCE_EXHAUSTED`. A
+    /// stream holds one only while one of its items is evaluated.
     pub max_in_flight: usize,
+    /// `AuthorizeStream`s open at once; more are refused with `RESOURCE_EXHAUSTED`.
+    pub max_streams: usize,
+    /// A stream that neither sends nor takes a message for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    /// A stream is closed this long after it opened, busy or not.
+    #[serde(with = "humantime_serde")]
+    pub stream_max_age: Duration,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: calls open at once on one connection.
+    pub max_concurrent_streams_per_connection: u32,
+    /// HTTP/2 PING interval; a peer that misses `http2_keepalive_timeout` is dropped.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
+    /// A connection this old gets a GOAWAY: its open calls finish, new ones
+    /// go to a new connection.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
     /// Longest a call may take; a shorter `grpc-timeout` from the client wins.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -412,6 +469,7 @@ impl Default for Config {
             listen: "127.0.0.1:50051".to_string(),
             policies: PathBuf::from("policies"),
             admin_listen: "127.0.0.1:9464".to_string(),
+            admin: AdminConfig::default(),
             log: LogConfig::default(),
             reload: ReloadConfig::default(),
             validation: ValidationConfig::default(),
@@ -472,6 +530,13 @@ impl Default for LimitsConfig {
             max_ancestor_edges: 100_000,
             evaluation_threads: 0,
             max_in_flight: 1_024,
+            max_streams: 64,
+            stream_idle_timeout: Duration::from_secs(30),
+            stream_max_age: Duration::from_secs(10 * 60),
+            max_concurrent_streams_per_connection: 200,
+            http2_keepalive_interval: Duration::from_secs(60),
+            http2_keepalive_timeout: Duration::from_secs(20),
+            max_connection_age: Duration::from_secs(30 * 60),
             request_timeout: Duration::from_secs(5),
             decision_cache_bytes: 32 * 1024 * 1024,
         }
@@ -608,6 +673,17 @@ impl Config {
                 "`caller.context_key`: `workload` is reserved for the `workload` field".to_string(),
             );
         }
+        for (key, value) in [
+            ("header_read_timeout", self.admin.header_read_timeout),
+            ("idle_timeout", self.admin.idle_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("`admin.{key}`: must be more than 0s"));
+            }
+        }
+        if !(1..=10_000).contains(&self.admin.max_connections) {
+            problems.push("`admin.max_connections`: must be between 1 and 10000".to_string());
+        }
         self.validate_tls(&mut problems);
         self.validate_limits(&mut problems);
         self.validate_ext_authz(&mut problems);
@@ -708,11 +784,23 @@ impl Config {
         if tls.handshake_timeout.is_zero() {
             problems.push("`tls.handshake_timeout`: must be more than 0s".into());
         }
+        // The rule of `identity::SpiffeId::parse`; config is a leaf.
+        for td in &tls.trust_domains {
+            let ok = !td.is_empty()
+                && td
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+            if !ok {
+                problems.push(format!(
+                    "`tls.trust_domains`: `{td}` is not a trust domain (lower-case a-z 0-9 . - _, no `spiffe://`)"
+                ));
+            }
+        }
     }
 
     fn validate_limits(&self, problems: &mut Vec<String>) {
         let l = &self.limits;
-        let checks: [(&str, usize, usize, usize); 9] = [
+        let checks: [(&str, usize, usize, usize); 11] = [
             (
                 "max_entities_per_request",
                 l.max_entities_per_request,
@@ -747,14 +835,36 @@ impl Config {
             ),
             ("max_ancestor_edges", l.max_ancestor_edges, 1, 100_000_000),
             ("evaluation_threads", l.evaluation_threads, 0, 1024),
+            ("max_streams", l.max_streams, 1, 100_000),
+            (
+                "max_concurrent_streams_per_connection",
+                l.max_concurrent_streams_per_connection as usize,
+                1,
+                100_000,
+            ),
         ];
         for (key, value, min, max) in checks {
             if !(min..=max).contains(&value) {
                 problems.push(format!("`limits.{key}`: must be between {min} and {max}"));
             }
         }
-        if l.request_timeout.is_zero() {
-            problems.push("`limits.request_timeout`: must be more than 0s".into());
+        for (key, value) in [
+            ("request_timeout", l.request_timeout),
+            ("stream_idle_timeout", l.stream_idle_timeout),
+            ("stream_max_age", l.stream_max_age),
+            ("http2_keepalive_timeout", l.http2_keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("`limits.{key}`: must be more than 0s"));
+            }
+        }
+        for (key, value) in [
+            ("http2_keepalive_interval", l.http2_keepalive_interval),
+            ("max_connection_age", l.max_connection_age),
+        ] {
+            if value < Duration::from_secs(1) {
+                problems.push(format!("`limits.{key}`: must be at least 1s"));
+            }
         }
     }
 
@@ -797,6 +907,31 @@ impl Config {
                 ));
             }
         }
+        for (key, template, known) in [
+            (
+                "resource_id",
+                &x.resource_id,
+                &["host", "path", "method", "service"][..],
+            ),
+            (
+                "namespace_id",
+                &x.namespace_id,
+                &["trust_domain", "namespace"][..],
+            ),
+        ] {
+            for name in placeholders(template) {
+                if !known.contains(&name) {
+                    problems.push(format!(
+                        "`ext_authz.{key}`: `{{{name}}}` is not one of {}",
+                        known
+                            .iter()
+                            .map(|k| format!("`{{{k}}}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+        }
         for (i, r) in x.routes.iter().enumerate() {
             if r.action.is_empty() || !r.path_prefix.starts_with('/') {
                 problems.push(format!(
@@ -805,6 +940,15 @@ impl Config {
             }
         }
     }
+}
+
+/// The `{name}` placeholders of a template.
+fn placeholders(template: &str) -> impl Iterator<Item = &str> {
+    template
+        .split('{')
+        .skip(1)
+        .filter_map(|s| s.split_once('}'))
+        .map(|(name, _)| name)
 }
 
 /// A whole config with no flags to apply: parsed and checked.

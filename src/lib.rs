@@ -20,7 +20,8 @@
 //! - [`bench`]: the load generator behind `cedar-pdp bench`.
 //! - [`decision_log`]: the only writer of decision records; a bounded queue and a writer thread.
 //! - [`telemetry`]: log output setup.
-//! - [`transport`]: TCP, Unix socket and reloading TLS listeners, and the peer facts they prove.
+//! - [`transport`]: TCP, Unix socket and reloading TLS listeners, the peer facts they prove,
+//!   and the bounded HTTP/1.1 server behind the admin listener.
 //! - [`identity`]: SPIFFE IDs and the caller facts handed to policies.
 //! - [`error_chain`]: an error with its sources, as one line.
 

@@ -165,7 +165,20 @@ async fn readiness_turns_stale_after_max_policy_age_of_failed_reloads() {
         })
         .await;
     assert_eq!(status, 503);
-    assert!(body.contains("stale") && body.contains("p.cedar"), "{body}");
+    // A short reason only: the reload error (file names, policy text) goes to
+    // the log and to GetPolicyStatus, not to an unauthenticated port.
+    assert!(body.starts_with("not ready: policy set is stale"), "{body}");
+    assert_eq!(body.lines().count(), 1, "{body}");
+    for detail in ["p.cedar", "permit", "principal", "unexpected", "/"] {
+        assert!(!body.contains(detail), "`{detail}` in {body}");
+    }
+    let full = client
+        .get_policy_status(cedar_pdp::grpc::proto::GetPolicyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .last_reload_error;
+    assert!(full.contains("p.cedar"), "{full}");
     // gRPC health follows the same rule.
     let health = HealthClient::new(
         tonic::transport::Channel::from_shared(server.url())
@@ -214,6 +227,122 @@ async fn readiness_turns_stale_after_max_policy_age_of_failed_reloads() {
                 .status;
             (status == ServingStatus::Serving as i32).then_some(())
         }
+    })
+    .await;
+}
+
+/// Reads one HTTP/1.1 response (headers and a `content-length` body) from
+/// `stream`, leaving the connection open: its status, or `None` at EOF.
+async fn response(stream: &mut tokio::net::TcpStream) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&raw).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn get(stream: &mut tokio::net::TcpStream, path: &str) -> Option<u16> {
+    use tokio::io::AsyncWriteExt;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    tokio::time::timeout(Duration::from_secs(10), response(stream))
+        .await
+        .expect("an answer or a close within 10s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_client_is_disconnected_within_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.cedar"), POLICY).unwrap();
+    let mut config = test_config(dir.path());
+    config.admin.header_read_timeout = Duration::from_millis(300);
+    let server = TestServer::start_with(config).await;
+
+    // Half a request, then nothing more.
+    let mut slow = tokio::net::TcpStream::connect(server.admin_addr)
+        .await
+        .unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest))
+        .await
+        .expect("the server closes a slow client within 10s");
+    // Closed (an error reply, or a reset, or a plain EOF), never served.
+    assert!(
+        read.is_err() || !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // An idle kept-alive connection is closed the same way.
+    let mut idle = tokio::net::TcpStream::connect(server.admin_addr)
+        .await
+        .unwrap();
+    assert_eq!(get(&mut idle, "/healthz").await, Some(200));
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest))
+        .await
+        .expect("an idle kept-alive connection is closed within 10s")
+        .ok();
+    assert_eq!(http_get(server.admin_addr, "/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_refused_while_open_ones_work() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.cedar"), POLICY).unwrap();
+    let mut config = test_config(dir.path());
+    config.admin.max_connections = 2;
+    config.admin.header_read_timeout = Duration::from_secs(30);
+    let server = TestServer::start_with(config).await;
+    let connect = || tokio::net::TcpStream::connect(server.admin_addr);
+
+    // Two kept-alive connections, each answered once, hold the two slots.
+    let mut first = connect().await.unwrap();
+    let mut second = connect().await.unwrap();
+    assert_eq!(get(&mut first, "/healthz").await, Some(200));
+    assert_eq!(get(&mut second, "/readyz").await, Some(200));
+
+    // A third is answered 503 (or just closed), at once.
+    let mut third = connect().await.unwrap();
+    let refused = get(&mut third, "/healthz").await;
+    assert!(matches!(refused, None | Some(503)), "{refused:?}");
+    // The open ones still work.
+    assert_eq!(get(&mut first, "/metrics").await, Some(200));
+    assert_eq!(get(&mut second, "/healthz").await, Some(200));
+
+    // Closing one frees its slot.
+    drop(second);
+    common::eventually("a free slot", Duration::from_secs(10), || async {
+        let mut c = connect().await.ok()?;
+        (get(&mut c, "/healthz").await == Some(200)).then_some(())
     })
     .await;
 }

@@ -268,6 +268,34 @@ fn the_checker_names_a_broken_manifest_and_a_fail_open_envoy() {
 }
 
 #[test]
+fn the_checker_requires_envoy_to_forward_the_normalised_path() {
+    let (_tmp, root) = copy_of_deploy();
+    break_file(
+        &root,
+        "envoy/envoy.yaml",
+        "merge_slashes: true",
+        "merge_slashes: false",
+    );
+    break_file(
+        &root,
+        "envoy/envoy.yaml",
+        "path_with_escaped_slashes_action: REJECT_REQUEST",
+        "path_with_escaped_slashes_action: KEEP_UNCHANGED",
+    );
+    let ran = check(&["--root".as_ref(), root.as_os_str()]);
+    assert_eq!(ran.status.code(), Some(1), "{ran:#?}");
+    for key in ["merge_slashes", "path_with_escaped_slashes_action"] {
+        assert!(
+            ran.stderr
+                .lines()
+                .any(|l| l.contains("deploy/envoy/envoy.yaml:") && l.contains(key)),
+            "{key} is not named:\n{ran:#?}"
+        );
+    }
+    assert!(ran.stderr.contains("2 problem(s)"), "{ran:#?}");
+}
+
+#[test]
 fn the_checker_rejects_metric_names_and_config_keys_the_crate_does_not_have() {
     let (_tmp, root) = copy_of_deploy();
     // A plausible but wrong name: the counter is exposed as

@@ -32,7 +32,8 @@ const MAPPING_POLICIES: &str = r#"
 permit (principal is Workload, action == Action::"GET", resource is HttpRoute)
 when {
   context.headers has "x-tenant" && context.headers["x-tenant"] == "acme" &&
-  resource.path == "/items" && resource.host == "shop.internal:8080" &&
+  resource.path == "/items" && resource.host == "shop.internal" &&
+  resource == HttpRoute::"shop.internal/items" && context.host == "shop.internal" &&
   resource.service == Service::"shop/checkout" && resource in Service::"shop/checkout"
 };
 
@@ -170,7 +171,7 @@ async fn allow_carries_decision_headers_and_deny_is_a_403_with_body() {
         .check(check(
             "spiffe://td/ns/shop/sa/web",
             "GET",
-            "shop.internal:8080",
+            "Shop.Internal:8080",
             "/items?page=2",
             &[("x-tenant", "acme")],
         ))
@@ -397,4 +398,224 @@ fn check_mesh(source: &str, method: &str, path: &str) -> CheckRequest {
     req.attributes.as_mut().unwrap().destination =
         peer("spiffe://example.org/ns/shop/sa/checkout", "10.0.2.1");
     req
+}
+
+/// A server over `policies` with the mapping config, changed by `tune`.
+async fn server_with(
+    policies: &str,
+    tune: impl FnOnce(&mut Config),
+) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policies.cedar"), policies).unwrap();
+    let mut config = mapping_config(dir.path());
+    tune(&mut config);
+    let server = TestServer::start_with(config).await;
+    (server, dir)
+}
+
+async fn errors_for(server: &TestServer, reason: &str) -> f64 {
+    common::metric(
+        server.admin_addr,
+        "cedar_pdp_request_errors_total",
+        &[("reason", reason)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn path_tricks_do_not_pass_for_the_routes_policies_allow() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let server = TestServer::start(&root).await;
+    let mut c = client(&server).await;
+    let frontend = "spiffe://example.org/ns/shop/sa/frontend";
+    let ask = |path: &str| check_mesh(frontend, "POST", path);
+
+    // `resource.path like "/orders*"` sees the path the app would serve.
+    for path in [
+        "/orders/../admin/refund",
+        "/orders/%2e%2e/admin/refund",
+        "/orders/%2E./admin/refund",
+        "/orders/./../admin/refund",
+    ] {
+        let resp = c.check(ask(path)).await.unwrap().into_inner();
+        assert_eq!(code(&resp), PERMISSION_DENIED, "{path}: {resp:?}");
+        let (_, body) = denied_status(&resp);
+        assert!(body.contains("denied by policy"), "{path}: {body}");
+    }
+    // Paths servers disagree about are refused, as errors with their reason.
+    let refused = [
+        "/orders/%2f../admin/refund",
+        "/orders%2F..%2Fadmin",
+        "/orders/..%5cadmin",
+        "/orders\\..\\admin",
+        "/orders/%00",
+        "orders",
+    ];
+    for path in refused {
+        let resp = c.check(ask(path)).await.unwrap().into_inner();
+        assert_eq!(code(&resp), PERMISSION_DENIED, "{path}: {resp:?}");
+        let (status, body) = denied_status(&resp);
+        assert_eq!(status, 403, "{path}");
+        assert!(body.contains("authorization error"), "{path}: {body}");
+    }
+    assert_eq!(
+        errors_for(&server, "invalid_path").await,
+        refused.len() as f64
+    );
+    // What the policies allow is still allowed, query and all.
+    for path in ["/orders", "/orders/7?next=/../admin", "/%6Frders//7"] {
+        let resp = c.check(ask(path)).await.unwrap().into_inner();
+        assert_eq!(code(&resp), OK, "{path}: {resp:?}");
+    }
+}
+
+#[tokio::test]
+async fn route_prefixes_match_the_normalised_path() {
+    // Any workload may POST, except to the admin route.
+    let policies = r#"
+permit (principal, action == Action::"POST", resource);
+permit (principal == Workload::"spiffe://td/ns/ops/sa/admin", action == Action::"admin", resource);
+"#;
+    let (server, _dir) = server_with(policies, |_| {}).await;
+    let mut c = client(&server).await;
+    for path in [
+        "/admin/restart",
+        "//admin/restart",
+        "/%61dmin/restart",
+        "/x/../admin/restart",
+    ] {
+        let resp = c
+            .check(check(
+                "spiffe://td/ns/ops/sa/intruder",
+                "POST",
+                "ops",
+                path,
+                &[],
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(code(&resp), PERMISSION_DENIED, "{path} maps to `admin`");
+        let resp = c
+            .check(check(
+                "spiffe://td/ns/ops/sa/admin",
+                "POST",
+                "ops",
+                path,
+                &[],
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(code(&resp), OK, "{path}: {resp:?}");
+    }
+}
+
+#[tokio::test]
+async fn resource_ids_expand_once_over_the_normalised_host() {
+    let policies = r#"
+permit (principal, action == Action::"GET", resource == HttpRoute::"www/shop/checkout");
+permit (principal, action == Action::"GET", resource == HttpRoute::"shop/checkout:www/items");
+"#;
+    let (server, _dir) = server_with(policies, |_| {}).await;
+    let mut c = client(&server).await;
+    let web = "spiffe://td/ns/shop/sa/web";
+    // A path holding `{service}` is not expanded into the service id.
+    let resp = c
+        .check(check(web, "GET", "www", "/{service}", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&resp), PERMISSION_DENIED, "{resp:?}");
+
+    let (server, _dir) = server_with(policies, |c| {
+        c.ext_authz.resource_id = "{service}:{host}{path}".into();
+    })
+    .await;
+    let mut c = client(&server).await;
+    let resp = c
+        .check(check(web, "GET", "WWW:8443", "/items", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&resp), OK, "host lower-cased, port dropped: {resp:?}");
+    // A host holding `{path}` is copied as it is.
+    let resp = c
+        .check(check(web, "GET", "www{path}", "/items", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&resp), PERMISSION_DENIED, "{resp:?}");
+    // A host that would splice a path into the id is refused.
+    let resp = c
+        .check(check(web, "GET", "www/items", "/", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        denied_status(&resp).1.contains("authorization error"),
+        "{resp:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_service_comes_from_the_destination_or_the_config_never_the_host() {
+    let policies = r#"
+permit (principal, action == Action::"GET", resource in Service::"shop/checkout");
+"#;
+    let no_destination = |host: &str| {
+        let mut req = check("spiffe://td/ns/shop/sa/web", "GET", host, "/items", &[]);
+        req.attributes.as_mut().unwrap().destination = None;
+        req
+    };
+    // No destination and no default: a deny, with its reason.
+    let (server, _dir) = server_with(policies, |_| {}).await;
+    let mut c = client(&server).await;
+    let resp = c
+        .check(no_destination("checkout"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&resp), PERMISSION_DENIED);
+    assert_eq!(denied_status(&resp), (503, "authorization error\n".into()));
+    assert_eq!(errors_for(&server, "invalid_request").await, 1.0);
+    // With a destination, its SPIFFE ID names the service, whatever the host.
+    let resp = c
+        .check(check(
+            "spiffe://td/ns/shop/sa/web",
+            "GET",
+            "elsewhere",
+            "/items",
+            &[],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&resp), OK, "{resp:?}");
+
+    // The configured default names it, not the client's Host header.
+    let (server, _dir) = server_with(policies, |c| {
+        c.ext_authz.default_service = "shop/web".into();
+    })
+    .await;
+    let mut c = client(&server).await;
+    for host in ["checkout", "shop.checkout", "[shop]"] {
+        let resp = c.check(no_destination(host)).await.unwrap().into_inner();
+        assert_eq!(code(&resp), PERMISSION_DENIED, "{host}");
+        assert!(
+            denied_status(&resp).1.contains("denied by policy"),
+            "{host}"
+        );
+    }
+    let (server, _dir) = server_with(policies, |c| {
+        c.ext_authz.default_service = "shop/checkout".into();
+    })
+    .await;
+    let mut c = client(&server).await;
+    let resp = c
+        .check(no_destination("anything"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&resp), OK, "{resp:?}");
 }

@@ -22,7 +22,7 @@ use cedar_pdp::grpc::proto::{
 };
 use common::stuck_pipe::StuckPipe;
 use common::{TestServer, eventually, http_get, request, test_config, uid};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
@@ -910,6 +910,10 @@ fn split_refusals(logged: &[serde_json::Value]) -> (Vec<&serde_json::Value>, usi
 fn check_request() -> CheckRequest {
     CheckRequest {
         attributes: Some(AttributeContext {
+            destination: Some(Peer {
+                principal: "spiffe://td/ns/shop/sa/web".into(),
+                ..Default::default()
+            }),
             request: Some(Request {
                 http: Some(HttpRequest {
                     method: "GET".into(),

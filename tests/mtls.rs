@@ -26,6 +26,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const WEB: &str = "spiffe://td/ns/shop/sa/web";
 const OTHER: &str = "spiffe://td/ns/shop/sa/other";
+/// The server's own SVID: its trust domain is the one accepted by default.
+const SERVER: &str = "spiffe://td/ns/infra/sa/cedar-pdp";
 
 /// The caller's verified facts, and only those, decide.
 const POLICIES: &str = r#"
@@ -61,25 +63,49 @@ impl Ca {
         }
     }
 
-    /// `(cert PEM, key PEM)` of a leaf: a server cert for 127.0.0.1, or a
-    /// client cert with a SPIFFE URI SAN.
+    /// `(cert PEM, key PEM)` of a leaf: a server cert for 127.0.0.1 (an
+    /// SVID of trust domain `td`), or a client cert with a SPIFFE URI SAN.
     fn leaf(&self, spiffe: Option<&str>) -> (String, String) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         match spiffe {
-            Some(id) => {
-                params
-                    .subject_alt_names
-                    .push(SanType::URI(id.try_into().unwrap()));
-                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            }
-            None => {
-                params.subject_alt_names = vec![
-                    SanType::DnsName("localhost".try_into().unwrap()),
-                    SanType::IpAddress([127, 0, 0, 1].into()),
-                ];
-                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            }
+            Some(id) => self.client(&[id]),
+            None => self.server(Some(SERVER)),
         }
+    }
+
+    /// A client certificate with exactly these URI SANs.
+    fn client(&self, uris: &[&str]) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into().unwrap()));
+        }
+        if uris.is_empty() {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName("client.local".try_into().unwrap()));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    /// A server certificate for 127.0.0.1, an SVID of `spiffe` if given.
+    fn server(&self, spiffe: Option<&str>) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![
+            SanType::DnsName("localhost".try_into().unwrap()),
+            SanType::IpAddress([127, 0, 0, 1].into()),
+        ];
+        if let Some(id) = spiffe {
+            params
+                .subject_alt_names
+                .push(SanType::URI(id.try_into().unwrap()));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -98,7 +124,10 @@ impl Files {
     /// Writes server cert, key and trust bundle, each by atomic rename as a
     /// secret volume or cert-manager would.
     fn install(&self, server_ca: &Ca, client_ca: &Ca) {
-        let (cert, key) = server_ca.leaf(None);
+        self.install_server(server_ca.leaf(None), client_ca);
+    }
+
+    fn install_server(&self, (cert, key): (String, String), client_ca: &Ca) {
         for (name, text) in [
             ("tls.crt", cert.as_str()),
             ("tls.key", key.as_str()),
@@ -358,6 +387,107 @@ fn a_server_with_bad_tls_files_does_not_start() {
         err.contains("tls.key") && err.contains("does not match"),
         "{err}"
     );
+}
+
+/// Whether a client presenting `identity` gets an answer at all: a refused
+/// handshake may surface on connect or, with TLS 1.3, on the first call.
+async fn admitted(server: &TestServer, ca: &Ca, identity: (String, String)) -> bool {
+    match connect(server, ca, Some(identity)).await {
+        Err(_) => false,
+        Ok(mut c) => decide(&mut c, whoami()).await.is_ok(),
+    }
+}
+
+#[tokio::test]
+async fn a_client_certificate_must_hold_exactly_one_uri_san() {
+    for client_auth in [ClientAuth::Required, ClientAuth::Optional] {
+        let (server, ca, _files, _p) = start(client_auth).await;
+        // Two SPIFFE IDs: which one would be the caller? Refused, not guessed.
+        assert!(
+            !admitted(&server, &ca, ca.client(&[WEB, OTHER])).await,
+            "{client_auth:?}: two URI SANs were accepted"
+        );
+        assert!(
+            !admitted(&server, &ca, ca.client(&[OTHER, WEB])).await,
+            "{client_auth:?}: two URI SANs were accepted"
+        );
+        // No URI SAN: it names no one; not an anonymous caller either.
+        assert!(
+            !admitted(&server, &ca, ca.client(&[])).await,
+            "{client_auth:?}: a certificate without a URI SAN was accepted"
+        );
+        // A URI SAN that is not a SPIFFE ID.
+        assert!(
+            !admitted(&server, &ca, ca.client(&["https://td/ns/shop/sa/web"])).await,
+            "{client_auth:?}: a non-SPIFFE URI SAN was accepted"
+        );
+        // One SVID is the caller.
+        let mut web = connect(&server, &ca, Some(ca.client(&[WEB])))
+            .await
+            .unwrap();
+        assert!(decide(&mut web, whoami()).await.unwrap());
+        eventually("refusals counted", Duration::from_secs(10), || async {
+            let failures = common::metric(
+                server.admin_addr,
+                "cedar_pdp_tls_handshake_failures_total",
+                &[],
+            )
+            .await;
+            (failures >= 4.0).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn only_accepted_trust_domains_become_callers() {
+    // By default, only the server certificate's own trust domain, `td`.
+    let (server, ca, files, policies) = start(ClientAuth::Required).await;
+    let foreign = "spiffe://evil.example/ns/shop/sa/web";
+    assert!(
+        !admitted(&server, &ca, ca.client(&[foreign])).await,
+        "an SVID of a foreign trust domain was accepted"
+    );
+    assert!(admitted(&server, &ca, ca.client(&[WEB])).await);
+    drop(server);
+
+    // Listed trust domains, and only those.
+    let mut config = config(policies.path(), &files, ClientAuth::Required);
+    config.tls.trust_domains = vec!["evil.example".into()];
+    let server = TestServer::start_with(config).await;
+    let mut evil = connect(&server, &ca, Some(ca.client(&[foreign])))
+        .await
+        .unwrap();
+    // Accepted as a caller of its own trust domain: the policy wants `td`.
+    assert!(!decide(&mut evil, whoami()).await.unwrap());
+    assert!(
+        !admitted(&server, &ca, ca.client(&[WEB])).await,
+        "`td` is not listed, yet its SVID was accepted"
+    );
+}
+
+#[test]
+fn without_trust_domains_a_server_certificate_that_is_no_svid_does_not_start() {
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(policies.path().join("p.cedar"), POLICIES).unwrap();
+    let ca = Ca::new("test CA");
+    let files = Files {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    files.install_server(ca.server(None), &ca);
+    let err = cedar_pdp::app::App::build(config(policies.path(), &files, ClientAuth::Required))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tls.trust_domains") && err.contains("0 URI SANs"),
+        "{err}"
+    );
+    // Named explicitly, the same certificate serves.
+    let mut with_domains = config(policies.path(), &files, ClientAuth::Required);
+    with_domains.tls.trust_domains = vec!["td".into()];
+    assert!(cedar_pdp::app::App::build(with_domains).is_ok());
+    // Without client certificates there is no caller to accept.
+    assert!(cedar_pdp::app::App::build(config(policies.path(), &files, ClientAuth::None)).is_ok());
 }
 
 /// Binding covers every way to name a workload: a forged `context.workload`,

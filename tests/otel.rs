@@ -244,6 +244,10 @@ async fn decision_spans_continue_the_callers_trace_with_their_attributes() {
                     principal: "spiffe://td/ns/shop/sa/web".into(),
                     ..Default::default()
                 }),
+                destination: Some(Peer {
+                    principal: "spiffe://td/ns/shop/sa/api".into(),
+                    ..Default::default()
+                }),
                 request: Some(AttributeRequest {
                     http: Some(HttpRequest {
                         id: "envoy-1".into(),

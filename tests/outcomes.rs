@@ -25,7 +25,7 @@ use cedar_pdp::grpc::proto::authorizer_client::AuthorizerClient;
 use cedar_pdp::grpc::proto::{self, AuthorizeRequest, BatchAuthorizeRequest, Decision};
 use common::stuck_pipe::StuckPipe;
 use common::{TestServer, eventually, metric, request, test_config};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
@@ -61,6 +61,7 @@ async fn bounded<T>(what: &str, call: impl std::future::Future<Output = T>) -> T
 fn config(dir: &TempDir, pipe: &StuckPipe, timeout: Duration) -> Config {
     let mut config = test_config(dir.path());
     config.limits.max_in_flight = 1;
+    config.limits.max_streams = 1;
     config.limits.request_timeout = timeout;
     pipe.log_into(&mut config, QUEUE);
     config.ext_authz.anonymous_principal = r#"User::"alice""#.into();
@@ -83,6 +84,10 @@ fn invalid(id: &str) -> AuthorizeRequest {
 fn check(id: &str, method: &str) -> CheckRequest {
     CheckRequest {
         attributes: Some(AttributeContext {
+            destination: Some(Peer {
+                principal: "spiffe://td/ns/shop/sa/web".into(),
+                ..Default::default()
+            }),
             request: Some(Request {
                 http: Some(HttpRequest {
                     id: id.into(),
@@ -166,7 +171,13 @@ impl Harness {
     async fn finish(self) -> (Vec<Json>, HashMap<&'static str, f64>, f64) {
         let admin = self.server.admin_addr;
         let mut errors = HashMap::new();
-        for reason in ["invalid_request", "overloaded", "deadline", "cancelled"] {
+        for reason in [
+            "invalid_request",
+            "overloaded",
+            "too_many_streams",
+            "deadline",
+            "cancelled",
+        ] {
             let n = metric(
                 admin,
                 "cedar_pdp_request_errors_total",
@@ -381,7 +392,7 @@ async fn stream_items_leave_one_record_each() {
     ends(tx, &mut answers).await;
 
     h.fill_the_queue().await;
-    // A new stream holds the only slot; its item waits out its deadline.
+    // A new stream holds the only stream slot; its item waits out its deadline.
     let (tx, mut answers) = open_stream(&mut h.client).await;
     tx.send(alice("deadline")).await.unwrap();
     let late = next(&mut answers).await;
@@ -413,11 +424,12 @@ async fn stream_items_leave_one_record_each() {
     // The shed stream never sent an item: one record with empty uids.
     let shed: Vec<_> = records
         .iter()
-        .filter(|r| r["error"]["reason"] == "overloaded")
+        .filter(|r| r["error"]["reason"] == "too_many_streams")
         .collect();
     assert_eq!(shed.len(), 1, "{shed:?}");
     assert_eq!(shed[0]["principal"]["type"], "");
-    assert_eq!(errors["overloaded"], 1.0);
+    assert_eq!(errors["too_many_streams"], 1.0);
+    assert_eq!(errors["overloaded"], 0.0);
     counted(&records, &errors, dropped);
 }
 

@@ -84,10 +84,7 @@ pub fn decision_request(req: proto::AuthorizeRequest) -> Submitted {
             out.entities = entities;
             Ok(out)
         }
-        Err(error) => Err(Box::new(Rejected {
-            request: out,
-            error,
-        })),
+        Err(error) => Err(Box::new(Rejected::new(out, error))),
     }
 }
 

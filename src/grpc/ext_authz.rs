@@ -19,11 +19,13 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
 use serde_json::{Map, Value as Json, json};
 use tonic::{Request, Response, Status};
 
+use super::http_path;
 use super::rpc::Facts;
 use crate::config::ExtAuthzConfig;
 use crate::identity::SpiffeId;
 use crate::pipeline::{
-    Admission, Context, DecisionRequest, InvalidField, Pipeline, Rejected, Submitted, Uid, span,
+    Admission, Context, DecisionRequest, InvalidField, Pipeline, Reason, Rejected, Submitted, Uid,
+    span,
 };
 use crate::policy_store::Snapshot;
 
@@ -94,13 +96,14 @@ impl Mapping {
             .and_then(|r| r.http.as_ref())
             .map(|h| h.id.clone())
             .unwrap_or_default();
-        self.map(check, snapshot).map_err(|error| {
+        self.map(check, snapshot).map_err(|(error, reason)| {
+            let request = DecisionRequest {
+                request_id,
+                ..DecisionRequest::default()
+            };
             Box::new(Rejected {
-                request: DecisionRequest {
-                    request_id,
-                    ..DecisionRequest::default()
-                },
-                error,
+                reason,
+                ..Rejected::new(request, error)
             })
         })
     }
@@ -109,36 +112,45 @@ impl Mapping {
         &self,
         check: &CheckRequest,
         snapshot: &Snapshot,
-    ) -> Result<DecisionRequest, InvalidField> {
+    ) -> Result<DecisionRequest, (InvalidField, Reason)> {
+        let invalid = |e: InvalidField| (e, Reason::InvalidRequest);
         let c = &self.config;
         let attrs = check
             .attributes
             .as_ref()
-            .ok_or_else(|| InvalidField::new("attributes", "is required"))?;
+            .ok_or_else(|| invalid(InvalidField::new("attributes", "is required")))?;
         let http = attrs
             .request
             .as_ref()
             .and_then(|r| r.http.as_ref())
-            .ok_or_else(|| InvalidField::new("attributes.request.http", "is required"))?;
+            .ok_or_else(|| invalid(InvalidField::new("attributes.request.http", "is required")))?;
         if http.method.is_empty() {
-            return Err(InvalidField::new(
+            return Err(invalid(InvalidField::new(
                 "attributes.request.http.method",
                 "is required",
-            ));
+            )));
         }
         // Envoy sends the request target: the path with its query string.
-        let (path, query) = match http.path.split_once('?') {
+        let (raw_path, query) = match http.path.split_once('?') {
             Some((p, q)) => (p, q),
             None => (http.path.as_str(), http.query.as_str()),
         };
-        let path = path.split('#').next().unwrap_or_default();
+        let raw_path = raw_path.split('#').next().unwrap_or_default();
+        let path = http_path::normalize(raw_path).map_err(|e| {
+            let field =
+                InvalidField::new("attributes.request.http.path", format!("`{raw_path}` {e}"));
+            (field, Reason::InvalidPath)
+        })?;
+        let host = normalize_host(&http.host).map_err(invalid)?;
         let mut entities = Vec::new();
         let known = |u: &Uid| {
             u.parse("")
                 .is_ok_and(|uid| snapshot.entities.get(&uid).is_some())
         };
 
-        let principal = match spiffe_of(attrs.source.as_ref(), "attributes.source.principal")? {
+        let source =
+            spiffe_of(attrs.source.as_ref(), "attributes.source.principal").map_err(invalid)?;
+        let principal = match source {
             Some(spiffe) => {
                 let principal = Uid::new(&c.principal_type, &spiffe.id);
                 if !known(&principal) {
@@ -148,7 +160,10 @@ impl Mapping {
             }
             None => {
                 let anonymous = self.anonymous.as_ref().ok_or_else(|| {
-                    InvalidField::new("attributes.source.principal", "is required")
+                    invalid(InvalidField::new(
+                        "attributes.source.principal",
+                        "is required",
+                    ))
                 })?;
                 Uid::new(
                     anonymous.type_name().to_string(),
@@ -160,23 +175,24 @@ impl Mapping {
         let destination = spiffe_of(
             attrs.destination.as_ref(),
             "attributes.destination.principal",
-        )?;
-        let service_id = match &destination {
-            Some(d) if !d.namespace.is_empty() => format!("{}/{}", d.namespace, d.service_account),
-            _ => host_without_port(&http.host).to_string(),
-        };
+        )
+        .map_err(invalid)?;
+        let service_id = self.service_id(destination.as_ref()).map_err(invalid)?;
         let service = Uid::new(&c.service_type, &service_id);
-        let resource_id = c
-            .resource_id
-            .replace("{host}", &http.host)
-            .replace("{path}", path)
-            .replace("{method}", &http.method)
-            .replace("{service}", &service_id);
+        let resource_id = expand(
+            &c.resource_id,
+            &[
+                ("host", &host),
+                ("path", &path),
+                ("method", &http.method),
+                ("service", &service_id),
+            ],
+        );
         let resource = Uid::new(&c.resource_type, resource_id);
         if !known(&resource) {
             entities.push(json!({
                 "uid": uid_json(&resource),
-                "attrs": {"host": http.host, "path": path, "service": entity(&service)},
+                "attrs": {"host": host, "path": path, "service": entity(&service)},
                 "parents": [uid_json(&service)],
             }));
         }
@@ -204,7 +220,7 @@ impl Mapping {
         context.insert("method".into(), json!(http.method));
         context.insert("path".into(), json!(path));
         context.insert("query".into(), json!(query));
-        context.insert("host".into(), json!(http.host));
+        context.insert("host".into(), json!(host));
         context.insert("headers".into(), Json::Object(headers));
         context.insert(
             "destination".into(),
@@ -228,6 +244,22 @@ impl Mapping {
         })
     }
 
+    /// `<namespace>/<service account>` of the destination's SPIFFE ID, else
+    /// `default_service`. The `Host` header is the client's to choose, so it
+    /// never names the service.
+    fn service_id(&self, destination: Option<&SpiffeId>) -> Result<String, InvalidField> {
+        match destination {
+            Some(d) if !d.namespace.is_empty() => {
+                Ok(format!("{}/{}", d.namespace, d.service_account))
+            }
+            _ if !self.config.default_service.is_empty() => Ok(self.config.default_service.clone()),
+            _ => Err(InvalidField::new(
+                "attributes.destination.principal",
+                "is required to name the service: a SPIFFE ID with `/ns/<namespace>/sa/<service account>`, or set `ext_authz.default_service`",
+            )),
+        }
+    }
+
     /// A workload named by its SPIFFE ID, in its namespace and trust domain.
     fn workload_entity(&self, principal: &Uid, spiffe: &SpiffeId) -> Json {
         let c = &self.config;
@@ -237,10 +269,13 @@ impl Mapping {
         attrs.insert("trust_domain".into(), entity(&trust_domain));
         let mut parents = vec![uid_json(&trust_domain)];
         if !spiffe.namespace.is_empty() {
-            let namespace_id = c
-                .namespace_id
-                .replace("{trust_domain}", &spiffe.trust_domain)
-                .replace("{namespace}", &spiffe.namespace);
+            let namespace_id = expand(
+                &c.namespace_id,
+                &[
+                    ("trust_domain", &spiffe.trust_domain),
+                    ("namespace", &spiffe.namespace),
+                ],
+            );
             let namespace = Uid::new(&c.namespace_type, namespace_id);
             attrs.insert("namespace".into(), entity(&namespace));
             attrs.insert("service_account".into(), json!(spiffe.service_account));
@@ -250,12 +285,66 @@ impl Mapping {
     }
 }
 
-fn host_without_port(host: &str) -> &str {
-    // `[::1]:8080` keeps its brackets' contents; `a.b:80` drops the port.
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+/// Expands the `{name}` placeholders of `template` in one pass: a value
+/// that itself holds `{service}` is copied, not expanded again.
+fn expand(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let hit = vars.iter().find_map(|(name, value)| {
+            let tail = after.strip_prefix(name)?.strip_prefix('}')?;
+            Some((*value, tail))
+        });
+        match hit {
+            Some((value, tail)) => {
+                out.push_str(value);
+                rest = tail;
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
     }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
+    out.push_str(rest);
+    out
+}
+
+/// The host as one name: lower-case, without its port or a final `.`, so
+/// `Admin.Internal.:80` is `admin.internal`. Characters that cannot be in
+/// an authority are refused, so a host cannot pose as part of a path.
+fn normalize_host(host: &str) -> Result<String, InvalidField> {
+    if let Some(bad) = host
+        .chars()
+        .find(|c| c.is_control() || c.is_whitespace() || "/\\?#@".contains(*c))
+    {
+        return Err(InvalidField::new(
+            "attributes.request.http.host",
+            format!(
+                "`{}` holds {bad:?}, which cannot be in a host",
+                host.escape_debug()
+            ),
+        ));
+    }
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // `[::1]:8080` keeps its brackets' contents.
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match host.rsplit_once(':') {
+            // One colon and digits after it is a port; more colons is a bare
+            // IPv6 address, kept whole.
+            Some((name, port))
+                if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                name
+            }
+            _ => host,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    Ok(name.to_ascii_lowercase())
 }
 
 fn source_ip(source: Option<&Peer>) -> Option<IpAddr> {
@@ -357,12 +446,36 @@ impl Authorization for ExtAuthzService {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
 
     #[test]
-    fn strips_ports_from_hosts() {
-        assert_eq!(host_without_port("shop.example:8080"), "shop.example");
-        assert_eq!(host_without_port("shop.example"), "shop.example");
-        assert_eq!(host_without_port("[::1]:8080"), "::1");
+    fn hosts_are_lower_case_without_port() {
+        for (host, name) in [
+            ("shop.example:8080", "shop.example"),
+            ("shop.example", "shop.example"),
+            ("Shop.EXAMPLE:443", "shop.example"),
+            ("shop.example.", "shop.example"),
+            ("shop.example.:80", "shop.example"),
+            ("shop.example:", "shop.example"),
+            ("[::1]:8080", "::1"),
+            ("[::1]", "::1"),
+            ("::1", "::1"),
+            ("", ""),
+        ] {
+            assert_eq!(normalize_host(host).unwrap(), name, "{host}");
+        }
+        for host in ["a/admin", "a\\b", "a?b", "a#b", "user@host", "a b", "a\nb"] {
+            assert!(normalize_host(host).is_err(), "{host}");
+        }
+    }
+
+    #[test]
+    fn templates_expand_in_one_pass() {
+        let vars = [("host", "{service}"), ("path", "/{path}"), ("service", "s")];
+        assert_eq!(expand("{host}{path}", &vars), "{service}/{path}");
+        assert_eq!(expand("{service}:{host}", &vars), "s:{service}");
+        assert_eq!(expand("{unknown}{service}{", &vars), "{unknown}s{");
+        assert_eq!(expand("", &vars), "");
     }
 }

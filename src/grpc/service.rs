@@ -1,7 +1,8 @@
 //! The `cedar_pdp.v1.Authorizer` service: a thin adapter over the pipeline.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,9 +16,10 @@ use super::proto::{
 };
 use super::rpc::Facts;
 use super::status::status;
-use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
-use crate::pipeline::{Admission, Pipeline, PipelineOptions, span};
+use crate::pipeline::{
+    Admission, Call, DecisionError, Pipeline, PipelineOptions, StreamLimits, span,
+};
 use crate::policy_store::PolicyStore;
 
 /// Answers authorization requests from the store's live snapshot.
@@ -44,24 +46,31 @@ impl AuthorizerService {
 }
 
 impl AuthorizerService {
-    /// Answers each request of `inbound` in order until it ends or the
-    /// client goes away. Holds one in-flight slot for the stream's life;
-    /// each item is bounded by `limits.request_timeout` on its own.
+    /// Answers each request of `inbound` in order until it ends, the client
+    /// goes away, or the stream's own limits close it. Each item takes an
+    /// in-flight slot only while it is evaluated, and is bounded by
+    /// `limits.request_timeout` on its own.
     async fn run_stream(
         self,
         mut inbound: Streaming<AuthorizeRequest>,
-        peer: Option<PeerFacts>,
+        stream: Call,
         metadata: tonic::metadata::MetadataMap,
         tx: mpsc::Sender<Result<AuthorizeResponse, Status>>,
     ) {
-        let facts = Facts::new(peer.as_ref(), &metadata);
+        let facts = Facts::new(Some(&stream.peer), &metadata);
         let timeout = self.pipeline.timeout(None);
+        let limits = self.pipeline.stream_limits();
+        let closes_at = Instant::now() + limits.max_age;
         loop {
-            let req = match inbound.message().await {
+            let next = match bounded(inbound.message(), limits, closes_at).await {
+                Ok(next) => next,
+                Err(end) => return self.close(&stream, &tx, end),
+            };
+            let req = match next {
                 Ok(Some(req)) => req,
                 Ok(None) => return,
                 Err(status) => {
-                    let _ = tx.send(Err(status)).await;
+                    let _ = tx.try_send(Err(status));
                     return;
                 }
             };
@@ -69,13 +78,47 @@ impl AuthorizerService {
             let call = facts.call(span::authorize(None));
             let answer = self
                 .pipeline
-                .authorize(decision_request(req), &call, Admission::Held { timeout })
+                .authorize(decision_request(req), &call, Admission::Acquire { timeout })
                 .await;
             // Fail closed, but keep the stream: one bad request must not
-            // cost the caller every decision queued behind it.
-            if tx.send(Ok(convert::stream_item(answer))).await.is_err() {
-                return;
+            // cost the caller every decision queued behind it. A client that
+            // stops reading is idle too.
+            let sent = tx.send(Ok(convert::stream_item(answer)));
+            match bounded(sent, limits, closes_at).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(end) => return self.close(&stream, &tx, end),
             }
+        }
+    }
+
+    /// Ends a stream the server closes: recorded, counted, and told to the
+    /// client if it still reads (never waited for).
+    fn close(
+        &self,
+        stream: &Call,
+        tx: &mpsc::Sender<Result<AuthorizeResponse, Status>>,
+        end: DecisionError,
+    ) {
+        let error = self.pipeline.end_stream(stream, end);
+        let _ = tx.try_send(Err(status(error)));
+    }
+}
+
+/// `step`, unless the stream is idle for `limits.idle_timeout` first or
+/// reaches `closes_at`.
+async fn bounded<F: Future>(
+    step: F,
+    limits: StreamLimits,
+    closes_at: Instant,
+) -> Result<F::Output, DecisionError> {
+    tokio::select! {
+        out = step => Ok(out),
+        () = tokio::time::sleep(limits.idle_timeout) => {
+            Err(DecisionError::stream_idle(limits.idle_timeout))
+        }
+        () = tokio::time::sleep_until(closes_at.into()) => {
+            Err(DecisionError::stream_max_age(limits.max_age))
         }
     }
 }
@@ -92,19 +135,16 @@ impl Authorizer for AuthorizerService {
         &self,
         request: Request<Streaming<AuthorizeRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let permit = {
-            let facts = Facts::of(&request);
-            let rpc = facts.start(&self.pipeline, span::authorize(None));
-            self.pipeline.admit_stream(&rpc.call).map_err(status)?
-        };
-        let peer = request.extensions().get::<PeerFacts>().cloned();
+        // The stream's own call: its refusal, or its closing, is recorded on it.
+        let stream = Facts::of(&request).call(span::authorize(None));
+        let permit = self.pipeline.admit_stream(&stream).map_err(status)?;
         let metadata = request.metadata().clone();
         // Bounded: a client that stops reading stops the evaluation too.
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            this.run_stream(request.into_inner(), peer, metadata, tx)
+            this.run_stream(request.into_inner(), stream, metadata, tx)
                 .await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

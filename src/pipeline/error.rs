@@ -76,6 +76,7 @@ impl Code {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     InvalidRequest,
+    InvalidPath,
     LimitExceeded,
     InvalidEntities,
     EntityConflict,
@@ -84,6 +85,9 @@ pub enum Reason {
     BindingMismatch,
     NotReady,
     Overloaded,
+    TooManyStreams,
+    StreamIdle,
+    StreamMaxAge,
     Deadline,
     Cancelled,
     Internal,
@@ -91,8 +95,9 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in documentation order.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 16] = [
         Self::InvalidRequest,
+        Self::InvalidPath,
         Self::LimitExceeded,
         Self::InvalidEntities,
         Self::EntityConflict,
@@ -101,6 +106,9 @@ impl Reason {
         Self::BindingMismatch,
         Self::NotReady,
         Self::Overloaded,
+        Self::TooManyStreams,
+        Self::StreamIdle,
+        Self::StreamMaxAge,
         Self::Deadline,
         Self::Cancelled,
         Self::Internal,
@@ -110,6 +118,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidRequest => "invalid_request",
+            Self::InvalidPath => "invalid_path",
             Self::LimitExceeded => "limit_exceeded",
             Self::InvalidEntities => "invalid_entities",
             Self::EntityConflict => "entity_conflict",
@@ -118,6 +127,9 @@ impl Reason {
             Self::BindingMismatch => "binding_mismatch",
             Self::NotReady => "not_ready",
             Self::Overloaded => "overloaded",
+            Self::TooManyStreams => "too_many_streams",
+            Self::StreamIdle => "stream_idle",
+            Self::StreamMaxAge => "stream_max_age",
             Self::Deadline => "deadline",
             Self::Cancelled => "cancelled",
             Self::Internal => "internal",
@@ -128,15 +140,16 @@ impl Reason {
     pub fn code(self) -> Code {
         match self {
             Self::InvalidRequest
+            | Self::InvalidPath
             | Self::LimitExceeded
             | Self::InvalidEntities
             | Self::EntityConflict
             | Self::InvalidContext
             | Self::SchemaMismatch => Code::InvalidArgument,
             Self::BindingMismatch => Code::PermissionDenied,
-            Self::NotReady => Code::Unavailable,
-            Self::Overloaded => Code::ResourceExhausted,
-            Self::Deadline => Code::DeadlineExceeded,
+            Self::NotReady | Self::StreamMaxAge => Code::Unavailable,
+            Self::Overloaded | Self::TooManyStreams => Code::ResourceExhausted,
+            Self::Deadline | Self::StreamIdle => Code::DeadlineExceeded,
             Self::Cancelled => Code::Cancelled,
             Self::Internal => Code::Internal,
         }
@@ -164,8 +177,13 @@ impl DecisionError {
 
     /// A malformed field.
     pub fn invalid(f: InvalidField) -> Self {
+        Self::of_field(Reason::InvalidRequest, f)
+    }
+
+    /// A field refused for `reason`.
+    pub fn of_field(reason: Reason, f: InvalidField) -> Self {
         let message = f.to_string();
-        Self::new(Reason::InvalidRequest, Some(f.field), message)
+        Self::new(reason, Some(f.field), message)
     }
 
     /// A field over one of the `limits.*`.
@@ -195,6 +213,39 @@ impl DecisionError {
             None,
             format!(
                 "overloaded: {max} calls are already being evaluated (`limits.max_in_flight`); retry with backoff"
+            ),
+        )
+    }
+
+    /// Every stream slot is taken.
+    pub fn too_many_streams(max: usize) -> Self {
+        Self::new(
+            Reason::TooManyStreams,
+            None,
+            format!(
+                "{max} streams are already open (`limits.max_streams`); use unary calls, or retry with backoff"
+            ),
+        )
+    }
+
+    /// A stream sent nothing, or took no answer, for `idle`.
+    pub fn stream_idle(idle: Duration) -> Self {
+        Self::new(
+            Reason::StreamIdle,
+            None,
+            format!(
+                "stream closed after {idle:?} without progress (`limits.stream_idle_timeout`); open a new one when there is work"
+            ),
+        )
+    }
+
+    /// A stream reached its maximum age.
+    pub fn stream_max_age(age: Duration) -> Self {
+        Self::new(
+            Reason::StreamMaxAge,
+            None,
+            format!(
+                "stream closed at its maximum age of {age:?} (`limits.stream_max_age`); open a new one"
             ),
         )
     }

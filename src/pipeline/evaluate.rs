@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::cache::DecisionCache;
-use super::error::{DecisionError, InvalidField};
+use super::error::DecisionError;
 use super::record::Subject;
 use super::request::DecisionRequest;
 use super::{PipelineOptions, Shared, server_context};
@@ -44,7 +44,7 @@ impl Evaluator<'_> {
         &self,
         snapshot: &Snapshot,
         mut req: DecisionRequest,
-        invalid: Option<InvalidField>,
+        invalid: Option<DecisionError>,
         shared: Option<&Shared>,
         peer: &PeerFacts,
         subject: &mut Option<Subject>,
@@ -59,7 +59,7 @@ impl Evaluator<'_> {
         &self,
         snapshot: &Snapshot,
         req: &mut DecisionRequest,
-        invalid: Option<InvalidField>,
+        invalid: Option<DecisionError>,
         cacheable: bool,
         peer: &PeerFacts,
     ) -> Result<Screened, DecisionError> {
@@ -75,7 +75,7 @@ impl Evaluator<'_> {
             .check_entities_json(&req.entities_json)
             .map_err(DecisionError::limit)?;
         if let Some(e) = invalid {
-            return Err(DecisionError::invalid(e));
+            return Err(e);
         }
         let mut screened = Screened {
             key: None,

@@ -3,7 +3,7 @@
 //! A front-end converts its wire request into a [`DecisionRequest`], hands it
 //! here with the [`Call`] it came on, and converts the [`Answer`] back. The
 //! pipeline owns everything in between, once:
-//! admission (in-flight slots, room in the decision log, the deadline),
+//! admission (in-flight and stream slots, room in the decision log, the deadline),
 //! caller binding, limits, the decision cache, the server's context
 //! (`workload`, `caller`), evaluation, and the span fields, metrics and
 //! decision record of every outcome, failures included.
@@ -59,6 +59,7 @@ pub struct PipelineOptions {
     pub limits: Limits,
     /// Calls evaluated at once; the rest are shed.
     pub max_in_flight: usize,
+    pub streams: StreamLimits,
     pub request_timeout: Duration,
     /// Context key for verified caller facts; `None` keeps them out.
     pub caller_key: Option<String>,
@@ -78,6 +79,11 @@ impl PipelineOptions {
             max_batch_size: config.limits.max_batch_size,
             limits: Limits::from(&config.limits),
             max_in_flight: config.limits.max_in_flight,
+            streams: StreamLimits {
+                max: config.limits.max_streams,
+                idle_timeout: config.limits.stream_idle_timeout,
+                max_age: config.limits.stream_max_age,
+            },
             request_timeout: config.limits.request_timeout,
             caller_key: Some(config.caller.context_key.clone()).filter(|k| !k.is_empty()),
             bind_workload: config.binds_workload(),
@@ -86,6 +92,18 @@ impl PipelineOptions {
             evaluation_threads: config.limits.evaluation_threads,
         }
     }
+}
+
+/// How long-lived streams are bounded: their own slots, so they cannot take
+/// the in-flight slots that unary calls need, and their own deadlines.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    /// Streams open at once; more are refused.
+    pub max: usize,
+    /// A stream without progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// A stream is closed this long after it opened.
+    pub max_age: Duration,
 }
 
 impl Default for PipelineOptions {
@@ -132,10 +150,9 @@ pub type Answer = Result<Outcome, Box<Refusal>>;
 /// How a single decision is admitted.
 #[derive(Clone, Copy, Debug)]
 pub enum Admission {
-    /// Take an in-flight slot for this call; give up after `timeout`.
+    /// Take an in-flight slot for this call (a stream's item too: a slot is
+    /// held only while something is evaluated); give up after `timeout`.
     Acquire { timeout: Duration },
-    /// The caller already holds a slot (a stream); give up after `timeout`.
-    Held { timeout: Duration },
 }
 
 /// The decision pipeline; cheap to clone, shared by every front-end.
@@ -144,6 +161,7 @@ pub struct Pipeline {
     store: Arc<PolicyStore>,
     opts: Arc<PipelineOptions>,
     permits: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
     cache: Option<Arc<DecisionCache>>,
     pool: Arc<EvalPool>,
     log: Option<DecisionLog>,
@@ -170,6 +188,7 @@ impl Pipeline {
         Ok(Self {
             store,
             permits: Arc::new(Semaphore::new(opts.max_in_flight)),
+            streams: Arc::new(Semaphore::new(opts.streams.max)),
             cache: DecisionCache::new(opts.decision_cache_bytes).map(Arc::new),
             pool: Arc::new(pool),
             opts: Arc::new(opts),
@@ -229,12 +248,24 @@ impl Pipeline {
         }
     }
 
-    /// Holds one in-flight slot for a stream's life; a refusal is recorded.
+    /// How streams are bounded.
+    pub fn stream_limits(&self) -> StreamLimits {
+        self.opts.streams
+    }
+
+    /// Holds one stream slot (not an in-flight slot) for a stream's life;
+    /// a refusal is recorded.
     pub fn admit_stream(&self, call: &Call) -> Result<OwnedSemaphorePermit, DecisionError> {
-        self.admit().map_err(|e| {
-            let at = At::refused(call, &call.span, None);
-            self.refuse(Ok(DecisionRequest::default()), e, at).error
+        Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
+            self.end_stream(call, DecisionError::too_many_streams(self.opts.streams.max))
         })
+    }
+
+    /// Records and counts a stream the server refused or closed, as one
+    /// refusal with empty uids on the stream's `call`.
+    pub fn end_stream(&self, call: &Call, error: DecisionError) -> DecisionError {
+        let at = At::refused(call, &call.span, None);
+        self.refuse(Ok(DecisionRequest::default()), error, at).error
     }
 
     /// One decision: admission, then [`Pipeline::decide`]. A call dropped
@@ -263,7 +294,6 @@ impl Pipeline {
                 Ok(p) => (Some(p), timeout),
                 Err(e) => return Err(pending.refuse(e, None)),
             },
-            Admission::Held { timeout } => (None, timeout),
         };
         let Some(snapshot) = snapshot else {
             return Err(pending.refuse(DecisionError::not_ready(), None));
@@ -586,10 +616,13 @@ impl Pipeline {
 }
 
 /// The request, and why it did not convert if it did not.
-fn split(req: Submitted) -> (DecisionRequest, Option<InvalidField>) {
+fn split(req: Submitted) -> (DecisionRequest, Option<DecisionError>) {
     match req {
         Ok(req) => (req, None),
-        Err(rejected) => (rejected.request, Some(rejected.error)),
+        Err(rejected) => {
+            let (req, error) = rejected.into_parts();
+            (req, Some(error))
+        }
     }
 }
 

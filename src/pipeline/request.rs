@@ -12,7 +12,7 @@ use std::time::Instant;
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use serde_json::{Map, Value as Json, json};
 
-use super::error::InvalidField;
+use super::error::{DecisionError, InvalidField, Reason};
 use crate::authorizer::Query;
 use crate::identity::PeerFacts;
 
@@ -132,6 +132,27 @@ pub struct DecisionRequest {
 pub struct Rejected {
     pub request: DecisionRequest,
     pub error: InvalidField,
+    /// `invalid_request`, or a more precise reason such as `invalid_path`.
+    pub reason: Reason,
+}
+
+impl Rejected {
+    /// `request` refused as `invalid_request` for `error`.
+    pub fn new(request: DecisionRequest, error: InvalidField) -> Self {
+        Self {
+            request,
+            error,
+            reason: Reason::InvalidRequest,
+        }
+    }
+
+    /// What is known of the request, and the error it is refused with.
+    pub(crate) fn into_parts(self) -> (DecisionRequest, DecisionError) {
+        (
+            self.request,
+            DecisionError::of_field(self.reason, self.error),
+        )
+    }
 }
 
 /// What a front-end submits: a converted request, or the reason it is not one.

@@ -1,7 +1,8 @@
 //! Listeners: TCP or a Unix socket, optionally TLS. Each accepted connection
 //! carries the [`PeerFacts`] the transport proved, which tonic hands to every
-//! request on it as an extension.
+//! request on it as an extension. [`http`] serves the admin endpoints.
 
+pub mod http;
 pub mod tls;
 
 use std::io;
@@ -19,7 +20,7 @@ use tonic::transport::server::Connected;
 
 use crate::identity::{PeerFacts, UnixPeer};
 use crate::metrics::Metrics;
-pub use tls::{ReloadingTls, TlsError};
+pub use tls::{ReloadingTls, SvidError, TlsError};
 
 /// Where the gRPC server accepts connections.
 #[derive(Debug)]
@@ -254,7 +255,9 @@ async fn handshake(io: Box<dyn Io>, mut facts: PeerFacts, tls: &TlsAccept) -> Op
     let accept = tls.tls.acceptor().accept(io);
     match tokio::time::timeout(tls.handshake_timeout, accept).await {
         Ok(Ok(stream)) => {
-            facts.spiffe = tls::peer_spiffe_id(stream.get_ref().1.peer_certificates());
+            facts.spiffe = tls
+                .tls
+                .peer_spiffe_id(stream.get_ref().1.peer_certificates());
             Some(Conn {
                 io: Box::new(stream),
                 facts,

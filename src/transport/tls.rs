@@ -17,13 +17,14 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    ServerConfig, SignatureScheme,
 };
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ClientAuth, TlsConfig};
-use crate::identity::SpiffeId;
+use crate::identity::{SpiffeId, SpiffeIdError};
 use crate::metrics::Metrics;
 
 /// Why TLS material could not be loaded.
@@ -50,6 +51,66 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("invalid client trust bundle `{}`: {message}", path.display())]
     TrustBundle { path: PathBuf, message: String },
+    #[error(
+        "`tls.trust_domains` is empty, and the trust domain cannot be taken from certificate `{}`: it {source}; set `tls.trust_domains`",
+        cert.display()
+    )]
+    NoTrustDomain {
+        cert: PathBuf,
+        #[source]
+        source: SvidError,
+    },
+}
+
+/// Why a certificate is not an X.509 SVID of an accepted trust domain.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SvidError {
+    #[error("does not parse as X.509: {0}")]
+    Parse(String),
+    #[error("has {0} URI SANs; an SVID has exactly one")]
+    UriSans(usize),
+    #[error("has URI SAN `{uri}`, which is not a SPIFFE ID: {source}")]
+    NotSpiffe {
+        uri: String,
+        #[source]
+        source: SpiffeIdError,
+    },
+    #[error("is from trust domain `{0}`, which `tls.trust_domains` does not accept")]
+    TrustDomain(String),
+}
+
+/// The SPIFFE ID of an X.509 SVID: its one URI SAN. A certificate with no
+/// URI SAN, or several, names no one (SPIFFE X.509-SVID §2).
+pub fn svid_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, SvidError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| SvidError::Parse(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| SvidError::Parse(e.to_string()))?;
+    let uris: Vec<&str> = san
+        .iter()
+        .flat_map(|san| san.value.general_names.iter())
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        })
+        .collect();
+    let [uri] = uris[..] else {
+        return Err(SvidError::UriSans(uris.len()));
+    };
+    SpiffeId::parse(uri).map_err(|source| SvidError::NotSpiffe {
+        uri: uri.to_string(),
+        source,
+    })
+}
+
+/// The SPIFFE ID of `cert` when it is an SVID of one of `trust_domains`.
+fn accepted(cert: &CertificateDer<'_>, trust_domains: &[String]) -> Result<SpiffeId, SvidError> {
+    let id = svid_id(cert)?;
+    if !trust_domains.contains(&id.trust_domain) {
+        return Err(SvidError::TrustDomain(id.trust_domain));
+    }
+    Ok(id)
 }
 
 /// The server's TLS config, whose certificate and client verifier follow
@@ -151,22 +212,27 @@ impl ReloadingTls {
     }
 }
 
-/// The SPIFFE ID in a verified peer certificate's URI SAN, if any.
-pub fn peer_spiffe_id(certs: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> {
-    let leaf = certs?.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
-            SpiffeId::parse(uri).ok()
-        }
-        _ => None,
-    })
+impl ReloadingTls {
+    /// The SPIFFE ID of a verified peer's certificate. The handshake already
+    /// refused any other certificate; this checks again against the live
+    /// trust domains, which a rotation may have changed since.
+    pub fn peer_spiffe_id(&self, certs: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> {
+        let leaf = certs?.first()?;
+        accepted(leaf, &self.verifier.current.load().trust_domains).ok()
+    }
 }
 
 struct Material {
     cert: Arc<CertifiedKey>,
-    verifier: Arc<dyn ClientCertVerifier>,
+    verifier: ClientVerifier,
+}
+
+/// The chain verifier of one trust bundle, with the trust domains whose
+/// SVIDs it accepts: they swap together.
+#[derive(Debug)]
+struct ClientVerifier {
+    chain: Arc<dyn ClientCertVerifier>,
+    trust_domains: Vec<String>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -227,7 +293,23 @@ impl Material {
             key: files.key.clone(),
             source,
         })?;
-        let verifier = match files.client_auth {
+        let trust_domains = match (files.trust_domains.is_empty(), files.client_auth) {
+            (false, _) => files.trust_domains.clone(),
+            // No client certificates: no caller to accept.
+            (true, ClientAuth::None) => Vec::new(),
+            (true, _) => {
+                let own = cert
+                    .cert
+                    .first()
+                    .ok_or_else(|| TlsError::NoCertificate(files.cert.clone()))?;
+                let id = svid_id(own).map_err(|source| TlsError::NoTrustDomain {
+                    cert: files.cert.clone(),
+                    source,
+                })?;
+                vec![id.trust_domain]
+            }
+        };
+        let chain_verifier = match files.client_auth {
             ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
             mode => {
                 let mut roots = RootCertStore::empty();
@@ -253,7 +335,10 @@ impl Material {
         Ok((
             Self {
                 cert: Arc::new(cert),
-                verifier,
+                verifier: ClientVerifier {
+                    chain: chain_verifier,
+                    trust_domains,
+                },
             },
             digest,
         ))
@@ -269,10 +354,12 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// Delegates to the verifier built from the current trust bundle.
+/// Delegates to the verifier built from the current trust bundle, then
+/// accepts only an SVID of an accepted trust domain: a certificate that
+/// chains but names no one, or someone from elsewhere, fails the handshake.
 #[derive(Debug)]
 struct SwappableVerifier {
-    current: ArcSwap<Arc<dyn ClientCertVerifier>>,
+    current: ArcSwap<ClientVerifier>,
     mandatory: bool,
     offered: bool,
 }
@@ -298,9 +385,14 @@ impl ClientCertVerifier for SwappableVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current
-            .load()
-            .verify_client_cert(end_entity, intermediates, now)
+        let current = self.current.load();
+        let verified = current
+            .chain
+            .verify_client_cert(end_entity, intermediates, now)?;
+        accepted(end_entity, &current.trust_domains).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+        })?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -311,6 +403,7 @@ impl ClientCertVerifier for SwappableVerifier {
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.current
             .load()
+            .chain
             .verify_tls12_signature(message, cert, dss)
     }
 
@@ -322,10 +415,63 @@ impl ClientCertVerifier for SwappableVerifier {
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.current
             .load()
+            .chain
             .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current.load().supported_verify_schemes()
+        self.current.load().chain.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use rcgen::{CertificateParams, KeyPair, SanType};
+
+    use super::*;
+
+    fn cert(sans: &[SanType]) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans.to_vec();
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    fn uri(s: &str) -> SanType {
+        SanType::URI(s.try_into().unwrap())
+    }
+
+    #[test]
+    fn an_svid_has_exactly_one_uri_san() {
+        let dns = SanType::DnsName("web.local".try_into().unwrap());
+        let one = cert(&[dns.clone(), uri("spiffe://td/ns/a/sa/b")]);
+        assert_eq!(svid_id(&one).unwrap().id, "spiffe://td/ns/a/sa/b");
+        let none = cert(&[dns]);
+        assert_eq!(svid_id(&none), Err(SvidError::UriSans(0)));
+        let no_san = cert(&[]);
+        assert_eq!(svid_id(&no_san), Err(SvidError::UriSans(0)));
+        let two = cert(&[uri("spiffe://td/ns/a/sa/b"), uri("spiffe://td/ns/a/sa/c")]);
+        assert_eq!(svid_id(&two), Err(SvidError::UriSans(2)));
+        // A second URI that is not SPIFFE still makes the identity ambiguous.
+        let mixed = cert(&[uri("spiffe://td/ns/a/sa/b"), uri("https://td/x")]);
+        assert_eq!(svid_id(&mixed), Err(SvidError::UriSans(2)));
+        let not_spiffe = cert(&[uri("https://td/ns/a/sa/b")]);
+        assert!(matches!(
+            svid_id(&not_spiffe),
+            Err(SvidError::NotSpiffe { .. })
+        ));
+    }
+
+    #[test]
+    fn only_listed_trust_domains_are_accepted() {
+        let c = cert(&[uri("spiffe://td/ns/a/sa/b")]);
+        let domains = ["other".to_string(), "td".to_string()];
+        assert_eq!(accepted(&c, &domains).unwrap().trust_domain, "td");
+        assert_eq!(
+            accepted(&c, &domains[..1]),
+            Err(SvidError::TrustDomain("td".into()))
+        );
+        assert_eq!(accepted(&c, &[]), Err(SvidError::TrustDomain("td".into())));
     }
 }
