@@ -1022,6 +1022,36 @@ mod tests {
         );
     }
 
+    /// docs/security.md lists every limit the config has.
+    #[test]
+    fn the_security_page_lists_every_limit() {
+        let reference = include_str!("../docs/configuration.md");
+        let start = reference.find("```toml\n").unwrap() + "```toml\n".len();
+        let end = start + reference[start..].find("```").unwrap();
+        let table: toml::Table = reference[start..end].parse().unwrap();
+        let security = include_str!("../docs/security.md");
+        for section in ["limits", "admin"] {
+            let keys = table[section].as_table().unwrap().keys();
+            for key in keys {
+                assert!(
+                    security.contains(&format!("`{section}.{key}`"))
+                        || security.contains(&format!("/ `{key}`")),
+                    "docs/security.md does not list `{section}.{key}`"
+                );
+            }
+        }
+        for key in [
+            "decision_log.queue_capacity",
+            "decision_log.queue_bytes",
+            "reload.test_timeout",
+        ] {
+            assert!(
+                security.contains(key),
+                "docs/security.md does not list `{key}`"
+            );
+        }
+    }
+
     #[test]
     fn values_are_checked_only_when_settings_are_taken() {
         let mut config = Config::from_toml("listen = \"nope\"\nadmin_listen = \"\"\n").unwrap();
