@@ -1458,3 +1458,79 @@ async fn the_log_queue_is_bounded_in_bytes() {
     let written = records(&reader.join().unwrap()).len();
     assert_eq!(written as f64 + dropped, CALLS as f64);
 }
+
+/// `limits.max_parents_per_entity` and `limits.max_entity_bytes`, at the
+/// edge, as typed entities and as JSON text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_parents_and_bytes_are_bounded() {
+    let dir = fixture();
+    let server = start(&dir, |c| {
+        c.limits.max_parents_per_entity = 3;
+        c.limits.max_entity_bytes = 4096;
+    })
+    .await;
+    let mut client = server.client().await;
+    let groups = |n: usize| -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| ("Group".to_string(), format!("g{i}")))
+            .collect()
+    };
+    let with_parents = |n: usize| {
+        let parents = groups(n);
+        let refs: Vec<(&str, &str)> = parents
+            .iter()
+            .map(|(t, i)| (t.as_str(), i.as_str()))
+            .collect();
+        AuthorizeRequest {
+            entities: vec![entity("User", "x", &refs)],
+            ..alice()
+        }
+    };
+    assert_decision(
+        authorize(&mut client, with_parents(3)).await,
+        Decision::Allow,
+    );
+    assert_rejected(
+        authorize(&mut client, with_parents(4)).await,
+        Code::InvalidArgument,
+        Some("entities[0].parents"),
+        &["4 parents; the limit is 3 (`limits.max_parents_per_entity`)"],
+    );
+
+    // Bytes: the JSON text is measured before it is parsed; typed entities
+    // as they convert.
+    let json_of = |pad: usize| {
+        format!(
+            r#"[{{"uid": {{"type": "User", "id": "x"}}, "attrs": {{"pad": "{}"}}, "parents": []}}]"#,
+            "p".repeat(pad)
+        )
+    };
+    let ok = AuthorizeRequest {
+        entities_json: json_of(3000),
+        ..alice()
+    };
+    assert_decision(authorize(&mut client, ok).await, Decision::Allow);
+    let big = AuthorizeRequest {
+        entities_json: json_of(5000),
+        ..alice()
+    };
+    assert_rejected(
+        authorize(&mut client, big).await,
+        Code::InvalidArgument,
+        Some("entities_json"),
+        &["bytes of entities; the limit is 4096 (`limits.max_entity_bytes`)"],
+    );
+    let mut typed = entity("User", "x", &[]);
+    typed.attrs.insert("pad".into(), string(&"p".repeat(5000)));
+    let typed = AuthorizeRequest {
+        entities: vec![typed],
+        ..alice()
+    };
+    assert_rejected(
+        authorize(&mut client, typed).await,
+        Code::InvalidArgument,
+        Some("entities"),
+        &["(`limits.max_entity_bytes`)"],
+    );
+    assert_still_answers(&mut client).await;
+}
