@@ -163,6 +163,7 @@ impl App {
             metrics.clone(),
         )
         .map_err(AppError::Evaluation)?;
+        let stream_closer = pipeline.stream_closer();
         let (writer, drop_warnings) = match self.log {
             Some((log, writer)) => {
                 pipeline = pipeline.with_decision_log(log.clone());
@@ -223,13 +224,17 @@ impl App {
             ))
         });
         let draining = Arc::new(Notify::new());
+        let streams = stream_closer;
         let signal = {
             let draining = draining.clone();
             async move {
                 shutdown.await;
                 follow_health.abort();
                 set_health(&reporter, ServingStatus::NotServing).await;
-                tracing::info!("shutting down: draining in-flight calls");
+                tracing::info!("shutting down: draining in-flight calls, closing streams");
+                // Streams would hold their connections (and the log) open
+                // until the grace ends: they close now, recorded.
+                streams.close();
                 draining.notify_one();
             }
         };

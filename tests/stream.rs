@@ -327,3 +327,49 @@ async fn connections_are_closed_gracefully_at_max_connection_age() {
         .expect("the server closes an aged connection within 10s");
     assert!(closed.is_ok(), "a graceful close, not an error: {closed:?}");
 }
+
+/// A stream still open at SIGTERM is closed at once (`shutting_down`),
+/// not held to the end of the grace, and its records are in the decision
+/// log, which then drains and the server exits cleanly.
+#[tokio::test]
+async fn open_streams_close_at_shutdown_before_the_log_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.cedar"), POLICIES).unwrap();
+    let log = dir.path().join("decisions.log");
+    let mut config = test_config(dir.path());
+    config.decision_log.enabled = true;
+    config.decision_log.sink = cedar_pdp::config::LogSink::File;
+    config.decision_log.path = log.clone();
+    // Longer than the test may take: only the shutdown can end the stream.
+    config.limits.shutdown_grace = Duration::from_secs(60);
+    config.limits.stream_idle_timeout = Duration::from_secs(60);
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let (_tx, mut answers) = open(&mut client, "before-stop").await;
+
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(server.stop());
+    let status = ended(&mut answers).await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("shutting down"),
+        "{}",
+        status.message()
+    );
+    drop((_tx, answers, client));
+    let stopped = tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .expect("the server stops well before its 60s grace")
+        .unwrap();
+    stopped.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{text}");
+    assert_eq!(records[0]["request_id"], "before-stop");
+    assert_eq!(records[1]["error"]["reason"], "shutting_down");
+}

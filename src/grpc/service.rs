@@ -62,7 +62,8 @@ impl AuthorizerService {
         let limits = self.pipeline.stream_limits();
         let closes_at = Instant::now() + limits.max_age;
         loop {
-            let next = match bounded(inbound.message(), limits, closes_at).await {
+            let stopping = self.pipeline.stopping();
+            let next = match bounded(inbound.message(), limits, closes_at, stopping).await {
                 Ok(next) => next,
                 Err(end) => return self.close(&stream, &tx, end),
             };
@@ -84,7 +85,7 @@ impl AuthorizerService {
             // cost the caller every decision queued behind it. A client that
             // stops reading is idle too.
             let sent = tx.send(Ok(convert::stream_item(answer)));
-            match bounded(sent, limits, closes_at).await {
+            match bounded(sent, limits, closes_at, self.pipeline.stopping()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
                 Err(end) => return self.close(&stream, &tx, end),
@@ -105,15 +106,17 @@ impl AuthorizerService {
     }
 }
 
-/// `step`, unless the stream is idle for `limits.idle_timeout` first or
-/// reaches `closes_at`.
+/// `step`, unless the stream is idle for `limits.idle_timeout` first,
+/// reaches `closes_at`, or the server starts `stopping`.
 async fn bounded<F: Future>(
     step: F,
     limits: StreamLimits,
     closes_at: Instant,
+    stopping: impl Future<Output = ()>,
 ) -> Result<F::Output, DecisionError> {
     tokio::select! {
         out = step => Ok(out),
+        () = stopping => Err(DecisionError::shutting_down()),
         () = tokio::time::sleep(limits.idle_timeout) => {
             Err(DecisionError::stream_idle(limits.idle_timeout))
         }

@@ -88,6 +88,7 @@ pub enum Reason {
     TooManyStreams,
     StreamIdle,
     StreamMaxAge,
+    ShuttingDown,
     Deadline,
     Cancelled,
     Internal,
@@ -95,7 +96,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in documentation order.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Self::InvalidRequest,
         Self::InvalidPath,
         Self::LimitExceeded,
@@ -109,6 +110,7 @@ impl Reason {
         Self::TooManyStreams,
         Self::StreamIdle,
         Self::StreamMaxAge,
+        Self::ShuttingDown,
         Self::Deadline,
         Self::Cancelled,
         Self::Internal,
@@ -130,6 +132,7 @@ impl Reason {
             Self::TooManyStreams => "too_many_streams",
             Self::StreamIdle => "stream_idle",
             Self::StreamMaxAge => "stream_max_age",
+            Self::ShuttingDown => "shutting_down",
             Self::Deadline => "deadline",
             Self::Cancelled => "cancelled",
             Self::Internal => "internal",
@@ -147,7 +150,7 @@ impl Reason {
             | Self::InvalidContext
             | Self::SchemaMismatch => Code::InvalidArgument,
             Self::BindingMismatch => Code::PermissionDenied,
-            Self::NotReady | Self::StreamMaxAge => Code::Unavailable,
+            Self::NotReady | Self::StreamMaxAge | Self::ShuttingDown => Code::Unavailable,
             Self::Overloaded | Self::TooManyStreams => Code::ResourceExhausted,
             Self::Deadline | Self::StreamIdle => Code::DeadlineExceeded,
             Self::Cancelled => Code::Cancelled,
@@ -247,6 +250,16 @@ impl DecisionError {
             format!(
                 "stream closed at its maximum age of {age:?} (`limits.stream_max_age`); open a new one"
             ),
+        )
+    }
+
+    /// The server is stopping: an open stream is closed so that its
+    /// records are written before the decision log drains.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            Reason::ShuttingDown,
+            None,
+            "the server is shutting down; reconnect to another instance".into(),
         )
     }
 

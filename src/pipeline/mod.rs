@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Span;
 
 use crate::authorizer::{Decision, SharedEntities};
@@ -162,6 +162,8 @@ pub struct Pipeline {
     opts: Arc<PipelineOptions>,
     permits: Arc<Semaphore>,
     streams: Arc<Semaphore>,
+    /// `true` once the server stops: open streams close themselves.
+    closing: Arc<watch::Sender<bool>>,
     cache: Option<Arc<DecisionCache>>,
     pool: Arc<EvalPool>,
     log: Option<DecisionLog>,
@@ -189,6 +191,7 @@ impl Pipeline {
             store,
             permits: Arc::new(Semaphore::new(opts.max_in_flight)),
             streams: Arc::new(Semaphore::new(opts.streams.max)),
+            closing: Arc::new(watch::Sender::new(false)),
             cache: DecisionCache::new(opts.decision_cache_bytes).map(Arc::new),
             pool: Arc::new(pool),
             opts: Arc::new(opts),
@@ -251,6 +254,21 @@ impl Pipeline {
     /// How streams are bounded.
     pub fn stream_limits(&self) -> StreamLimits {
         self.opts.streams
+    }
+
+    /// What closes every open stream when the server stops; it holds no
+    /// handle on the decision log, so it may outlive the server.
+    pub fn stream_closer(&self) -> StreamCloser {
+        StreamCloser(Arc::clone(&self.closing))
+    }
+
+    /// Resolves once the server stops; streams end on it.
+    pub async fn stopping(&self) {
+        let mut closing = self.closing.subscribe();
+        // Err: every sender is gone, so nobody can stop the server either.
+        if closing.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Holds one stream slot (not an in-flight slot) for a stream's life;
@@ -697,6 +715,18 @@ impl Drop for Job {
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(Err(refusal));
         }
+    }
+}
+
+/// Closes the open streams of a pipeline; see [`Pipeline::stream_closer`].
+#[derive(Clone, Debug)]
+pub struct StreamCloser(Arc<watch::Sender<bool>>);
+
+impl StreamCloser {
+    /// Tells every open stream, and every stream opened from now on, to
+    /// close with `shutting_down`.
+    pub fn close(&self) {
+        self.0.send_replace(true);
     }
 }
 
