@@ -189,9 +189,15 @@ impl App {
             .max_encoding_message_size(limit)
         });
         let (authzen_stop, authzen_stopped) = tokio::sync::oneshot::channel::<()>();
+        // The `[tls]` material serves AuthZEN too, and its reloads reach both.
+        let authzen_tls = self.tls.as_ref().map(|tls| TlsAccept {
+            tls: tls.clone(),
+            handshake_timeout: self.config.tls.handshake_timeout,
+            metrics: metrics.clone(),
+        });
         let authzen = self.authzen.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "AuthZEN listener: /access/v1/evaluation(s)");
+                tracing::info!(%addr, tls = authzen_tls.is_some(), "AuthZEN listener: /access/v1/evaluation(s)");
             }
             let a = &self.config.authzen;
             let limits = HttpLimits {
@@ -205,6 +211,7 @@ impl App {
                 listener,
                 limits,
                 Authzen::new(pipeline.clone(), &self.config),
+                authzen_tls,
                 async move {
                     let _ = authzen_stopped.await;
                 },

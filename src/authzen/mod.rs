@@ -39,6 +39,7 @@ use crate::pipeline::{
     Pipeline, Reason, Rejected, Submitted, span,
 };
 use crate::policy_store::Snapshot;
+use crate::transport::TlsAccept;
 use crate::transport::http::{self, HttpLimits};
 use mapping::{Mapping, Parts};
 
@@ -64,6 +65,8 @@ pub(crate) struct Authzen {
     max_body_bytes: usize,
     /// `authzen.base_url`, when configured.
     base_url: Option<Arc<str>>,
+    /// `https` when the listener does TLS, else `http`.
+    scheme: &'static str,
 }
 
 impl Authzen {
@@ -76,6 +79,11 @@ impl Authzen {
             base_url: Some(config.authzen.base_url.as_str())
                 .filter(|u| !u.is_empty())
                 .map(Arc::from),
+            scheme: if config.tls.enabled() {
+                "https"
+            } else {
+                "http"
+            },
         }
     }
 
@@ -90,15 +98,17 @@ impl Authzen {
     }
 }
 
-/// Serves the AuthZEN API on `listener` until `shutdown` completes, then
-/// lets open requests finish; each client is bounded by `limits`.
+/// Serves the AuthZEN API on `listener` (over TLS, with the `[tls]`
+/// material, when `tls` is given) until `shutdown` completes, then lets open
+/// requests finish; each client is bounded by `limits`.
 pub(crate) async fn serve(
     listener: TcpListener,
     limits: HttpLimits,
     authzen: Authzen,
+    tls: Option<TlsAccept>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    http::serve(listener, authzen.router(), limits, shutdown).await;
+    http::serve(listener, authzen.router(), limits, tls, shutdown).await;
 }
 
 struct Headers<'a>(&'a HeaderMap);
@@ -501,7 +511,7 @@ async fn metadata(State(az): State<Authzen>, request: Request) -> Response {
                 .map(str::to_string)
                 .or_else(|| request.uri().authority().map(|a| a.to_string()));
             match host.filter(|h| h.parse::<axum::http::uri::Authority>().is_ok()) {
-                Some(host) => format!("http://{host}"),
+                Some(host) => format!("{}://{host}", az.scheme),
                 None => {
                     let body = json!({
                         "error": "invalid_request",

@@ -1,5 +1,6 @@
 //! A small HTTP server for the admin and AuthZEN listeners: HTTP/1.1, and
-//! h2c (prior knowledge) when asked. It is bounded so that slow or idle
+//! h2c (prior knowledge) when asked, optionally over TLS (h2 or HTTP/1.1 by
+//! ALPN, with the gRPC listener's reloading material). It is bounded so that slow or idle
 //! clients cannot hold it: a cap on open connections, a deadline for each
 //! request's headers (which also bounds the wait for the next request on a
 //! kept-alive connection), a cap on HTTP/2 streams per connection, and an
@@ -23,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
+use super::TlsAccept;
 use crate::identity::PeerFacts;
 
 /// What one client may cost the server.
@@ -42,12 +44,14 @@ pub struct HttpLimits {
 const BUSY: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets open
-/// connections finish their requests (each still bounded by `limits`).
+/// Serves `router` on `listener` (over TLS when `tls` is given) until
+/// `shutdown` completes, then lets open connections finish their requests
+/// (each still bounded by `limits`).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<TlsAccept>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -81,6 +85,7 @@ pub async fn serve(
             stream,
             router.clone(),
             limits,
+            tls.clone(),
             stopping.clone(),
             slot,
         ));
@@ -94,13 +99,34 @@ async fn connection(
     stream: TcpStream,
     router: Router,
     limits: HttpLimits,
-    mut stopping: watch::Receiver<()>,
+    tls: Option<TlsAccept>,
+    stopping: watch::Receiver<()>,
     _slot: OwnedSemaphorePermit,
 ) {
+    let _ = stream.set_nodelay(true);
     let peer = PeerFacts {
         addr: stream.peer_addr().ok(),
         ..PeerFacts::default()
     };
+    match tls {
+        None => serve_connection(stream, peer, router, limits, stopping).await,
+        // The handshake is bounded by `tls.handshake_timeout`, and a
+        // failure is counted and logged there.
+        Some(tls) => {
+            if let Some((stream, peer)) = super::handshake_http(stream, peer, &tls).await {
+                serve_connection(stream, peer, router, limits, stopping).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    peer: PeerFacts,
+    router: Router,
+    limits: HttpLimits,
+    mut stopping: watch::Receiver<()>,
+) {
     let router = router.layer(Extension(peer));
     let progress = Arc::new(Progress::new());
     let io = TokioIo::new(Watched {
