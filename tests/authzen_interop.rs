@@ -1,7 +1,7 @@
-//! The OpenID AuthZEN interop Todo scenario against the real server: every
-//! case of the decision files, POSTed over a real socket by a real HTTP
-//! client to the policies in `examples/authzen/todo`, compared as the
-//! upstream harness compares them (a single decision by `decision`, a batch
+//! The OpenID AuthZEN interop Todo and API gateway scenarios against the
+//! real server: every case of the decision files, POSTed over a real socket
+//! by a real HTTP client to the policies in `examples/authzen/<scenario>`,
+//! compared as the upstream harness compares them (a single decision by `decision`, a batch
 //! by the exact JSON of its `evaluations` array).
 #![allow(
     clippy::unwrap_used,
@@ -17,12 +17,14 @@ use std::path::{Path, PathBuf};
 use common::{TestServer, shared_dir, test_config};
 use serde_json::Value as Json;
 
-fn corpus() -> PathBuf {
+fn todo_cases() -> PathBuf {
     shared_dir().join("corpus/authzen-interop/interop/authzen-todo-backend/test")
 }
 
-fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/authzen/todo")
+fn example(scenario: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/authzen")
+        .join(scenario)
 }
 
 /// POSTs `body` to `path`; (status, JSON body).
@@ -40,9 +42,10 @@ async fn post(client: &reqwest::Client, url: &str, body: &Json) -> (u16, Json) {
     (status, json)
 }
 
-/// (passed, failures) of one decision file.
-async fn run_file(server: &TestServer, file: &str) -> (usize, usize, Vec<String>) {
-    let text = std::fs::read_to_string(corpus().join(file)).unwrap();
+/// (passed, total, failures) of one decision file.
+async fn run_file(server: &TestServer, path: &Path) -> (usize, usize, Vec<String>) {
+    let file = path.file_name().unwrap().to_string_lossy();
+    let text = std::fs::read_to_string(path).unwrap();
     let cases: Json = serde_json::from_str(&text).unwrap();
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
@@ -87,14 +90,14 @@ async fn run_file(server: &TestServer, file: &str) -> (usize, usize, Vec<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_todo_scenario_passes_every_case_of_the_1_0_drafts() {
-    let server = TestServer::start_with(test_config(&example())).await;
+    let server = TestServer::start_with(test_config(&example("todo"))).await;
     let mut report = Vec::new();
     let mut failed = Vec::new();
     for (file, cases) in [
         ("decisions-authorization-api-1_0-01.json", 40),
         ("decisions-authorization-api-1_0-02.json", 43),
     ] {
-        let (passed, total, failures) = run_file(&server, file).await;
+        let (passed, total, failures) = run_file(&server, &todo_cases().join(file)).await;
         assert_eq!(total, cases, "{file} has {cases} cases");
         report.push(format!("{file}: {passed}/{total}"));
         failed.extend(failures);
@@ -109,9 +112,9 @@ async fn the_todo_scenario_passes_every_case_of_the_1_0_drafts() {
 /// the same way in every 1.0 PDP. This test pins exactly which ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draft_00_fails_only_where_it_puts_the_owner_outside_properties() {
-    let server = TestServer::start_with(test_config(&example())).await;
+    let server = TestServer::start_with(test_config(&example("todo"))).await;
     for file in ["decisions-authorization-api-1_0-00.json", "decisions.json"] {
-        let (passed, total, failures) = run_file(&server, file).await;
+        let (passed, total, failures) = run_file(&server, &todo_cases().join(file)).await;
         println!("{file}: {passed}/{total}");
         assert_eq!(total, 40, "{file}");
         for failure in &failures {
@@ -124,4 +127,16 @@ async fn draft_00_fails_only_where_it_puts_the_owner_outside_properties() {
         // The editors' own todos: Morty's and Summer's update and delete.
         assert_eq!(passed, 36, "{file}: {}", failures.join("\n"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_gateway_scenario_passes_every_case() {
+    let server = TestServer::start_with(test_config(&example("gateway"))).await;
+    let cases = shared_dir().join(
+        "corpus/authzen-interop/interop/authzen-api-gateways/test-harness/test/decisions.json",
+    );
+    let (passed, total, failures) = run_file(&server, &cases).await;
+    println!("gateway decisions.json: {passed}/{total}");
+    assert_eq!(total, 25);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
