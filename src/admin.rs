@@ -123,7 +123,7 @@ pub(crate) async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_page))
         .with_state(AdminState { metrics, readiness });
-    http::serve(listener, app, limits, shutdown).await;
+    http::serve(listener, app, limits, None, shutdown).await;
 }
 
 async fn metrics_page(State(state): State<AdminState>) -> impl IntoResponse {

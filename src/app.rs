@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::admin::{self, Readiness};
+use crate::authzen::{self, Authzen};
 use crate::config::Config;
 use crate::decision_log::{DecisionLog, DecisionLogError, FinishError, LogWriter, warn_on_drops};
 use crate::grpc::proto::{self, authorizer_server::AuthorizerServer};
@@ -57,6 +58,7 @@ pub struct App {
     store: Arc<PolicyStore>,
     log: Option<(DecisionLog, LogWriter)>,
     admin: Option<TcpListener>,
+    authzen: Option<TcpListener>,
     tls: Option<Arc<ReloadingTls>>,
 }
 
@@ -101,6 +103,7 @@ impl App {
             store,
             log,
             admin: None,
+            authzen: None,
             tls,
         })
     }
@@ -113,6 +116,12 @@ impl App {
     /// Also serves `/metrics`, `/healthz` and `/readyz` on `listener`.
     pub fn with_admin_listener(mut self, listener: TcpListener) -> Self {
         self.admin = Some(listener);
+        self
+    }
+
+    /// Also serves the AuthZEN API on `listener`.
+    pub fn with_authzen_listener(mut self, listener: TcpListener) -> Self {
+        self.authzen = Some(listener);
         self
     }
 
@@ -180,6 +189,35 @@ impl App {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit)
         });
+        let (authzen_stop, authzen_stopped) = tokio::sync::oneshot::channel::<()>();
+        // The `[tls]` material serves AuthZEN too, and its reloads reach both.
+        let authzen_tls = self.tls.as_ref().map(|tls| TlsAccept {
+            tls: tls.clone(),
+            handshake_timeout: self.config.tls.handshake_timeout,
+            metrics: metrics.clone(),
+        });
+        let authzen = self.authzen.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, tls = authzen_tls.is_some(), "AuthZEN listener: /access/v1/evaluation(s)");
+            }
+            let a = &self.config.authzen;
+            let limits = HttpLimits {
+                header_read_timeout: a.header_read_timeout,
+                idle_timeout: a.idle_timeout,
+                max_connections: a.max_connections,
+                http2_max_streams: Some(self.config.limits.max_concurrent_streams_per_connection),
+                name: "authzen",
+            };
+            tokio::spawn(authzen::serve(
+                listener,
+                limits,
+                Authzen::new(pipeline.clone(), &self.config),
+                authzen_tls,
+                async move {
+                    let _ = authzen_stopped.await;
+                },
+            ))
+        });
         let authorizer = AuthorizerServer::new(AuthorizerService::over(pipeline))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
@@ -212,6 +250,8 @@ impl App {
                 header_read_timeout: self.config.admin.header_read_timeout,
                 idle_timeout: self.config.admin.idle_timeout,
                 max_connections: self.config.admin.max_connections,
+                http2_max_streams: None,
+                name: "admin",
             };
             tokio::spawn(admin::serve(
                 listener,
@@ -229,6 +269,8 @@ impl App {
             let draining = draining.clone();
             async move {
                 shutdown.await;
+                // AuthZEN stops taking requests, and drains, with gRPC.
+                let _ = authzen_stop.send(());
                 follow_health.abort();
                 set_health(&reporter, ServingStatus::NotServing).await;
                 tracing::info!("shutting down: draining in-flight calls, closing streams");
@@ -264,6 +306,19 @@ impl App {
         }
         if let Some(task) = tls_watcher {
             task.abort();
+        }
+        if let Some(mut task) = authzen {
+            match tokio::time::timeout(grace, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("AuthZEN listener failed: {e}"),
+                Err(_) => {
+                    tracing::warn!(
+                        ?grace,
+                        "shutdown grace elapsed; dropping unfinished AuthZEN requests"
+                    );
+                    task.abort();
+                }
+            }
         }
         // Probes and scrapes keep answering through the drain, then stop.
         let _ = admin_stop.send(());

@@ -5,6 +5,7 @@
 //! checks everything once, reporting every problem together, and returns the
 //! typed [`Settings`] the server starts from.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -23,6 +24,9 @@ pub struct Config {
     /// Admin HTTP listener (`/metrics`, `/healthz`, `/readyz`); empty disables it.
     pub admin_listen: String,
     pub admin: AdminConfig,
+    /// AuthZEN HTTP listener (`/access/v1/...`); empty disables it.
+    pub authzen_listen: String,
+    pub authzen: AuthzenConfig,
     pub log: LogConfig,
     pub reload: ReloadConfig,
     pub validation: ValidationConfig,
@@ -238,6 +242,46 @@ impl Default for AdminConfig {
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             max_connections: 32,
+        }
+    }
+}
+
+/// `[authzen]`: the AuthZEN listener's mapping to Cedar and its bounds on
+/// each client.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthzenConfig {
+    /// The `policy_decision_point` the metadata names, e.g.
+    /// `https://pdp.example.com`; empty: `http://` and the request's `Host`.
+    pub base_url: String,
+    /// Cedar namespace of subject, resource and action types; empty: none.
+    pub namespace: String,
+    /// Entity type of actions, under `namespace`.
+    pub action_type: String,
+    /// A request's headers must arrive within this, and so must the next
+    /// request on a kept-alive connection.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection that moves no byte for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections open at once; more are answered `503` and closed.
+    pub max_connections: usize,
+    /// AuthZEN type strings that are not Cedar names (`todo-list`), mapped
+    /// to Cedar entity types (full names, not put under `namespace`).
+    pub types: BTreeMap<String, String>,
+}
+
+impl Default for AuthzenConfig {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            namespace: String::new(),
+            action_type: "Action".to_string(),
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1_024,
+            types: BTreeMap::new(),
         }
     }
 }
@@ -470,6 +514,8 @@ impl Default for Config {
             policies: PathBuf::from("policies"),
             admin_listen: "127.0.0.1:9464".to_string(),
             admin: AdminConfig::default(),
+            authzen_listen: "127.0.0.1:8180".to_string(),
+            authzen: AuthzenConfig::default(),
             log: LogConfig::default(),
             reload: ReloadConfig::default(),
             validation: ValidationConfig::default(),
@@ -567,6 +613,8 @@ pub struct Settings {
     pub listen: ListenAddr,
     /// `None` when `admin_listen` is empty (the admin listener is off).
     pub admin_listen: Option<SocketAddr>,
+    /// `None` when `authzen_listen` is empty (the AuthZEN listener is off).
+    pub authzen_listen: Option<SocketAddr>,
     /// File mode of the socket when `listen` is a Unix socket.
     pub unix_socket_mode: u32,
 }
@@ -598,6 +646,12 @@ impl Config {
                 ConfigError::Invalid(vec![format!("`admin_listen`: `{addr}`: {e}")])
             })?),
         };
+        let authzen_listen = match self.authzen_listen.as_str() {
+            "" => None,
+            addr => Some(addr.parse().map_err(|e| {
+                ConfigError::Invalid(vec![format!("`authzen_listen`: `{addr}`: {e}")])
+            })?),
+        };
         let unix_socket_mode = self
             .unix_socket_mode()
             .map_err(|p| ConfigError::Invalid(vec![p]))?;
@@ -605,6 +659,7 @@ impl Config {
             config: self,
             listen,
             admin_listen,
+            authzen_listen,
             unix_socket_mode,
         })
     }
@@ -664,6 +719,12 @@ impl Config {
                 self.admin_listen
             ));
         }
+        if !self.authzen_listen.is_empty() && self.authzen_listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "`authzen_listen`: `{}` is not an address like `127.0.0.1:8180` (empty disables it)",
+                self.authzen_listen
+            ));
+        }
         if let Err(p) = self.unix_socket_mode() {
             problems.push(p);
         }
@@ -687,6 +748,7 @@ impl Config {
         self.validate_tls(&mut problems);
         self.validate_limits(&mut problems);
         self.validate_ext_authz(&mut problems);
+        self.validate_authzen(&mut problems);
         if self.policies.as_os_str().is_empty() {
             problems.push("`policies`: must name a directory".to_string());
         }
@@ -942,6 +1004,58 @@ impl Config {
     }
 }
 
+impl Config {
+    fn validate_authzen(&self, problems: &mut Vec<String>) {
+        let a = &self.authzen;
+        let url = &a.base_url;
+        if !url.is_empty() {
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            let ok = rest.is_some_and(|r| {
+                !r.is_empty() && !r.starts_with('/') && !r.contains(['?', '#', ' '])
+            }) && !url.ends_with('/');
+            if !ok {
+                problems.push(format!(
+                    "`authzen.base_url`: `{url}` must be an http(s) URL with a host, no query or fragment, and no trailing `/`"
+                ));
+            }
+        }
+        if !a.namespace.is_empty()
+            && cedar_policy::EntityTypeName::from_str(&format!("{}::X", a.namespace)).is_err()
+        {
+            problems.push(format!(
+                "`authzen.namespace`: `{}` is not a Cedar namespace like `App` or `Org::App`",
+                a.namespace
+            ));
+        }
+        if cedar_policy::EntityTypeName::from_str(&a.action_type).is_err() {
+            problems.push(format!(
+                "`authzen.action_type`: `{}` is not a Cedar entity type",
+                a.action_type
+            ));
+        }
+        for (from, to) in &a.types {
+            if from.is_empty() || cedar_policy::EntityTypeName::from_str(to).is_err() {
+                problems.push(format!(
+                    "`authzen.types`: `{from}` = `{to}` must map a non-empty type to a Cedar entity type"
+                ));
+            }
+        }
+        for (key, value) in [
+            ("header_read_timeout", a.header_read_timeout),
+            ("idle_timeout", a.idle_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("`authzen.{key}`: must be more than 0s"));
+            }
+        }
+        if !(1..=100_000).contains(&a.max_connections) {
+            problems.push("`authzen.max_connections`: must be between 1 and 100000".to_string());
+        }
+    }
+}
+
 /// The `{name}` placeholders of a template.
 fn placeholders(template: &str) -> impl Iterator<Item = &str> {
     template
@@ -1044,6 +1158,9 @@ mod tests {
             "decision_log.queue_capacity",
             "decision_log.queue_bytes",
             "reload.test_timeout",
+            "authzen.header_read_timeout",
+            "authzen.idle_timeout",
+            "authzen.max_connections",
         ] {
             assert!(
                 security.contains(key),
@@ -1067,7 +1184,56 @@ mod tests {
             ListenAddr::Tcp("127.0.0.1:7".parse().unwrap())
         );
         assert_eq!(settings.admin_listen, None);
+        assert_eq!(
+            settings.authzen_listen,
+            Some("127.0.0.1:8180".parse().unwrap())
+        );
         assert_eq!(settings.unix_socket_mode, 0o660);
+    }
+
+    #[test]
+    fn authzen_keys_are_checked() {
+        let c: Config = r#"
+            authzen_listen = ""
+            [authzen]
+            base_url = "https://pdp.example.com"
+            namespace = "Todo"
+            [authzen.types]
+            todo-list = "Todo::List"
+        "#
+        .parse()
+        .unwrap();
+        assert_eq!(c.authzen.types["todo-list"], "Todo::List");
+        assert_eq!(c.clone().settings().unwrap().authzen_listen, None);
+        let err = r#"
+            authzen_listen = "nope"
+            [authzen]
+            base_url = "https://pdp.example.com/?x"
+            namespace = "not a namespace"
+            action_type = "1x"
+            max_connections = 0
+            [authzen.types]
+            todo-list = "todo-list"
+        "#
+        .parse::<Config>()
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            unreachable!("expected Invalid, got {err}")
+        };
+        for key in [
+            "authzen_listen",
+            "authzen.base_url",
+            "authzen.namespace",
+            "authzen.action_type",
+            "authzen.max_connections",
+            "authzen.types",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(&format!("`{key}`"))),
+                "{key} not reported: {problems:?}"
+            );
+        }
+        assert_eq!(problems.len(), 6, "{problems:?}");
     }
 
     #[test]

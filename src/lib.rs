@@ -15,13 +15,14 @@
 //! - [`pipeline`]: the one decision path behind every front-end: admission, binding, limits,
 //!   cache, server context, evaluation, spans, metrics and the decision record.
 //! - [`grpc`]: generated code, thin Authorizer and ext_authz adapters, the one Status mapping.
+//! - [`authzen`]: the OpenID AuthZEN Authorization API over HTTP, a thin adapter over the pipeline.
 //! - [`metrics`]: Prometheus metrics, read by the admin listener; a leaf.
 //! - [`state_metrics`]: scrape-time metrics read from the policy store and the decision log.
 //! - [`bench`]: the load generator behind `cedar-pdp bench`.
 //! - [`decision_log`]: the only writer of decision records; a bounded queue and a writer thread.
 //! - [`telemetry`]: log output setup.
 //! - [`transport`]: TCP, Unix socket and reloading TLS listeners, the peer facts they prove,
-//!   and the bounded HTTP/1.1 server behind the admin listener.
+//!   and the bounded HTTP server behind the admin and AuthZEN listeners.
 //! - [`identity`]: SPIFFE IDs and the caller facts handed to policies.
 //! - [`error_chain`]: an error with its sources, as one line.
 
@@ -30,6 +31,7 @@
 pub(crate) mod admin;
 pub mod app;
 pub mod authorizer;
+pub mod authzen;
 pub(crate) mod bench;
 pub mod cmd;
 pub mod config;

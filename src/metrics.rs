@@ -15,11 +15,13 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
+    api: &'static str,
     decision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
+    api: &'static str,
     code: &'static str,
     reason: &'static str,
 }
@@ -67,7 +69,7 @@ impl Metrics {
         let mut registry = Registry::default();
         registry.register(
             "cedar_pdp_decisions",
-            "Decisions made, by decision",
+            "Decisions made, by API and decision",
             decisions.clone(),
         );
         registry.register(
@@ -77,7 +79,7 @@ impl Metrics {
         );
         registry.register(
             "cedar_pdp_request_errors",
-            "Requests that got no decision (each batch or stream item counts), by gRPC code and stable reason",
+            "Requests that got no decision (each batch or stream item counts), by API, gRPC code and stable reason",
             errors.clone(),
         );
         registry.register(
@@ -118,11 +120,11 @@ impl Metrics {
         InflightGuard(self.inflight.clone())
     }
 
-    /// Records one decision.
-    pub fn decision(&self, allow: bool, took: Duration) {
+    /// Records one decision made through `api` (`grpc`, `authzen`).
+    pub fn decision(&self, api: &'static str, allow: bool, took: Duration) {
         let decision = if allow { "allow" } else { "deny" };
         self.decisions
-            .get_or_create(&DecisionLabels { decision })
+            .get_or_create(&DecisionLabels { api, decision })
             .inc();
         self.duration.observe(took.as_secs_f64());
     }
@@ -151,11 +153,11 @@ impl Metrics {
         self.registry.register_collector(collector);
     }
 
-    /// Records a request that got no decision: its status code label (e.g.
-    /// `InvalidArgument`) and stable reason.
-    pub fn request_error(&self, code: &'static str, reason: &'static str) {
+    /// Records a request that got no decision: the API it came through, its
+    /// status code label (e.g. `InvalidArgument`) and stable reason.
+    pub fn request_error(&self, api: &'static str, code: &'static str, reason: &'static str) {
         self.errors
-            .get_or_create(&ErrorLabels { code, reason })
+            .get_or_create(&ErrorLabels { api, code, reason })
             .inc();
     }
 

@@ -219,6 +219,7 @@ fn record(n: u64) -> DecisionRecord {
         trace_id: String::new(),
         span_id: String::new(),
         request_id: format!("r-{n}"),
+        api: "grpc",
         caller: Caller::default(),
         principal: e("User", "alice"),
         action: e("Action", "read"),

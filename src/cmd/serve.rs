@@ -27,6 +27,10 @@ pub(super) struct ServeArgs {
     /// [config: admin_listen] [default: 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
+    /// AuthZEN HTTP address (/access/v1/evaluation, ...); empty disables
+    /// [config: authzen_listen] [default: 127.0.0.1:8180].
+    #[arg(long, value_name = "ADDR")]
+    authzen_listen: Option<String>,
     /// Log format [config: log.format] [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -51,6 +55,9 @@ impl ServeArgs {
         }
         if let Some(a) = self.admin_listen {
             config.admin_listen = a;
+        }
+        if let Some(a) = self.authzen_listen {
+            config.authzen_listen = a;
         }
         if let Some(f) = self.log_format {
             config.log.format = f;
@@ -79,6 +86,7 @@ pub(super) fn run(args: ServeArgs) -> Exit {
         config,
         listen,
         admin_listen,
+        authzen_listen,
         unix_socket_mode,
     } = settings;
     // The gRPC span exporter binds to the runtime it is built in.
@@ -114,6 +122,14 @@ pub(super) fn run(args: ServeArgs) -> Exit {
                 tokio::net::TcpListener::bind(admin)
                     .await
                     .map_err(|e| format!("cannot listen on `{admin}` (admin_listen): {e}"))?,
+            ),
+            None => app,
+        };
+        let app = match authzen_listen {
+            Some(addr) => app.with_authzen_listener(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on `{addr}` (authzen_listen): {e}"))?,
             ),
             None => app,
         };

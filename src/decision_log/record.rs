@@ -59,6 +59,8 @@ pub struct DecisionRecord {
     pub trace_id: String,
     pub span_id: String,
     pub request_id: String,
+    /// The API the request came through: `grpc` or `authzen`.
+    pub api: &'static str,
     pub caller: Caller,
     pub principal: EntityRef,
     pub action: EntityRef,
@@ -220,6 +222,7 @@ mod tests {
             trace_id: String::new(),
             span_id: String::new(),
             request_id: String::new(),
+            api: "grpc",
             caller: Caller::default(),
             principal: e("P"),
             action: e("A"),

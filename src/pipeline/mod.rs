@@ -50,7 +50,7 @@ use limits::Limits;
 use pool::EvalPool;
 use record::Subject;
 pub(crate) use request::parse_entities_json;
-pub use request::{Call, Context, DecisionRequest, Rejected, Submitted, Uid, Workload};
+pub use request::{Api, Call, Context, DecisionRequest, Rejected, Submitted, Uid, Workload};
 
 /// How the pipeline bounds and shapes requests; built from the config.
 #[derive(Clone, Debug)]
@@ -147,6 +147,29 @@ pub struct Refusal {
 /// What the pipeline says about one request.
 pub type Answer = Result<Outcome, Box<Refusal>>;
 
+/// When a batch stops before its end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchStop {
+    /// Every item is decided.
+    #[default]
+    Never,
+    /// After the first item that is not allowed (a deny or a refusal).
+    FirstDeny,
+    /// After the first item that is allowed.
+    FirstPermit,
+}
+
+impl BatchStop {
+    /// Whether the batch ends after an item that was (or was not) `allowed`.
+    fn stops_at(self, allowed: bool) -> bool {
+        match self {
+            Self::Never => false,
+            Self::FirstDeny => !allowed,
+            Self::FirstPermit => allowed,
+        }
+    }
+}
+
 /// How a single decision is admitted.
 #[derive(Clone, Copy, Debug)]
 pub enum Admission {
@@ -234,10 +257,6 @@ impl Pipeline {
         Arc::clone(&self.permits)
             .try_acquire_owned()
             .map_err(|_| DecisionError::overloaded(self.opts.max_in_flight))
-    }
-
-    fn snapshot(&self) -> Result<Arc<Snapshot>, DecisionError> {
-        self.store.snapshot().ok_or_else(DecisionError::not_ready)
     }
 
     /// Room in the decision log for `n` records, waited for until `deadline`.
@@ -381,6 +400,24 @@ impl Pipeline {
         call: &Call,
         timeout: Duration,
     ) -> Result<Vec<Answer>, DecisionError> {
+        let snapshot = self.store.snapshot();
+        self.authorize_batch_on(snapshot, items, shared, call, timeout, BatchStop::Never)
+            .await
+    }
+
+    /// [`Pipeline::authorize_batch`] against `snapshot`, which the front-end
+    /// took to build the items (`None`: refused as not ready), stopping
+    /// after the first item that meets `stop`: the answers end with it, and
+    /// the items after it are neither evaluated nor recorded.
+    pub async fn authorize_batch_on(
+        &self,
+        snapshot: Option<Arc<Snapshot>>,
+        items: Vec<Submitted>,
+        shared: Result<Vec<Json>, InvalidField>,
+        call: &Call,
+        timeout: Duration,
+        stop: BatchStop,
+    ) -> Result<Vec<Answer>, DecisionError> {
         let refuse_all = |items: Vec<Submitted>, e: DecisionError, snapshot: Option<&Snapshot>| {
             for (i, item) in items.into_iter().enumerate() {
                 let span = span::authorize(Some(&call.span));
@@ -401,7 +438,7 @@ impl Pipeline {
             Ok(p) => p,
             Err(e) => return Err(refuse_all(items, e, None)),
         };
-        let snapshot = match self.snapshot() {
+        let snapshot = match snapshot.ok_or_else(DecisionError::not_ready) {
             Ok(s) => s,
             Err(e) => return Err(refuse_all(items, e, None)),
         };
@@ -434,7 +471,7 @@ impl Pipeline {
         let work = self.pool.run(move || {
             let _permit = permit;
             this.decide_batch(
-                &snapshot, items, shared, &work_call, deadline, timeout, slots,
+                &snapshot, items, shared, &work_call, deadline, timeout, slots, stop,
             )
         });
         match tokio::time::timeout_at(deadline.into(), work).await {
@@ -469,6 +506,7 @@ impl Pipeline {
         deadline: Instant,
         timeout: Duration,
         mut slots: Option<Slots>,
+        stop: BatchStop,
     ) -> Result<Vec<Answer>, DecisionError> {
         let shared = if shared.is_empty() {
             None
@@ -494,28 +532,31 @@ impl Pipeline {
                 }
             }
         };
-        let answers = items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| {
-                let span = span::authorize(Some(&call.span));
-                if Instant::now() >= deadline {
-                    let e = DecisionError::deadline(timeout).in_item(i);
-                    let at = At {
-                        call,
-                        span: &span,
-                        snapshot: Some(snapshot),
-                        slots: slots.as_mut(),
-                    };
-                    return Err(self.refuse(item, e, at));
-                }
+        let mut answers = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let span = span::authorize(Some(&call.span));
+            let answer = if Instant::now() >= deadline {
+                let e = DecisionError::deadline(timeout).in_item(i);
+                let at = At {
+                    call,
+                    span: &span,
+                    snapshot: Some(snapshot),
+                    slots: slots.as_mut(),
+                };
+                Err(self.refuse(item, e, at))
+            } else {
                 let batch = Item {
                     shared: shared.as_ref(),
                     index: i,
                 };
                 self.decide(snapshot, item, Some(batch), call, &span, slots.as_mut())
-            })
-            .collect();
+            };
+            let allowed = matches!(&answer, Ok(o) if o.decision.allow);
+            answers.push(answer);
+            if stop.stops_at(allowed) {
+                break;
+            }
+        }
         Ok(answers)
     }
 
@@ -540,8 +581,11 @@ impl Pipeline {
     ) -> Box<Refusal> {
         let decision_id = new_decision_id();
         span::record_failure(at.span, &error);
-        self.metrics
-            .request_error(error.code().label(), error.reason.as_str());
+        self.metrics.request_error(
+            at.call.api.as_str(),
+            error.code().label(),
+            error.reason.as_str(),
+        );
         if let (Some(log), Some(subject)) = (&self.log, subject) {
             let record = subject.failed(&error, &decision_id, at.call, at.span, at.snapshot);
             match at.slots {
@@ -609,7 +653,7 @@ impl Pipeline {
                 let decision_id = new_decision_id();
                 span::record_decision(span, &decision, &decision_id, &snapshot.revision);
                 self.metrics
-                    .decision(decision.allow, call.started.elapsed());
+                    .decision(call.api.as_str(), decision.allow, call.started.elapsed());
                 if let (Some(slots), Some(subject)) = (slots.as_mut(), subject) {
                     slots.submit(subject.decided(&decision, &decision_id, call, span, snapshot));
                 }

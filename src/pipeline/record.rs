@@ -94,6 +94,7 @@ impl Subject {
             trace_id,
             span_id,
             request_id: self.request_id,
+            api: call.api.as_str(),
             caller: Caller {
                 peer_addr: peer.addr.map(|a| a.to_string()),
                 spiffe_id: peer.spiffe.as_ref().map(|s| s.id.clone()),

@@ -231,9 +231,31 @@ impl DecisionRequest {
     }
 }
 
+/// The API a call came through: a metric label and a record field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// `cedar_pdp.v1.Authorizer` and Envoy's ext_authz, on the gRPC listener.
+    #[default]
+    Grpc,
+    /// The OpenID AuthZEN Authorization API, on its HTTP listener.
+    Authzen,
+}
+
+impl Api {
+    /// The stable name: `grpc` or `authzen`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Authzen => "authzen",
+        }
+    }
+}
+
 /// What the transport knows about one call, shared by its decisions.
 #[derive(Clone, Debug)]
 pub struct Call {
+    /// The API the call came through.
+    pub api: Api,
     /// The facts the connection proved; default when it proved none.
     pub peer: PeerFacts,
     /// The caller's W3C `traceparent`, when it sent one.
@@ -247,11 +269,18 @@ impl Call {
     /// A call from `peer`, recorded on `span`.
     pub fn new(peer: PeerFacts, traceparent: Option<String>, span: tracing::Span) -> Self {
         Self {
+            api: Api::Grpc,
             peer,
             traceparent,
             span,
             started: Instant::now(),
         }
+    }
+
+    /// The same call, as having come through `api`.
+    pub fn through(mut self, api: Api) -> Self {
+        self.api = api;
+        self
     }
 }
 

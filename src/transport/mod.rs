@@ -1,6 +1,7 @@
 //! Listeners: TCP or a Unix socket, optionally TLS. Each accepted connection
 //! carries the [`PeerFacts`] the transport proved, which tonic hands to every
-//! request on it as an extension. [`http`] serves the admin endpoints.
+//! request on it as an extension. [`http`] serves the admin and AuthZEN
+//! endpoints.
 
 pub mod http;
 pub mod tls;
@@ -251,17 +252,37 @@ async fn accept(listener: &Listener) -> io::Result<(Box<dyn Io>, PeerFacts)> {
     }
 }
 
-async fn handshake(io: Box<dyn Io>, mut facts: PeerFacts, tls: &TlsAccept) -> Option<Conn> {
-    let accept = tls.tls.acceptor().accept(io);
+async fn handshake(io: Box<dyn Io>, facts: PeerFacts, tls: &TlsAccept) -> Option<Conn> {
+    let (stream, facts) = tls_accept(tls.tls.acceptor(), io, facts, tls).await?;
+    Some(Conn {
+        io: Box::new(stream),
+        facts,
+    })
+}
+
+/// The TLS handshake of an HTTP listener (h2 or HTTP/1.1 by ALPN), bounded
+/// and counted as gRPC's is; `facts` gain the verified SPIFFE ID.
+pub(crate) async fn handshake_http<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    facts: PeerFacts,
+    tls: &TlsAccept,
+) -> Option<(tokio_rustls::server::TlsStream<S>, PeerFacts)> {
+    tls_accept(tls.tls.http_acceptor(), io, facts, tls).await
+}
+
+async fn tls_accept<S: AsyncRead + AsyncWrite + Unpin>(
+    acceptor: tokio_rustls::TlsAcceptor,
+    io: S,
+    mut facts: PeerFacts,
+    tls: &TlsAccept,
+) -> Option<(tokio_rustls::server::TlsStream<S>, PeerFacts)> {
+    let accept = acceptor.accept(io);
     match tokio::time::timeout(tls.handshake_timeout, accept).await {
         Ok(Ok(stream)) => {
             facts.spiffe = tls
                 .tls
                 .peer_spiffe_id(stream.get_ref().1.peer_certificates());
-            Some(Conn {
-                io: Box::new(stream),
-                facts,
-            })
+            Some((stream, facts))
         }
         Ok(Err(e)) => {
             tls.metrics.tls_handshake_failure();

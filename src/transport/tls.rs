@@ -121,6 +121,8 @@ pub struct ReloadingTls {
     cert: Arc<ArcSwap<CertifiedKey>>,
     verifier: Arc<SwappableVerifier>,
     acceptor: TlsAcceptor,
+    /// The same material, offering HTTP/1.1 beside h2 (the AuthZEN listener).
+    http_acceptor: TlsAcceptor,
     digest: Mutex<[u8; 32]>,
 }
 
@@ -144,24 +146,38 @@ impl ReloadingTls {
             mandatory: files.client_auth == ClientAuth::Required,
             offered: files.client_auth != ClientAuth::None,
         });
-        let mut config = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier.clone())
-            .with_cert_resolver(Arc::new(Resolver(cert.clone())));
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        // Both configs share the live certificate and verifier, so a reload
+        // reaches both.
+        let config = |alpn: &[&[u8]]| -> Result<TlsAcceptor, TlsError> {
+            let mut config = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .with_client_cert_verifier(verifier.clone())
+                .with_cert_resolver(Arc::new(Resolver(cert.clone())));
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Ok(TlsAcceptor::from(Arc::new(config)))
+        };
+        let acceptor = config(&[b"h2"])?;
+        let http_acceptor = config(&[b"h2", b"http/1.1"])?;
         Ok(Self {
             files: files.clone(),
             provider,
             cert,
             verifier,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            acceptor,
+            http_acceptor,
             digest: Mutex::new(digest),
         })
     }
 
-    /// Accepts TLS connections with the live material.
+    /// Accepts TLS connections with the live material, offering h2 (gRPC).
     pub fn acceptor(&self) -> TlsAcceptor {
         self.acceptor.clone()
+    }
+
+    /// Accepts TLS connections with the live material, offering h2 and
+    /// HTTP/1.1 (the AuthZEN listener).
+    pub fn http_acceptor(&self) -> TlsAcceptor {
+        self.http_acceptor.clone()
     }
 
     /// Re-reads the files. `Ok(true)` when new material went live, `Ok(false)`

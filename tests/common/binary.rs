@@ -112,6 +112,8 @@ impl Served {
                 .arg("--policies")
                 .arg(dir)
                 .args(["--listen", addr])
+                // A fixed default port would collide between parallel tests.
+                .args(["--authzen-listen", ""])
                 .args(extra);
             (cmd, stderr, Some(logs))
         }))
@@ -122,7 +124,17 @@ impl Served {
     pub async fn start_with_config(work: &Path, config_body: &str, deadline: Duration) -> Self {
         Self::launch(deadline, |attempt, addr| {
             let config = work.join(format!("config-{attempt}.toml"));
-            std::fs::write(&config, format!("listen = \"{addr}\"\n{config_body}")).unwrap();
+            // A fixed default port would collide between parallel tests.
+            let authzen = if config_body.contains("authzen_listen") {
+                ""
+            } else {
+                "authzen_listen = \"\"\n"
+            };
+            std::fs::write(
+                &config,
+                format!("listen = \"{addr}\"\n{authzen}{config_body}"),
+            )
+            .unwrap();
             let stderr = work.join(format!("stderr-{attempt}.log"));
             let mut cmd = bin();
             cmd.arg("serve").arg("--config").arg(&config);

@@ -29,6 +29,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
     pub admin_addr: SocketAddr,
+    /// The AuthZEN HTTP listener (`/access/v1/...`).
+    pub authzen_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), cedar_pdp::app::AppError>>>,
 }
@@ -57,7 +59,11 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
-        let app = app.with_admin_listener(admin);
+        let authzen = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authzen_addr = authzen.local_addr().unwrap();
+        let app = app
+            .with_admin_listener(admin)
+            .with_authzen_listener(authzen);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(listener, async move {
             let _ = rx.await;
@@ -65,6 +71,7 @@ impl TestServer {
         Self {
             addr,
             admin_addr,
+            authzen_addr,
             shutdown: Some(tx),
             task: Some(task),
         }

@@ -1,0 +1,357 @@
+//! How an AuthZEN evaluation becomes a Cedar [`DecisionRequest`]:
+//!
+//! - `subject` `{type, id}` is the principal `<namespace>::<type>::"<id>"`,
+//!   `resource` likewise; `[authzen.types]` maps type strings that are not
+//!   Cedar names (`todo-list`) to Cedar types; any other type that is not a
+//!   Cedar name is a 400.
+//! - `action` `{name}` is `<namespace>::<action_type>::"<name>"`.
+//! - `subject` and `resource` `properties` are that entity's attributes for
+//!   this request (Cedar JSON: `__entity` and `__extn` are allowed), unless
+//!   the policy directory stores the entity: then the directory is the
+//!   source of truth and the properties are not applied.
+//! - `action` `properties` are the context record `context.action`.
+//! - `context` is the Cedar context.
+//!
+//! Unknown fields are ignored, as the spec requires.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use cedar_policy::EntityTypeName;
+use serde_json::{Map, Value as Json, json};
+
+use crate::config::AuthzenConfig;
+use crate::pipeline::{Context, DecisionRequest, InvalidField, Rejected, Submitted, Uid};
+use crate::policy_store::Snapshot;
+
+/// The context key action properties reach policies under.
+pub(super) const ACTION_KEY: &str = "action";
+
+/// An entity as sent: its uid, and its properties if it has any.
+type Sent<'a> = (Uid, Option<&'a Map<String, Json>>);
+
+/// The configured mapping from AuthZEN names to Cedar types.
+#[derive(Clone, Debug)]
+pub(super) struct Mapping {
+    /// `Ns::` or empty.
+    prefix: String,
+    /// The full action type, e.g. `Ns::Action`.
+    action_type: String,
+    types: BTreeMap<String, String>,
+}
+
+impl From<&AuthzenConfig> for Mapping {
+    fn from(c: &AuthzenConfig) -> Self {
+        let prefix = if c.namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{}::", c.namespace)
+        };
+        Self {
+            action_type: format!("{prefix}{}", c.action_type),
+            prefix,
+            types: c.types.clone(),
+        }
+    }
+}
+
+/// The four parts of one evaluation, as sent (after a batch's defaults).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Parts<'a> {
+    pub(super) subject: Option<&'a Json>,
+    pub(super) action: Option<&'a Json>,
+    pub(super) resource: Option<&'a Json>,
+    pub(super) context: Option<&'a Json>,
+}
+
+impl<'a> Parts<'a> {
+    /// The parts of an evaluation object; JSON `null` counts as absent.
+    pub(super) fn of(object: &'a Map<String, Json>) -> Self {
+        let get = |key: &str| object.get(key).filter(|v| !v.is_null());
+        Self {
+            subject: get("subject"),
+            action: get("action"),
+            resource: get("resource"),
+            context: get("context"),
+        }
+    }
+
+    /// Each of `self`'s parts, or `defaults`' when `self` lacks it: an item
+    /// replaces a default as a whole object, never merges into it.
+    pub(super) fn or(self, defaults: Parts<'a>) -> Self {
+        Self {
+            subject: self.subject.or(defaults.subject),
+            action: self.action.or(defaults.action),
+            resource: self.resource.or(defaults.resource),
+            context: self.context.or(defaults.context),
+        }
+    }
+}
+
+fn object<'a>(value: &'a Json, field: &str) -> Result<&'a Map<String, Json>, InvalidField> {
+    value
+        .as_object()
+        .ok_or_else(|| InvalidField::new(field, "must be a JSON object"))
+}
+
+fn string<'a>(
+    object: &'a Map<String, Json>,
+    key: &str,
+    field: &str,
+) -> Result<&'a str, InvalidField> {
+    match object.get(key) {
+        None | Some(Json::Null) => Err(InvalidField::new(format!("{field}.{key}"), "is required")),
+        Some(Json::String(s)) => Ok(s),
+        Some(_) => Err(InvalidField::new(
+            format!("{field}.{key}"),
+            "must be a string",
+        )),
+    }
+}
+
+/// `properties`, when sent: an object, or absent (`null` counts as absent).
+fn properties<'a>(
+    object: &'a Map<String, Json>,
+    field: &str,
+) -> Result<Option<&'a Map<String, Json>>, InvalidField> {
+    match object.get("properties") {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Object(p)) => Ok(Some(p)),
+        Some(_) => Err(InvalidField::new(
+            format!("{field}.properties"),
+            "must be a JSON object",
+        )),
+    }
+}
+
+impl Mapping {
+    /// The Cedar type an AuthZEN `type` names.
+    fn cedar_type(&self, authzen: &str, field: &str) -> Result<String, InvalidField> {
+        if let Some(mapped) = self.types.get(authzen) {
+            return Ok(mapped.clone());
+        }
+        if authzen.is_empty() {
+            return Err(InvalidField::new(field, "must not be empty"));
+        }
+        let full = format!("{}{authzen}", self.prefix);
+        match EntityTypeName::from_str(&full) {
+            Ok(_) => Ok(full),
+            Err(_) => Err(InvalidField::new(
+                field,
+                format!(
+                    "`{authzen}` is not a Cedar entity type name; map it to one under `[authzen.types]`"
+                ),
+            )),
+        }
+    }
+
+    /// `{type, id, properties?}` as a uid and its properties.
+    fn entity<'a>(&self, value: Option<&'a Json>, field: &str) -> Result<Sent<'a>, InvalidField> {
+        let value = value.ok_or_else(|| InvalidField::new(field, "is required"))?;
+        let object = object(value, field)?;
+        let type_name = string(object, "type", field)?;
+        let id = string(object, "id", field)?;
+        let type_name = self.cedar_type(type_name, &format!("{field}.type"))?;
+        Ok((Uid::new(type_name, id), properties(object, field)?))
+    }
+
+    /// The decision request of one evaluation, with `request_id`. On an
+    /// error, what did convert is kept in the request, for its record.
+    pub(super) fn request(
+        &self,
+        parts: Parts<'_>,
+        snapshot: Option<&Snapshot>,
+        request_id: &str,
+        prefix: &str,
+    ) -> Submitted {
+        let mut req = DecisionRequest {
+            request_id: request_id.to_string(),
+            ..DecisionRequest::default()
+        };
+        match self.fill(&mut req, parts, snapshot) {
+            Ok(()) => Ok(req),
+            Err(e) if prefix.is_empty() => Err(Box::new(Rejected::new(req, e))),
+            Err(e) => Err(Box::new(Rejected::new(req, e.within(prefix)))),
+        }
+    }
+
+    fn fill(
+        &self,
+        req: &mut DecisionRequest,
+        parts: Parts<'_>,
+        snapshot: Option<&Snapshot>,
+    ) -> Result<(), InvalidField> {
+        let (principal, subject_props) = self.entity(parts.subject, "subject")?;
+        req.principal = Some(principal.clone());
+        let action = parts
+            .action
+            .ok_or_else(|| InvalidField::new("action", "is required"))?;
+        let action = object(action, "action")?;
+        let name = string(action, "name", "action")?;
+        req.action = Some(Uid::new(&self.action_type, name));
+        let action_props = properties(action, "action")?;
+        let (resource, resource_props) = self.entity(parts.resource, "resource")?;
+        req.resource = Some(resource.clone());
+
+        let mut context = match parts.context {
+            None => Map::new(),
+            Some(c) => object(c, "context")?.clone(),
+        };
+        if let Some(props) = action_props {
+            if context.contains_key(ACTION_KEY) {
+                return Err(InvalidField::new(
+                    "context.action",
+                    "is where `action.properties` go; send one or the other",
+                ));
+            }
+            context.insert(ACTION_KEY.to_string(), Json::Object(props.clone()));
+        }
+        req.context = Context::Record(context);
+
+        // The directory is the source of truth for what it stores (or
+        // names): properties never override or graft onto it.
+        let stored = |uid: &Uid| {
+            let Some(snapshot) = snapshot else {
+                return true;
+            };
+            uid.parse("").is_ok_and(|uid| {
+                snapshot.entities.get(&uid).is_some() || snapshot.dangling.contains(&uid)
+            })
+        };
+        let mut entities: Vec<(Uid, Map<String, Json>)> = Vec::new();
+        for (uid, props) in [(principal, subject_props), (resource, resource_props)] {
+            let Some(props) = props else { continue };
+            if stored(&uid) {
+                continue;
+            }
+            match entities.iter_mut().find(|(u, _)| *u == uid) {
+                // The same entity as subject and resource: one entity,
+                // the subject's properties first.
+                Some((_, attrs)) => {
+                    for (k, v) in props {
+                        attrs.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+                None => entities.push((uid, props.clone())),
+            }
+        }
+        req.entities = entities
+            .into_iter()
+            .map(|(uid, attrs)| {
+                json!({
+                    "uid": {"type": uid.type_name, "id": uid.id},
+                    "attrs": attrs,
+                    "parents": [],
+                })
+            })
+            .collect();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn mapping(namespace: &str) -> Mapping {
+        let mut c = AuthzenConfig {
+            namespace: namespace.into(),
+            ..AuthzenConfig::default()
+        };
+        c.types.insert("todo-list".into(), "Todo::List".into());
+        Mapping::from(&c)
+    }
+
+    fn convert(m: &Mapping, body: Json) -> Result<DecisionRequest, InvalidField> {
+        let body = body.as_object().unwrap().clone();
+        m.request(Parts::of(&body), None, "r1", "")
+            .map_err(|rejected| rejected.error)
+    }
+
+    #[test]
+    fn maps_the_four_parts() {
+        let req = convert(
+            &mapping("App"),
+            json!({
+                "subject": {"type": "user", "id": "alice", "properties": {"dept": "x"}},
+                "action": {"name": "read", "properties": {"soft": true}},
+                "resource": {"type": "todo-list", "id": "l1", "properties": {"owner": "alice"}},
+                "context": {"ip": "10.0.0.1"},
+                "unknown": 1
+            }),
+        )
+        .unwrap();
+        assert_eq!(req.principal, Some(Uid::new("App::user", "alice")));
+        assert_eq!(req.action, Some(Uid::new("App::Action", "read")));
+        // A mapped type is a full name: no namespace is put before it.
+        assert_eq!(req.resource, Some(Uid::new("Todo::List", "l1")));
+        assert_eq!(req.request_id, "r1");
+        let Context::Record(context) = &req.context else {
+            unreachable!()
+        };
+        assert_eq!(context["ip"], "10.0.0.1");
+        assert_eq!(context["action"], json!({"soft": true}));
+        // Without a snapshot, nothing is known to be unstored: no properties apply.
+        assert!(req.entities.is_empty());
+    }
+
+    #[test]
+    fn names_the_field_at_fault() {
+        let m = mapping("");
+        let ok = json!({"subject": {"type": "user", "id": "a"}, "action": {"name": "r"},
+                        "resource": {"type": "doc", "id": "d"}});
+        let cases = [
+            ("subject", json!(null), "subject", "is required"),
+            (
+                "subject",
+                json!("alice"),
+                "subject",
+                "must be a JSON object",
+            ),
+            ("subject", json!({"id": "a"}), "subject.type", "is required"),
+            (
+                "subject",
+                json!({"type": "user", "id": 7}),
+                "subject.id",
+                "must be a string",
+            ),
+            (
+                "resource",
+                json!({"type": "todo list", "id": "a"}),
+                "resource.type",
+                "[authzen.types]",
+            ),
+            ("action", json!({}), "action.name", "is required"),
+            (
+                "action",
+                json!({"name": "r", "properties": [1]}),
+                "action.properties",
+                "JSON object",
+            ),
+            ("context", json!([1]), "context", "must be a JSON object"),
+        ];
+        for (key, value, field, message) in cases {
+            let mut body = ok.clone();
+            body[key] = value;
+            let e = convert(&m, body).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(message), "{e}");
+        }
+        let mut body = ok.clone();
+        body["action"] = json!({"name": "r", "properties": {"a": 1}});
+        body["context"] = json!({"action": 2});
+        assert_eq!(convert(&m, body).unwrap_err().field, "context.action");
+    }
+
+    #[test]
+    fn an_item_replaces_a_default_as_a_whole() {
+        let top = json!({"subject": {"type": "user", "id": "a"}, "context": {"x": 1}});
+        let item = json!({"context": {"y": 2}});
+        let (top, item) = (top.as_object().unwrap(), item.as_object().unwrap());
+        let parts = Parts::of(item).or(Parts::of(top));
+        assert_eq!(parts.context, Some(&json!({"y": 2})));
+        assert_eq!(parts.subject, top.get("subject"));
+        assert!(parts.resource.is_none());
+    }
+}
