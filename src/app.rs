@@ -265,10 +265,14 @@ impl App {
         });
         let draining = Arc::new(Notify::new());
         let streams = stream_closer;
+        // When the stop began: gRPC and AuthZEN share one grace.
+        let stop_began = Arc::new(std::sync::OnceLock::new());
         let signal = {
             let draining = draining.clone();
+            let stop_began = Arc::clone(&stop_began);
             async move {
                 shutdown.await;
+                let _ = stop_began.set(tokio::time::Instant::now());
                 // AuthZEN stops taking requests, and drains, with gRPC.
                 let _ = authzen_stop.send(());
                 follow_health.abort();
@@ -308,7 +312,10 @@ impl App {
             task.abort();
         }
         if let Some(mut task) = authzen {
-            match tokio::time::timeout(grace, &mut task).await {
+            let left = stop_began
+                .get()
+                .map_or(grace, |began| grace.saturating_sub(began.elapsed()));
+            match tokio::time::timeout(left, &mut task).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!("AuthZEN listener failed: {e}"),
                 Err(_) => {

@@ -23,7 +23,9 @@ pub(super) fn http_status(reason: Reason) -> StatusCode {
         | Reason::InvalidContext
         | Reason::SchemaMismatch => StatusCode::BAD_REQUEST,
         Reason::BindingMismatch => StatusCode::FORBIDDEN,
-        Reason::NotReady | Reason::StreamMaxAge => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::NotReady | Reason::StreamMaxAge | Reason::ShuttingDown => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Reason::Overloaded | Reason::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
         Reason::Deadline | Reason::StreamIdle => StatusCode::GATEWAY_TIMEOUT,
         Reason::Cancelled => {
