@@ -105,7 +105,12 @@ async fn decision_spans_continue_the_callers_trace_with_their_attributes() {
         "@id(\"allow-alice\")\npermit (principal == User::\"alice\", action, resource);\n",
     )
     .unwrap();
-    let server = TestServer::start(dir.path()).await;
+    let mut config = common::test_config(dir.path());
+    config.decision_log.enabled = true;
+    config.decision_log.sink = cedar_pdp::config::LogSink::File;
+    config.decision_log.path = dir.path().join("decisions.log");
+    config.decision_log.mask = vec!["context.token".into()];
+    let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
 
     let mut allow_req = request(("User", "alice"), ("Action", "read"), ("Doc", "d"));
@@ -148,6 +153,17 @@ async fn decision_spans_continue_the_callers_trace_with_their_attributes() {
         .await
         .unwrap_err();
     assert_eq!(failed.code(), tonic::Code::InvalidArgument);
+    // Cedar quotes the bad value; the client sent it, the trace must not
+    // carry it, as the record does not.
+    let mut secret = request(("User", "alice"), ("Action", "read"), ("Doc", "d"));
+    secret.request_id = "req-masked".into();
+    secret.context_json = r#"{"token": {"__extn": {"fn": "ip", "arg": "s3cret-t0ken"}}}"#.into();
+    let masked = client.authorize(traced(secret)).await.unwrap_err();
+    assert!(
+        masked.message().contains("s3cret-t0ken"),
+        "{}",
+        masked.message()
+    );
 
     let spans = common::eventually("spans to arrive", Duration::from_secs(20), || {
         let telemetry = telemetry.clone();
@@ -157,7 +173,7 @@ async fn decision_spans_continue_the_callers_trace_with_their_attributes() {
                 .await
                 .unwrap();
             let spans = receiver.0.lock().unwrap().clone();
-            (spans.iter().filter(|s| s.name == "cedar.authorize").count() >= 5).then_some(spans)
+            (spans.iter().filter(|s| s.name == "cedar.authorize").count() >= 6).then_some(spans)
         }
     })
     .await;
@@ -208,6 +224,17 @@ async fn decision_spans_continue_the_callers_trace_with_their_attributes() {
         .find(|s| s.name == "cedar.authorize" && !attrs(s).contains_key("cedar.decision_id"))
         .expect("the failed call has a span");
     assert_eq!(f.status.as_ref().unwrap().code, 2, "status ERROR");
+    let m = spans
+        .iter()
+        .find(|s| attrs(s).get("cedar.request_id").map(String::as_str) == Some("req-masked"))
+        .expect("the masked call has a span");
+    let status = m.status.as_ref().unwrap();
+    assert_eq!(status.code, 2, "status ERROR");
+    assert!(
+        !status.message.contains("s3cret-t0ken") && status.message.contains("***"),
+        "{}",
+        status.message
+    );
 
     // A reload emits its own span.
     common::write_atomic(

@@ -203,6 +203,12 @@ impl DecisionLog {
         }
     }
 
+    /// Applies the masking rules to `record` (queueing applies them again;
+    /// they are idempotent).
+    pub fn mask(&self, record: &mut DecisionRecord) {
+        self.masker.apply(record);
+    }
+
     /// Masks and queues the record of a refused request. Never waits: it
     /// takes room from the refusals' budget, then from the decisions'.
     pub fn submit_refusal(&self, mut record: DecisionRecord) {

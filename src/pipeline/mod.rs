@@ -580,23 +580,39 @@ impl Pipeline {
         at: At<'_, '_>,
     ) -> Box<Refusal> {
         let decision_id = new_decision_id();
-        span::record_failure(at.span, &error);
         self.metrics.request_error(
             at.call.api.as_str(),
             error.code().label(),
             error.reason.as_str(),
         );
-        if let (Some(log), Some(subject)) = (&self.log, subject) {
-            let record = subject.failed(&error, &decision_id, at.call, at.span, at.snapshot);
-            match at.slots {
-                Some(slots) => slots.submit(record),
-                None => log.submit_refusal(record),
-            }
+        let Some((log, subject)) = self.log.as_ref().zip(subject) else {
+            span::record_failure(at.span, &error);
+            return self.refusal(error, decision_id, request_id, at.snapshot);
+        };
+        let mut record = subject.failed(&error, &decision_id, at.call, at.span, at.snapshot);
+        // The span gets the message as masked for the record: Cedar quotes
+        // values in its errors, and traces leave the host too.
+        log.mask(&mut record);
+        let message = record.error.as_ref().map(|e| e.message.as_str());
+        span::record_failure_as(at.span, &error, message.unwrap_or(&error.message));
+        match at.slots {
+            Some(slots) => slots.submit(record),
+            None => log.submit_refusal(record),
         }
+        self.refusal(error, decision_id, request_id, at.snapshot)
+    }
+
+    fn refusal(
+        &self,
+        error: DecisionError,
+        decision_id: String,
+        request_id: String,
+        snapshot: Option<&Snapshot>,
+    ) -> Box<Refusal> {
         Box::new(Refusal {
             error,
             decision_id,
-            policy_revision: at.snapshot.map(|s| s.revision.clone()).unwrap_or_default(),
+            policy_revision: snapshot.map(|s| s.revision.clone()).unwrap_or_default(),
             request_id,
         })
     }

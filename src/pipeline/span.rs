@@ -21,14 +21,14 @@ pub(crate) fn authorize(parent: Option<&Span>) -> Span {
         cedar.policy_revision = Empty, cedar.decision_id = Empty, cedar.request_id = Empty,
         cedar.workload.spiffe_id = Empty, cedar.caller.spiffe_id = Empty, cedar.caller.uid = Empty,
         cedar.caller.pid = Empty, cedar.error.reason = Empty,
-        otel.status_code = Empty, otel.status_message = Empty)
+        otel.status_code = Empty, otel.status_description = Empty)
 }
 
 /// The span of a whole `BatchAuthorize` call.
 pub(crate) fn batch() -> Span {
     tracing::info_span!(target: SPAN_TARGET, "cedar.batch_authorize",
         cedar.batch_size = Empty, cedar.policy_revision = Empty, cedar.error.reason = Empty,
-        otel.status_code = Empty, otel.status_message = Empty)
+        otel.status_code = Empty, otel.status_description = Empty)
 }
 
 /// `(trace_id, span_id)` of an exported span, as lowercase hex.
@@ -93,10 +93,15 @@ pub(super) fn record_decision(span: &Span, d: &Decision, decision_id: &str, revi
 
 /// Marks the span failed: the request itself could not be evaluated.
 pub(crate) fn record_failure(span: &Span, error: &DecisionError) {
+    record_failure_as(span, error, &error.message);
+}
+
+/// [`record_failure`] with `message` (the masked one) for the status.
+pub(super) fn record_failure_as(span: &Span, error: &DecisionError, message: &str) {
     if span.is_disabled() {
         return;
     }
     span.record("cedar.error.reason", error.reason.as_str());
     span.record("otel.status_code", "error");
-    span.record("otel.status_message", error.message.as_str());
+    span.record("otel.status_description", message);
 }

@@ -60,7 +60,7 @@ async fn run(store: Arc<PolicyStore>, options: WatchOptions) {
             cedar.result = tracing::field::Empty,
             cedar.policy_revision = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
-            otel.status_message = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
         );
         let reload_span = span.clone();
         let reloaded =
@@ -77,7 +77,7 @@ async fn run(store: Arc<PolicyStore>, options: WatchOptions) {
             Ok(Err(e)) => {
                 span.record("cedar.result", "error");
                 span.record("otel.status_code", "error");
-                span.record("otel.status_message", e.to_string());
+                span.record("otel.status_description", e.to_string());
             }
             Err(_) => {
                 span.record("otel.status_code", "error");
