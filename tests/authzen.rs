@@ -536,6 +536,9 @@ async fn the_metadata_names_where_it_was_fetched_or_the_configured_base() {
             "policy_decision_point": base,
             "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
             "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+            "search_subject_endpoint": format!("{base}/access/v1/search/subject"),
+            "search_resource_endpoint": format!("{base}/access/v1/search/resource"),
+            "search_action_endpoint": format!("{base}/access/v1/search/action"),
         })
     );
 

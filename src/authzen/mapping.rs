@@ -125,8 +125,13 @@ fn properties<'a>(
 }
 
 impl Mapping {
+    /// The full Cedar type of actions, e.g. `Ns::Action`.
+    pub(super) fn action_type(&self) -> &str {
+        &self.action_type
+    }
+
     /// The Cedar type an AuthZEN `type` names.
-    fn cedar_type(&self, authzen: &str, field: &str) -> Result<String, InvalidField> {
+    pub(super) fn cedar_type(&self, authzen: &str, field: &str) -> Result<String, InvalidField> {
         if let Some(mapped) = self.types.get(authzen) {
             return Ok(mapped.clone());
         }

@@ -5,6 +5,8 @@
 //! - `POST /access/v1/evaluation`: one decision.
 //! - `POST /access/v1/evaluations`: a batch against one snapshot, with the
 //!   spec's defaults and evaluation semantics.
+//! - `POST /access/v1/search/{subject,resource,action}`: the candidates an
+//!   evaluation allows, paginated ([`search`]).
 //! - `GET /.well-known/authzen-configuration`: the PDP metadata.
 //!
 //! Every evaluation request, even one whose body is not JSON, is handed to
@@ -12,6 +14,7 @@
 //! mapping to Cedar is [`mapping`]; the statuses are [`status`].
 
 mod mapping;
+mod search;
 mod status;
 
 use std::future::Future;
@@ -42,6 +45,7 @@ use crate::policy_store::Snapshot;
 use crate::transport::TlsAccept;
 use crate::transport::http::{self, HttpLimits};
 use mapping::{Mapping, Parts};
+use search::Kind;
 
 /// The spec's default paths.
 pub const EVALUATION_PATH: &str = "/access/v1/evaluation";
@@ -92,6 +96,9 @@ impl Authzen {
         Router::new()
             .route(EVALUATION_PATH, post(evaluation))
             .route(EVALUATIONS_PATH, post(evaluations))
+            .route(search::SUBJECT_PATH, post(search_subject))
+            .route(search::RESOURCE_PATH, post(search_resource))
+            .route(search::ACTION_PATH, post(search_action))
             .route(METADATA_PATH, get(metadata))
             .fallback(not_found)
             .with_state(self)
@@ -497,6 +504,26 @@ async fn evaluations(State(az): State<Authzen>, request: Request) -> Response {
     }
 }
 
+async fn search_subject(State(az): State<Authzen>, request: Request) -> Response {
+    search_on(az, request, Kind::Subject).await
+}
+
+async fn search_resource(State(az): State<Authzen>, request: Request) -> Response {
+    search_on(az, request, Kind::Resource).await
+}
+
+async fn search_action(State(az): State<Authzen>, request: Request) -> Response {
+    search_on(az, request, Kind::Action).await
+}
+
+async fn search_on(az: Authzen, request: Request, kind: Kind) -> Response {
+    let http = Http::start(&az.pipeline, &request, span::batch());
+    match read_object(request, az.max_body_bytes, http.deadline()).await {
+        Ok(body) => az.search(&http, kind, body).await,
+        Err(e) => az.refuse_body(&http, e).await,
+    }
+}
+
 /// The PDP metadata: its identifier and every endpoint it serves. No
 /// `capabilities`: none are registered yet, and the spec omits parameters
 /// without values.
@@ -526,6 +553,9 @@ async fn metadata(State(az): State<Authzen>, request: Request) -> Response {
         "policy_decision_point": base,
         "access_evaluation_endpoint": format!("{base}{EVALUATION_PATH}"),
         "access_evaluations_endpoint": format!("{base}{EVALUATIONS_PATH}"),
+        "search_subject_endpoint": format!("{base}{}", search::SUBJECT_PATH),
+        "search_resource_endpoint": format!("{base}{}", search::RESOURCE_PATH),
+        "search_action_endpoint": format!("{base}{}", search::ACTION_PATH),
     });
     json_response(StatusCode::OK, &body)
 }

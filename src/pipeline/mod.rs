@@ -270,6 +270,11 @@ impl Pipeline {
         }
     }
 
+    /// The most items one batch call may carry (`limits.max_batch_size`).
+    pub fn max_batch_size(&self) -> usize {
+        self.opts.max_batch_size
+    }
+
     /// How streams are bounded.
     pub fn stream_limits(&self) -> StreamLimits {
         self.opts.streams
