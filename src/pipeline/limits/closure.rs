@@ -22,10 +22,14 @@ fn uid(v: &Json) -> Option<Key<'_>> {
 pub(super) fn check(entities: &[Json], shared: &[Json], max: usize) -> Result<(), InvalidField> {
     let mut parents: HashMap<Key<'_>, Vec<Key<'_>>> = HashMap::new();
     for e in entities.iter().chain(shared) {
+        // Most request entities name no parent: they need no map entry.
         let (Some(id), Some(Json::Array(ps))) = (e.get("uid").and_then(uid), e.get("parents"))
         else {
             continue;
         };
+        if ps.is_empty() {
+            continue;
+        }
         parents
             .entry(id)
             .or_default()
