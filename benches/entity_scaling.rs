@@ -50,6 +50,7 @@ fn bench(c: &mut Criterion) {
                 "attrs": {"level": 5},
                 "parents": [tenants::uid("Tenant", "t0")],
             })],
+            properties: Vec::new(),
         };
         let decision =
             authorizer::authorize(&snapshot, query.clone(), OnForbidError::Deny).unwrap();

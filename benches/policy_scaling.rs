@@ -49,6 +49,7 @@ fn bench(c: &mut Criterion) {
             resource: uid(&format!(r#"Doc::"t{t}-d1""#)),
             context: serde_json::Map::new(),
             entities: Vec::new(),
+            properties: Vec::new(),
         };
         let decision =
             authorizer::authorize(&snapshot, query.clone(), OnForbidError::Deny).unwrap();

@@ -27,6 +27,12 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SearchLabels {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -40,6 +46,7 @@ pub struct Metrics {
     inflight: Gauge,
     tls_reloads: Family<ResultLabels, Counter>,
     cache: Family<ResultLabels, Counter>,
+    searches: Family<SearchLabels, Counter>,
     tls_handshake_failures: Counter,
     registry: Registry,
 }
@@ -65,6 +72,7 @@ impl Metrics {
         let inflight = Gauge::default();
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         let cache = Family::<ResultLabels, Counter>::default();
+        let searches = Family::<SearchLabels, Counter>::default();
         let tls_handshake_failures = Counter::default();
         let mut registry = Registry::default();
         registry.register(
@@ -102,6 +110,11 @@ impl Metrics {
             "Decision-cache lookups, by result (hit or miss)",
             cache.clone(),
         );
+        registry.register(
+            "cedar_pdp_searches",
+            "AuthZEN searches, by kind (subject, resource, action) and outcome (results, empty, unknown_type, refused), each candidate also counted as a decision",
+            searches.clone(),
+        );
         Self {
             decisions,
             duration,
@@ -109,6 +122,7 @@ impl Metrics {
             inflight,
             tls_reloads,
             cache,
+            searches,
             tls_handshake_failures,
             registry,
         }
@@ -146,6 +160,13 @@ impl Metrics {
     pub fn decision_cache(&self, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
         self.cache.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Records one search: its kind and how it ended.
+    pub fn search(&self, kind: &'static str, outcome: &'static str) {
+        self.searches
+            .get_or_create(&SearchLabels { kind, outcome })
+            .inc();
     }
 
     /// Also encodes what `collector` reads at scrape time.

@@ -539,6 +539,7 @@ async fn the_metadata_names_where_it_was_fetched_or_the_configured_base() {
             "search_subject_endpoint": format!("{base}/access/v1/search/subject"),
             "search_resource_endpoint": format!("{base}/access/v1/search/resource"),
             "search_action_endpoint": format!("{base}/access/v1/search/action"),
+            "capabilities": [],
         })
     );
 
@@ -596,4 +597,122 @@ async fn h2c_with_prior_knowledge_is_served() {
     }
     let answer: Json = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(answer, json!({"decision": true}));
+}
+
+/// Properties for a stored entity add only what it lacks, and, under a
+/// schema, only what the schema declares; the answer's reasons and the
+/// decision record name every property not applied, and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_add_to_stored_entities_and_the_record_names_what_was_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("schema.cedarschema"),
+        r#"
+entity User = { name: String, clearance?: Long };
+entity Doc = { owner: String, label?: String };
+action read appliesTo { principal: User, resource: Doc };
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"
+@id("cleared-reads-public")
+permit (principal, action == Action::"read", resource)
+when {
+  principal has clearance && principal.clearance >= 1 &&
+  resource has label && resource.label == "public" && resource.owner == "bob"
+};
+"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("e.entities.json"), ENTITIES).unwrap();
+    let log = dir.path().join("decisions.log");
+    let mut config = test_config(dir.path());
+    config.decision_log.enabled = true;
+    config.decision_log.sink = LogSink::File;
+    config.decision_log.path = log.clone();
+    let server = TestServer::start_with(config).await;
+
+    let body = |subject: Json, resource: Json| {
+        json!({
+            "subject": {"type": "User", "id": "alice", "properties": subject},
+            "action": {"name": "read"},
+            "resource": {"type": "Doc", "id": "stored", "properties": resource},
+            "options": {"include_reasons": true},
+        })
+    };
+    let url = format!("http://{}/access/v1/evaluation", server.authzen_addr);
+    let ask = |body: Json, id: &'static str| {
+        let url = url.clone();
+        async move {
+            send(
+                client()
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .header("x-request-id", id)
+                    .body(body.to_string()),
+            )
+            .await
+        }
+    };
+    // `clearance` and `label` are declared and missing: added. `name` and
+    // `owner` are stored: the directory's values stand (so the forged owner
+    // does not stop the allow). `nickname` is not declared: dropped.
+    let added = ask(
+        body(
+            json!({"clearance": 2, "name": "mallory", "nickname": "m"}),
+            json!({"label": "public", "owner": "alice"}),
+        ),
+        "added",
+    )
+    .await;
+    assert_eq!(added.status, 200, "{}", added.body);
+    assert_eq!(added.body["decision"], true, "{}", added.body);
+    let dropped = json!([
+        {"entity": "User::\"alice\"", "property": "name", "why": "stored_attribute"},
+        {"entity": "User::\"alice\"", "property": "nickname", "why": "not_in_schema"},
+        {"entity": "Doc::\"stored\"", "property": "owner", "why": "stored_attribute"},
+    ]);
+    assert_eq!(
+        added.body["context"]["reason_admin"]["dropped_properties"],
+        dropped
+    );
+    // A declared property of the wrong type is dropped too: no clearance, a deny.
+    let mistyped = ask(
+        body(json!({"clearance": "high"}), json!({"label": "public"})),
+        "mistyped",
+    )
+    .await;
+    assert_eq!(mistyped.status, 200, "{}", mistyped.body);
+    assert_eq!(mistyped.body["decision"], false);
+    assert_eq!(
+        mistyped.body["context"]["reason_admin"]["dropped_properties"],
+        json!([{"entity": "User::\"alice\"", "property": "clearance", "why": "not_in_schema"}])
+    );
+    // Nothing offered: nothing added, a deny.
+    let plain = ask(body(json!({}), json!({})), "plain").await;
+    assert_eq!(plain.body["decision"], false);
+
+    let records: Vec<Json> = eventually("three records", Duration::from_secs(10), || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let records: Vec<Json> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            (records.len() >= 3).then_some(records)
+        }
+    })
+    .await;
+    let by_id = |id: &str| records.iter().find(|r| r["request_id"] == id).unwrap();
+    assert_eq!(by_id("added")["dropped_properties"], dropped);
+    assert_eq!(by_id("added")["decision"], "allow");
+    assert_eq!(
+        by_id("mistyped")["dropped_properties"][0]["why"],
+        "not_in_schema"
+    );
+    // Nothing dropped: no field at all.
+    assert!(by_id("plain").get("dropped_properties").is_none());
 }

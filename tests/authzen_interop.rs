@@ -1,8 +1,8 @@
-//! The OpenID AuthZEN interop Todo and API gateway scenarios against the
+//! The OpenID AuthZEN interop Todo, API gateway, search and IdP scenarios against the
 //! real server: every case of the decision files, POSTed over a real socket
 //! by a real HTTP client to the policies in `examples/authzen/<scenario>`,
-//! compared as the upstream harness compares them (a single decision by `decision`, a batch
-//! by the exact JSON of its `evaluations` array).
+//! compared as the upstream harnesses compare them (a single decision by `decision`, a batch
+//! by the exact JSON of its `evaluations` array, search results as sets).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -138,5 +138,86 @@ async fn the_api_gateway_scenario_passes_every_case() {
     let (passed, total, failures) = run_file(&server, &cases).await;
     println!("gateway decisions.json: {passed}/{total}");
     assert_eq!(total, 25);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn search_cases(file: &str) -> PathBuf {
+    shared_dir()
+        .join("corpus/authzen-interop/interop")
+        .join(file)
+}
+
+/// The results of a search answer or an expectation, as a set of their JSON
+/// texts (the harness sorts both lists before comparing them).
+fn result_set(value: &Json) -> Option<std::collections::BTreeSet<String>> {
+    Some(value.as_array()?.iter().map(Json::to_string).collect())
+}
+
+/// (passed, total, failures) of one search result file, sent to `endpoint`.
+async fn run_search_file(
+    server: &TestServer,
+    path: &Path,
+    key: &str,
+    endpoint: &str,
+) -> (usize, usize, Vec<String>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let cases: Json = serde_json::from_str(&text).unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("http://{}/access/v1/search/{endpoint}", server.authzen_addr);
+    let (mut passed, mut total, mut failures) = (0, 0, Vec::new());
+    for case in cases[key].as_array().into_iter().flatten() {
+        total += 1;
+        let (status, answer) = post(&client, &url, &case["request"]).await;
+        let got = result_set(&answer["results"]);
+        if status == 200 && got.is_some() && got == result_set(&case["expected"]["results"]) {
+            passed += 1;
+        } else {
+            failures.push(format!(
+                "{endpoint}: {} -> {status} {answer}, want {}",
+                case["request"], case["expected"]
+            ));
+        }
+    }
+    (passed, total, failures)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_search_scenario_passes_every_case() {
+    let server = TestServer::start_with(test_config(&example("search"))).await;
+    let mut report = Vec::new();
+    let mut failed = Vec::new();
+    for (endpoint, cases) in [("subject", 60), ("resource", 18), ("action", 120)] {
+        let path = search_cases(&format!(
+            "authzen-search-demo/test-harness/src/{endpoint}/results.json"
+        ));
+        let (passed, total, failures) =
+            run_search_file(&server, &path, "evaluation", endpoint).await;
+        assert_eq!(total, cases, "{endpoint} has {cases} cases");
+        report.push(format!("{endpoint}: {passed}/{total}"));
+        failed.extend(failures);
+    }
+    println!("{}", report.join("\n"));
+    assert!(failed.is_empty(), "{report:?}\n{}", failed.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idp_scenario_passes_every_case() {
+    // `examples/authzen/idp` links to the search scenario, whose policy it reuses.
+    let dir = example("idp");
+    assert!(
+        std::fs::symlink_metadata(&dir)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "{dir:?}"
+    );
+    let server = TestServer::start_with(test_config(&dir)).await;
+    let path = search_cases("authzen-idp/test-harness/src/results.json");
+    let (passed, total, failures) = run_search_file(&server, &path, "search", "resource").await;
+    println!("idp results.json: {passed}/{total}");
+    assert_eq!(total, 6);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

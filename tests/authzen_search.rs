@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{TestServer, test_config, wait_for_generation, write_atomic};
+use common::{TestServer, metric, test_config, wait_for_generation, write_atomic};
 use serde_json::{Value as Json, json};
 
 const RICK: &str = "CiRmZDA2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs";
@@ -345,4 +345,23 @@ async fn unknown_types_and_ids_find_nothing_and_bad_input_is_a_400() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
+
+    // Every search is counted by how it ended, the empty ones too.
+    for (kind, outcome, count) in [
+        ("subject", "unknown_type", 1.0),
+        ("subject", "empty", 1.0),
+        ("resource", "unknown_type", 1.0),
+        ("resource", "empty", 2.0),
+        ("action", "unknown_type", 1.0),
+        ("subject", "refused", 7.0),
+        ("action", "refused", 1.0),
+    ] {
+        let got = metric(
+            server.admin_addr,
+            "cedar_pdp_searches_total",
+            &[("kind", kind), ("outcome", outcome)],
+        )
+        .await;
+        assert_eq!(got, count, "{kind} {outcome}");
+    }
 }

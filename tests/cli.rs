@@ -612,3 +612,103 @@ fn the_shipped_policies_are_formatted() {
         "run `cedar-pdp fmt --policies policies`: {ran:?}"
     );
 }
+
+/// `authorize --authzen URL` asks the same question over AuthZEN: on the
+/// example policies, with the server's `[authzen]` mapping, each README call
+/// gets the same decision, determining policies and revision as over gRPC.
+#[test]
+fn authorize_gets_the_same_answer_over_grpc_and_authzen() {
+    let work = TempDir::new().unwrap();
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let port = binary::free_port();
+    let mapping = "[authzen]\nnamespace = \"Mesh\"\n";
+    let server_config = format!(
+        "policies = {:?}\nadmin_listen = \"\"\nauthzen_listen = \"127.0.0.1:{port}\"\n{mapping}",
+        policies.to_str().unwrap()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut served = runtime.block_on(Served::start_with_config(
+        work.path(),
+        &server_config,
+        DEADLINE,
+    ));
+    let cli_config = work.path().join("cli.toml");
+    std::fs::write(&cli_config, mapping).unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let frontend = r#"Mesh::Workload::"spiffe://example.org/ns/shop/sa/frontend""#;
+    let checkout = r#"Mesh::Service::"shop/checkout""#;
+    let cases = [
+        (frontend, checkout, r#"{"source_ip": "10.0.1.7"}"#, 0),
+        (frontend, checkout, r#"{"source_ip": "10.99.0.12"}"#, 2),
+        (
+            r#"Mesh::Workload::"spiffe://example.org/ns/legacy/sa/batch""#,
+            r#"Mesh::Service::"legacy/reports""#,
+            r#"{"source_ip": "10.0.4.2"}"#,
+            2,
+        ),
+    ];
+    // Everything but the decision id, which is each decision's own.
+    let answer = |ran: &Ran| -> Vec<String> {
+        ran.stdout
+            .lines()
+            .filter(|l| !l.starts_with("decision id: "))
+            .map(str::to_string)
+            .collect()
+    };
+    for (principal, resource, context, code) in cases {
+        let mut ask = who(principal, r#"Mesh::Action::"call""#, resource);
+        ask.extend(["--context".to_string(), context.to_string()]);
+        let grpc = served.authorize(&args(&ask));
+        let mut over_authzen = ask.clone();
+        over_authzen.extend([
+            "--authzen".to_string(),
+            url.clone(),
+            "--config".to_string(),
+            cli_config.to_str().unwrap().to_string(),
+        ]);
+        let authzen = served.authorize(&args(&over_authzen));
+        assert_eq!(grpc.code(), Some(code), "{grpc:?}");
+        assert_eq!(authzen.code(), Some(code), "{authzen:?}");
+        assert_eq!(answer(&authzen), answer(&grpc), "{context}");
+        assert!(
+            !answer(&grpc)[1].ends_with("(none)"),
+            "a determining policy names each answer: {grpc:?}"
+        );
+        let id = |ran: &Ran| {
+            ran.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("decision id: "))
+                .map(str::to_string)
+                .unwrap()
+        };
+        assert!(!id(&authzen).is_empty(), "{authzen:?}");
+        assert_ne!(id(&authzen), id(&grpc));
+    }
+
+    // Without the mapping, the CLI says which config the server needs.
+    let mut unmapped = who(frontend, r#"Mesh::Action::"call""#, checkout);
+    unmapped.extend(["--authzen".to_string(), url.clone()]);
+    let ran = served.authorize(&args(&unmapped));
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(ran.stderr.contains(r#"namespace = "Mesh""#), "{ran:?}");
+    // The server's 400 is a failed call, with its message.
+    let mut bad = who(frontend, r#"Mesh::Action::"call""#, checkout);
+    bad.extend([
+        "--context".to_string(),
+        "[1]".to_string(),
+        "--authzen".to_string(),
+        url,
+        "--config".to_string(),
+        cli_config.to_str().unwrap().to_string(),
+    ]);
+    let ran = served.authorize(&args(&bad));
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(
+        ran.stderr.contains("400") && ran.stderr.contains("context"),
+        "{ran:?}"
+    );
+    assert!(served.terminate().success(), "{}", served.log());
+}

@@ -229,6 +229,7 @@ fn record(n: u64) -> DecisionRecord {
         decision: "allow",
         determining_policies: vec!["allow-alice".into()],
         errors: vec![],
+        dropped_properties: vec![],
         error: None,
         policy_revision: "sha256:test".into(),
         policy_commit: None,

@@ -96,6 +96,7 @@ fn reference(snapshot: &Snapshot, q: &Query) -> Result<Decision, AuthorizeError>
         allow: response.decision() == cedar_policy::Decision::Allow,
         determining_policies,
         errors,
+        dropped_properties: Vec::new(),
     })
 }
 
@@ -214,6 +215,7 @@ fn corpus_case(root: &Path, rel: &str) -> Tally {
             resource: corpus_uid(&req.resource, rel),
             context: req.context.clone(),
             entities: entities.clone(),
+            properties: Vec::new(),
         };
         tally.compare(
             &format!("{rel} [{}] in-request", req.description),
@@ -223,6 +225,7 @@ fn corpus_case(root: &Path, rel: &str) -> Tally {
         if let Some(stored) = &stored {
             let q = Query {
                 entities: Vec::new(),
+                properties: Vec::new(),
                 ..q
             };
             tally.compare(&format!("{rel} [{}] stored", req.description), stored, &q);
@@ -269,6 +272,7 @@ fn gen_query(r: &tenants::GenRequest) -> Query {
         resource: u(&r.resource),
         context: r.context.clone(),
         entities: r.entities.clone(),
+        properties: Vec::new(),
     }
 }
 

@@ -23,6 +23,45 @@ pub struct Query {
     pub context: serde_json::Map<String, serde_json::Value>,
     /// Cedar JSON entity objects, merged with the snapshot's entities.
     pub entities: Vec<serde_json::Value>,
+    /// Attributes (Cedar JSON) offered for entities that may be stored:
+    /// added where the stored entity lacks them (with a schema, only
+    /// declared ones), or the entity itself when nothing stores it. What is
+    /// not applied is reported in [`Decision::dropped_properties`], never an
+    /// error.
+    pub properties: Vec<(EntityUid, serde_json::Map<String, serde_json::Value>)>,
+}
+
+/// An offered property that was not applied, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DroppedProperty {
+    /// `Type::"id"`.
+    pub entity: String,
+    pub property: String,
+    pub why: DropReason,
+}
+
+/// Why an offered property was not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The stored entity has this attribute; the directory's value stands.
+    StoredAttribute,
+    /// The schema does not declare it for the entity's type, or declares
+    /// another type for it.
+    NotInSchema,
+    /// A stored entity names this entity without defining it, so a request
+    /// cannot give it attributes either.
+    NamedByStore,
+}
+
+impl DropReason {
+    /// The stable name, as in the decision record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StoredAttribute => "stored_attribute",
+            Self::NotInSchema => "not_in_schema",
+            Self::NamedByStore => "named_by_store",
+        }
+    }
 }
 
 /// An error Cedar raised while evaluating one policy; that policy is skipped.
@@ -40,6 +79,8 @@ pub struct Decision {
     pub determining_policies: Vec<String>,
     /// Sorted by policy id.
     pub errors: Vec<PolicyError>,
+    /// Offered properties that were not applied (see [`Query::properties`]).
+    pub dropped_properties: Vec<DroppedProperty>,
 }
 
 /// Why a query could not be evaluated. Each is the caller's fault.
@@ -132,6 +173,9 @@ pub fn authorize_with(
     on_forbid_error: OnForbidError,
 ) -> Result<Decision, AuthorizeError> {
     let schema = snapshot.schema.as_ref();
+    let mut query = query;
+    let offered = request_entities::apply_properties(snapshot, &query.properties)?;
+    query.entities.extend(offered.unstored);
     let own = if query.entities.is_empty() {
         None
     } else {
@@ -171,8 +215,8 @@ pub fn authorize_with(
     );
     let sliced;
     let entities = match extra {
-        None => &snapshot.entities,
-        Some(extra) => {
+        None if offered.overrides.is_empty() => &snapshot.entities,
+        extra => {
             let mut roots = vec![
                 query.principal.clone(),
                 query.action.clone(),
@@ -182,7 +226,13 @@ pub fn authorize_with(
                 request_entities::json_refs(v, &mut roots);
             }
             roots.extend(candidates.literals().cloned());
-            sliced = request_entities::slice(&snapshot.entities, extra, roots, schema)?;
+            sliced = request_entities::slice(
+                &snapshot.entities,
+                extra.unwrap_or_else(Entities::empty),
+                &offered.overrides,
+                roots,
+                schema,
+            )?;
             &sliced
         }
     };
@@ -244,5 +294,6 @@ pub fn authorize_with(
         allow,
         determining_policies,
         errors,
+        dropped_properties: offered.dropped,
     })
 }

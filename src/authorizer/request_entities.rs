@@ -12,13 +12,14 @@
 //! `add_entities`, so a request entity that redefines a stored one differently
 //! fails exactly as it did against the full set.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use cedar_policy::entities_errors::EntitiesError;
-use cedar_policy::{Entities, EntityId, EntityTypeName, EntityUid, Schema};
+use cedar_policy::{Entities, Entity, EntityId, EntityTypeName, EntityUid, Schema};
+use serde_json::{Map, Value as Json, json};
 
-use super::AuthorizeError;
+use super::{AuthorizeError, DropReason, DroppedProperty};
 use crate::policy_store::{Snapshot, edges};
 
 /// Every ancestor of `uid` in the union of `stored` and `extra`.
@@ -86,11 +87,87 @@ pub(super) fn check_claims(snapshot: &Snapshot, extra: &Entities) -> Result<(), 
     Ok(())
 }
 
+/// Offered properties (see [`super::Query::properties`]), sorted out.
+#[derive(Debug, Default)]
+pub(super) struct Offered {
+    /// Stored entities with the properties they lacked added: they stand
+    /// in for the stored ones in this request's slice.
+    pub(super) overrides: HashMap<EntityUid, Entity>,
+    /// Entities nothing stores: request entities with these attributes.
+    pub(super) unstored: Vec<Json>,
+    pub(super) dropped: Vec<DroppedProperty>,
+}
+
+fn entities_error(e: EntitiesError) -> AuthorizeError {
+    AuthorizeError::Entities(Box::new(e))
+}
+
+/// Sorts `offered` out against `snapshot`: the directory is the source of
+/// truth for what it stores, so a stored attribute (or parent) is never
+/// overridden; a property the stored entity lacks is added for this
+/// request, if the schema (when there is one) declares it; an entity a
+/// stored one only names gets nothing. Only a property that is not valid
+/// Cedar JSON at all is an error, as in any request entity.
+pub(super) fn apply_properties(
+    snapshot: &Snapshot,
+    offered: &[(EntityUid, Map<String, Json>)],
+) -> Result<Offered, AuthorizeError> {
+    let mut out = Offered::default();
+    let schema = snapshot.schema.as_ref();
+    for (uid, props) in offered {
+        let mut drop = |property: &str, why: DropReason| {
+            out.dropped.push(DroppedProperty {
+                entity: uid.to_string(),
+                property: property.to_string(),
+                why,
+            });
+        };
+        if snapshot.dangling.contains(uid) {
+            props.keys().for_each(|k| drop(k, DropReason::NamedByStore));
+            continue;
+        }
+        let Some(stored) = snapshot.entities.get(uid) else {
+            out.unstored.push(json!({
+                "uid": {"type": uid.type_name().to_string(), "id": uid.id().unescaped()},
+                "attrs": props,
+                "parents": [],
+            }));
+            continue;
+        };
+        let base = stored.to_json_value().map_err(entities_error)?;
+        let mut merged = base.clone();
+        let mut added = false;
+        for (name, value) in props {
+            if base["attrs"].get(name).is_some() {
+                drop(name, DropReason::StoredAttribute);
+                continue;
+            }
+            if schema.is_some() {
+                // Each one alone, so one undeclared property drops only itself.
+                let mut alone = base.clone();
+                alone["attrs"][name] = value.clone();
+                if Entity::from_json_value(alone, schema).is_err() {
+                    drop(name, DropReason::NotInSchema);
+                    continue;
+                }
+            }
+            merged["attrs"][name] = value.clone();
+            added = true;
+        }
+        if added {
+            let merged = Entity::from_json_value(merged, schema).map_err(entities_error)?;
+            out.overrides.insert(uid.clone(), merged);
+        }
+    }
+    Ok(out)
+}
+
 /// The request's entities plus the stored entities reachable from `roots`
 /// and from the request's entities; see the module docs.
 pub(super) fn slice(
     stored: &Entities,
     extra: Entities,
+    overrides: &HashMap<EntityUid, Entity>,
     roots: impl IntoIterator<Item = EntityUid>,
     schema: Option<&Schema>,
 ) -> Result<Entities, AuthorizeError> {
@@ -103,7 +180,9 @@ pub(super) fn slice(
     let mut picked = Vec::new();
     while let Some(uid) = pending.pop() {
         if !seen.contains(&uid) {
-            if let Some(e) = stored.get(&uid) {
+            // An override has the stored entity's parents, so `stored`
+            // still gives its ancestors; its added values may name more.
+            if let Some(e) = overrides.get(&uid).or_else(|| stored.get(&uid)) {
                 edges(stored, e, &mut pending);
                 picked.push(e.clone());
             }
@@ -111,7 +190,7 @@ pub(super) fn slice(
         }
     }
     // The stored set is already valid and transitively closed, so this
-    // subset of it is too.
+    // subset of it is too (overrides change attributes only).
     let base =
         Entities::from_entities(picked, None).map_err(|e| AuthorizeError::Entities(Box::new(e)))?;
     base.add_entities(extra, schema).map_err(|e| match e {
@@ -164,7 +243,7 @@ mod tests {
             &json!({"who": {"__entity": {"type": "User", "id": "ctx"}}}),
             &mut roots,
         );
-        let sliced = slice(&stored, extra, roots, None).unwrap();
+        let sliced = slice(&stored, extra, &HashMap::new(), roots, None).unwrap();
         let got: BTreeSet<String> = sliced.iter().map(|e| e.uid().to_string()).collect();
         let want: BTreeSet<String> = [
             r#"Doc::"d""#,
@@ -202,8 +281,80 @@ mod tests {
             )
             .unwrap()
         };
-        assert!(slice(&stored, copy(1), [], None).is_ok());
-        let err = slice(&stored, copy(2), [], None).unwrap_err();
+        assert!(slice(&stored, copy(1), &HashMap::new(), [], None).is_ok());
+        let err = slice(&stored, copy(2), &HashMap::new(), [], None).unwrap_err();
         assert!(matches!(err, AuthorizeError::EntityConflict(_)), "{err:?}");
+    }
+
+    #[test]
+    #[expect(clippy::unwrap_used, reason = "test input is valid")]
+    fn offered_properties_add_to_stored_entities_and_never_override() {
+        use crate::config::OnForbidError;
+        use crate::policy_store::{LoadOptions, build, read_dir};
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.cedar"),
+            r#"permit (principal, action, resource in Folder::"f")
+               when { resource.label == "x" && resource.owner == "bob" && resource.friend.name == "alice" };"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("e.entities.json"),
+            json!([
+                {"uid": {"type": "Folder", "id": "f"}, "attrs": {}, "parents": []},
+                {"uid": {"type": "User", "id": "alice"}, "attrs": {"name": "alice"}, "parents": []},
+                {"uid": {"type": "Doc", "id": "d"}, "attrs": {"owner": "bob"},
+                 "parents": [{"type": "Folder", "id": "f"}]},
+                {"uid": {"type": "Doc", "id": "d2"}, "attrs": {"by": {"__entity": {"type": "User", "id": "ghost"}}},
+                 "parents": []},
+            ])
+            .to_string(),
+        )
+        .unwrap();
+        let snapshot = build(read_dir(dir.path()).unwrap(), &LoadOptions::default(), 1).unwrap();
+        let attrs = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let offered = vec![
+            (
+                uid(r#"Doc::"d""#),
+                attrs(json!({"owner": "alice", "label": "x",
+                             "friend": {"__entity": {"type": "User", "id": "alice"}}})),
+            ),
+            (uid(r#"User::"ghost""#), attrs(json!({"name": "g"}))),
+            (uid(r#"User::"new""#), attrs(json!({"a": 1}))),
+        ];
+        let sorted = apply_properties(&snapshot, &offered).unwrap();
+        let why: Vec<(String, String, &str)> = sorted
+            .dropped
+            .iter()
+            .map(|d| (d.entity.clone(), d.property.clone(), d.why.as_str()))
+            .collect();
+        assert_eq!(
+            why,
+            [
+                (r#"Doc::"d""#.into(), "owner".into(), "stored_attribute"),
+                (r#"User::"ghost""#.into(), "name".into(), "named_by_store"),
+            ]
+        );
+        assert_eq!(sorted.overrides.len(), 1);
+        assert_eq!(sorted.unstored.len(), 1);
+        assert_eq!(sorted.unstored[0]["uid"]["id"], "new");
+
+        // Evaluated: the stored owner and parent stand, the added label and
+        // the entity it names (found through the added value) are there.
+        let query = |properties| super::super::Query {
+            principal: uid(r#"User::"alice""#),
+            action: uid(r#"Action::"read""#),
+            resource: uid(r#"Doc::"d""#),
+            context: Map::new(),
+            entities: Vec::new(),
+            properties,
+        };
+        let d = super::super::authorize(&snapshot, query(offered), OnForbidError::Deny).unwrap();
+        assert!(d.allow, "{d:?}");
+        assert_eq!(d.dropped_properties.len(), 2);
+        let d = super::super::authorize(&snapshot, query(Vec::new()), OnForbidError::Deny).unwrap();
+        assert!(!d.allow, "{d:?}");
+        assert!(d.dropped_properties.is_empty());
     }
 }

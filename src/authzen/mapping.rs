@@ -6,9 +6,10 @@
 //!   Cedar name is a 400.
 //! - `action` `{name}` is `<namespace>::<action_type>::"<name>"`.
 //! - `subject` and `resource` `properties` are that entity's attributes for
-//!   this request (Cedar JSON: `__entity` and `__extn` are allowed), unless
-//!   the policy directory stores the entity: then the directory is the
-//!   source of truth and the properties are not applied.
+//!   this request (Cedar JSON: `__entity` and `__extn` are allowed). For an
+//!   entity the policy directory stores, the directory is the source of
+//!   truth: the evaluation adds only the attributes it lacks (and, with a
+//!   schema, declares), and the record names what it did not apply.
 //! - `action` `properties` are the context record `context.action`.
 //! - `context` is the Cedar context.
 //!
@@ -18,11 +19,10 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use cedar_policy::EntityTypeName;
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Map, Value as Json};
 
 use crate::config::AuthzenConfig;
 use crate::pipeline::{Context, DecisionRequest, InvalidField, Rejected, Submitted, Uid};
-use crate::policy_store::Snapshot;
 
 /// The context key action properties reach policies under.
 pub(super) const ACTION_KEY: &str = "action";
@@ -162,30 +162,19 @@ impl Mapping {
 
     /// The decision request of one evaluation, with `request_id`. On an
     /// error, what did convert is kept in the request, for its record.
-    pub(super) fn request(
-        &self,
-        parts: Parts<'_>,
-        snapshot: Option<&Snapshot>,
-        request_id: &str,
-        prefix: &str,
-    ) -> Submitted {
+    pub(super) fn request(&self, parts: Parts<'_>, request_id: &str, prefix: &str) -> Submitted {
         let mut req = DecisionRequest {
             request_id: request_id.to_string(),
             ..DecisionRequest::default()
         };
-        match self.fill(&mut req, parts, snapshot) {
+        match self.fill(&mut req, parts) {
             Ok(()) => Ok(req),
             Err(e) if prefix.is_empty() => Err(Box::new(Rejected::new(req, e))),
             Err(e) => Err(Box::new(Rejected::new(req, e.within(prefix)))),
         }
     }
 
-    fn fill(
-        &self,
-        req: &mut DecisionRequest,
-        parts: Parts<'_>,
-        snapshot: Option<&Snapshot>,
-    ) -> Result<(), InvalidField> {
+    fn fill(&self, req: &mut DecisionRequest, parts: Parts<'_>) -> Result<(), InvalidField> {
         let (principal, subject_props) = self.entity(parts.subject, "subject")?;
         req.principal = Some(principal.clone());
         let action = parts
@@ -213,23 +202,10 @@ impl Mapping {
         }
         req.context = Context::Record(context);
 
-        // The directory is the source of truth for what it stores (or
-        // names): properties never override or graft onto it.
-        let stored = |uid: &Uid| {
-            let Some(snapshot) = snapshot else {
-                return true;
-            };
-            uid.parse("").is_ok_and(|uid| {
-                snapshot.entities.get(&uid).is_some() || snapshot.dangling.contains(&uid)
-            })
-        };
-        let mut entities: Vec<(Uid, Map<String, Json>)> = Vec::new();
+        let mut offered: Vec<(Uid, Map<String, Json>)> = Vec::new();
         for (uid, props) in [(principal, subject_props), (resource, resource_props)] {
             let Some(props) = props else { continue };
-            if stored(&uid) {
-                continue;
-            }
-            match entities.iter_mut().find(|(u, _)| *u == uid) {
+            match offered.iter_mut().find(|(u, _)| *u == uid) {
                 // The same entity as subject and resource: one entity,
                 // the subject's properties first.
                 Some((_, attrs)) => {
@@ -237,19 +213,10 @@ impl Mapping {
                         attrs.entry(k.clone()).or_insert_with(|| v.clone());
                     }
                 }
-                None => entities.push((uid, props.clone())),
+                None => offered.push((uid, props.clone())),
             }
         }
-        req.entities = entities
-            .into_iter()
-            .map(|(uid, attrs)| {
-                json!({
-                    "uid": {"type": uid.type_name, "id": uid.id},
-                    "attrs": attrs,
-                    "parents": [],
-                })
-            })
-            .collect();
+        req.properties = offered;
         Ok(())
     }
 }
@@ -257,6 +224,8 @@ impl Mapping {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
+    use serde_json::json;
+
     use super::*;
 
     fn mapping(namespace: &str) -> Mapping {
@@ -270,7 +239,7 @@ mod tests {
 
     fn convert(m: &Mapping, body: Json) -> Result<DecisionRequest, InvalidField> {
         let body = body.as_object().unwrap().clone();
-        m.request(Parts::of(&body), None, "r1", "")
+        m.request(Parts::of(&body), "r1", "")
             .map_err(|rejected| rejected.error)
     }
 
@@ -297,8 +266,21 @@ mod tests {
         };
         assert_eq!(context["ip"], "10.0.0.1");
         assert_eq!(context["action"], json!({"soft": true}));
-        // Without a snapshot, nothing is known to be unstored: no properties apply.
+        // Properties are offered, for the evaluation to apply against the store.
         assert!(req.entities.is_empty());
+        assert_eq!(
+            req.properties,
+            [
+                (
+                    Uid::new("App::user", "alice"),
+                    json!({"dept": "x"}).as_object().unwrap().clone()
+                ),
+                (
+                    Uid::new("Todo::List", "l1"),
+                    json!({"owner": "alice"}).as_object().unwrap().clone()
+                ),
+            ]
+        );
     }
 
     #[test]

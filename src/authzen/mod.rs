@@ -340,6 +340,9 @@ fn decision(answer: &Answer, reasons: bool) -> Json {
                     "errors": outcome.decision.errors.iter()
                         .map(|e| json!({"policy_id": e.policy_id, "message": e.message}))
                         .collect::<Vec<_>>(),
+                    "dropped_properties": outcome.decision.dropped_properties.iter()
+                        .map(|d| json!({"entity": d.entity, "property": d.property, "why": d.why.as_str()}))
+                        .collect::<Vec<_>>(),
                 },
             },
         }),
@@ -401,16 +404,9 @@ impl Authzen {
             .await
     }
 
-    /// One evaluation of `parts`, converted against `snapshot`.
-    fn convert(
-        &self,
-        parts: Parts<'_>,
-        snapshot: Option<&Snapshot>,
-        http: &Http,
-        prefix: &str,
-    ) -> Submitted {
-        self.mapping
-            .request(parts, snapshot, &http.request_id, prefix)
+    /// One evaluation of `parts`.
+    fn convert(&self, parts: Parts<'_>, http: &Http, prefix: &str) -> Submitted {
+        self.mapping.request(parts, &http.request_id, prefix)
     }
 }
 
@@ -424,9 +420,8 @@ async fn evaluation(State(az): State<Authzen>, request: Request) -> Response {
         Ok(r) => r,
         Err(e) => return az.refuse_body(&http, (e, Reason::InvalidRequest)).await,
     };
-    // One snapshot converts and decides the request.
     let snapshot = az.pipeline.store().snapshot();
-    let req = az.convert(Parts::of(&body), snapshot.as_deref(), &http, "");
+    let req = az.convert(Parts::of(&body), &http, "");
     az.single(&http, snapshot, req, reasons).await
 }
 
@@ -453,7 +448,7 @@ async fn evaluations(State(az): State<Authzen>, request: Request) -> Response {
     let snapshot = az.pipeline.store().snapshot();
     // Without items, the request is a single evaluation, answered as one.
     if items.is_empty() {
-        let req = az.convert(defaults, snapshot.as_deref(), &http, "");
+        let req = az.convert(defaults, &http, "");
         return az.single(&http, snapshot, req, reasons).await;
     }
     http.call
@@ -467,12 +462,7 @@ async fn evaluations(State(az): State<Authzen>, request: Request) -> Response {
         .map(|(i, item)| {
             let prefix = format!("evaluations[{i}]");
             match item.as_object() {
-                Some(item) => az.convert(
-                    Parts::of(item).or(defaults),
-                    snapshot.as_deref(),
-                    &http,
-                    &prefix,
-                ),
+                Some(item) => az.convert(Parts::of(item).or(defaults), &http, &prefix),
                 None => {
                     let e = InvalidField::new(prefix, "must be a JSON object");
                     http.rejected(e, Reason::InvalidRequest)
@@ -517,16 +507,20 @@ async fn search_action(State(az): State<Authzen>, request: Request) -> Response 
 }
 
 async fn search_on(az: Authzen, request: Request, kind: Kind) -> Response {
-    let http = Http::start(&az.pipeline, &request, span::batch());
-    match read_object(request, az.max_body_bytes, http.deadline()).await {
+    let http = Http::start(&az.pipeline, &request, span::search(kind.key()));
+    let response = match read_object(request, az.max_body_bytes, http.deadline()).await {
         Ok(body) => az.search(&http, kind, body).await,
         Err(e) => az.refuse_body(&http, e).await,
+    };
+    if response.status() != StatusCode::OK {
+        az.pipeline.metrics().search(kind.key(), "refused");
     }
+    response
 }
 
-/// The PDP metadata: its identifier and every endpoint it serves. No
-/// `capabilities`: none are registered yet, and the spec omits parameters
-/// without values.
+/// The PDP metadata: its identifier, every endpoint it serves, and its
+/// `capabilities`: an empty list, because the spec allows only URNs from
+/// the IANA capabilities registry, which registers none yet.
 async fn metadata(State(az): State<Authzen>, request: Request) -> Response {
     let base = match &az.base_url {
         Some(base) => base.to_string(),
@@ -556,6 +550,7 @@ async fn metadata(State(az): State<Authzen>, request: Request) -> Response {
         "search_subject_endpoint": format!("{base}{}", search::SUBJECT_PATH),
         "search_resource_endpoint": format!("{base}{}", search::RESOURCE_PATH),
         "search_action_endpoint": format!("{base}{}", search::ACTION_PATH),
+        "capabilities": [],
     });
     json_response(StatusCode::OK, &body)
 }

@@ -41,7 +41,7 @@ pub(super) enum Kind {
 }
 
 impl Kind {
-    fn key(self) -> &'static str {
+    pub(super) fn key(self) -> &'static str {
         match self {
             Self::Subject => "subject",
             Self::Resource => "resource",
@@ -327,9 +327,7 @@ impl Authzen {
             resource: probe_resource.as_ref(),
             context: parts.context,
         };
-        let probe = self
-            .mapping
-            .request(probe, Some(&snapshot), &http.request_id, "");
+        let probe = self.mapping.request(probe, &http.request_id, "");
         if probe.is_err() {
             // Refused (and recorded) through the pipeline, as `/evaluation` would be.
             return self.single(http, Some(snapshot), probe, false).await;
@@ -341,7 +339,11 @@ impl Authzen {
             Some(Err(e)) => return self.refuse_body(http, (e, Reason::InvalidRequest)).await,
         };
         if unknown {
-            return http.answer(axum::http::StatusCode::OK, &empty(), &[]);
+            http.call.span.record("cedar.search.unknown_type", true);
+            http.call
+                .span
+                .record("cedar.policy_revision", snapshot.revision.as_str());
+            return self.found(http, kind, "unknown_type", 0, &empty());
         }
 
         let searched = match kind {
@@ -365,14 +367,24 @@ impl Authzen {
             },
         };
         let ids = candidates(kind, &cedar_type, &snapshot);
-        http.call.span.record("cedar.batch_size", ids.len() as u64);
+        http.call
+            .span
+            .record("cedar.search.candidates", ids.len() as u64);
+        http.call
+            .span
+            .record("cedar.policy_revision", snapshot.revision.as_str());
         match self
             .decide_candidates(http, kind, parts, &snapshot, &ids)
             .await
         {
             Ok(allowed) => {
                 let body = listing(kind, &allowed, &authzen_type, offset, page.limit, &digest);
-                http.answer(axum::http::StatusCode::OK, &body, &[])
+                let outcome = if allowed.is_empty() {
+                    "empty"
+                } else {
+                    "results"
+                };
+                self.found(http, kind, outcome, allowed.len(), &body)
             }
             Err(error) => http.answer(
                 status::http_status(error.reason),
@@ -380,6 +392,23 @@ impl Authzen {
                 &[],
             ),
         }
+    }
+
+    /// A 200 with `body`, counted under `outcome` and traced with its
+    /// number of results (refusals are counted where the search is routed).
+    fn found(
+        &self,
+        http: &Http,
+        kind: Kind,
+        outcome: &'static str,
+        results: usize,
+        body: &Json,
+    ) -> axum::response::Response {
+        http.call
+            .span
+            .record("cedar.search.results", results as u64);
+        self.pipeline.metrics().search(kind.key(), outcome);
+        http.answer(axum::http::StatusCode::OK, body, &[])
     }
 
     /// The ids in `ids` whose evaluation allows, in order; each is decided
@@ -413,8 +442,7 @@ impl Authzen {
                         Kind::Resource => p.resource = Some(candidate),
                         Kind::Action => p.action = Some(candidate),
                     }
-                    self.mapping
-                        .request(p, Some(snapshot), &http.request_id, "")
+                    self.mapping.request(p, &http.request_id, "")
                 })
                 .collect();
             let answers = self

@@ -29,7 +29,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::config::{DecisionLogConfig, LogSink, OnFull};
 pub use record::{
-    Caller, DecisionRecord, EntityRef, MASKED, Masker, RECORD_VERSION, RecordError, RecordFailure,
+    Caller, DecisionRecord, EntityRef, MASKED, Masker, RECORD_VERSION, RecordDroppedProperty,
+    RecordError, RecordFailure,
 };
 
 /// Why the decision log could not start.

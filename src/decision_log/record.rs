@@ -39,6 +39,16 @@ pub struct RecordError {
     pub message: String,
 }
 
+/// An offered property (an AuthZEN subject's or resource's) the evaluation
+/// did not apply; `why` is `stored_attribute`, `not_in_schema` or
+/// `named_by_store`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RecordDroppedProperty {
+    pub entity: String,
+    pub property: String,
+    pub why: &'static str,
+}
+
 /// Why a request got no decision; its record's `decision` is `deny`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct RecordFailure {
@@ -71,6 +81,9 @@ pub struct DecisionRecord {
     pub decision: &'static str,
     pub determining_policies: Vec<String>,
     pub errors: Vec<RecordError>,
+    /// Offered properties that were not applied; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped_properties: Vec<RecordDroppedProperty>,
     /// Set when the request could not be evaluated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<RecordFailure>,
@@ -232,6 +245,7 @@ mod tests {
             decision: "deny",
             determining_policies: vec![],
             errors: vec![],
+            dropped_properties: vec![],
             error: None,
             policy_revision: "r".into(),
             policy_commit: None,

@@ -62,6 +62,7 @@ pub fn decision_request(req: proto::AuthorizeRequest) -> Submitted {
         context: Context::default(),
         entities: Vec::new(),
         entities_json: req.entities_json,
+        properties: Vec::new(),
         workload: req.workload.map(workload),
         request_id: req.request_id,
     };

@@ -115,6 +115,11 @@ impl DecisionCache {
         }
         key.json(5, &req.entities)?;
         key.bytes(6, req.entities_json.as_bytes());
+        for (uid, attrs) in &req.properties {
+            key.bytes(12, uid.type_name.as_bytes());
+            key.bytes(13, uid.id.as_bytes());
+            key.json(14, attrs)?;
+        }
         if let Some(w) = &req.workload {
             key.bytes(7, w.spiffe_id.as_bytes());
             key.bytes(8, w.namespace.as_bytes());

@@ -167,7 +167,17 @@ impl Limits {
                 return Err(self.too_big("context", size));
             }
         }
-        self.check_entities(&q.entities, shared)
+        if q.properties.is_empty() {
+            return self.check_entities(&q.entities, shared);
+        }
+        // Offered properties may become entities: they count as entities.
+        let mut all = q.entities.clone();
+        all.extend(
+            q.properties
+                .iter()
+                .map(|(_, attrs)| serde_json::json!({"attrs": attrs})),
+        );
+        self.check_entities(&all, shared)
     }
 
     /// Walks `v`, which sits inside `depth` records and sets; returns its
@@ -315,6 +325,7 @@ mod tests {
             resource: uid(r#"Doc::"c""#),
             context: context.as_object().cloned().unwrap(),
             entities: Vec::new(),
+            properties: Vec::new(),
         }
     }
 

@@ -11,7 +11,8 @@ use super::request::{Call, DecisionRequest, Uid};
 use super::span;
 use crate::authorizer::Decision;
 use crate::decision_log::{
-    Caller, DecisionRecord, EntityRef, RECORD_VERSION, RecordError, RecordFailure,
+    Caller, DecisionRecord, EntityRef, RECORD_VERSION, RecordDroppedProperty, RecordError,
+    RecordFailure,
 };
 use crate::policy_store::Snapshot;
 
@@ -110,6 +111,7 @@ impl Subject {
             decision: "deny",
             determining_policies: Vec::new(),
             errors: Vec::new(),
+            dropped_properties: Vec::new(),
             error: None,
             policy_revision: snapshot.map(|s| s.revision.clone()).unwrap_or_default(),
             policy_commit: snapshot.and_then(|s| s.git_commit.as_ref().map(|g| g.id.clone())),
@@ -136,6 +138,15 @@ impl Subject {
             .map(|e| RecordError {
                 policy_id: e.policy_id.clone(),
                 message: e.message.clone(),
+            })
+            .collect();
+        record.dropped_properties = decision
+            .dropped_properties
+            .iter()
+            .map(|d| RecordDroppedProperty {
+                entity: d.entity.clone(),
+                property: d.property.clone(),
+                why: d.why.as_str(),
             })
             .collect();
         record

@@ -121,6 +121,9 @@ pub struct DecisionRequest {
     pub entities: Vec<Json>,
     /// A Cedar JSON entity array, not yet parsed; added to `entities`.
     pub entities_json: String,
+    /// Attributes (Cedar JSON) offered for the principal or resource, which
+    /// the policy directory may store: see [`Query::properties`].
+    pub properties: Vec<(Uid, Map<String, Json>)>,
     pub workload: Option<Workload>,
     /// The caller's own id, echoed back.
     pub request_id: String,
@@ -213,12 +216,18 @@ impl DecisionRequest {
         let mut entities = self.entities;
         entities.extend(parse_entities_json(&self.entities_json, "entities_json")?);
         entities.extend_from_slice(shared);
+        let properties = self
+            .properties
+            .into_iter()
+            .map(|(uid, attrs)| Ok((uid.parse("properties")?, attrs)))
+            .collect::<Result<_, InvalidField>>()?;
         Ok(Query {
             principal,
             action,
             resource,
             context,
             entities,
+            properties,
         })
     }
 

@@ -31,6 +31,17 @@ pub(crate) fn batch() -> Span {
         otel.status_code = Empty, otel.status_description = Empty)
 }
 
+/// The span of a whole AuthZEN search: what it looked for, how many
+/// candidates it decided (each in its own `cedar.authorize` span) and how
+/// many it found, so an empty search leaves its trace too.
+pub(crate) fn search(kind: &'static str) -> Span {
+    tracing::info_span!(target: SPAN_TARGET, "cedar.search",
+        cedar.search.kind = kind, cedar.search.candidates = Empty, cedar.search.results = Empty,
+        cedar.search.unknown_type = Empty,
+        cedar.policy_revision = Empty, cedar.error.reason = Empty,
+        otel.status_code = Empty, otel.status_description = Empty)
+}
+
 /// `(trace_id, span_id)` of an exported span, as lowercase hex.
 pub(crate) fn ids(span: &Span) -> Option<(String, String)> {
     if span.is_disabled() {

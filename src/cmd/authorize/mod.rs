@@ -1,5 +1,8 @@
 //! `cedar-pdp authorize`: a small client that asks a running server for one
-//! decision and prints it.
+//! decision and prints it, over gRPC or (with `--authzen URL`) over the
+//! AuthZEN API, so the two front-ends can be compared from the shell.
+
+mod authzen;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -33,6 +36,41 @@ pub(super) struct AuthorizeArgs {
     /// Your own id for the request, echoed back.
     #[arg(long, default_value = "")]
     request_id: String,
+    /// Ask over AuthZEN instead: the base URL of the server's AuthZEN
+    /// listener, e.g. `http://127.0.0.1:8180`. `--addr` is then unused.
+    #[arg(long, value_name = "URL")]
+    authzen: Option<String>,
+    /// The server's config file, whose `[authzen]` mapping (namespace,
+    /// action type, types) turns the Cedar names into AuthZEN ones.
+    #[arg(long, value_name = "FILE", requires = "authzen")]
+    config: Option<PathBuf>,
+}
+
+/// A decision, whichever API it came through.
+#[derive(Debug)]
+struct Answer {
+    allow: bool,
+    determining_policies: Vec<String>,
+    /// `(policy id, message)`.
+    errors: Vec<(String, String)>,
+    decision_id: String,
+    policy_revision: String,
+}
+
+impl From<proto::AuthorizeResponse> for Answer {
+    fn from(r: proto::AuthorizeResponse) -> Self {
+        Self {
+            allow: r.decision == proto::Decision::Allow as i32,
+            determining_policies: r.determining_policies,
+            errors: r
+                .errors
+                .into_iter()
+                .map(|e| (e.policy_id, e.message))
+                .collect(),
+            decision_id: r.decision_id,
+            policy_revision: r.policy_revision,
+        }
+    }
 }
 
 /// Asks for the decision: 0 allow, 2 deny (a result, as the Cedar CLI has
@@ -48,20 +86,33 @@ pub(super) fn run(args: AuthorizeArgs) -> Exit {
             return Exit::Failure;
         }
     };
-    match runtime.block_on(call(args)) {
-        Ok(response) => {
-            let allow = response.decision == proto::Decision::Allow as i32;
-            println!("{}", if allow { "ALLOW" } else { "DENY" });
+    let answer = match args.authzen.clone() {
+        Some(url) => {
+            let config = match super::checked_config(args.config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return super::usage(&e),
+            };
+            runtime.block_on(authzen::call(&url, &config.authzen, args))
+        }
+        None => runtime.block_on(call(args)).map(Answer::from),
+    };
+    match answer {
+        Ok(answer) => {
+            println!("{}", if answer.allow { "ALLOW" } else { "DENY" });
             println!(
                 "determining policies: {}",
-                list_or_none(&response.determining_policies)
+                list_or_none(&answer.determining_policies)
             );
-            for e in &response.errors {
-                println!("error in `{}`: {}", e.policy_id, e.message);
+            for (policy_id, message) in &answer.errors {
+                println!("error in `{policy_id}`: {message}");
             }
-            println!("decision id: {}", response.decision_id);
-            println!("policy revision: {}", response.policy_revision);
-            if allow { Exit::Success } else { Exit::Deny }
+            println!("decision id: {}", answer.decision_id);
+            println!("policy revision: {}", answer.policy_revision);
+            if answer.allow {
+                Exit::Success
+            } else {
+                Exit::Deny
+            }
         }
         Err(e) => {
             eprintln!("cedar-pdp: {e}");
