@@ -31,6 +31,7 @@ pub struct Config {
     pub reload: ReloadConfig,
     pub validation: ValidationConfig,
     pub evaluation: EvaluationConfig,
+    pub delegation: DelegationConfig,
     pub limits: LimitsConfig,
     pub decision_log: DecisionLogConfig,
     pub otel: OtelConfig,
@@ -349,6 +350,25 @@ pub enum SchemaRequirement {
     Optional,
 }
 
+/// `[delegation]`: how the server bounds a request's delegation chain.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DelegationConfig {
+    /// Hops a chain may have at most.
+    pub max_depth: usize,
+    /// Scopes one hop may list at most.
+    pub max_scopes: usize,
+}
+
+impl Default for DelegationConfig {
+    fn default() -> Self {
+        Self {
+            max_depth: 4,
+            max_scopes: 64,
+        }
+    }
+}
+
 /// `[evaluation]`: how a Cedar answer becomes the server's.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -520,6 +540,7 @@ impl Default for Config {
             reload: ReloadConfig::default(),
             validation: ValidationConfig::default(),
             evaluation: EvaluationConfig::default(),
+            delegation: DelegationConfig::default(),
             limits: LimitsConfig::default(),
             decision_log: DecisionLogConfig::default(),
             otel: OtelConfig::default(),
@@ -728,11 +749,25 @@ impl Config {
         if let Err(p) = self.unix_socket_mode() {
             problems.push(p);
         }
-        // `pipeline::request::WORKLOAD_KEY`; config stays below the pipeline.
-        if self.caller.context_key == "workload" {
-            problems.push(
-                "`caller.context_key`: `workload` is reserved for the `workload` field".to_string(),
-            );
+        // The pipeline's reserved keys; config stays below the pipeline.
+        for key in ["workload", "delegation", "purpose"] {
+            if self.caller.context_key == key {
+                problems.push(format!(
+                    "`caller.context_key`: `{key}` is reserved for the `{key}` field"
+                ));
+            }
+        }
+        if !(1..=64).contains(&self.delegation.max_depth) {
+            problems.push(format!(
+                "`delegation.max_depth`: {} is not in 1..=64",
+                self.delegation.max_depth
+            ));
+        }
+        if !(1..=10_000).contains(&self.delegation.max_scopes) {
+            problems.push(format!(
+                "`delegation.max_scopes`: {} is not in 1..=10000",
+                self.delegation.max_scopes
+            ));
         }
         for (key, value) in [
             ("header_read_timeout", self.admin.header_read_timeout),

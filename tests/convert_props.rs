@@ -306,6 +306,7 @@ fn authorize_request() -> impl Strategy<Value = proto::AuthorizeRequest> {
                     entities_json,
                     workload,
                     request_id: String::new(),
+                    ..Default::default()
                 }
             },
         )

@@ -226,6 +226,8 @@ fn record(n: u64) -> DecisionRecord {
         resource: e("Doc", &format!("d{n}")),
         context: serde_json::json!({"n": n, "pad": "x".repeat(200)}),
         workload: serde_json::Value::Null,
+        delegation: serde_json::Value::Null,
+        purpose: String::new(),
         decision: "allow",
         determining_policies: vec!["allow-alice".into()],
         errors: vec![],

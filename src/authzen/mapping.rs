@@ -22,7 +22,10 @@ use cedar_policy::EntityTypeName;
 use serde_json::{Map, Value as Json};
 
 use crate::config::AuthzenConfig;
-use crate::pipeline::{Context, DecisionRequest, InvalidField, Rejected, Submitted, Uid};
+use crate::pipeline::{
+    Context, DELEGATION_KEY, DecisionRequest, DelegationHop, InvalidField, PURPOSE_KEY, Rejected,
+    Submitted, Uid,
+};
 
 /// The context key action properties reach policies under.
 pub(super) const ACTION_KEY: &str = "action";
@@ -160,6 +163,72 @@ impl Mapping {
         Ok((Uid::new(type_name, id), properties(object, field)?))
     }
 
+    /// `context.delegation`: an array of hops `{delegator: {type, id},
+    /// scopes?, expires_at? (RFC 3339), purpose?}`, as on gRPC.
+    fn delegation(&self, chain: &Json) -> Result<Vec<DelegationHop>, InvalidField> {
+        let hops = chain
+            .as_array()
+            .ok_or_else(|| InvalidField::new("context.delegation", "must be an array of hops"))?;
+        hops.iter()
+            .enumerate()
+            .map(|(i, hop)| {
+                let field = format!("context.delegation[{i}]");
+                let hop = object(hop, &field)?;
+                let (delegator, _) =
+                    self.entity(hop.get("delegator"), &format!("{field}.delegator"))?;
+                let scopes = match hop.get("scopes") {
+                    None | Some(Json::Null) => Vec::new(),
+                    Some(Json::Array(items)) => items
+                        .iter()
+                        .map(|s| {
+                            s.as_str().map(str::to_string).ok_or_else(|| {
+                                InvalidField::new(format!("{field}.scopes"), "must be strings")
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
+                    Some(_) => {
+                        return Err(InvalidField::new(
+                            format!("{field}.scopes"),
+                            "must be an array of strings",
+                        ));
+                    }
+                };
+                let expires_at = match hop.get("expires_at") {
+                    None | Some(Json::Null) => None,
+                    Some(Json::String(t)) => Some(humantime::parse_rfc3339(t).map_err(|e| {
+                        InvalidField::new(
+                            format!("{field}.expires_at"),
+                            format!("is not an RFC 3339 time in UTC: {e}"),
+                        )
+                    })?),
+                    Some(_) => {
+                        return Err(InvalidField::new(
+                            format!("{field}.expires_at"),
+                            "must be an RFC 3339 string",
+                        ));
+                    }
+                };
+                let purpose = match hop.get("purpose") {
+                    None | Some(Json::Null) => String::new(),
+                    Some(Json::String(p)) => p.clone(),
+                    Some(_) => {
+                        return Err(InvalidField::new(
+                            format!("{field}.purpose"),
+                            "must be a string",
+                        ));
+                    }
+                };
+                Ok(DelegationHop {
+                    delegator,
+                    scopes,
+                    expires_at,
+                    purpose,
+                    verified: false,
+                })
+            })
+            .collect()
+    }
+
     /// The decision request of one evaluation, with `request_id`. On an
     /// error, what did convert is kept in the request, for its record.
     pub(super) fn request(&self, parts: Parts<'_>, request_id: &str, prefix: &str) -> Submitted {
@@ -199,6 +268,14 @@ impl Mapping {
                 ));
             }
             context.insert(ACTION_KEY.to_string(), Json::Object(props.clone()));
+        }
+        if let Some(chain) = context.remove(DELEGATION_KEY) {
+            req.delegation = self.delegation(&chain)?;
+        }
+        match context.remove(PURPOSE_KEY) {
+            None | Some(Json::Null) => {}
+            Some(Json::String(p)) => req.purpose = p,
+            Some(_) => return Err(InvalidField::new("context.purpose", "must be a string")),
         }
         req.context = Context::Record(context);
 

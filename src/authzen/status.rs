@@ -21,7 +21,9 @@ pub(super) fn http_status(reason: Reason) -> StatusCode {
         | Reason::InvalidEntities
         | Reason::EntityConflict
         | Reason::InvalidContext
-        | Reason::SchemaMismatch => StatusCode::BAD_REQUEST,
+        | Reason::SchemaMismatch
+        | Reason::DelegationInvalid => StatusCode::BAD_REQUEST,
+        Reason::TokenInvalid => StatusCode::UNAUTHORIZED,
         Reason::BindingMismatch => StatusCode::FORBIDDEN,
         Reason::NotReady | Reason::StreamMaxAge | Reason::ShuttingDown => {
             StatusCode::SERVICE_UNAVAILABLE

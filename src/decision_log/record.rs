@@ -77,6 +77,13 @@ pub struct DecisionRecord {
     pub resource: EntityRef,
     pub context: Json,
     pub workload: Json,
+    /// The ordered delegation chain: each hop's delegator, scopes, expiry,
+    /// purpose and whether a verified token gave it; absent without one.
+    #[serde(skip_serializing_if = "Json::is_null")]
+    pub delegation: Json,
+    /// The declared purpose; absent when none was given.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub purpose: String,
     /// `allow` or `deny`.
     pub decision: &'static str,
     pub determining_policies: Vec<String>,
@@ -242,6 +249,8 @@ mod tests {
             resource: e("R"),
             context,
             workload: Json::Null,
+            delegation: Json::Null,
+            purpose: String::new(),
             decision: "deny",
             determining_policies: vec![],
             errors: vec![],

@@ -8,8 +8,8 @@ use serde_json::{Map, Value as Json, json};
 use super::proto;
 use crate::authorizer;
 use crate::pipeline::{
-    Answer, Context, DecisionRequest, InvalidField, Outcome, Refusal, Rejected, Submitted, Uid,
-    Workload,
+    Answer, Context, DecisionRequest, DelegationHop, InvalidField, Outcome, Refusal, Rejected,
+    Submitted, Uid, Workload,
 };
 
 /// The Cedar extension constructors a typed `ExtensionValue` may name.
@@ -52,6 +52,31 @@ pub fn shared_entities(
     Ok(out)
 }
 
+/// The typed chain; a timestamp out of range is refused, never dropped.
+fn delegation(hops: Vec<proto::DelegationHop>) -> Result<Vec<DelegationHop>, InvalidField> {
+    hops.into_iter()
+        .enumerate()
+        .map(|(i, hop)| {
+            let expires_at = match hop.expires_at {
+                None => None,
+                Some(t) => Some(std::time::SystemTime::try_from(t).map_err(|_| {
+                    InvalidField::new(
+                        format!("delegation[{i}].expires_at"),
+                        "is not a valid timestamp",
+                    )
+                })?),
+            };
+            Ok(DelegationHop {
+                delegator: hop.delegator.map(Uid::from).unwrap_or_default(),
+                scopes: hop.scopes,
+                expires_at,
+                purpose: hop.purpose,
+                verified: false,
+            })
+        })
+        .collect()
+}
+
 /// Converts one `AuthorizeRequest`. Only typed values are converted here;
 /// uids and JSON text are parsed by the pipeline.
 pub fn decision_request(req: proto::AuthorizeRequest) -> Submitted {
@@ -64,8 +89,16 @@ pub fn decision_request(req: proto::AuthorizeRequest) -> Submitted {
         entities_json: req.entities_json,
         properties: Vec::new(),
         workload: req.workload.map(workload),
+        delegation: Vec::new(),
+        purpose: req.purpose,
+        subject_token: req.subject_token,
+        actor_token: req.actor_token,
         request_id: req.request_id,
     };
+    match delegation(req.delegation) {
+        Ok(hops) => out.delegation = hops,
+        Err(e) => return Err(Box::new(Rejected::new(out, e))),
+    }
     let has_typed = !req.context.is_empty();
     let has_json = !req.context_json.trim().is_empty();
     let converted = match (has_typed, has_json) {

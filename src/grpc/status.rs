@@ -10,6 +10,7 @@ use crate::pipeline::{Code, DecisionError};
 pub(crate) fn grpc_code(code: Code) -> tonic::Code {
     match code {
         Code::InvalidArgument => tonic::Code::InvalidArgument,
+        Code::Unauthenticated => tonic::Code::Unauthenticated,
         Code::PermissionDenied => tonic::Code::PermissionDenied,
         Code::Unavailable => tonic::Code::Unavailable,
         Code::ResourceExhausted => tonic::Code::ResourceExhausted,

@@ -128,6 +128,21 @@ impl DecisionCache {
                 key.bytes(10, label.as_bytes());
             }
         }
+        for hop in &req.delegation {
+            key.bytes(15, hop.delegator.type_name.as_bytes());
+            key.bytes(16, hop.delegator.id.as_bytes());
+            for scope in &hop.scopes {
+                key.bytes(17, scope.as_bytes());
+            }
+            let expires = hop.expires_at.map_or(0, |t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            });
+            key.bytes(18, &expires.to_le_bytes());
+            key.bytes(19, hop.purpose.as_bytes());
+            key.bytes(20, &[u8::from(hop.verified)]);
+        }
+        key.bytes(21, req.purpose.as_bytes());
         if let Some(peer) = caller {
             key.bytes(11, peer.to_context().to_string().as_bytes());
         }

@@ -36,6 +36,7 @@ impl InvalidField {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Code {
     InvalidArgument,
+    Unauthenticated,
     PermissionDenied,
     Unavailable,
     ResourceExhausted,
@@ -49,6 +50,7 @@ impl Code {
     pub fn name(self) -> &'static str {
         match self {
             Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::Unauthenticated => "UNAUTHENTICATED",
             Self::PermissionDenied => "PERMISSION_DENIED",
             Self::Unavailable => "UNAVAILABLE",
             Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
@@ -62,6 +64,7 @@ impl Code {
     pub fn label(self) -> &'static str {
         match self {
             Self::InvalidArgument => "InvalidArgument",
+            Self::Unauthenticated => "Unauthenticated",
             Self::PermissionDenied => "PermissionDenied",
             Self::Unavailable => "Unavailable",
             Self::ResourceExhausted => "ResourceExhausted",
@@ -82,6 +85,8 @@ pub enum Reason {
     EntityConflict,
     InvalidContext,
     SchemaMismatch,
+    DelegationInvalid,
+    TokenInvalid,
     BindingMismatch,
     NotReady,
     Overloaded,
@@ -96,7 +101,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in documentation order.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 19] = [
         Self::InvalidRequest,
         Self::InvalidPath,
         Self::LimitExceeded,
@@ -104,6 +109,8 @@ impl Reason {
         Self::EntityConflict,
         Self::InvalidContext,
         Self::SchemaMismatch,
+        Self::DelegationInvalid,
+        Self::TokenInvalid,
         Self::BindingMismatch,
         Self::NotReady,
         Self::Overloaded,
@@ -126,6 +133,8 @@ impl Reason {
             Self::EntityConflict => "entity_conflict",
             Self::InvalidContext => "invalid_context",
             Self::SchemaMismatch => "schema_mismatch",
+            Self::DelegationInvalid => "delegation_invalid",
+            Self::TokenInvalid => "token_invalid",
             Self::BindingMismatch => "binding_mismatch",
             Self::NotReady => "not_ready",
             Self::Overloaded => "overloaded",
@@ -148,7 +157,9 @@ impl Reason {
             | Self::InvalidEntities
             | Self::EntityConflict
             | Self::InvalidContext
-            | Self::SchemaMismatch => Code::InvalidArgument,
+            | Self::SchemaMismatch
+            | Self::DelegationInvalid => Code::InvalidArgument,
+            Self::TokenInvalid => Code::Unauthenticated,
             Self::BindingMismatch => Code::PermissionDenied,
             Self::NotReady | Self::StreamMaxAge | Self::ShuttingDown => Code::Unavailable,
             Self::Overloaded | Self::TooManyStreams => Code::ResourceExhausted,
@@ -280,6 +291,21 @@ impl DecisionError {
             Reason::Cancelled,
             None,
             "the client cancelled the call before it was decided".into(),
+        )
+    }
+
+    /// A delegation chain that breaks the server's rules.
+    pub fn delegation(f: InvalidField) -> Self {
+        Self::of_field(Reason::DelegationInvalid, f)
+    }
+
+    /// A token that did not verify; `message` says which check failed and
+    /// never quotes the token.
+    pub fn token(field: &str, message: impl Into<String>) -> Self {
+        Self::new(
+            Reason::TokenInvalid,
+            Some(field.into()),
+            format!("`{field}`: {}", message.into()),
         )
     }
 

@@ -11,7 +11,7 @@ use super::cache::DecisionCache;
 use super::error::DecisionError;
 use super::record::Subject;
 use super::request::DecisionRequest;
-use super::{PipelineOptions, Shared, server_context};
+use super::{PipelineOptions, Shared, delegation, server_context};
 use crate::authorizer::{self, Decision};
 use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
@@ -65,6 +65,14 @@ impl Evaluator<'_> {
     ) -> Result<Screened, DecisionError> {
         let opts = self.opts;
         server_context::check_binding(opts.bind_workload, req, peer)?;
+        server_context::check_tokens(req)?;
+        // By the server's clock, before the cache: an expired chain never
+        // gets an answer computed while it was valid.
+        delegation::check(
+            &req.delegation,
+            opts.delegation,
+            std::time::SystemTime::now(),
+        )?;
         opts.limits
             .check_request_id(&req.request_id)
             .map_err(DecisionError::limit)?;

@@ -17,10 +17,12 @@
 //! - [`limits`]: per-request bounds on what a caller may send.
 //! - [`cache`](mod@cache): exact decisions by snapshot generation and request.
 //! - `server_context`: caller binding and the verified caller facts.
+//! - `delegation`: the chain's rules and what policies see of it.
 //! - `record`, [`span`]: the decision record and the span fields.
 //! - `pool`: the threads evaluation runs on, off the async workers.
 
 mod cache;
+mod delegation;
 pub mod error;
 mod evaluate;
 pub mod limits;
@@ -44,6 +46,8 @@ use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
 use crate::policy_store::{PolicyStore, Snapshot};
 use cache::DecisionCache;
+pub(crate) use delegation::{DELEGATION_KEY, PURPOSE_KEY};
+pub use delegation::{DelegationHop, DelegationRules};
 pub use error::{Code, DecisionError, InvalidField, Reason};
 use evaluate::{Evaluator, Screened};
 use limits::Limits;
@@ -70,6 +74,7 @@ pub struct PipelineOptions {
     pub on_forbid_error: OnForbidError,
     /// Threads evaluation runs on; 0: one per CPU the process may use.
     pub evaluation_threads: usize,
+    pub delegation: DelegationRules,
 }
 
 impl PipelineOptions {
@@ -90,6 +95,10 @@ impl PipelineOptions {
             decision_cache_bytes: config.limits.decision_cache_bytes,
             on_forbid_error: config.evaluation.on_forbid_error,
             evaluation_threads: config.limits.evaluation_threads,
+            delegation: DelegationRules {
+                max_depth: config.delegation.max_depth,
+                max_scopes: config.delegation.max_scopes,
+            },
         }
     }
 }

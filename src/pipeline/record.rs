@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value as Json};
 
+use super::delegation;
 use super::error::DecisionError;
 use super::request::{Call, DecisionRequest, Uid};
 use super::span;
@@ -36,6 +37,8 @@ pub(super) struct Subject {
     request_id: String,
     context: Json,
     workload: Json,
+    delegation: Json,
+    purpose: String,
 }
 
 fn entity_ref(uid: Option<&Uid>) -> EntityRef {
@@ -56,6 +59,12 @@ impl Subject {
             request_id: req.request_id.clone(),
             context: Json::Object(Map::new()),
             workload: req.workload.as_ref().map_or(Json::Null, |w| w.to_json()),
+            delegation: if req.delegation.is_empty() {
+                Json::Null
+            } else {
+                delegation::record(&req.delegation)
+            },
+            purpose: req.purpose.clone(),
         }
     }
 
@@ -65,6 +74,14 @@ impl Subject {
         let mut context = context.clone();
         if has_workload {
             self.workload = context.remove("workload").unwrap_or(Json::Null);
+        }
+        // Reserved keys come only from their fields, which the record has
+        // in full (the ordered chain, not the policies' summary of it).
+        if !self.delegation.is_null() {
+            context.remove(delegation::DELEGATION_KEY);
+        }
+        if !self.purpose.is_empty() {
+            context.remove(delegation::PURPOSE_KEY);
         }
         self.context = Json::Object(context);
         self
@@ -108,6 +125,8 @@ impl Subject {
             resource: self.resource,
             context: self.context,
             workload: self.workload,
+            delegation: self.delegation,
+            purpose: self.purpose,
             decision: "deny",
             determining_policies: Vec::new(),
             errors: Vec::new(),

@@ -12,6 +12,7 @@ use std::time::Instant;
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use serde_json::{Map, Value as Json, json};
 
+use super::delegation::{self, DELEGATION_KEY, DelegationHop, PURPOSE_KEY};
 use super::error::{DecisionError, InvalidField, Reason};
 use crate::authorizer::Query;
 use crate::identity::PeerFacts;
@@ -125,6 +126,15 @@ pub struct DecisionRequest {
     /// the policy directory may store: see [`Query::properties`].
     pub properties: Vec<(Uid, Map<String, Json>)>,
     pub workload: Option<Workload>,
+    /// Who the principal acts for: `delegation[0]` is the origin, and the
+    /// last hop delegated to the principal. Reaches policies as
+    /// `context.delegation`.
+    pub delegation: Vec<DelegationHop>,
+    /// The declared purpose; `context.purpose` when not empty.
+    pub purpose: String,
+    /// Tokens for the server to verify (RFC 8693 subject and actor).
+    pub subject_token: String,
+    pub actor_token: String,
     /// The caller's own id, echoed back.
     pub request_id: String,
 }
@@ -212,6 +222,29 @@ impl DecisionRequest {
         }
         if let Some(workload) = &self.workload {
             context.insert(WORKLOAD_KEY.to_string(), workload.to_json());
+        }
+        for key in [DELEGATION_KEY, PURPOSE_KEY] {
+            if context.contains_key(key) {
+                return Err(InvalidField::new(
+                    format!("context.{key}"),
+                    format!("is reserved for the `{key}` field; rename the context key"),
+                ));
+            }
+        }
+        if !self.delegation.is_empty() {
+            let delegators = self
+                .delegation
+                .iter()
+                .enumerate()
+                .map(|(i, h)| h.delegator.parse(&format!("delegation[{i}].delegator")))
+                .collect::<Result<Vec<_>, _>>()?;
+            context.insert(
+                DELEGATION_KEY.to_string(),
+                delegation::context(&principal, &self.delegation, &delegators),
+            );
+        }
+        if !self.purpose.is_empty() {
+            context.insert(PURPOSE_KEY.to_string(), Json::String(self.purpose));
         }
         let mut entities = self.entities;
         entities.extend(parse_entities_json(&self.entities_json, "entities_json")?);
