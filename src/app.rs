@@ -24,6 +24,7 @@ use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::policy_store::{LoadError, LoadOptions, PolicyStore, WatchOptions, spawn_watcher};
 use crate::policy_tests;
 use crate::state_metrics::StateCollector;
+use crate::tokens::{JwksError, TokenVerifier};
 use crate::transport::http::HttpLimits;
 use crate::transport::{self, Listener, ReloadingTls, TlsAccept, TlsError};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -45,6 +46,8 @@ pub enum AppError {
     DecisionLogEnd(#[from] FinishError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("tokens: {0}")]
+    Tokens(#[from] JwksError),
     #[error("cannot start the evaluation threads: {0}")]
     Evaluation(#[source] std::io::Error),
     #[error("gRPC server failed: {0}")]
@@ -60,6 +63,7 @@ pub struct App {
     admin: Option<TcpListener>,
     authzen: Option<TcpListener>,
     tls: Option<Arc<ReloadingTls>>,
+    tokens: Option<Arc<TokenVerifier>>,
 }
 
 /// How long shutdown waits for the decision log to drain. With the default
@@ -93,6 +97,7 @@ impl App {
         } else {
             None
         };
+        let tokens = TokenVerifier::load(&config.tokens)?.map(Arc::new);
         let log = if config.decision_log.enabled {
             Some(DecisionLog::start(&config.decision_log)?)
         } else {
@@ -105,6 +110,7 @@ impl App {
             admin: None,
             authzen: None,
             tls,
+            tokens,
         })
     }
 
@@ -166,12 +172,12 @@ impl App {
             log_dropped: self.log.as_ref().map(|(log, _)| log.dropped_counter()),
         }));
         let metrics = Arc::new(metrics);
-        let mut pipeline = Pipeline::new(
-            self.store.clone(),
-            PipelineOptions::from_config(&self.config),
-            metrics.clone(),
-        )
-        .map_err(AppError::Evaluation)?;
+        let options = PipelineOptions {
+            tokens: self.tokens.clone(),
+            ..PipelineOptions::from_config(&self.config)
+        };
+        let mut pipeline = Pipeline::new(self.store.clone(), options, metrics.clone())
+            .map_err(AppError::Evaluation)?;
         let stream_closer = pipeline.stream_closer();
         let (writer, drop_warnings) = match self.log {
             Some((log, writer)) => {
@@ -229,6 +235,11 @@ impl App {
             policies = %self.config.policies.display(),
             "serving"
         );
+        let tokens_watcher = self.tokens.as_ref().map(|tokens| {
+            tokens
+                .clone()
+                .spawn_watcher(self.config.tokens.reload_interval)
+        });
         let tls_watcher = self.tls.as_ref().map(|tls| {
             tls.clone()
                 .spawn_watcher(self.config.tls.reload_interval, metrics.clone())
@@ -309,6 +320,9 @@ impl App {
             }
         }
         if let Some(task) = tls_watcher {
+            task.abort();
+        }
+        if let Some(task) = tokens_watcher {
             task.abort();
         }
         if let Some(mut task) = authzen {

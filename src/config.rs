@@ -32,6 +32,7 @@ pub struct Config {
     pub validation: ValidationConfig,
     pub evaluation: EvaluationConfig,
     pub delegation: DelegationConfig,
+    pub tokens: TokensConfig,
     pub limits: LimitsConfig,
     pub decision_log: DecisionLogConfig,
     pub otel: OtelConfig,
@@ -185,6 +186,9 @@ pub struct ExtAuthzConfig {
     pub deny_status: u16,
     /// HTTP status when the request could not be evaluated (still a deny).
     pub error_status: u16,
+    /// With `[[tokens.issuers]]`: the header a subject token comes in, as
+    /// `Bearer <token>`; empty: none is read.
+    pub subject_token_header: String,
     /// Method + path prefix overrides of the action id; first match wins.
     pub routes: Vec<ExtAuthzRoute>,
 }
@@ -217,6 +221,7 @@ impl Default for ExtAuthzConfig {
             headers: Vec::new(),
             deny_status: 403,
             error_status: 403,
+            subject_token_header: "authorization".to_string(),
             routes: Vec::new(),
         }
     }
@@ -367,6 +372,51 @@ impl Default for DelegationConfig {
             max_scopes: 64,
         }
     }
+}
+
+/// `[tokens]`: the issuers whose JWTs the server verifies.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokensConfig {
+    /// Tolerance for `exp`, `nbf` and `iat`.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// Verified claims policies see in `context.token`.
+    pub claims: Vec<String>,
+    /// How often the JWKS files are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    pub issuers: Vec<IssuerConfig>,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            clock_skew: Duration::from_secs(30),
+            claims: ["scope", "groups", "client_id", "azp"]
+                .map(String::from)
+                .to_vec(),
+            reload_interval: Duration::from_secs(5),
+            issuers: Vec::new(),
+        }
+    }
+}
+
+/// One `[[tokens.issuers]]` entry.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The `iss` its tokens carry.
+    pub issuer: String,
+    pub jwks_file: PathBuf,
+    /// One of these must be in a token's `aud`.
+    pub audiences: Vec<String>,
+    /// The entity type of this issuer's `sub`.
+    pub principal_type: String,
+    /// The entity type of the actors its `act` claims name; empty: the
+    /// request principal's type.
+    #[serde(default)]
+    pub actor_type: String,
 }
 
 /// `[evaluation]`: how a Cedar answer becomes the server's.
@@ -541,6 +591,7 @@ impl Default for Config {
             validation: ValidationConfig::default(),
             evaluation: EvaluationConfig::default(),
             delegation: DelegationConfig::default(),
+            tokens: TokensConfig::default(),
             limits: LimitsConfig::default(),
             decision_log: DecisionLogConfig::default(),
             otel: OtelConfig::default(),
@@ -750,12 +801,46 @@ impl Config {
             problems.push(p);
         }
         // The pipeline's reserved keys; config stays below the pipeline.
-        for key in ["workload", "delegation", "purpose"] {
+        for key in ["workload", "delegation", "purpose", "token"] {
+            // `token` too: with a subject token, the server sets it.
             if self.caller.context_key == key {
                 problems.push(format!(
                     "`caller.context_key`: `{key}` is reserved for the `{key}` field"
                 ));
             }
+        }
+        for (i, issuer) in self.tokens.issuers.iter().enumerate() {
+            let at = format!("tokens.issuers[{i}]");
+            if issuer.issuer.is_empty() {
+                problems.push(format!("`{at}.issuer`: must not be empty"));
+            }
+            if issuer.audiences.is_empty() {
+                problems.push(format!(
+                    "`{at}.audiences`: name at least one; a token for any audience is never accepted"
+                ));
+            }
+            for (key, t) in [
+                ("principal_type", &issuer.principal_type),
+                ("actor_type", &issuer.actor_type),
+            ] {
+                if (key == "principal_type" || !t.is_empty())
+                    && cedar_policy::EntityTypeName::from_str(t).is_err()
+                {
+                    problems.push(format!("`{at}.{key}`: `{t}` is not a Cedar entity type"));
+                }
+            }
+            if self.tokens.issuers[..i]
+                .iter()
+                .any(|other| other.issuer == issuer.issuer)
+            {
+                problems.push(format!(
+                    "`{at}.issuer`: `{}` is configured twice",
+                    issuer.issuer
+                ));
+            }
+        }
+        if self.tokens.reload_interval < Duration::from_millis(100) {
+            problems.push("`tokens.reload_interval`: must be at least 100ms".into());
         }
         if !(1..=64).contains(&self.delegation.max_depth) {
             problems.push(format!(

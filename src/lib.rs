@@ -24,6 +24,7 @@
 //! - [`transport`]: TCP, Unix socket and reloading TLS listeners, the peer facts they prove,
 //!   and the bounded HTTP server behind the admin and AuthZEN listeners.
 //! - [`identity`]: SPIFFE IDs and the caller facts handed to policies.
+//! - [`tokens`]: JWTs verified against the configured issuers' JWKS files; a leaf.
 //! - [`error_chain`]: an error with its sources, as one line.
 
 #![warn(unreachable_pub)]
@@ -46,4 +47,5 @@ pub mod policy_store;
 pub mod policy_tests;
 pub(crate) mod state_metrics;
 pub mod telemetry;
+pub mod tokens;
 pub mod transport;

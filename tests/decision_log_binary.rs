@@ -228,6 +228,7 @@ fn record(n: u64) -> DecisionRecord {
         workload: serde_json::Value::Null,
         delegation: serde_json::Value::Null,
         purpose: String::new(),
+        tokens: serde_json::Value::Null,
         decision: "allow",
         determining_policies: vec!["allow-alice".into()],
         errors: vec![],

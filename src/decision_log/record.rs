@@ -84,6 +84,10 @@ pub struct DecisionRecord {
     /// The declared purpose; absent when none was given.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub purpose: String,
+    /// Each verified token: `kind` (`subject`, `actor`), `issuer`,
+    /// `subject`, `jti` when present, and the `kid` that verified it.
+    #[serde(skip_serializing_if = "Json::is_null")]
+    pub tokens: Json,
     /// `allow` or `deny`.
     pub decision: &'static str,
     pub determining_policies: Vec<String>,
@@ -251,6 +255,7 @@ mod tests {
             workload: Json::Null,
             delegation: Json::Null,
             purpose: String::new(),
+            tokens: Json::Null,
             decision: "deny",
             determining_policies: vec![],
             errors: vec![],

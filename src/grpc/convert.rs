@@ -93,6 +93,8 @@ pub fn decision_request(req: proto::AuthorizeRequest) -> Submitted {
         purpose: req.purpose,
         subject_token: req.subject_token,
         actor_token: req.actor_token,
+        tokens: Vec::new(),
+        token_claims: None,
         request_id: req.request_id,
     };
     match delegation(req.delegation) {

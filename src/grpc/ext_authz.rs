@@ -44,10 +44,13 @@ pub struct ExtAuthzService {
 impl ExtAuthzService {
     /// Answers `Check` through `pipeline`, mapped by `config`.
     pub fn new(pipeline: Pipeline, config: &ExtAuthzConfig) -> Self {
-        Self {
-            pipeline,
-            mapping: Mapping::from(config),
+        let mut mapping = Mapping::from(config);
+        // Without issuers an `authorization` header is the upstream's
+        // business: reading it would refuse every request that carries one.
+        if !pipeline.verifies_tokens() {
+            mapping.token_header = None;
         }
+        Self { pipeline, mapping }
     }
 }
 
@@ -56,12 +59,16 @@ struct Mapping {
     config: ExtAuthzConfig,
     /// Validated with the config, so it parses.
     anonymous: Option<EntityUid>,
+    /// The header a subject token comes in, lowercase (Envoy's keys are).
+    token_header: Option<String>,
 }
 
 impl From<&ExtAuthzConfig> for Mapping {
     fn from(config: &ExtAuthzConfig) -> Self {
         Self {
             anonymous: EntityUid::from_str(&config.anonymous_principal).ok(),
+            token_header: Some(config.subject_token_header.to_ascii_lowercase())
+                .filter(|h| !h.is_empty()),
             config: config.clone(),
         }
     }
@@ -233,12 +240,25 @@ impl Mapping {
                 json!({"__extn": {"fn": "ip", "arg": ip.to_string()}}),
             );
         }
+        // `Bearer <token>`; any other scheme is not a token of ours.
+        let subject_token = self
+            .token_header
+            .as_ref()
+            .and_then(|h| http.headers.get(h))
+            .and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_string())
+            })
+            .unwrap_or_default();
         Ok(DecisionRequest {
             principal: Some(principal),
             action: Some(Uid::new(&c.action_type, action_id)),
             resource: Some(resource),
             context: Context::Record(context),
             entities,
+            subject_token,
             request_id: http.id.clone(),
             ..DecisionRequest::default()
         })

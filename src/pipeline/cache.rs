@@ -143,6 +143,9 @@ impl DecisionCache {
             key.bytes(20, &[u8::from(hop.verified)]);
         }
         key.bytes(21, req.purpose.as_bytes());
+        if let Some(claims) = &req.token_claims {
+            key.json(22, claims)?;
+        }
         if let Some(peer) = caller {
             key.bytes(11, peer.to_context().to_string().as_bytes());
         }

@@ -11,7 +11,7 @@ use super::cache::DecisionCache;
 use super::error::DecisionError;
 use super::record::Subject;
 use super::request::DecisionRequest;
-use super::{PipelineOptions, Shared, delegation, server_context};
+use super::{PipelineOptions, Shared, delegation, server_context, token_claims};
 use crate::authorizer::{self, Decision};
 use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
@@ -65,7 +65,7 @@ impl Evaluator<'_> {
     ) -> Result<Screened, DecisionError> {
         let opts = self.opts;
         server_context::check_binding(opts.bind_workload, req, peer)?;
-        server_context::check_tokens(req)?;
+        token_claims::apply(opts.tokens.as_deref(), req, std::time::SystemTime::now())?;
         // By the server's clock, before the cache: an expired chain never
         // gets an answer computed while it was valid.
         delegation::check(

@@ -18,6 +18,7 @@
 //! - [`cache`](mod@cache): exact decisions by snapshot generation and request.
 //! - `server_context`: caller binding and the verified caller facts.
 //! - `delegation`: the chain's rules and what policies see of it.
+//! - `token_claims`: what verified tokens make of a request.
 //! - `record`, [`span`]: the decision record and the span fields.
 //! - `pool`: the threads evaluation runs on, off the async workers.
 
@@ -31,6 +32,7 @@ mod record;
 mod request;
 mod server_context;
 pub(crate) mod span;
+mod token_claims;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +47,7 @@ use crate::decision_log::{DecisionLog, Slots};
 use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
 use crate::policy_store::{PolicyStore, Snapshot};
+use crate::tokens::TokenVerifier;
 use cache::DecisionCache;
 pub(crate) use delegation::{DELEGATION_KEY, PURPOSE_KEY};
 pub use delegation::{DelegationHop, DelegationRules};
@@ -54,7 +57,9 @@ use limits::Limits;
 use pool::EvalPool;
 use record::Subject;
 pub(crate) use request::parse_entities_json;
-pub use request::{Api, Call, Context, DecisionRequest, Rejected, Submitted, Uid, Workload};
+pub use request::{
+    Api, Call, Context, DecisionRequest, Rejected, Submitted, TokenFacts, Uid, Workload,
+};
 
 /// How the pipeline bounds and shapes requests; built from the config.
 #[derive(Clone, Debug)]
@@ -75,6 +80,8 @@ pub struct PipelineOptions {
     /// Threads evaluation runs on; 0: one per CPU the process may use.
     pub evaluation_threads: usize,
     pub delegation: DelegationRules,
+    /// The issuers tokens are verified against; `None`: tokens are refused.
+    pub tokens: Option<Arc<TokenVerifier>>,
 }
 
 impl PipelineOptions {
@@ -99,6 +106,7 @@ impl PipelineOptions {
                 max_depth: config.delegation.max_depth,
                 max_scopes: config.delegation.max_scopes,
             },
+            tokens: None,
         }
     }
 }
@@ -277,6 +285,11 @@ impl Pipeline {
                 .map(Some)
                 .map_err(drop),
         }
+    }
+
+    /// Whether token issuers are configured, so tokens can be verified.
+    pub fn verifies_tokens(&self) -> bool {
+        self.opts.tokens.is_some()
     }
 
     /// The most items one batch call may carry (`limits.max_batch_size`).

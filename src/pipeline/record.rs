@@ -28,6 +28,27 @@ fn trace_id_of(traceparent: &str) -> Option<String> {
     valid.then(|| trace.to_ascii_lowercase())
 }
 
+/// The verified tokens, as the record names them; `null` without any.
+fn tokens(req: &DecisionRequest) -> Json {
+    if req.tokens.is_empty() {
+        return Json::Null;
+    }
+    Json::Array(
+        req.tokens
+            .iter()
+            .map(|t| {
+                let mut facts = serde_json::json!({
+                    "kind": t.kind, "issuer": t.issuer, "subject": t.subject, "kid": t.kid,
+                });
+                if let Some(jti) = &t.jti {
+                    facts["jti"] = Json::String(jti.clone());
+                }
+                facts
+            })
+            .collect(),
+    )
+}
+
 /// The request side of a record, captured before the request is consumed.
 #[derive(Clone, Debug)]
 pub(super) struct Subject {
@@ -39,6 +60,7 @@ pub(super) struct Subject {
     workload: Json,
     delegation: Json,
     purpose: String,
+    tokens: Json,
 }
 
 fn entity_ref(uid: Option<&Uid>) -> EntityRef {
@@ -65,6 +87,7 @@ impl Subject {
                 delegation::record(&req.delegation)
             },
             purpose: req.purpose.clone(),
+            tokens: tokens(req),
         }
     }
 
@@ -82,6 +105,9 @@ impl Subject {
         }
         if !self.purpose.is_empty() {
             context.remove(delegation::PURPOSE_KEY);
+        }
+        if !self.tokens.is_null() {
+            context.remove(super::token_claims::TOKEN_KEY);
         }
         self.context = Json::Object(context);
         self
@@ -127,6 +153,7 @@ impl Subject {
             workload: self.workload,
             delegation: self.delegation,
             purpose: self.purpose,
+            tokens: self.tokens,
             decision: "deny",
             determining_policies: Vec::new(),
             errors: Vec::new(),

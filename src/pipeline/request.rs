@@ -14,6 +14,7 @@ use serde_json::{Map, Value as Json, json};
 
 use super::delegation::{self, DELEGATION_KEY, DelegationHop, PURPOSE_KEY};
 use super::error::{DecisionError, InvalidField, Reason};
+use super::token_claims::TOKEN_KEY;
 use crate::authorizer::Query;
 use crate::identity::PeerFacts;
 
@@ -135,8 +136,24 @@ pub struct DecisionRequest {
     /// Tokens for the server to verify (RFC 8693 subject and actor).
     pub subject_token: String,
     pub actor_token: String,
+    /// Set by the pipeline once the tokens verify: what the record names.
+    pub tokens: Vec<TokenFacts>,
+    /// Set by the pipeline: the subject token's claims for `context.token`.
+    pub token_claims: Option<Map<String, Json>>,
     /// The caller's own id, echoed back.
     pub request_id: String,
+}
+
+/// A verified token, as the record names it (never the token itself).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenFacts {
+    /// `subject` or `actor`.
+    pub kind: &'static str,
+    pub issuer: String,
+    pub subject: String,
+    pub jti: Option<String>,
+    /// The key that verified it.
+    pub kid: String,
 }
 
 /// A wire request that could not even be converted: what is known of it, for
@@ -223,7 +240,13 @@ impl DecisionRequest {
         if let Some(workload) = &self.workload {
             context.insert(WORKLOAD_KEY.to_string(), workload.to_json());
         }
-        for key in [DELEGATION_KEY, PURPOSE_KEY] {
+        // `token` is the server's only with a subject token: before tokens
+        // existed, callers could name a context key `token`.
+        let token_key = self.token_claims.is_some().then_some(TOKEN_KEY);
+        for key in [Some(DELEGATION_KEY), Some(PURPOSE_KEY), token_key]
+            .into_iter()
+            .flatten()
+        {
             if context.contains_key(key) {
                 return Err(InvalidField::new(
                     format!("context.{key}"),
@@ -245,6 +268,9 @@ impl DecisionRequest {
         }
         if !self.purpose.is_empty() {
             context.insert(PURPOSE_KEY.to_string(), Json::String(self.purpose));
+        }
+        if let Some(claims) = self.token_claims {
+            context.insert(TOKEN_KEY.to_string(), Json::Object(claims));
         }
         let mut entities = self.entities;
         entities.extend(parse_entities_json(&self.entities_json, "entities_json")?);

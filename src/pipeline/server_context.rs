@@ -64,24 +64,6 @@ fn agree(claimed: &mut String, verified: &str, field: &str) -> Result<(), Decisi
     ))
 }
 
-/// Tokens need a configured issuer to verify them against; until one is,
-/// a token is refused rather than ignored, so nothing a caller meant to be
-/// checked goes unchecked.
-pub(super) fn check_tokens(req: &DecisionRequest) -> Result<(), DecisionError> {
-    for (field, token) in [
-        ("subject_token", &req.subject_token),
-        ("actor_token", &req.actor_token),
-    ] {
-        if !token.is_empty() {
-            return Err(DecisionError::token(
-                field,
-                "no token issuer is configured (`[[tokens.issuers]]`), so it cannot be verified",
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Adds the verified caller facts under `key`, which the request itself may
 /// not use.
 pub(super) fn add_caller(
