@@ -341,6 +341,10 @@ pub struct ValidationConfig {
     pub policies: bool,
     /// Whether a reload may drop the schema the live set has.
     pub schema: SchemaRequirement,
+    /// Entity types only the policy directory may define: a request entity
+    /// of one is refused (`entity_conflict`), so a caller cannot make up a
+    /// person with the attributes it needs.
+    pub stored_only_types: Vec<String>,
 }
 
 /// `[validation] schema`.
@@ -424,6 +428,9 @@ pub struct IssuerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct EvaluationConfig {
     pub on_forbid_error: OnForbidError,
+    /// The context key the server's time (a `datetime`, whole seconds)
+    /// goes under; empty: off.
+    pub server_time_key: String,
 }
 
 /// What a `forbid` whose evaluation errors means.
@@ -629,6 +636,7 @@ impl Default for ValidationConfig {
         Self {
             policies: true,
             schema: SchemaRequirement::RequiredOnceLoaded,
+            stored_only_types: Vec::new(),
         }
     }
 }
@@ -841,6 +849,21 @@ impl Config {
         }
         if self.tokens.reload_interval < Duration::from_millis(100) {
             problems.push("`tokens.reload_interval`: must be at least 100ms".into());
+        }
+        for t in &self.validation.stored_only_types {
+            if cedar_policy::EntityTypeName::from_str(t).is_err() {
+                problems.push(format!(
+                    "`validation.stored_only_types`: `{t}` is not a Cedar entity type"
+                ));
+            }
+        }
+        let time_key = &self.evaluation.server_time_key;
+        if ["workload", "delegation", "purpose", "token"].contains(&time_key.as_str())
+            || (!time_key.is_empty() && *time_key == self.caller.context_key)
+        {
+            problems.push(format!(
+                "`evaluation.server_time_key`: `{time_key}` is a key the server already sets"
+            ));
         }
         if !(1..=64).contains(&self.delegation.max_depth) {
             problems.push(format!(

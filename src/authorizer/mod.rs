@@ -100,6 +100,11 @@ pub enum AuthorizeError {
         "invalid entities: `{0}` is named by an entity loaded from the policy directory, which does not define it; a request cannot define it either"
     )]
     StoredReference(String),
+    /// An entity of a type only the policy directory may define.
+    #[error(
+        "invalid entities: `{0}` is of a type only the policy directory may define (`validation.stored_only_types`)"
+    )]
+    StoredOnly(String),
     /// Without a schema, a request could reshape the action hierarchy.
     #[error(
         "invalid entities: `{0}` is an action; without a schema, a request cannot define action entities"
@@ -118,6 +123,7 @@ impl AuthorizeError {
             Self::Entities(_)
             | Self::EntityConflict(_)
             | Self::StoredReference(_)
+            | Self::StoredOnly(_)
             | Self::ActionEntity(_) => "entities",
             Self::Context(_) => "context",
             Self::Schema(_) => "request",

@@ -80,6 +80,12 @@ pub(super) fn check_claims(snapshot: &Snapshot, extra: &Entities) -> Result<(), 
         if snapshot.dangling.contains(&uid) {
             return Err(AuthorizeError::StoredReference(uid.to_string()));
         }
+        if snapshot
+            .stored_only_types
+            .contains(&uid.type_name().to_string())
+        {
+            return Err(AuthorizeError::StoredOnly(uid.to_string()));
+        }
         if snapshot.schema.is_none() && uid.type_name().basename() == "Action" {
             return Err(AuthorizeError::ActionEntity(uid.to_string()));
         }

@@ -95,6 +95,7 @@ pub fn decision_request(req: proto::AuthorizeRequest) -> Submitted {
         actor_token: req.actor_token,
         tokens: Vec::new(),
         token_claims: None,
+        server_time: None,
         request_id: req.request_id,
     };
     match delegation(req.delegation) {

@@ -143,6 +143,10 @@ impl DecisionCache {
             key.bytes(20, &[u8::from(hop.verified)]);
         }
         key.bytes(21, req.purpose.as_bytes());
+        // The policies see the time: an answer holds for its second only.
+        if let Some((_, now)) = &req.server_time {
+            key.bytes(23, now.as_bytes());
+        }
         if let Some(claims) = &req.token_claims {
             key.json(22, claims)?;
         }

@@ -359,6 +359,7 @@ impl From<AuthorizeError> for DecisionError {
             AuthorizeError::Entities(_) => Reason::InvalidEntities,
             AuthorizeError::EntityConflict(_)
             | AuthorizeError::StoredReference(_)
+            | AuthorizeError::StoredOnly(_)
             | AuthorizeError::ActionEntity(_) => Reason::EntityConflict,
             AuthorizeError::Context(_) => Reason::InvalidContext,
             AuthorizeError::Schema(_) => Reason::SchemaMismatch,

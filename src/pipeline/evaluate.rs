@@ -65,14 +65,18 @@ impl Evaluator<'_> {
     ) -> Result<Screened, DecisionError> {
         let opts = self.opts;
         server_context::check_binding(opts.bind_workload, req, peer)?;
-        token_claims::apply(opts.tokens.as_deref(), req, std::time::SystemTime::now())?;
+        let now = std::time::SystemTime::now();
+        token_claims::apply(opts.tokens.as_deref(), req, now)?;
         // By the server's clock, before the cache: an expired chain never
         // gets an answer computed while it was valid.
-        delegation::check(
-            &req.delegation,
-            opts.delegation,
-            std::time::SystemTime::now(),
-        )?;
+        delegation::check(&req.delegation, opts.delegation, now)?;
+        if let Some(key) = &opts.server_time_key {
+            let second = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let second = std::time::UNIX_EPOCH + std::time::Duration::from_secs(second);
+            req.server_time = Some((key.clone(), delegation::rfc3339(second)));
+        }
         opts.limits
             .check_request_id(&req.request_id)
             .map_err(DecisionError::limit)?;

@@ -82,6 +82,8 @@ pub struct PipelineOptions {
     pub delegation: DelegationRules,
     /// The issuers tokens are verified against; `None`: tokens are refused.
     pub tokens: Option<Arc<TokenVerifier>>,
+    /// Context key for the server's time; `None`: not given.
+    pub server_time_key: Option<String>,
 }
 
 impl PipelineOptions {
@@ -107,6 +109,8 @@ impl PipelineOptions {
                 max_scopes: config.delegation.max_scopes,
             },
             tokens: None,
+            server_time_key: Some(config.evaluation.server_time_key.clone())
+                .filter(|k| !k.is_empty()),
         }
     }
 }

@@ -140,6 +140,10 @@ pub struct DecisionRequest {
     pub tokens: Vec<TokenFacts>,
     /// Set by the pipeline: the subject token's claims for `context.token`.
     pub token_claims: Option<Map<String, Json>>,
+    /// Set by the pipeline with `evaluation.server_time_key`: that key and
+    /// the server's time (RFC 3339, whole seconds) when it screened the
+    /// request, so the cache keys on the same second the policies see.
+    pub server_time: Option<(String, String)>,
     /// The caller's own id, echoed back.
     pub request_id: String,
 }
@@ -271,6 +275,15 @@ impl DecisionRequest {
         }
         if let Some(claims) = self.token_claims {
             context.insert(TOKEN_KEY.to_string(), Json::Object(claims));
+        }
+        if let Some((key, now)) = self.server_time {
+            if context.contains_key(&key) {
+                return Err(InvalidField::new(
+                    format!("context.{key}"),
+                    "is reserved for the server's time (`evaluation.server_time_key`); rename the context key",
+                ));
+            }
+            context.insert(key, json!({"__extn": {"fn": "datetime", "arg": now}}));
         }
         let mut entities = self.entities;
         entities.extend(parse_entities_json(&self.entities_json, "entities_json")?);

@@ -1,7 +1,7 @@
 //! Builds a [`Snapshot`] from a directory's [`Sources`]: the one boundary
 //! where files turn into Cedar values. Loading is all or nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -22,6 +22,8 @@ pub struct LoadOptions {
     pub validate_policies: bool,
     /// Refuse a reload that drops the live set's schema.
     pub keep_schema: bool,
+    /// Entity types (full names) no request may define.
+    pub stored_only_types: HashSet<String>,
 }
 
 impl LoadOptions {
@@ -30,6 +32,12 @@ impl LoadOptions {
         Self {
             validate_policies: config.validation.policies,
             keep_schema: config.validation.schema == SchemaRequirement::RequiredOnceLoaded,
+            stored_only_types: config
+                .validation
+                .stored_only_types
+                .iter()
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -173,6 +181,7 @@ pub fn build(
         schema,
         entities,
         dangling,
+        stored_only_types: options.stored_only_types.clone(),
         warnings,
     })
 }

@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub entities: Entities,
     /// Uids `entities` name but do not define; no request may define them.
     pub dangling: HashSet<EntityUid>,
+    /// Entity types no request may define (`validation.stored_only_types`).
+    pub stored_only_types: HashSet<String>,
     /// Problems that do not stop the load: policies without `@id`, policies
     /// that can never apply under the schema, schema warnings.
     pub warnings: Vec<super::SourceProblem>,
