@@ -254,6 +254,7 @@ async fn drop_mode_counts_what_it_drops() {
         on_full: OnFull::Drop,
         mask: vec![],
         remove: vec![],
+        ..DecisionLogConfig::default()
     };
     let (log, writer) = DecisionLog::start(&config).unwrap();
     for n in 0..RECORDS {

@@ -9,6 +9,7 @@
 mod authorize;
 mod bench;
 mod fmt;
+mod log;
 mod problems;
 mod serve;
 mod test;
@@ -66,6 +67,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the policy directory's `*.test.yaml` / `*.test.json` cases.
     Test(test::TestArgs),
+    /// Work with decision logs: `log verify`.
+    Log(log::LogArgs),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -91,6 +94,7 @@ pub fn main() -> std::process::ExitCode {
         Some(Command::Authorize(args)) => authorize::run(args),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Test(args)) => test::run(args),
+        Some(Command::Log(args)) => log::run(args),
     };
     exit.into()
 }

@@ -16,18 +16,26 @@
 //! record whose call reserved room is always queued, so the bytes can pass
 //! the budget by the records of calls already admitted; new reservations
 //! wait (in `block` mode) until the bytes are back under it.
+//!
+//! The writer links every record into a hash chain in the order it writes
+//! them, and signs checkpoints of the chain's head (`chain`); `verify` checks
+//! a log's files against both. See `docs/audit.md`.
 
+mod canonical;
+pub mod chain;
 mod record;
 mod sink;
+pub mod verify;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{DecisionLogConfig, LogSink, OnFull};
+use chain::{Body, KeyError, ResumeError, Resumed, Signer};
 pub use record::{
     Caller, DecisionRecord, EntityRef, MASKED, Masker, RECORD_VERSION, RecordError, RecordFailure,
 };
@@ -43,12 +51,16 @@ pub enum DecisionLogError {
     },
     #[error("cannot start the decision log writer: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("cannot continue the decision log's hash chain: {0}")]
+    Resume(#[from] ResumeError),
+    #[error("`decision_log.signing_key`: {0}")]
+    SigningKey(#[from] KeyError),
 }
 
-/// A record's line in the queue, holding its room until the writer is done
-/// with it.
+/// A record in the queue, serialized, holding its room until the writer is
+/// done with it.
 struct Queued {
-    line: Vec<u8>,
+    body: Body,
     _room: OwnedSemaphorePermit,
     _bytes: Charge,
 }
@@ -112,7 +124,7 @@ impl Drop for Charge {
 pub struct DecisionLog {
     // INVARIANT: every record sent holds a permit of `decisions` or
     // `refusals`, so the unbounded channel holds at most their sum.
-    tx: mpsc::UnboundedSender<Queued>,
+    tx: crossbeam_channel::Sender<Queued>,
     decisions: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
     decision_bytes: Arc<Bytes>,
@@ -154,22 +166,41 @@ pub enum FinishError {
 }
 
 impl DecisionLog {
-    /// Opens the sink and starts the writer thread.
+    /// Opens the sink, continues the chain of what it holds, and starts
+    /// the writer thread.
     pub fn start(config: &DecisionLogConfig) -> Result<(Self, LogWriter), DecisionLogError> {
-        let sink: Box<dyn sink::Sink> = match config.sink {
-            LogSink::Stdout => Box::new(std::io::stdout()),
-            LogSink::File => Box::new(sink::RotatingFile::open(
-                &config.path,
-                config.max_file_bytes,
-                config.max_files,
-            )?),
+        let signer = match config.signing_key.as_os_str().is_empty() {
+            true => None,
+            false => Some(Signer::from_pem_file(&config.signing_key)?),
         };
-        let (tx, rx) = mpsc::unbounded_channel::<Queued>();
+        let (sink, resumed): (Box<dyn sink::Sink>, Resumed) = match config.sink {
+            // Standard output has no tail to read: each run is a new chain.
+            LogSink::Stdout => (
+                Box::new(std::io::stdout()),
+                Resumed {
+                    head: chain::Head::genesis(),
+                    covered: false,
+                },
+            ),
+            LogSink::File => {
+                // Before the file opens for appending: a cut-off last line
+                // is removed.
+                let resumed = chain::resume(&config.path)?;
+                let file = sink::RotatingFile::open(
+                    &config.path,
+                    config.max_file_bytes,
+                    config.max_files,
+                )?;
+                (Box::new(file), resumed)
+            }
+        };
+        let writer = sink::Writer::new(sink, resumed, signer, config.checkpoint_interval);
+        let (tx, rx) = crossbeam_channel::unbounded::<Queued>();
         let dropped = Arc::new(AtomicU64::new(0));
         let writer_dropped = Arc::clone(&dropped);
         let thread = std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || sink::drain(rx, sink, &writer_dropped))
+            .spawn(move || writer.drain(&rx, &writer_dropped))
             .map_err(DecisionLogError::Spawn)?;
         let log = Self {
             tx,
@@ -241,13 +272,10 @@ impl DecisionLog {
         Arc::clone(&self.dropped)
     }
 
-    /// The record as one JSON line, or `None` (counted) if it cannot be.
-    fn line(&self, record: &DecisionRecord) -> Option<Vec<u8>> {
-        match serde_json::to_vec(record) {
-            Ok(mut line) => {
-                line.push(b'\n');
-                Some(line)
-            }
+    /// The record in canonical JSON, or `None` (counted) if it cannot be.
+    fn line(&self, record: &DecisionRecord) -> Option<Body> {
+        match Body::of(record) {
+            Ok(body) => Some(body),
             Err(e) => {
                 tracing::error!("decision record cannot be serialized: {e}");
                 self.drop_one();
@@ -260,9 +288,9 @@ impl DecisionLog {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn send(&self, line: Vec<u8>, room: OwnedSemaphorePermit, bytes: Charge) {
+    fn send(&self, body: Body, room: OwnedSemaphorePermit, bytes: Charge) {
         let queued = Queued {
-            line,
+            body,
             _room: room,
             _bytes: bytes,
         };
@@ -272,7 +300,7 @@ impl DecisionLog {
     }
 
     /// Queues a record no reservation covers, if both budgets have room.
-    fn enqueue(&self, line: Vec<u8>) {
+    fn enqueue(&self, line: Body) {
         let room = Arc::clone(&self.decisions).try_acquire_owned().ok();
         match room.and_then(|r| Some((r, self.decision_bytes.charge(line.len(), false)?))) {
             Some((room, bytes)) => self.send(line, room, bytes),

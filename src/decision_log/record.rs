@@ -206,11 +206,12 @@ fn apply_path(value: &mut Json, path: &[String], action: MaskAction, hidden: &mu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn record(context: Json) -> DecisionRecord {
+    /// A record with `context`, for tests.
+    pub(crate) fn record(context: Json) -> DecisionRecord {
         let e = |t: &str| EntityRef {
             type_name: t.into(),
             id: "x".into(),
