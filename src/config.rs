@@ -452,6 +452,9 @@ pub struct DecisionLogConfig {
     /// when records came since the last time.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// Entity sets whose canonical JSON is larger are stored once, by
+    /// SHA-256, in a side file beside the log (`sink = "file"`).
+    pub max_inline_entities_bytes: usize,
 }
 
 /// Where decision records go.
@@ -511,6 +514,7 @@ impl Default for DecisionLogConfig {
             remove: Vec::new(),
             signing_key: PathBuf::new(),
             checkpoint_interval: Duration::from_secs(10),
+            max_inline_entities_bytes: 16 * 1024,
         }
     }
 }

@@ -18,6 +18,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use ring::signature::{self, Ed25519KeyPair, KeyPair as _};
@@ -27,7 +28,7 @@ use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 
 use super::canonical::{self, key_order};
-use super::record::DecisionRecord;
+use super::record::{DecisionRecord, EntitySet};
 
 /// The `prev_hash` of the first record of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -47,6 +48,8 @@ const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
 pub(super) struct Body {
     bytes: Vec<u8>,
     cuts: [usize; 2],
+    /// Side files the record names: digest and contents.
+    pub(super) side: Vec<(String, Arc<Vec<u8>>)>,
 }
 
 impl Body {
@@ -79,12 +82,20 @@ impl Body {
             cuts[segment] = bytes.len();
             segment += 1;
         }
-        Ok(Self { bytes, cuts })
+        let side = [&record.entities, &record.shared_entities]
+            .into_iter()
+            .flatten()
+            .filter_map(|set| match set {
+                EntitySet::Stored { sha256, bytes } => Some((sha256.clone(), Arc::clone(bytes))),
+                EntitySet::Inline(_) => None,
+            })
+            .collect();
+        Ok(Self { bytes, cuts, side })
     }
 
-    /// About the bytes its line will take.
+    /// About the bytes its line (and its side files) will take.
     pub(super) fn len(&self) -> usize {
-        self.bytes.len() + 180
+        self.bytes.len() + 180 + self.side.iter().map(|(_, b)| b.len()).sum::<usize>()
     }
 }
 

@@ -37,8 +37,12 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use crate::config::{DecisionLogConfig, LogSink, OnFull};
 use chain::{Body, KeyError, ResumeError, Resumed, Signer};
 pub use record::{
-    Caller, DecisionRecord, EntityRef, MASKED, Masker, RECORD_VERSION, RecordError, RecordFailure,
+    Caller, DecisionRecord, EntityRef, EntitySet, MASKED, Masker, RECORD_VERSION, RecordError,
+    RecordFailure,
 };
+
+/// Side files of a log at `decisions.log` go in `decisions.log.entities/`.
+pub const SIDE_DIR_SUFFIX: &str = ".entities";
 
 /// Why the decision log could not start.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +136,9 @@ pub struct DecisionLog {
     capacity: usize,
     on_full: OnFull,
     masker: Arc<Masker>,
+    /// Entity sets whose canonical JSON is larger go to side files;
+    /// `usize::MAX` for a sink without a directory.
+    max_inline: usize,
     dropped: Arc<AtomicU64>,
 }
 
@@ -211,6 +218,10 @@ impl DecisionLog {
             capacity: config.queue_capacity,
             on_full: config.on_full,
             masker: Arc::new(Masker::new(&config.mask, &config.remove)),
+            max_inline: match config.sink {
+                LogSink::Stdout => usize::MAX,
+                LogSink::File => config.max_inline_entities_bytes,
+            },
             dropped,
         };
         Ok((log, LogWriter { thread }))
@@ -244,7 +255,7 @@ impl DecisionLog {
     /// takes room from the refusals' budget, then from the decisions'.
     pub fn submit_refusal(&self, mut record: DecisionRecord) {
         self.masker.apply(&mut record);
-        let Some(line) = self.line(&record) else {
+        let Some(line) = self.line(&mut record) else {
             return;
         };
         let refusal = Arc::clone(&self.refusals)
@@ -272,8 +283,34 @@ impl DecisionLog {
         Arc::clone(&self.dropped)
     }
 
+    /// `entities` as a record holds them: inline, or stored by digest when
+    /// larger than `max_inline_entities_bytes`.
+    pub fn entity_set(&self, entities: &[serde_json::Value]) -> EntitySet {
+        let inline = || EntitySet::Inline(Arc::new(entities.to_vec()));
+        if entities.is_empty() || self.max_inline == usize::MAX {
+            return inline();
+        }
+        let array = serde_json::Value::Array(entities.to_vec());
+        match canonical::to_vec(&array) {
+            Ok(bytes) if bytes.len() > self.max_inline => EntitySet::Stored {
+                sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+                bytes: Arc::new(bytes),
+            },
+            _ => EntitySet::Inline(Arc::new(match array {
+                serde_json::Value::Array(items) => items,
+                _ => Vec::new(),
+            })),
+        }
+    }
+
     /// The record in canonical JSON, or `None` (counted) if it cannot be.
-    fn line(&self, record: &DecisionRecord) -> Option<Body> {
+    /// Large entity sets are moved to side files first.
+    fn line(&self, record: &mut DecisionRecord) -> Option<Body> {
+        if let Some(EntitySet::Inline(entities)) = &record.entities
+            && !entities.is_empty()
+        {
+            record.entities = Some(self.entity_set(entities));
+        }
         match Body::of(record) {
             Ok(body) => Some(body),
             Err(e) => {
@@ -314,7 +351,7 @@ impl Slots {
     /// waits.
     pub fn submit(&mut self, mut record: DecisionRecord) {
         self.log.masker.apply(&mut record);
-        let Some(line) = self.log.line(&record) else {
+        let Some(line) = self.log.line(&mut record) else {
             return;
         };
         let reserved = match &mut self.room {

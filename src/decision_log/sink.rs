@@ -13,6 +13,7 @@
 //! and fsynced) every `checkpoint_interval` when records came, at rotation
 //! and at shutdown.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -41,6 +42,11 @@ pub(super) trait Sink: Write + Send {
 
     /// Where the chain head is kept durably, beside the file.
     fn head_file(&self) -> Option<PathBuf> {
+        None
+    }
+
+    /// Where side files go, beside the file.
+    fn side_dir(&self) -> Option<PathBuf> {
         None
     }
 }
@@ -157,6 +163,12 @@ impl Sink for RotatingFile {
     fn head_file(&self) -> Option<PathBuf> {
         Some(chain::head_path(&self.path))
     }
+
+    fn side_dir(&self) -> Option<PathBuf> {
+        let mut dir = self.path.as_os_str().to_os_string();
+        dir.push(super::SIDE_DIR_SUFFIX);
+        Some(PathBuf::from(dir))
+    }
 }
 
 /// fsync; a file that cannot be synced (a pipe, a character device)
@@ -191,6 +203,8 @@ pub(super) struct Writer {
     failing: bool,
     /// A write failed, perhaps mid-line: the next write starts a new line.
     torn: bool,
+    /// Side files known to exist, so each is checked for once.
+    stored: HashSet<String>,
 }
 
 impl Writer {
@@ -213,6 +227,7 @@ impl Writer {
             dirty: false,
             failing: false,
             torn: false,
+            stored: HashSet::new(),
         }
     }
 
@@ -257,10 +272,47 @@ impl Writer {
         if self.sink.is_full(self.buf.len()) {
             self.rotate(dropped);
         }
+        for (digest, bytes) in &body.side {
+            self.store(digest, bytes);
+        }
         self.buf.extend_from_slice(self.chain.link(body));
         self.buffered += 1;
         self.covered = false;
         self.dirty = true;
+    }
+
+    /// Writes a side file, once: durably, before any record names it is.
+    /// A failure is logged; `replay` names the record it leaves unreplayable.
+    fn store(&mut self, digest: &str, bytes: &[u8]) {
+        if self.stored.contains(digest) {
+            return;
+        }
+        let Some(dir) = self.sink.side_dir() else {
+            return;
+        };
+        let path = dir.join(format!("{digest}.json"));
+        let written = (|| {
+            if path.exists() {
+                return Ok(());
+            }
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!(".{digest}.tmp"));
+            let mut file = File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            sync_dir(&path)
+        })();
+        match written {
+            Ok(()) => {
+                // Bounded: past this many, files are checked for again.
+                if self.stored.len() >= 65_536 {
+                    self.stored.clear();
+                }
+                self.stored.insert(digest.to_string());
+            }
+            Err(e) => tracing::error!(file = %path.display(), "decision log side file failed: {e}"),
+        }
     }
 
     /// Buffers a signed checkpoint of the head, unless one is already last.

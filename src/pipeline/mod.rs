@@ -39,7 +39,7 @@ use tracing::Span;
 
 use crate::authorizer::{Decision, SharedEntities};
 use crate::config::{Config, OnForbidError};
-use crate::decision_log::{DecisionLog, Slots};
+use crate::decision_log::{DecisionLog, EntitySet, Slots};
 use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
 use crate::policy_store::{PolicyStore, Snapshot};
@@ -519,6 +519,8 @@ impl Pipeline {
             match SharedEntities::parse(snapshot, shared.clone()) {
                 Ok(entities) => Some(Shared {
                     entities,
+                    // Serialized (and digested) once for every item's record.
+                    record: self.log.as_ref().map(|log| log.entity_set(&shared)),
                     json: shared,
                 }),
                 Err(e) => {
@@ -658,8 +660,9 @@ impl Pipeline {
         span::record_peer(span, &call.peer);
         let audit = self.log.is_some();
         let request_id = req.request_id.clone();
-        let mut subject = audit.then(|| Subject::of(&req));
         let shared = item.and_then(|i| i.shared);
+        let mut subject =
+            audit.then(|| Subject::of(&req).with_shared(shared.and_then(|s| s.record.as_ref())));
         let decided = screened
             .and_then(|screened| {
                 self.evaluator()
@@ -709,10 +712,12 @@ fn split(req: Submitted) -> (DecisionRequest, Option<DecisionError>) {
     }
 }
 
-/// A batch's shared entities: parsed once, and as sent, for the limits.
+/// A batch's shared entities: parsed once, and as sent, for the limits
+/// and the records.
 struct Shared {
     entities: SharedEntities,
     json: Vec<Json>,
+    record: Option<EntitySet>,
 }
 
 /// One decision's work on the pool. It owns the request and its log room:

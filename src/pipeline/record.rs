@@ -2,6 +2,7 @@
 //! [`DecisionRecord`]. Only runs when the decision log is on, so the hot path
 //! pays nothing otherwise.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::{Map, Value as Json};
@@ -11,7 +12,7 @@ use super::request::{Call, DecisionRequest, Uid};
 use super::span;
 use crate::authorizer::Decision;
 use crate::decision_log::{
-    Caller, DecisionRecord, EntityRef, RECORD_VERSION, RecordError, RecordFailure,
+    Caller, DecisionRecord, EntityRef, EntitySet, RECORD_VERSION, RecordError, RecordFailure,
 };
 use crate::policy_store::Snapshot;
 
@@ -35,6 +36,8 @@ pub(super) struct Subject {
     request_id: String,
     context: Json,
     workload: Json,
+    entities: Option<EntitySet>,
+    shared: Option<EntitySet>,
 }
 
 fn entity_ref(uid: Option<&Uid>) -> EntityRef {
@@ -55,17 +58,37 @@ impl Subject {
             request_id: req.request_id.clone(),
             context: Json::Object(Map::new()),
             workload: req.workload.as_ref().map_or(Json::Null, |w| w.to_json()),
+            entities: None,
+            shared: None,
         }
     }
 
-    /// Records the converted context; `context.workload` is reported as the
-    /// record's own `workload` field.
-    pub(super) fn with_context(mut self, context: &Map<String, Json>, has_workload: bool) -> Self {
-        let mut context = context.clone();
+    /// Records the converted query: its context (`context.workload` is also
+    /// the record's own `workload` field) and its entities.
+    pub(super) fn with_query(
+        mut self,
+        context: &Map<String, Json>,
+        entities: &[Json],
+        has_workload: bool,
+    ) -> Self {
         if has_workload {
-            self.workload = context.remove("workload").unwrap_or(Json::Null);
+            self.workload = context.get("workload").cloned().unwrap_or(Json::Null);
         }
-        self.context = Json::Object(context);
+        self.context = Json::Object(context.clone());
+        self.entities = Some(EntitySet::Inline(Arc::new(entities.to_vec())));
+        self
+    }
+
+    /// Adds a key the server put in the context after conversion.
+    pub(super) fn add_context(&mut self, key: &str, value: &Json) {
+        if let Json::Object(map) = &mut self.context {
+            map.insert(key.to_string(), value.clone());
+        }
+    }
+
+    /// Records a batch's shared entities.
+    pub(super) fn with_shared(mut self, shared: Option<&EntitySet>) -> Self {
+        self.shared = shared.cloned();
         self
     }
 
@@ -107,6 +130,10 @@ impl Subject {
             resource: self.resource,
             context: self.context,
             workload: self.workload,
+            entities: self.entities,
+            shared_entities: self.shared,
+            schema_digest: snapshot.and_then(|s| s.schema_digest.clone()),
+            replayable: true,
             decision: "deny",
             determining_policies: Vec::new(),
             errors: Vec::new(),

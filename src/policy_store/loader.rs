@@ -160,6 +160,14 @@ pub fn build(
     let entity_count = entities.len();
     let index = PolicyIndex::new(&policies);
     let dangling = super::entity_refs::dangling(&entities);
+    let schema_digest = schema.as_ref().and_then(|_| {
+        let file = sources
+            .files
+            .iter()
+            .find(|f| matches!(f.kind, FileKind::CedarSchema | FileKind::JsonSchema))?;
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(file.text.as_bytes());
+        Some(format!("sha256:{}", hex::encode(digest)))
+    });
     Ok(Snapshot {
         revision: sources.revision(),
         git_commit: sources.git.clone(),
@@ -171,6 +179,7 @@ pub fn build(
         policies,
         index,
         schema,
+        schema_digest,
         entities,
         dangling,
         warnings,

@@ -26,6 +26,8 @@ pub struct Snapshot {
     /// `policies`, sliced by scope for evaluation.
     pub index: PolicyIndex,
     pub schema: Option<Schema>,
+    /// `sha256:<hex>` of the schema file's text, when there is one.
+    pub schema_digest: Option<String>,
     /// Entities from `*.entities.json`, plus the schema's action entities.
     pub entities: Entities,
     /// Uids `entities` name but do not define; no request may define them.
