@@ -326,6 +326,8 @@ pub(crate) struct RecordLine {
     pub hash: String,
     /// The hash is the SHA-256 of the line without its `hash` member.
     pub hash_ok: bool,
+    /// The whole record.
+    pub json: Json,
 }
 
 /// A checkpoint, with the bytes its signature covers.
@@ -389,6 +391,7 @@ pub(crate) fn parse_line(bytes: &[u8]) -> Line {
         prev_hash: prev_hash.to_string(),
         hash: hash.to_string(),
         hash_ok,
+        json,
     })
 }
 
