@@ -45,7 +45,7 @@ const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
 /// three runs of comma-separated members, split where `prev_hash` and `seq`
 /// belong.
 #[derive(Debug)]
-pub(super) struct Body {
+pub struct Body {
     bytes: Vec<u8>,
     cuts: [usize; 2],
     /// Side files the record names: digest and contents.
@@ -54,7 +54,7 @@ pub(super) struct Body {
 
 impl Body {
     /// Serializes `record` canonically.
-    pub(super) fn of(record: &DecisionRecord) -> Result<Self, serde_json::Error> {
+    pub fn of(record: &DecisionRecord) -> Result<Self, serde_json::Error> {
         let value = serde_json::to_value(record)?;
         let Json::Object(map) = value else {
             return Err(serde::ser::Error::custom("a record is a JSON object"));
@@ -118,26 +118,28 @@ impl Head {
 
 /// The writer's end of the chain.
 #[derive(Debug)]
-pub(super) struct Chain {
+pub struct Chain {
     head: Head,
     line: Vec<u8>,
 }
 
 impl Chain {
-    pub(super) fn new(head: Head) -> Self {
+    /// A chain whose next record follows `head`.
+    pub fn new(head: Head) -> Self {
         Self {
             head,
             line: Vec::with_capacity(1024),
         }
     }
 
-    pub(super) fn head(&self) -> &Head {
+    /// The last record linked.
+    pub fn head(&self) -> &Head {
         &self.head
     }
 
     /// The next record's line, `\n` included: `body` with `seq` and
     /// `prev_hash` spliced in, and its hash appended.
-    pub(super) fn link(&mut self, body: &Body) -> &[u8] {
+    pub fn link(&mut self, body: &Body) -> &[u8] {
         let seq = self.head.seq + 1;
         let line = &mut self.line;
         line.clear();
@@ -237,7 +239,7 @@ impl Signer {
     }
 
     /// A signed checkpoint line for `head`, `\n` included.
-    pub(super) fn checkpoint(&self, head: &Head, timestamp: &str) -> Vec<u8> {
+    pub fn checkpoint(&self, head: &Head, timestamp: &str) -> Vec<u8> {
         let body = json!({
             "seq": head.seq,
             "hash": head.hash,
