@@ -4,7 +4,9 @@
 //!   but shares the cores);
 //! - one record serialized as plain JSON (before the chain) and canonically,
 //!   linked and hashed (with it); one checkpoint signature;
-//! - replay: one recorded decision evaluated again from its record.
+//! - replay: one recorded decision evaluated again from its record;
+//! - shadow policies: the decision path with a shadow `forbid` whose scope
+//!   matches every request (the worst case), against the same path without.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,6 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cedar_pdp::authorizer;
 use cedar_pdp::config::{Config, LogSink, OnForbidError};
 use cedar_pdp::decision_log::chain::{Body, Chain, Head, Signer};
 use cedar_pdp::decision_log::{DecisionLog, DecisionRecord};
@@ -141,6 +144,35 @@ fn bench(c: &mut Criterion) {
     c.bench_function("replay/record", |b| {
         b.iter(|| replayer.replay(&recorded, &log));
     });
+
+    // The example set, and the same with a shadow forbid on every request.
+    let plain = replay::load(&policies, &LoadOptions::default()).unwrap();
+    let shadowed_dir = work.path().join("shadowed");
+    std::fs::create_dir(&shadowed_dir).unwrap();
+    for entry in std::fs::read_dir(&policies).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), shadowed_dir.join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::write(
+        shadowed_dir.join("rollout.cedar"),
+        "@id(\"rollout.office-hours\")\n@shadow\nforbid (principal, action, resource)\nwhen { context.source_ip.isInRange(ip(\"10.0.0.0/8\")) };\n",
+    )
+    .unwrap();
+    let shadowed = replay::load(&shadowed_dir, &LoadOptions::default()).unwrap();
+    let query = || cedar_pdp::grpc::convert::query_from_request(req.clone(), &[]).unwrap();
+    let d = authorizer::authorize(&shadowed, query(), OnForbidError::Deny).unwrap();
+    assert!(
+        d.allow && d.shadow.as_ref().is_some_and(|s| !s.allow),
+        "{d:?}"
+    );
+    c.bench_function("shadow/decision_without", |b| {
+        b.iter(|| authorizer::authorize(&plain, query(), OnForbidError::Deny).unwrap());
+    });
+    c.bench_function("shadow/decision_with_matching_shadow_forbid", |b| {
+        b.iter(|| authorizer::authorize(&shadowed, query(), OnForbidError::Deny).unwrap());
+    });
 }
 
 /// The record `json` holds, rebuilt as the pipeline builds it.
@@ -178,6 +210,7 @@ fn record_of(json: &serde_json::Value) -> DecisionRecord {
             .map(|p| p.as_str().unwrap().to_string())
             .collect(),
         errors: vec![],
+        shadow: None,
         error: None,
         policy_revision: json["policy_revision"].as_str().unwrap().into(),
         policy_commit: None,

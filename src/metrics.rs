@@ -27,6 +27,12 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    live: &'static str,
+    shadow: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -41,6 +47,7 @@ pub struct Metrics {
     tls_reloads: Family<ResultLabels, Counter>,
     cache: Family<ResultLabels, Counter>,
     tls_handshake_failures: Counter,
+    shadow_disagreements: Family<ShadowLabels, Counter>,
     registry: Registry,
 }
 
@@ -66,6 +73,7 @@ impl Metrics {
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         let cache = Family::<ResultLabels, Counter>::default();
         let tls_handshake_failures = Counter::default();
+        let shadow_disagreements = Family::<ShadowLabels, Counter>::default();
         let mut registry = Registry::default();
         registry.register(
             "cedar_pdp_decisions",
@@ -102,6 +110,11 @@ impl Metrics {
             "Decision-cache lookups, by result (hit or miss)",
             cache.clone(),
         );
+        registry.register(
+            "cedar_pdp_shadow_disagreements",
+            "Decisions the shadow policies would have answered differently, by live and shadow decision",
+            shadow_disagreements.clone(),
+        );
         Self {
             decisions,
             duration,
@@ -110,6 +123,7 @@ impl Metrics {
             tls_reloads,
             cache,
             tls_handshake_failures,
+            shadow_disagreements,
             registry,
         }
     }
@@ -127,6 +141,17 @@ impl Metrics {
             .get_or_create(&DecisionLabels { api, decision })
             .inc();
         self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Records a decision the shadow policies would have answered otherwise.
+    pub fn shadow_disagreement(&self, live: bool, shadow: bool) {
+        let name = |allow: bool| if allow { "allow" } else { "deny" };
+        self.shadow_disagreements
+            .get_or_create(&ShadowLabels {
+                live: name(live),
+                shadow: name(shadow),
+            })
+            .inc();
     }
 
     /// Records a TLS material reload attempt that found changed files.

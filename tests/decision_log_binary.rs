@@ -233,6 +233,7 @@ fn record(n: u64) -> DecisionRecord {
         decision: "allow",
         determining_policies: vec!["allow-alice".into()],
         errors: vec![],
+        shadow: None,
         error: None,
         policy_revision: "sha256:test".into(),
         policy_commit: None,

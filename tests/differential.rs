@@ -96,6 +96,7 @@ fn reference(snapshot: &Snapshot, q: &Query) -> Result<Decision, AuthorizeError>
         allow: response.decision() == cedar_policy::Decision::Allow,
         determining_policies,
         errors,
+        shadow: None,
     })
 }
 

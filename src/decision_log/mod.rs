@@ -38,7 +38,7 @@ use crate::config::{DecisionLogConfig, LogSink, OnFull};
 use chain::{Body, KeyError, ResumeError, Resumed, Signer};
 pub use record::{
     Caller, DecisionRecord, EntityRef, EntitySet, MASKED, Masker, RECORD_VERSION, RecordError,
-    RecordFailure,
+    RecordFailure, ShadowRecord,
 };
 
 /// Side files of a log at `decisions.log` go in `decisions.log.entities/`.

@@ -69,6 +69,14 @@ pub struct RecordError {
     pub message: String,
 }
 
+/// What the shadow policies would have answered, when it is not the answer.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ShadowRecord {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    pub determining_policies: Vec<String>,
+}
+
 /// Why a request got no decision; its record's `decision` is `deny`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct RecordFailure {
@@ -115,6 +123,9 @@ pub struct DecisionRecord {
     pub decision: &'static str,
     pub determining_policies: Vec<String>,
     pub errors: Vec<RecordError>,
+    /// Set when the shadow policies would have decided otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowRecord>,
     /// Set when the request could not be evaluated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<RecordFailure>,
@@ -287,6 +298,7 @@ pub(crate) mod tests {
             decision: "deny",
             determining_policies: vec![],
             errors: vec![],
+            shadow: None,
             error: None,
             policy_revision: "r".into(),
             policy_commit: None,

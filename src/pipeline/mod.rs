@@ -678,6 +678,14 @@ impl Pipeline {
                 span::record_decision(span, &decision, &decision_id, &snapshot.revision);
                 self.metrics
                     .decision(call.api.as_str(), decision.allow, call.started.elapsed());
+                if let Some(shadow) = decision
+                    .shadow
+                    .as_ref()
+                    .filter(|s| s.allow != decision.allow)
+                {
+                    self.metrics
+                        .shadow_disagreement(decision.allow, shadow.allow);
+                }
                 if let (Some(slots), Some(subject)) = (slots.as_mut(), subject) {
                     slots.submit(subject.decided(&decision, &decision_id, call, span, snapshot));
                 }

@@ -13,6 +13,7 @@ use super::span;
 use crate::authorizer::Decision;
 use crate::decision_log::{
     Caller, DecisionRecord, EntityRef, EntitySet, RECORD_VERSION, RecordError, RecordFailure,
+    ShadowRecord,
 };
 use crate::policy_store::Snapshot;
 
@@ -137,6 +138,7 @@ impl Subject {
             decision: "deny",
             determining_policies: Vec::new(),
             errors: Vec::new(),
+            shadow: None,
             error: None,
             policy_revision: snapshot.map(|s| s.revision.clone()).unwrap_or_default(),
             policy_commit: snapshot.and_then(|s| s.git_commit.as_ref().map(|g| g.id.clone())),
@@ -157,6 +159,14 @@ impl Subject {
         let mut record = self.record(call, span, decision_id.to_string(), Some(snapshot));
         record.decision = if decision.allow { "allow" } else { "deny" };
         record.determining_policies = decision.determining_policies.clone();
+        record.shadow = decision
+            .shadow
+            .as_ref()
+            .filter(|s| s.allow != decision.allow)
+            .map(|s| ShadowRecord {
+                decision: if s.allow { "allow" } else { "deny" },
+                determining_policies: s.determining_policies.clone(),
+            });
         record.errors = decision
             .errors
             .iter()

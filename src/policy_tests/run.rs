@@ -209,6 +209,7 @@ mod tests {
                     message: m.to_string(),
                 })
                 .collect(),
+            shadow: None,
         }
     }
 
