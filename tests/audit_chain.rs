@@ -228,6 +228,26 @@ async fn a_log_written_under_load_across_rotation_and_restart_verifies() {
             file.display()
         );
     }
+    // Replay over the same files reproduces every decision.
+    let mut cmd = bin();
+    cmd.arg("replay")
+        .arg("--source")
+        .arg(audit.work.path().join("policies"));
+    for file in &files {
+        cmd.arg("--log").arg(file);
+    }
+    let replayed = run(cmd, DEADLINE);
+    assert_eq!(
+        replayed.code(),
+        Some(0),
+        "{}{}",
+        replayed.stdout,
+        replayed.stderr
+    );
+    assert_eq!(
+        replayed.stdout.trim(),
+        format!("replayed {records} decisions: 0 differ, 0 not replayable")
+    );
 
     // A restart continues the chain: seq and prev_hash follow on.
     let live = lines(&audit.log());
