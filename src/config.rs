@@ -523,6 +523,15 @@ pub struct DecisionLogConfig {
     pub mask: Vec<String>,
     /// Field paths removed from the record.
     pub remove: Vec<String>,
+    /// Ed25519 private key (PKCS#8 PEM) that signs checkpoints; empty: none.
+    pub signing_key: PathBuf,
+    /// How often the chain head is made durable (and, with a key, signed)
+    /// when records came since the last time.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Entity sets whose canonical JSON is larger are stored once, by
+    /// SHA-256, in a side file beside the log (`sink = "file"`).
+    pub max_inline_entities_bytes: usize,
 }
 
 /// Where decision records go.
@@ -580,6 +589,9 @@ impl Default for DecisionLogConfig {
             on_full: OnFull::Block,
             mask: Vec::new(),
             remove: Vec::new(),
+            signing_key: PathBuf::new(),
+            checkpoint_interval: Duration::from_secs(10),
+            max_inline_entities_bytes: 16 * 1024,
         }
     }
 }
@@ -937,6 +949,9 @@ impl Config {
         }
         if log.max_file_bytes < 1024 {
             problems.push("`decision_log.max_file_bytes`: must be at least 1 KiB".to_string());
+        }
+        if log.checkpoint_interval < Duration::from_millis(100) {
+            problems.push("`decision_log.checkpoint_interval`: must be at least 100ms".to_string());
         }
         for path in log.mask.iter().chain(&log.remove) {
             let root = path.split('.').next().unwrap_or_default();

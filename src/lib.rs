@@ -19,7 +19,9 @@
 //! - [`metrics`]: Prometheus metrics, read by the admin listener; a leaf.
 //! - [`state_metrics`]: scrape-time metrics read from the policy store and the decision log.
 //! - [`bench`]: the load generator behind `cedar-pdp bench`.
-//! - [`decision_log`]: the only writer of decision records; a bounded queue and a writer thread.
+//! - [`decision_log`]: the only writer of decision records; a bounded queue, a writer thread,
+//!   the hash chain and its verification.
+//! - [`replay`]: recorded decisions evaluated again, against their revision or a candidate set.
 //! - [`telemetry`]: log output setup.
 //! - [`transport`]: TCP, Unix socket and reloading TLS listeners, the peer facts they prove,
 //!   and the bounded HTTP server behind the admin and AuthZEN listeners.
@@ -45,6 +47,7 @@ pub mod pipeline;
 pub(crate) mod policy_format;
 pub mod policy_store;
 pub mod policy_tests;
+pub mod replay;
 pub(crate) mod state_metrics;
 pub mod telemetry;
 pub mod tokens;

@@ -33,6 +33,12 @@ struct SearchLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    live: &'static str,
+    shadow: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -48,6 +54,7 @@ pub struct Metrics {
     cache: Family<ResultLabels, Counter>,
     searches: Family<SearchLabels, Counter>,
     tls_handshake_failures: Counter,
+    shadow_disagreements: Family<ShadowLabels, Counter>,
     registry: Registry,
 }
 
@@ -74,6 +81,7 @@ impl Metrics {
         let cache = Family::<ResultLabels, Counter>::default();
         let searches = Family::<SearchLabels, Counter>::default();
         let tls_handshake_failures = Counter::default();
+        let shadow_disagreements = Family::<ShadowLabels, Counter>::default();
         let mut registry = Registry::default();
         registry.register(
             "cedar_pdp_decisions",
@@ -115,6 +123,11 @@ impl Metrics {
             "AuthZEN searches, by kind (subject, resource, action) and outcome (results, empty, unknown_type, refused), each candidate also counted as a decision",
             searches.clone(),
         );
+        registry.register(
+            "cedar_pdp_shadow_disagreements",
+            "Decisions the shadow policies would have answered differently, by live and shadow decision",
+            shadow_disagreements.clone(),
+        );
         Self {
             decisions,
             duration,
@@ -124,6 +137,7 @@ impl Metrics {
             cache,
             searches,
             tls_handshake_failures,
+            shadow_disagreements,
             registry,
         }
     }
@@ -141,6 +155,17 @@ impl Metrics {
             .get_or_create(&DecisionLabels { api, decision })
             .inc();
         self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Records a decision the shadow policies would have answered otherwise.
+    pub fn shadow_disagreement(&self, live: bool, shadow: bool) {
+        let name = |allow: bool| if allow { "allow" } else { "deny" };
+        self.shadow_disagreements
+            .get_or_create(&ShadowLabels {
+                live: name(live),
+                shadow: name(shadow),
+            })
+            .inc();
     }
 
     /// Records a TLS material reload attempt that found changed files.

@@ -83,7 +83,7 @@ async fn records_carry_every_field_and_masked_values_never_reach_the_sink() {
         .iter()
         .find(|r| r["decision_id"] == allow.decision_id.as_str())
         .expect("the allow is logged");
-    assert_eq!(r["record_version"], 1);
+    assert_eq!(r["record_version"], 2);
     assert_eq!(r["request_id"], "req-42");
     assert_eq!(r["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert!(
@@ -105,11 +105,16 @@ async fn records_carry_every_field_and_masked_values_never_reach_the_sink() {
         r["resource"],
         serde_json::json!({"type": "Doc", "id": "d1"})
     );
+    // The context as evaluated: the workload is in it, as the server put it.
     assert_eq!(
         r["context"],
-        serde_json::json!({"token": "***", "user": {"ssn": "***", "name": "al"}, "keep": 7})
+        serde_json::json!({"token": "***", "user": {"ssn": "***", "name": "al"}, "keep": 7,
+            "workload": r["workload"]})
     );
     assert_eq!(r["workload"]["spiffe_id"], "spiffe://example.org/ns/a/sa/b");
+    assert_eq!(r["entities"], serde_json::json!([]));
+    // Masking hid what the evaluation saw.
+    assert_eq!(r["replayable"], false);
     assert_eq!(r["decision"], "allow");
     assert_eq!(
         r["determining_policies"],
@@ -131,6 +136,105 @@ async fn records_carry_every_field_and_masked_values_never_reach_the_sink() {
         .expect("the deny is logged");
     assert_eq!(d["decision"], "deny");
     assert_eq!(d["trace_id"], "");
+    assert_eq!(d["replayable"], true);
+}
+
+const SCHEMA: &str = r#"
+entity User { level: Long };
+entity Doc;
+action read appliesTo { principal: [User], resource: [Doc], context: { n: Long } };
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_hold_what_evaluation_saw_and_large_sets_go_to_side_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"@id("level") permit (principal, action, resource) when { principal.level > context.n };"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("s.cedarschema"), SCHEMA).unwrap();
+    let log = dir.path().join("decisions.log");
+    let mut config = logging_config(dir.path(), &log);
+    config.decision_log.max_inline_entities_bytes = 4096;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+
+    let user = |id: &str, level: i64| serde_json::json!({"uid": {"type": "User", "id": id}, "attrs": {"level": level}, "parents": []});
+    let mut one = request(("User", "u1"), ("Action", "read"), ("Doc", "d"));
+    one.entities_json = serde_json::json!([user("u1", 5)]).to_string();
+    one.context_json = r#"{"n": 3}"#.into();
+    let small = client.authorize(one).await.unwrap().into_inner();
+    assert_eq!(small.decision, proto::Decision::Allow as i32);
+
+    // Shared entities over the inline limit: one side file for the batch.
+    let shared: Vec<Json> = (0..100).map(|i| user(&format!("s{i}"), i)).collect();
+    let items = (0..3)
+        .map(|i| {
+            let mut r = request(
+                ("User", &format!("s{}", 10 * i)),
+                ("Action", "read"),
+                ("Doc", "d"),
+            );
+            r.context_json = r#"{"n": 15}"#.into();
+            r
+        })
+        .collect();
+    let batch = proto::BatchAuthorizeRequest {
+        requests: items,
+        entities_json: Json::Array(shared.clone()).to_string(),
+        ..Default::default()
+    };
+    let answers = client.batch_authorize(batch).await.unwrap().into_inner();
+    assert_eq!(answers.responses.len(), 3);
+    drop(client);
+    server.stop().await.unwrap();
+
+    let records = read_records(&log);
+    let r = records
+        .iter()
+        .find(|r| r["decision_id"] == small.decision_id.as_str())
+        .unwrap();
+    assert_eq!(r["entities"], serde_json::json!([user("u1", 5)]));
+    assert_eq!(r["context"], serde_json::json!({"n": 3}));
+    let schema_digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(SCHEMA.as_bytes()))
+    );
+    assert_eq!(r["schema_digest"], schema_digest.as_str());
+    assert!(r.get("shared_entities").is_none());
+
+    let items: Vec<&Json> = records
+        .iter()
+        .filter(|r| {
+            answers
+                .responses
+                .iter()
+                .any(|a| r["decision_id"] == a.decision_id.as_str())
+        })
+        .collect();
+    assert_eq!(items.len(), 3);
+    let digest = items[0]["shared_entities"]["sha256"].as_str().unwrap();
+    for item in &items {
+        assert_eq!(
+            item["shared_entities"]["sha256"], digest,
+            "one set, one digest"
+        );
+        assert_eq!(item["entities"], serde_json::json!([]));
+    }
+    let side = dir
+        .path()
+        .join(format!("decisions.log.entities/{digest}.json"));
+    let bytes = std::fs::read(&side).unwrap();
+    assert_eq!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+        digest,
+        "content-addressed"
+    );
+    let stored: Json = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(stored, Json::Array(shared));
+    let files = std::fs::read_dir(side.parent().unwrap()).unwrap().count();
+    assert_eq!(files, 1, "stored once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

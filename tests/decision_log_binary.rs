@@ -229,10 +229,16 @@ fn record(n: u64) -> DecisionRecord {
         delegation: serde_json::Value::Null,
         purpose: String::new(),
         tokens: serde_json::Value::Null,
+        properties: serde_json::Value::Null,
+        entities: None,
+        shared_entities: None,
+        schema_digest: None,
+        replayable: true,
         decision: "allow",
         determining_policies: vec!["allow-alice".into()],
         errors: vec![],
         dropped_properties: vec![],
+        shadow: None,
         error: None,
         policy_revision: "sha256:test".into(),
         policy_commit: None,
@@ -258,6 +264,7 @@ async fn drop_mode_counts_what_it_drops() {
         on_full: OnFull::Drop,
         mask: vec![],
         remove: vec![],
+        ..DecisionLogConfig::default()
     };
     let (log, writer) = DecisionLog::start(&config).unwrap();
     for n in 0..RECORDS {

@@ -97,6 +97,7 @@ fn reference(snapshot: &Snapshot, q: &Query) -> Result<Decision, AuthorizeError>
         determining_policies,
         errors,
         dropped_properties: Vec::new(),
+        shadow: None,
     })
 }
 

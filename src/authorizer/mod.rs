@@ -81,6 +81,17 @@ pub struct Decision {
     pub errors: Vec<PolicyError>,
     /// Offered properties that were not applied (see [`Query::properties`]).
     pub dropped_properties: Vec<DroppedProperty>,
+    /// What the live set with the shadow policies added would answer; `None`
+    /// when the snapshot has no shadow policies. Never part of the answer.
+    pub shadow: Option<ShadowDecision>,
+}
+
+/// The answer of the live set plus the shadow policies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowDecision {
+    pub allow: bool,
+    /// Sorted.
+    pub determining_policies: Vec<String>,
 }
 
 /// Why a query could not be evaluated. Each is the caller's fault.
@@ -205,20 +216,30 @@ pub fn authorize_with(
         ancestors(&query.action),
         ancestors(&query.resource),
     );
-    let candidates = snapshot.index.candidates(
-        Target {
-            uid: &query.principal,
-            ancestors: &pa,
-        },
-        Target {
-            uid: &query.action,
-            ancestors: &aa,
-        },
-        Target {
-            uid: &query.resource,
-            ancestors: &ra,
-        },
-    );
+    let targets = || {
+        (
+            Target {
+                uid: &query.principal,
+                ancestors: &pa,
+            },
+            Target {
+                uid: &query.action,
+                ancestors: &aa,
+            },
+            Target {
+                uid: &query.resource,
+                ancestors: &ra,
+            },
+        )
+    };
+    let (p, a, r) = targets();
+    let candidates = snapshot.index.candidates(p, a, r);
+    // Only the shadow policies whose scope matches are evaluated; most
+    // requests have none, and pay nothing more.
+    let shadow_candidates = snapshot.shadow.as_ref().map(|shadow| {
+        let (p, a, r) = targets();
+        shadow.index.candidates(p, a, r)
+    });
     let sliced;
     let entities = match extra {
         None if offered.overrides.is_empty() => &snapshot.entities,
@@ -232,6 +253,9 @@ pub fn authorize_with(
                 request_entities::json_refs(v, &mut roots);
             }
             roots.extend(candidates.literals().cloned());
+            if let Some(shadow) = &shadow_candidates {
+                roots.extend(shadow.literals().cloned());
+            }
             sliced = request_entities::slice(
                 &snapshot.entities,
                 extra.unwrap_or_else(Entities::empty),
@@ -296,10 +320,169 @@ pub fn authorize_with(
             determining_policies = forbids;
         }
     }
+    let shadow = shadow_candidates.map(|shadow| {
+        let live = ShadowDecision {
+            allow,
+            determining_policies: determining_policies.clone(),
+        };
+        if shadow.is_empty() {
+            return live;
+        }
+        let set = shadow.policy_set();
+        let response = cedar_policy::Authorizer::new().is_authorized(&request, &set, entities);
+        with_shadow(live, &response, &set, on_forbid_error)
+    });
     Ok(Decision {
         allow,
         determining_policies,
         errors,
         dropped_properties: offered.dropped,
+        shadow,
     })
+}
+
+/// The live answer with the shadow policies' own added, by Cedar's rule: a
+/// satisfied forbid denies (with `Deny`, an erroring forbid counts as one);
+/// otherwise any satisfied permit allows.
+fn with_shadow(
+    live: ShadowDecision,
+    response: &cedar_policy::Response,
+    set: &cedar_policy::PolicySet,
+    on_forbid_error: OnForbidError,
+) -> ShadowDecision {
+    let effect = |id: &PolicyId| set.policy(id).map(cedar_policy::Policy::effect);
+    let satisfied: Vec<&PolicyId> = response.diagnostics().reason().collect();
+    let mut forbids: Vec<String> = satisfied
+        .iter()
+        .filter(|id| effect(id) == Some(Effect::Forbid))
+        .map(ToString::to_string)
+        .collect();
+    if on_forbid_error == OnForbidError::Deny {
+        forbids.extend(response.diagnostics().errors().filter_map(|e| match e {
+            cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
+                (effect(e.policy_id()) == Some(Effect::Forbid)).then(|| e.policy_id().to_string())
+            }
+        }));
+    }
+    let permits = satisfied
+        .iter()
+        .filter(|id| effect(id) == Some(Effect::Permit))
+        .map(ToString::to_string);
+    let mut out = if !forbids.is_empty() {
+        // The live forbids that denied, if any, still determine it.
+        let mut determining = if live.allow {
+            Vec::new()
+        } else {
+            live.determining_policies
+        };
+        determining.extend(forbids);
+        ShadowDecision {
+            allow: false,
+            determining_policies: determining,
+        }
+    } else if live.allow || live.determining_policies.is_empty() {
+        // Allowed by live permits, or denied for want of one: shadow
+        // permits join in.
+        let mut determining = if live.allow {
+            live.determining_policies
+        } else {
+            Vec::new()
+        };
+        determining.extend(permits);
+        ShadowDecision {
+            allow: !determining.is_empty(),
+            determining_policies: determining,
+        }
+    } else {
+        // Denied by live forbids: shadow permits cannot lift them.
+        live
+    };
+    out.determining_policies.sort_unstable();
+    out.determining_policies.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use std::str::FromStr;
+
+    use super::*;
+    use crate::policy_store::{LoadOptions, build, read_dir};
+
+    fn snapshot(files: &[(&str, &str)]) -> Snapshot {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        build(read_dir(dir.path()).unwrap(), &LoadOptions::default(), 1).unwrap()
+    }
+
+    fn ask(s: &Snapshot, who: &str, context: serde_json::Value, on: OnForbidError) -> Decision {
+        let uid = |t: &str| EntityUid::from_str(t).unwrap();
+        let query = Query {
+            principal: uid(&format!("User::\"{who}\"")),
+            action: uid("Action::\"read\""),
+            resource: uid("Doc::\"d\""),
+            context: context.as_object().cloned().unwrap_or_default(),
+            entities: Vec::new(),
+            properties: Vec::new(),
+        };
+        authorize(s, query, on).unwrap()
+    }
+
+    #[test]
+    fn the_shadow_answer_is_the_live_set_plus_the_shadow_policies() {
+        let s = snapshot(&[
+            (
+                "live.cedar",
+                r#"@id("alice") permit (principal == User::"alice", action, resource);
+                   @id("no-mallory") forbid (principal == User::"mallory", action, resource);"#,
+            ),
+            (
+                "new.cedar",
+                r#"@id("deny-late") @shadow forbid (principal, action, resource) when { context.late };"#,
+            ),
+            (
+                "shadow/bob.cedar",
+                r#"@id("bob") permit (principal, action, resource) when { [User::"bob", User::"mallory"].contains(principal) };"#,
+            ),
+        ]);
+        assert_eq!(s.policy_count, 2, "shadow policies are not live");
+        let late = serde_json::json!({"late": true});
+        let early = serde_json::json!({"late": false});
+        let shadow = |d: &Decision| {
+            let s = d.shadow.clone().unwrap();
+            (s.allow, s.determining_policies)
+        };
+
+        // A shadow forbid denies what the live set allows.
+        let d = ask(&s, "alice", late.clone(), OnForbidError::Deny);
+        assert!(d.allow);
+        assert_eq!(d.determining_policies, ["alice"]);
+        assert_eq!(shadow(&d), (false, vec!["deny-late".to_string()]));
+        // Agreement: the shadow permit joins the live one.
+        let d = ask(&s, "alice", early.clone(), OnForbidError::Deny);
+        assert_eq!(shadow(&d), (true, vec!["alice".to_string()]));
+        // A shadow permit allows what no live permit did.
+        let d = ask(&s, "bob", early.clone(), OnForbidError::Deny);
+        assert!(!d.allow);
+        assert_eq!(shadow(&d), (true, vec!["bob".to_string()]));
+        // It cannot lift a live forbid.
+        let d = ask(&s, "mallory", early, OnForbidError::Deny);
+        assert_eq!(shadow(&d), (false, vec!["no-mallory".to_string()]));
+        // An erroring shadow forbid denies under `deny`, is skipped under `skip`.
+        let d = ask(&s, "alice", serde_json::json!({}), OnForbidError::Deny);
+        assert_eq!(shadow(&d), (false, vec!["deny-late".to_string()]));
+        let d = ask(&s, "alice", serde_json::json!({}), OnForbidError::Skip);
+        assert_eq!(shadow(&d), (true, vec!["alice".to_string()]));
+        // A set without shadow policies has no shadow answer.
+        let plain = snapshot(&[(
+            "p.cedar",
+            r#"@id("a") permit (principal, action, resource);"#,
+        )]);
+        assert_eq!(ask(&plain, "x", late, OnForbidError::Deny).shadow, None);
+    }
 }

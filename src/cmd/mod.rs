@@ -2,14 +2,17 @@
 //! subcommand. `serve` is the default.
 //!
 //! Every subcommand ends in an [`Exit`]: 0 success (and `authorize` allow),
-//! 1 failure (invalid policies, a failing test, a failed call), 2
-//! `authorize` deny (the Cedar CLI's convention: a deny is a result, not a
-//! failure), 64 bad usage or config.
+//! 1 failure (invalid policies, a failing test, a failed call, a log that
+//! does not verify, a replayed decision that differs), 2 `authorize` deny
+//! (the Cedar CLI's convention: a deny is a result, not a failure) and
+//! `replay`'s unusable input, 64 bad usage or config.
 
 mod authorize;
 mod bench;
 mod fmt;
+mod log;
 mod problems;
+mod replay;
 mod serve;
 mod test;
 mod validate;
@@ -24,21 +27,35 @@ use crate::policy_store::LoadOptions;
 /// How the binary exits. The numbers are a contract that scripts and CI
 /// read; they never change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
 pub enum Exit {
-    /// Done as asked; `authorize` got an allow.
-    Success = 0,
-    /// Invalid policies, a failing test, a failed call.
-    Failure = 1,
-    /// `authorize` got a deny.
-    Deny = 2,
-    /// Bad flags or config (sysexits `EX_USAGE`).
-    Usage = 64,
+    /// 0: done as asked; `authorize` got an allow.
+    Success,
+    /// 1: invalid policies, a failing test, a failed call, a broken log, a
+    /// replayed decision that differs.
+    Failure,
+    /// 2: `authorize` got a deny.
+    Deny,
+    /// 2: `replay` cannot use its input (the contract).
+    Unusable,
+    /// 64: bad flags or config (sysexits `EX_USAGE`).
+    Usage,
+}
+
+impl Exit {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Success => 0,
+            Self::Failure => 1,
+            Self::Deny | Self::Unusable => 2,
+            Self::Usage => 64,
+        }
+    }
 }
 
 impl From<Exit> for std::process::ExitCode {
     fn from(exit: Exit) -> Self {
-        Self::from(exit as u8)
+        Self::from(exit.code())
     }
 }
 
@@ -66,6 +83,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the policy directory's `*.test.yaml` / `*.test.json` cases.
     Test(test::TestArgs),
+    /// Work with decision logs: `log verify`.
+    Log(log::LogArgs),
+    /// Evaluate recorded decisions again, and report those that differ.
+    Replay(replay::ReplayArgs),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -91,6 +112,8 @@ pub fn main() -> std::process::ExitCode {
         Some(Command::Authorize(args)) => authorize::run(args),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Test(args)) => test::run(args),
+        Some(Command::Log(args)) => log::run(args),
+        Some(Command::Replay(args)) => replay::run(args),
     };
     exit.into()
 }

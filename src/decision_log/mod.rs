@@ -16,22 +16,33 @@
 //! record whose call reserved room is always queued, so the bytes can pass
 //! the budget by the records of calls already admitted; new reservations
 //! wait (in `block` mode) until the bytes are back under it.
+//!
+//! The writer links every record into a hash chain in the order it writes
+//! them, and signs checkpoints of the chain's head (`chain`); `verify` checks
+//! a log's files against both. See `docs/audit.md`.
 
+mod canonical;
+pub mod chain;
 mod record;
 mod sink;
+pub mod verify;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{DecisionLogConfig, LogSink, OnFull};
+use chain::{Body, KeyError, ResumeError, Resumed, Signer};
 pub use record::{
-    Caller, DecisionRecord, EntityRef, MASKED, Masker, RECORD_VERSION, RecordDroppedProperty,
-    RecordError, RecordFailure,
+    Caller, DecisionRecord, EntityRef, EntitySet, MASKED, Masker, RECORD_VERSION,
+    RecordDroppedProperty, RecordError, RecordFailure, ShadowRecord,
 };
+
+/// Side files of a log at `decisions.log` go in `decisions.log.entities/`.
+pub const SIDE_DIR_SUFFIX: &str = ".entities";
 
 /// Why the decision log could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +55,16 @@ pub enum DecisionLogError {
     },
     #[error("cannot start the decision log writer: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("cannot continue the decision log's hash chain: {0}")]
+    Resume(#[from] ResumeError),
+    #[error("`decision_log.signing_key`: {0}")]
+    SigningKey(#[from] KeyError),
 }
 
-/// A record's line in the queue, holding its room until the writer is done
-/// with it.
+/// A record in the queue, serialized, holding its room until the writer is
+/// done with it.
 struct Queued {
-    line: Vec<u8>,
+    body: Body,
     _room: OwnedSemaphorePermit,
     _bytes: Charge,
 }
@@ -113,7 +128,7 @@ impl Drop for Charge {
 pub struct DecisionLog {
     // INVARIANT: every record sent holds a permit of `decisions` or
     // `refusals`, so the unbounded channel holds at most their sum.
-    tx: mpsc::UnboundedSender<Queued>,
+    tx: crossbeam_channel::Sender<Queued>,
     decisions: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
     decision_bytes: Arc<Bytes>,
@@ -121,6 +136,9 @@ pub struct DecisionLog {
     capacity: usize,
     on_full: OnFull,
     masker: Arc<Masker>,
+    /// Entity sets whose canonical JSON is larger go to side files;
+    /// `usize::MAX` for a sink without a directory.
+    max_inline: usize,
     dropped: Arc<AtomicU64>,
 }
 
@@ -155,22 +173,41 @@ pub enum FinishError {
 }
 
 impl DecisionLog {
-    /// Opens the sink and starts the writer thread.
+    /// Opens the sink, continues the chain of what it holds, and starts
+    /// the writer thread.
     pub fn start(config: &DecisionLogConfig) -> Result<(Self, LogWriter), DecisionLogError> {
-        let sink: Box<dyn sink::Sink> = match config.sink {
-            LogSink::Stdout => Box::new(std::io::stdout()),
-            LogSink::File => Box::new(sink::RotatingFile::open(
-                &config.path,
-                config.max_file_bytes,
-                config.max_files,
-            )?),
+        let signer = match config.signing_key.as_os_str().is_empty() {
+            true => None,
+            false => Some(Signer::from_pem_file(&config.signing_key)?),
         };
-        let (tx, rx) = mpsc::unbounded_channel::<Queued>();
+        let (sink, resumed): (Box<dyn sink::Sink>, Resumed) = match config.sink {
+            // Standard output has no tail to read: each run is a new chain.
+            LogSink::Stdout => (
+                Box::new(std::io::stdout()),
+                Resumed {
+                    head: chain::Head::genesis(),
+                    covered: false,
+                },
+            ),
+            LogSink::File => {
+                // Before the file opens for appending: a cut-off last line
+                // is removed.
+                let resumed = chain::resume(&config.path)?;
+                let file = sink::RotatingFile::open(
+                    &config.path,
+                    config.max_file_bytes,
+                    config.max_files,
+                )?;
+                (Box::new(file), resumed)
+            }
+        };
+        let writer = sink::Writer::new(sink, resumed, signer, config.checkpoint_interval);
+        let (tx, rx) = crossbeam_channel::unbounded::<Queued>();
         let dropped = Arc::new(AtomicU64::new(0));
         let writer_dropped = Arc::clone(&dropped);
         let thread = std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || sink::drain(rx, sink, &writer_dropped))
+            .spawn(move || writer.drain(&rx, &writer_dropped))
             .map_err(DecisionLogError::Spawn)?;
         let log = Self {
             tx,
@@ -181,6 +218,10 @@ impl DecisionLog {
             capacity: config.queue_capacity,
             on_full: config.on_full,
             masker: Arc::new(Masker::new(&config.mask, &config.remove)),
+            max_inline: match config.sink {
+                LogSink::Stdout => usize::MAX,
+                LogSink::File => config.max_inline_entities_bytes,
+            },
             dropped,
         };
         Ok((log, LogWriter { thread }))
@@ -214,7 +255,7 @@ impl DecisionLog {
     /// takes room from the refusals' budget, then from the decisions'.
     pub fn submit_refusal(&self, mut record: DecisionRecord) {
         self.masker.apply(&mut record);
-        let Some(line) = self.line(&record) else {
+        let Some(line) = self.line(&mut record) else {
             return;
         };
         let refusal = Arc::clone(&self.refusals)
@@ -242,13 +283,36 @@ impl DecisionLog {
         Arc::clone(&self.dropped)
     }
 
-    /// The record as one JSON line, or `None` (counted) if it cannot be.
-    fn line(&self, record: &DecisionRecord) -> Option<Vec<u8>> {
-        match serde_json::to_vec(record) {
-            Ok(mut line) => {
-                line.push(b'\n');
-                Some(line)
-            }
+    /// `entities` as a record holds them: inline, or stored by digest when
+    /// larger than `max_inline_entities_bytes`.
+    pub fn entity_set(&self, entities: &[serde_json::Value]) -> EntitySet {
+        let inline = || EntitySet::Inline(Arc::new(entities.to_vec()));
+        if entities.is_empty() || self.max_inline == usize::MAX {
+            return inline();
+        }
+        let array = serde_json::Value::Array(entities.to_vec());
+        match canonical::to_vec(&array) {
+            Ok(bytes) if bytes.len() > self.max_inline => EntitySet::Stored {
+                sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+                bytes: Arc::new(bytes),
+            },
+            _ => EntitySet::Inline(Arc::new(match array {
+                serde_json::Value::Array(items) => items,
+                _ => Vec::new(),
+            })),
+        }
+    }
+
+    /// The record in canonical JSON, or `None` (counted) if it cannot be.
+    /// Large entity sets are moved to side files first.
+    fn line(&self, record: &mut DecisionRecord) -> Option<Body> {
+        if let Some(EntitySet::Inline(entities)) = &record.entities
+            && !entities.is_empty()
+        {
+            record.entities = Some(self.entity_set(entities));
+        }
+        match Body::of(record) {
+            Ok(body) => Some(body),
             Err(e) => {
                 tracing::error!("decision record cannot be serialized: {e}");
                 self.drop_one();
@@ -261,9 +325,9 @@ impl DecisionLog {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn send(&self, line: Vec<u8>, room: OwnedSemaphorePermit, bytes: Charge) {
+    fn send(&self, body: Body, room: OwnedSemaphorePermit, bytes: Charge) {
         let queued = Queued {
-            line,
+            body,
             _room: room,
             _bytes: bytes,
         };
@@ -273,7 +337,7 @@ impl DecisionLog {
     }
 
     /// Queues a record no reservation covers, if both budgets have room.
-    fn enqueue(&self, line: Vec<u8>) {
+    fn enqueue(&self, line: Body) {
         let room = Arc::clone(&self.decisions).try_acquire_owned().ok();
         match room.and_then(|r| Some((r, self.decision_bytes.charge(line.len(), false)?))) {
             Some((room, bytes)) => self.send(line, room, bytes),
@@ -287,7 +351,7 @@ impl Slots {
     /// waits.
     pub fn submit(&mut self, mut record: DecisionRecord) {
         self.log.masker.apply(&mut record);
-        let Some(line) = self.log.line(&record) else {
+        let Some(line) = self.log.line(&mut record) else {
             return;
         };
         let reserved = match &mut self.room {

@@ -1,11 +1,41 @@
 //! The decision record (one JSON line per decision) and field masking.
 
-use serde::Serialize;
+use std::sync::Arc;
+
+use serde::{Serialize, Serializer};
 use serde_json::Value as Json;
 
 /// Bumped when a field changes meaning or is removed; adding fields is not a
-/// breaking change.
-pub const RECORD_VERSION: u32 = 1;
+/// breaking change. 2: `context` is the context as evaluated, with the
+/// server's `workload` and caller keys.
+pub const RECORD_VERSION: u32 = 2;
+
+/// Entities (Cedar JSON) as a record holds them: inline, or, above
+/// `decision_log.max_inline_entities_bytes`, by the SHA-256 of their
+/// canonical JSON, stored once in a side file beside the log.
+#[derive(Clone, Debug)]
+pub enum EntitySet {
+    Inline(Arc<Vec<Json>>),
+    Stored {
+        sha256: String,
+        /// The side file's contents: the set's canonical JSON.
+        bytes: Arc<Vec<u8>>,
+    },
+}
+
+impl Serialize for EntitySet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Inline(entities) => entities.serialize(s),
+            Self::Stored { sha256, .. } => {
+                use serde::ser::SerializeMap as _;
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("sha256", sha256)?;
+                map.end()
+            }
+        }
+    }
+}
 
 /// A Cedar entity reference as it appears in a record.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -49,6 +79,14 @@ pub struct RecordDroppedProperty {
     pub why: &'static str,
 }
 
+/// What the shadow policies would have answered, when it is not the answer.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ShadowRecord {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    pub determining_policies: Vec<String>,
+}
+
 /// Why a request got no decision; its record's `decision` is `deny`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct RecordFailure {
@@ -75,6 +113,8 @@ pub struct DecisionRecord {
     pub principal: EntityRef,
     pub action: EntityRef,
     pub resource: EntityRef,
+    /// The context as evaluated: the request's, with the server's
+    /// `workload` and verified caller keys.
     pub context: Json,
     pub workload: Json,
     /// The ordered delegation chain: each hop's delegator, scopes, expiry,
@@ -88,6 +128,22 @@ pub struct DecisionRecord {
     /// `subject`, `jti` when present, and the `kid` that verified it.
     #[serde(skip_serializing_if = "Json::is_null")]
     pub tokens: Json,
+    /// The request's own entities.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entities: Option<EntitySet>,
+    /// A batch's shared entities.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_entities: Option<EntitySet>,
+    /// Properties offered for the principal or resource (AuthZEN), as
+    /// `{uid, attrs}`: replay applies them as evaluation did.
+    #[serde(skip_serializing_if = "Json::is_null")]
+    pub properties: Json,
+    /// `sha256:<hex>` of the schema file the request was checked against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_digest: Option<String>,
+    /// `false` when masking hid a value the evaluation saw: `replay` cannot
+    /// evaluate the record again.
+    pub replayable: bool,
     /// `allow` or `deny`.
     pub decision: &'static str,
     pub determining_policies: Vec<String>,
@@ -95,6 +151,9 @@ pub struct DecisionRecord {
     /// Offered properties that were not applied; absent when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dropped_properties: Vec<RecordDroppedProperty>,
+    /// Set when the shadow policies would have decided otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowRecord>,
     /// Set when the request could not be evaluated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<RecordFailure>,
@@ -137,25 +196,31 @@ impl Masker {
         Self { rules }
     }
 
-    /// Applies every rule to the record's `context` and `workload`, inside
-    /// arrays too, then scrubs the values it hid from every message: Cedar
-    /// quotes values in its errors.
+    /// Applies every rule to the record's `context` and `workload` (also as
+    /// `context.workload`), inside arrays too, then scrubs the values it hid
+    /// from every message: Cedar quotes values in its errors. A record that
+    /// lost a value is no longer replayable.
     pub fn apply(&self, record: &mut DecisionRecord) {
         let mut hidden = Vec::new();
         for (path, action) in &self.rules {
             let Some((root, rest)) = path.split_first() else {
                 continue;
             };
-            let target = match root.as_str() {
-                "context" => &mut record.context,
-                "workload" => &mut record.workload,
-                _ => continue,
-            };
-            apply_path(target, rest, *action, &mut hidden);
+            match root.as_str() {
+                "context" => apply_path(&mut record.context, rest, *action, &mut hidden),
+                "workload" => {
+                    apply_path(&mut record.workload, rest, *action, &mut hidden);
+                    if let Some(w) = record.context.get_mut("workload") {
+                        apply_path(w, rest, *action, &mut hidden);
+                    }
+                }
+                _ => {}
+            }
         }
         if hidden.is_empty() {
             return;
         }
+        record.replayable = false;
         let mut texts = Vec::new();
         for value in &hidden {
             leaf_texts(value, &mut texts);
@@ -230,11 +295,12 @@ fn apply_path(value: &mut Json, path: &[String], action: MaskAction, hidden: &mu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn record(context: Json) -> DecisionRecord {
+    /// A record with `context`, for tests.
+    pub(crate) fn record(context: Json) -> DecisionRecord {
         let e = |t: &str| EntityRef {
             type_name: t.into(),
             id: "x".into(),
@@ -256,10 +322,16 @@ mod tests {
             delegation: Json::Null,
             purpose: String::new(),
             tokens: Json::Null,
+            properties: Json::Null,
+            entities: None,
+            shared_entities: None,
+            schema_digest: None,
+            replayable: true,
             decision: "deny",
             determining_policies: vec![],
             errors: vec![],
             dropped_properties: vec![],
+            shadow: None,
             error: None,
             policy_revision: "r".into(),
             policy_commit: None,
@@ -282,6 +354,10 @@ mod tests {
             r.context,
             json!({"token": MASKED, "user": {"ssn": MASKED, "name": "a"}, "keep": 1})
         );
+        assert!(!r.replayable, "a masked record cannot be evaluated again");
+        let mut untouched = record(json!({"keep": 1}));
+        m.apply(&mut untouched);
+        assert!(untouched.replayable);
     }
 
     #[test]

@@ -1,23 +1,54 @@
 //! Sinks and the writer loop.
 //!
-//! The file sink rotates by itself rather than through `file-rotate`: that
+//! The file sink rotates itself rather than through `file-rotate`: that
 //! crate drops writes silently when it cannot reopen the file, and never
 //! syncs a file before rotating it away. Here every write error reaches the
-//! writer (and is counted), and a file is fsynced, with its directory, at
-//! rotation and at shutdown.
+//! writer (and is counted), and the writer rotates between lines, so a
+//! file ends with a checkpoint of its last record.
+//!
+//! The writer links each record into the chain in the order it writes
+//! them, gathers lines while the queue has more, and hands them to the sink
+//! when it is momentarily empty. The chain head is made durable (a signed
+//! checkpoint with a key, the file fsynced, then the `.head` file written
+//! and fsynced) every `checkpoint_interval` when records came, at rotation
+//! and at shutdown.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use super::chain::{self, Body, Chain, Resumed, Signer};
 use super::{DecisionLogError, Queued};
 
 /// Where the writer puts lines; `sync` makes what was written durable.
 pub(super) trait Sink: Write + Send {
     fn sync(&mut self) -> io::Result<()>;
+
+    /// Whether the sink should rotate before taking a line, with `pending`
+    /// bytes still to come.
+    fn is_full(&self, _pending: usize) -> bool {
+        false
+    }
+
+    /// Starts a new file; see [`RotatingFile`].
+    fn rotate(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Where the chain head is kept durably, beside the file.
+    fn head_file(&self) -> Option<PathBuf> {
+        None
+    }
+
+    /// Where side files go, beside the file.
+    fn side_dir(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 impl Sink for io::Stdout {
@@ -33,9 +64,6 @@ pub(super) struct RotatingFile {
     path: PathBuf,
     file: File,
     written: u64,
-    /// Whether the last write ended a line: rotation waits for one, so a
-    /// short write never splits a record across two files.
-    at_line_end: bool,
     max_bytes: u64,
     max_files: usize,
 }
@@ -58,7 +86,6 @@ impl RotatingFile {
             path: path.to_path_buf(),
             file,
             written,
-            at_line_end: true,
             max_bytes: max_bytes as u64,
             max_files,
         })
@@ -72,7 +99,7 @@ impl RotatingFile {
 
     /// Syncs the full file, shifts the numbered ones up (dropping the
     /// oldest), and starts an empty one.
-    fn rotate(&mut self) -> io::Result<()> {
+    fn shift(&mut self) -> io::Result<()> {
         durable(&self.file)?;
         if self.max_files == 0 {
             std::fs::remove_file(&self.path)?;
@@ -100,7 +127,7 @@ fn append(path: &Path) -> io::Result<File> {
 }
 
 /// Makes renames and new files in `path`'s directory durable.
-fn sync_dir(path: &Path) -> io::Result<()> {
+pub(super) fn sync_dir(path: &Path) -> io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -110,23 +137,8 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 
 impl Write for RotatingFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.written > self.max_bytes && self.at_line_end {
-            self.rotate()?;
-        }
-        // Up to the end of the line that passes the limit: the next write
-        // starts the next file, however many lines the buffer holds.
-        let room =
-            usize::try_from(self.max_bytes.saturating_sub(self.written)).unwrap_or(usize::MAX);
-        let end = match buf.get(room..) {
-            Some(rest) if !rest.is_empty() => rest
-                .iter()
-                .position(|b| *b == b'\n')
-                .map_or(buf.len(), |i| room + i + 1),
-            _ => buf.len(),
-        };
-        let n = self.file.write(&buf[..end])?;
+        let n = self.file.write(buf)?;
         self.written += n as u64;
-        self.at_line_end = buf[..n].last().is_none_or(|b| *b == b'\n');
         Ok(n)
     }
 
@@ -139,6 +151,24 @@ impl Sink for RotatingFile {
     fn sync(&mut self) -> io::Result<()> {
         durable(&self.file)
     }
+
+    fn is_full(&self, pending: usize) -> bool {
+        self.written.saturating_add(pending as u64) > self.max_bytes
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.shift()
+    }
+
+    fn head_file(&self) -> Option<PathBuf> {
+        Some(chain::head_path(&self.path))
+    }
+
+    fn side_dir(&self) -> Option<PathBuf> {
+        let mut dir = self.path.as_os_str().to_os_string();
+        dir.push(super::SIDE_DIR_SUFFIX);
+        Some(PathBuf::from(dir))
+    }
 }
 
 /// fsync; a file that cannot be synced (a pipe, a character device)
@@ -150,43 +180,233 @@ fn durable(file: &File) -> io::Result<()> {
     }
 }
 
-/// Writes queued lines until every sender is gone. Flushes whenever the
-/// queue is momentarily empty, so lines reach the sink in batches; at the
-/// end flushes and syncs, and returns the lines written, or why the end
-/// did not reach the sink.
-pub(super) fn drain(
-    mut rx: mpsc::UnboundedReceiver<Queued>,
+/// How many bytes of lines the writer gathers before it writes them.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// The writer thread's state: the sink, the chain's end, and the lines
+/// not yet handed to the sink.
+pub(super) struct Writer {
     sink: Box<dyn Sink>,
-    dropped: &AtomicU64,
-) -> Result<u64, (u64, io::Error)> {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, sink);
-    let mut written = 0u64;
-    let mut failing = false;
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(queued) = next {
-            match out.write_all(&queued.line) {
-                Ok(()) => written += 1,
-                // A record that cannot be written is counted, never lost silently.
-                Err(e) => {
-                    dropped.fetch_add(1, Ordering::Relaxed);
-                    if !failing {
-                        failing = true;
-                        tracing::error!("decision log write failed: {e}");
-                    }
-                }
-            }
-            drop(queued);
-            next = rx.try_recv().ok();
-        }
-        if let Err(e) = out.flush() {
-            tracing::error!("decision log flush failed: {e}");
-        } else {
-            failing = false;
+    chain: Chain,
+    signer: Option<Signer>,
+    interval: Duration,
+    buf: Vec<u8>,
+    /// Records in `buf`.
+    buffered: u64,
+    /// Records handed to the sink.
+    written: u64,
+    /// The last line is a checkpoint of the chain's head.
+    covered: bool,
+    /// Records were written since the sink was last synced.
+    dirty: bool,
+    /// Errors are logged once per run of failures.
+    failing: bool,
+    /// A write failed, perhaps mid-line: the next write starts a new line.
+    torn: bool,
+    /// Side files known to exist, so each is checked for once.
+    stored: HashSet<String>,
+}
+
+impl Writer {
+    /// A writer appending to `sink`, continuing the chain from `resumed`.
+    pub(super) fn new(
+        sink: Box<dyn Sink>,
+        resumed: Resumed,
+        signer: Option<Signer>,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            sink,
+            chain: Chain::new(resumed.head),
+            signer,
+            interval,
+            buf: Vec::with_capacity(BATCH_BYTES * 2),
+            buffered: 0,
+            written: 0,
+            covered: resumed.covered,
+            dirty: false,
+            failing: false,
+            torn: false,
+            stored: HashSet::new(),
         }
     }
-    let end = out.flush().and_then(|()| out.get_mut().sync());
-    end.map(|()| written).map_err(|e| (written, e))
+
+    /// Writes queued records until every sender is gone; see the module
+    /// docs. Returns the records written, or why the end did not reach
+    /// the sink.
+    pub(super) fn drain(
+        mut self,
+        rx: &Receiver<Queued>,
+        dropped: &AtomicU64,
+    ) -> Result<u64, (u64, io::Error)> {
+        let mut next_sync = Instant::now() + self.interval;
+        loop {
+            let wait = next_sync.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(first) => {
+                    let mut next = Some(first);
+                    while let Some(queued) = next {
+                        self.append(&queued.body, dropped);
+                        drop(queued);
+                        if self.buf.len() >= BATCH_BYTES {
+                            let _ = self.flush(dropped);
+                        }
+                        next = rx.try_recv().ok();
+                    }
+                    let _ = self.flush(dropped);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_sync {
+                self.sync_point(dropped);
+                next_sync = Instant::now() + self.interval;
+            }
+        }
+        self.finish(dropped)
+    }
+
+    /// Links `body` into the chain and buffers its line, rotating first
+    /// when the file is full.
+    fn append(&mut self, body: &Body, dropped: &AtomicU64) {
+        if self.sink.is_full(self.buf.len()) {
+            self.rotate(dropped);
+        }
+        for (digest, bytes) in &body.side {
+            self.store(digest, bytes);
+        }
+        self.buf.extend_from_slice(self.chain.link(body));
+        self.buffered += 1;
+        self.covered = false;
+        self.dirty = true;
+    }
+
+    /// Writes a side file, once: durably, before any record names it is.
+    /// A failure is logged; `replay` names the record it leaves unreplayable.
+    fn store(&mut self, digest: &str, bytes: &[u8]) {
+        if self.stored.contains(digest) {
+            return;
+        }
+        let Some(dir) = self.sink.side_dir() else {
+            return;
+        };
+        let path = dir.join(format!("{digest}.json"));
+        let written = (|| {
+            if path.exists() {
+                return Ok(());
+            }
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!(".{digest}.tmp"));
+            let mut file = File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            sync_dir(&path)
+        })();
+        match written {
+            Ok(()) => {
+                // Bounded: past this many, files are checked for again.
+                if self.stored.len() >= 65_536 {
+                    self.stored.clear();
+                }
+                self.stored.insert(digest.to_string());
+            }
+            Err(e) => tracing::error!(file = %path.display(), "decision log side file failed: {e}"),
+        }
+    }
+
+    /// Buffers a signed checkpoint of the head, unless one is already last.
+    fn checkpoint(&mut self) {
+        let Some(signer) = &self.signer else {
+            return;
+        };
+        if self.covered || self.chain.head().seq == 0 {
+            return;
+        }
+        let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+        self.buf
+            .extend_from_slice(&signer.checkpoint(self.chain.head(), &now));
+        self.covered = true;
+    }
+
+    /// Hands the buffered lines to the sink. Records that do not reach it
+    /// are counted as dropped, never lost silently.
+    fn flush(&mut self, dropped: &AtomicU64) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let sink = &mut self.sink;
+        let torn = self.torn;
+        let result = (|| {
+            if torn {
+                sink.write_all(b"\n")?;
+            }
+            sink.write_all(&self.buf)?;
+            sink.flush()
+        })();
+        match &result {
+            Ok(()) => {
+                self.written += self.buffered;
+                self.failing = false;
+                self.torn = false;
+            }
+            Err(e) => {
+                dropped.fetch_add(self.buffered, Ordering::Relaxed);
+                self.torn = true;
+                if !self.failing {
+                    self.failing = true;
+                    tracing::error!("decision log write failed: {e}");
+                }
+            }
+        }
+        self.buf.clear();
+        self.buffered = 0;
+        result
+    }
+
+    /// Makes the head durable: a checkpoint (with a key), the lines, an
+    /// fsync, and the `.head` file. Only when records came since the last.
+    fn sync_point(&mut self, dropped: &AtomicU64) {
+        if !self.dirty {
+            return;
+        }
+        self.checkpoint();
+        if let Err(e) = self.flush(dropped).and_then(|()| self.sync_head()) {
+            tracing::error!("decision log sync failed: {e}");
+        }
+        self.dirty = false;
+    }
+
+    /// fsyncs the sink, then records the head beside it.
+    fn sync_head(&mut self) -> io::Result<()> {
+        self.sink.sync()?;
+        match self.sink.head_file() {
+            Some(path) => chain::write_head(&path, self.chain.head()),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the full file with a checkpoint, syncs it and starts the next.
+    fn rotate(&mut self, dropped: &AtomicU64) {
+        self.checkpoint();
+        let rotated = self
+            .flush(dropped)
+            .and_then(|()| self.sink.rotate())
+            .and_then(|()| self.sync_head());
+        match rotated {
+            Ok(()) => self.dirty = false,
+            // The records go on into the file at hand.
+            Err(e) => tracing::error!("decision log rotation failed: {e}"),
+        }
+    }
+
+    /// The last checkpoint, flush and sync.
+    fn finish(mut self, dropped: &AtomicU64) -> Result<u64, (u64, io::Error)> {
+        self.checkpoint();
+        let end = self.flush(dropped).and_then(|()| self.sync_head());
+        let written = self.written;
+        end.map(|()| written).map_err(|e| (written, e))
+    }
 }
 
 #[cfg(test)]
@@ -199,9 +419,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.log");
         let mut f = RotatingFile::open(&path, 10, 2).unwrap();
-        // One buffer of many lines, as the writer's buffer hands them over.
-        f.write_all(b"one-------\ntwo-------\nthree-----\nfour------\n")
-            .unwrap();
+        for line in [
+            "one-------\n",
+            "two-------\n",
+            "three-----\n",
+            "four------\n",
+        ] {
+            if f.is_full(0) {
+                f.rotate().unwrap();
+            }
+            f.write_all(line.as_bytes()).unwrap();
+        }
         f.sync().unwrap();
         let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
         assert_eq!(read(path.clone()), "four------\n");
@@ -210,10 +438,9 @@ mod tests {
         assert!(!f.numbered(3).exists(), "only max_files are kept");
 
         // Reopening appends, and counts what is already there.
-        let mut again = RotatingFile::open(&path, 10, 2).unwrap();
+        let again = RotatingFile::open(&path, 10, 2).unwrap();
         assert_eq!(again.written, 11);
-        again.write_all(b"five\n").unwrap();
-        assert_eq!(read(f.numbered(1)), "four------\n");
+        assert!(again.is_full(0));
     }
 
     /// A sink that takes lines but cannot make them durable.
@@ -237,18 +464,28 @@ mod tests {
 
     #[test]
     fn an_end_that_does_not_reach_the_disk_is_an_error() {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = crossbeam_channel::unbounded();
         let room = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
         let bytes = super::super::Bytes::new(1024);
         tx.send(Queued {
-            line: b"{}\n".to_vec(),
+            body: Body::of(&super::super::record::tests::record(serde_json::json!({}))).unwrap(),
             _room: room.try_acquire_owned().unwrap(),
             _bytes: bytes.charge(3, false).unwrap(),
         })
         .unwrap();
         drop(tx);
         let dropped = AtomicU64::new(0);
-        let (written, e) = drain(rx, Box::new(Unsyncable(Vec::new())), &dropped).unwrap_err();
+        let resumed = Resumed {
+            head: chain::Head::genesis(),
+            covered: false,
+        };
+        let writer = Writer::new(
+            Box::new(Unsyncable(Vec::new())),
+            resumed,
+            None,
+            Duration::from_secs(10),
+        );
+        let (written, e) = writer.drain(&rx, &dropped).unwrap_err();
         assert_eq!(written, 1);
         assert!(e.to_string().contains("disk gone"));
         // The line's room was given back once written.
@@ -256,13 +493,14 @@ mod tests {
     }
 
     #[test]
-    fn write_errors_reach_the_writer() {
+    fn rotation_errors_reach_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.log");
         let mut f = RotatingFile::open(&path, 1, 1).unwrap();
         f.write_all(b"first line\n").unwrap();
         // The directory is gone: rotation cannot rename, and says so.
         drop(dir);
-        assert!(f.write_all(b"second\n").is_err());
+        assert!(f.is_full(0));
+        assert!(f.rotate().is_err());
     }
 }

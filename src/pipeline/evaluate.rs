@@ -131,13 +131,19 @@ impl Evaluator<'_> {
             .check_query(&q, shared_json)
             .map_err(DecisionError::limit)?;
         if let Some(s) = subject.take() {
-            *subject = Some(s.with_context(&q.context, has_workload));
+            *subject = Some(s.with_query(&q.context, &q.entities, has_workload));
         }
         server_context::add_caller(
             opts.caller_key.as_deref(),
             &mut q.context,
             self.caller(peer),
         )?;
+        // The record holds the context as evaluated.
+        if let (Some(s), Some(key)) = (subject.as_mut(), opts.caller_key.as_deref())
+            && let Some(facts) = q.context.get(key)
+        {
+            s.add_context(key, facts);
+        }
         if let Some(hit) = screened.hit {
             return Ok((*hit).clone());
         }

@@ -43,7 +43,7 @@ use tracing::Span;
 
 use crate::authorizer::{Decision, SharedEntities};
 use crate::config::{Config, OnForbidError};
-use crate::decision_log::{DecisionLog, Slots};
+use crate::decision_log::{DecisionLog, EntitySet, Slots};
 use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
 use crate::policy_store::{PolicyStore, Snapshot};
@@ -545,6 +545,8 @@ impl Pipeline {
             match SharedEntities::parse(snapshot, shared.clone()) {
                 Ok(entities) => Some(Shared {
                     entities,
+                    // Serialized (and digested) once for every item's record.
+                    record: self.log.as_ref().map(|log| log.entity_set(&shared)),
                     json: shared,
                 }),
                 Err(e) => {
@@ -684,8 +686,9 @@ impl Pipeline {
         span::record_peer(span, &call.peer);
         let audit = self.log.is_some();
         let request_id = req.request_id.clone();
-        let mut subject = audit.then(|| Subject::of(&req));
         let shared = item.and_then(|i| i.shared);
+        let mut subject =
+            audit.then(|| Subject::of(&req).with_shared(shared.and_then(|s| s.record.as_ref())));
         let decided = screened
             .and_then(|screened| {
                 self.evaluator()
@@ -701,6 +704,14 @@ impl Pipeline {
                 span::record_decision(span, &decision, &decision_id, &snapshot.revision);
                 self.metrics
                     .decision(call.api.as_str(), decision.allow, call.started.elapsed());
+                if let Some(shadow) = decision
+                    .shadow
+                    .as_ref()
+                    .filter(|s| s.allow != decision.allow)
+                {
+                    self.metrics
+                        .shadow_disagreement(decision.allow, shadow.allow);
+                }
                 if let (Some(slots), Some(subject)) = (slots.as_mut(), subject) {
                     slots.submit(subject.decided(&decision, &decision_id, call, span, snapshot));
                 }
@@ -735,10 +746,12 @@ fn split(req: Submitted) -> (DecisionRequest, Option<DecisionError>) {
     }
 }
 
-/// A batch's shared entities: parsed once, and as sent, for the limits.
+/// A batch's shared entities: parsed once, and as sent, for the limits
+/// and the records.
 struct Shared {
     entities: SharedEntities,
     json: Vec<Json>,
+    record: Option<EntitySet>,
 }
 
 /// One decision's work on the pool. It owns the request and its log room:

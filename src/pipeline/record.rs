@@ -2,6 +2,7 @@
 //! [`DecisionRecord`]. Only runs when the decision log is on, so the hot path
 //! pays nothing otherwise.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::{Map, Value as Json};
@@ -12,8 +13,8 @@ use super::request::{Call, DecisionRequest, Uid};
 use super::span;
 use crate::authorizer::Decision;
 use crate::decision_log::{
-    Caller, DecisionRecord, EntityRef, RECORD_VERSION, RecordDroppedProperty, RecordError,
-    RecordFailure,
+    Caller, DecisionRecord, EntityRef, EntitySet, RECORD_VERSION, RecordDroppedProperty,
+    RecordError, RecordFailure, ShadowRecord,
 };
 use crate::policy_store::Snapshot;
 
@@ -61,6 +62,9 @@ pub(super) struct Subject {
     delegation: Json,
     purpose: String,
     tokens: Json,
+    properties: Json,
+    entities: Option<EntitySet>,
+    shared: Option<EntitySet>,
 }
 
 fn entity_ref(uid: Option<&Uid>) -> EntityRef {
@@ -88,28 +92,51 @@ impl Subject {
             },
             purpose: req.purpose.clone(),
             tokens: tokens(req),
+            properties: if req.properties.is_empty() {
+                Json::Null
+            } else {
+                Json::Array(
+                    req.properties
+                        .iter()
+                        .map(|(uid, attrs)| {
+                            serde_json::json!({
+                                "uid": {"type": uid.type_name, "id": uid.id}, "attrs": attrs,
+                            })
+                        })
+                        .collect(),
+                )
+            },
+            entities: None,
+            shared: None,
         }
     }
 
-    /// Records the converted context; `context.workload` is reported as the
-    /// record's own `workload` field.
-    pub(super) fn with_context(mut self, context: &Map<String, Json>, has_workload: bool) -> Self {
-        let mut context = context.clone();
+    /// Records the converted query: its context (`context.workload` is also
+    /// the record's own `workload` field) and its entities.
+    pub(super) fn with_query(
+        mut self,
+        context: &Map<String, Json>,
+        entities: &[Json],
+        has_workload: bool,
+    ) -> Self {
         if has_workload {
-            self.workload = context.remove("workload").unwrap_or(Json::Null);
+            self.workload = context.get("workload").cloned().unwrap_or(Json::Null);
         }
-        // Reserved keys come only from their fields, which the record has
-        // in full (the ordered chain, not the policies' summary of it).
-        if !self.delegation.is_null() {
-            context.remove(delegation::DELEGATION_KEY);
+        self.context = Json::Object(context.clone());
+        self.entities = Some(EntitySet::Inline(Arc::new(entities.to_vec())));
+        self
+    }
+
+    /// Adds a key the server put in the context after conversion.
+    pub(super) fn add_context(&mut self, key: &str, value: &Json) {
+        if let Json::Object(map) = &mut self.context {
+            map.insert(key.to_string(), value.clone());
         }
-        if !self.purpose.is_empty() {
-            context.remove(delegation::PURPOSE_KEY);
-        }
-        if !self.tokens.is_null() {
-            context.remove(super::token_claims::TOKEN_KEY);
-        }
-        self.context = Json::Object(context);
+    }
+
+    /// Records a batch's shared entities.
+    pub(super) fn with_shared(mut self, shared: Option<&EntitySet>) -> Self {
+        self.shared = shared.cloned();
         self
     }
 
@@ -154,10 +181,16 @@ impl Subject {
             delegation: self.delegation,
             purpose: self.purpose,
             tokens: self.tokens,
+            properties: self.properties,
+            entities: self.entities,
+            shared_entities: self.shared,
+            schema_digest: snapshot.and_then(|s| s.schema_digest.clone()),
+            replayable: true,
             decision: "deny",
             determining_policies: Vec::new(),
             errors: Vec::new(),
             dropped_properties: Vec::new(),
+            shadow: None,
             error: None,
             policy_revision: snapshot.map(|s| s.revision.clone()).unwrap_or_default(),
             policy_commit: snapshot.and_then(|s| s.git_commit.as_ref().map(|g| g.id.clone())),
@@ -178,6 +211,14 @@ impl Subject {
         let mut record = self.record(call, span, decision_id.to_string(), Some(snapshot));
         record.decision = if decision.allow { "allow" } else { "deny" };
         record.determining_policies = decision.determining_policies.clone();
+        record.shadow = decision
+            .shadow
+            .as_ref()
+            .filter(|s| s.allow != decision.allow)
+            .map(|s| ShadowRecord {
+                decision: if s.allow { "allow" } else { "deny" },
+                determining_policies: s.determining_policies.clone(),
+            });
         record.errors = decision
             .errors
             .iter()

@@ -21,6 +21,7 @@ pub(crate) fn authorize(parent: Option<&Span>) -> Span {
         cedar.policy_revision = Empty, cedar.decision_id = Empty, cedar.request_id = Empty,
         cedar.workload.spiffe_id = Empty, cedar.caller.spiffe_id = Empty, cedar.caller.uid = Empty,
         cedar.caller.pid = Empty, cedar.error.reason = Empty,
+        cedar.shadow.decision = Empty, cedar.shadow.determining_policies = Empty,
         otel.status_code = Empty, otel.status_description = Empty)
 }
 
@@ -100,6 +101,16 @@ pub(super) fn record_decision(span: &Span, d: &Decision, decision_id: &str, revi
     span.record("cedar.error_count", d.errors.len() as u64);
     span.record("cedar.policy_revision", revision);
     span.record("cedar.decision_id", decision_id);
+    if let Some(shadow) = d.shadow.as_ref().filter(|s| s.allow != d.allow) {
+        span.record(
+            "cedar.shadow.decision",
+            if shadow.allow { "allow" } else { "deny" },
+        );
+        span.record(
+            "cedar.shadow.determining_policies",
+            shadow.determining_policies.join(","),
+        );
+    }
 }
 
 /// Marks the span failed: the request itself could not be evaluated.

@@ -12,7 +12,7 @@ use miette::Diagnostic;
 
 use super::index::PolicyIndex;
 use super::reader::{FileKind, Sources};
-use super::snapshot::Snapshot;
+use super::snapshot::{ShadowSet, Snapshot};
 use crate::config::{Config, SchemaRequirement};
 
 /// Options that change how a directory is turned into a snapshot.
@@ -125,7 +125,7 @@ pub fn build(
     // Entities need only the schema: parse them on a second thread while
     // this one parses and validates the policies. Each is about half of a
     // large reload.
-    let (policies, entities) = std::thread::scope(|scope| {
+    let (policies, origins, entities) = std::thread::scope(|scope| {
         let entities = scope.spawn(|| {
             let mut found = Vec::new();
             let entities = parse_entities(&sources, schema.as_ref(), &mut found);
@@ -158,16 +158,25 @@ pub fn build(
                 Entities::empty()
             }
         };
-        (policies, entities)
+        (policies, origins, entities)
     });
     if !problems.is_empty() {
         return Err(LoadError::Invalid(problems));
     }
 
+    let (policies, shadow) = split_shadow(policies, &origins, &sources)?;
     let policy_count = policies.num_of_policies();
     let entity_count = entities.len();
     let index = PolicyIndex::new(&policies);
     let dangling = super::entity_refs::dangling(&entities);
+    let schema_digest = schema.as_ref().and_then(|_| {
+        let file = sources
+            .files
+            .iter()
+            .find(|f| matches!(f.kind, FileKind::CedarSchema | FileKind::JsonSchema))?;
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(file.text.as_bytes());
+        Some(format!("sha256:{}", hex::encode(digest)))
+    });
     Ok(Snapshot {
         revision: sources.revision(),
         git_commit: sources.git.clone(),
@@ -178,12 +187,60 @@ pub fn build(
         entity_count,
         policies,
         index,
+        shadow,
         schema,
+        schema_digest,
         entities,
         dangling,
         stored_only_types: options.stored_only_types.clone(),
         warnings,
     })
+}
+
+/// Whether a policy is a shadow: annotated `@shadow`, or in a file under
+/// the directory's `shadow/` folder.
+fn is_shadow(policy: &cedar_policy::Policy, file: &str) -> bool {
+    policy.annotation("shadow").is_some() || file.starts_with("shadow/")
+}
+
+/// Splits the shadow policies off the live ones.
+fn split_shadow(
+    policies: PolicySet,
+    origins: &HashMap<PolicyId, usize>,
+    sources: &Sources,
+) -> Result<(PolicySet, Option<ShadowSet>), LoadError> {
+    let file_of = |id: &PolicyId| {
+        origins
+            .get(id)
+            .and_then(|&i| sources.files.get(i))
+            .map_or("", |f| f.rel.as_str())
+    };
+    if !policies.policies().any(|p| is_shadow(p, file_of(p.id()))) {
+        return Ok((policies, None));
+    }
+    let (shadow, live): (Vec<_>, Vec<_>) = policies
+        .policies()
+        .cloned()
+        .partition(|p| is_shadow(p, file_of(p.id())));
+    let set = |list: Vec<cedar_policy::Policy>| {
+        PolicySet::from_policies(list).map_err(|e| {
+            LoadError::Invalid(vec![SourceProblem {
+                file: String::new(),
+                line: 1,
+                column: 1,
+                message: format!("cannot split the shadow policies off: {e}"),
+            }])
+        })
+    };
+    let shadow = set(shadow)?;
+    let index = PolicyIndex::new(&shadow);
+    Ok((
+        set(live)?,
+        Some(ShadowSet {
+            policies: shadow,
+            index,
+        }),
+    ))
 }
 
 fn parse_schema(

@@ -31,7 +31,7 @@ pub use reader::{
     FileKind, GitCommit, MAX_DEPTH, MAX_FILE_BYTES, SourceFile, Sources, TestFiles, is_test_file,
     read_dir, read_settled,
 };
-pub use snapshot::Snapshot;
+pub use snapshot::{ShadowSet, Snapshot};
 pub use test_gate::TestGate;
 pub use watcher::{WatchOptions, spawn_watcher};
 

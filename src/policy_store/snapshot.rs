@@ -7,6 +7,13 @@ use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
 
 use super::index::PolicyIndex;
 
+/// The shadow policies of a snapshot, indexed like the live ones.
+#[derive(Debug)]
+pub struct ShadowSet {
+    pub policies: PolicySet,
+    pub index: PolicyIndex,
+}
+
 /// One loaded policy directory. Never mutated after it is built; a reload
 /// builds a new one and swaps it in.
 #[derive(Debug)]
@@ -25,7 +32,12 @@ pub struct Snapshot {
     pub policies: PolicySet,
     /// `policies`, sliced by scope for evaluation.
     pub index: PolicyIndex,
+    /// Shadow policies (`@shadow`, or under `shadow/`): evaluated beside
+    /// the live set, never part of the answer. `None` when there are none.
+    pub shadow: Option<ShadowSet>,
     pub schema: Option<Schema>,
+    /// `sha256:<hex>` of the schema file's text, when there is one.
+    pub schema_digest: Option<String>,
     /// Entities from `*.entities.json`, plus the schema's action entities.
     pub entities: Entities,
     /// Uids `entities` name but do not define; no request may define them.

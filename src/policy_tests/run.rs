@@ -210,6 +210,7 @@ mod tests {
                 })
                 .collect(),
             dropped_properties: Vec::new(),
+            shadow: None,
         }
     }
 
