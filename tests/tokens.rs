@@ -457,3 +457,113 @@ async fn a_key_rotated_in_the_jwks_file_is_used_while_the_server_runs() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// ext_authz reads the subject token from `authorization: Bearer ...` and
+/// verifies it as gRPC does; another scheme is not a token of ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext_authz_verifies_a_bearer_subject_token() {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Peer, Request,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+    let ed = ed25519("ed-1");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"@id("for-verified-alice")
+           permit (principal is Workload, action == Action::"GET", resource)
+           when { context has delegation && context.delegation.verified &&
+                  context.delegation.origin == User::"alice" };"#,
+    )
+    .unwrap();
+    let jwks_file = dir.path().join("keys").join("idp.jwks.json");
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    std::fs::write(&jwks_file, jwks(&[&ed])).unwrap();
+    let mut config = test_config(dir.path());
+    config.tokens.issuers = vec![IssuerConfig {
+        issuer: IDP.into(),
+        jwks_file,
+        audiences: vec!["cedar-pdp".into()],
+        principal_type: "User".into(),
+        actor_type: String::new(),
+    }];
+    let x = &mut config.ext_authz;
+    x.enabled = true;
+    x.principal_type = "Workload".into();
+    x.namespace_type = "Namespace".into();
+    x.trust_domain_type = "TrustDomain".into();
+    x.action_type = "Action".into();
+    x.resource_type = "HttpRoute".into();
+    x.service_type = "Service".into();
+    let server = TestServer::start_with(config).await;
+    let mut client = AuthorizationClient::connect(server.url()).await.unwrap();
+    let check = |authorization: Option<String>| CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                principal: "spiffe://td/ns/shop/sa/web".into(),
+                ..Default::default()
+            }),
+            destination: Some(Peer {
+                principal: "spiffe://td/ns/shop/sa/checkout".into(),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    id: "req-1".into(),
+                    method: "GET".into(),
+                    host: "shop.internal".into(),
+                    path: "/items".into(),
+                    headers: authorization
+                        .into_iter()
+                        .map(|v| ("authorization".to_string(), v))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let good = sign(&ed, &alice(Json::Null));
+    let mut forged_claims = alice(Json::Null);
+    forged_claims["sub"] = json!("mallory");
+    let forged = {
+        let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
+        parts[1] = B64.encode(forged_claims.to_string());
+        parts.join(".")
+    };
+    let code = |r: &envoy_types::pb::envoy::service::auth::v3::CheckResponse| {
+        r.status.as_ref().map_or(0, |s| s.code)
+    };
+    let ok = client
+        .check(check(Some(format!("Bearer {good}"))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&ok), 0, "{ok:?}");
+    for header in [
+        None,
+        Some(format!("Basic {good}")),
+        Some(format!("Bearer {forged}")),
+    ] {
+        let denied = client
+            .check(check(header.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_ne!(code(&denied), 0, "{header:?}: {denied:?}");
+    }
+    let refused = cedar_pdp_metric(&server, "token_invalid").await;
+    assert_eq!(refused, 1.0, "only the forged token is a token error");
+}
+
+async fn cedar_pdp_metric(server: &TestServer, reason: &str) -> f64 {
+    common::metric(
+        server.admin_addr,
+        "cedar_pdp_request_errors_total",
+        &[("reason", reason)],
+    )
+    .await
+}
