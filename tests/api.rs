@@ -1239,15 +1239,21 @@ fn mesh_call(workload: &str, resource: (&str, &str), context: &str) -> Authorize
     }
 }
 
-fn agent_read(secret: &str, user: &str, request_time: &str) -> AuthorizeRequest {
+/// The agent reads `secret` for `user` along a chain the caller sends:
+/// not verified, since no token issuer is configured for the example.
+fn agent_read(secret: &str, user: &str) -> AuthorizeRequest {
     AuthorizeRequest {
-        context_json: serde_json::json!({
-            "source_ip": "10.0.7.1",
-            "request_time": request_time,
-            "on_behalf_of": {"type": "Mesh::User", "id": user},
-            "delegation_issued_at": "2026-05-04T12:00:00Z",
-        })
-        .to_string(),
+        context_json: serde_json::json!({"source_ip": "10.0.7.1"}).to_string(),
+        delegation: vec![proto::DelegationHop {
+            delegator: uid("Mesh::User", user),
+            scopes: vec!["secrets:read".into()],
+            expires_at: Some(prost_types::Timestamp {
+                seconds: 4_070_908_800, // 2099-01-01
+                nanos: 0,
+            }),
+            purpose: String::new(),
+        }],
+        purpose: "export for ticket 4711".into(),
         ..request(
             ("Mesh::Agent", ASSISTANT),
             ("Mesh::Action", "read_secret"),
@@ -1306,26 +1312,14 @@ async fn shipped_example_decides_as_documented() {
             &["network.quarantined-namespace"],
         ),
         (
-            "5: an agent for a cleared user, within the TTL",
-            agent_read("support/customer-export", "alice", "2026-05-04T12:03:00Z"),
-            Decision::Allow,
-            &["agents.read-secret-for-cleared-user"],
-        ),
-        (
-            "5: the delegation is too old",
-            agent_read("support/customer-export", "alice", "2026-05-04T12:09:00Z"),
-            Decision::Deny,
-            &[],
-        ),
-        (
-            "5: the user is not cleared",
-            agent_read("support/customer-export", "bob", "2026-05-04T12:03:00Z"),
+            "5: a chain the caller asserts is not verified, even for a cleared user",
+            agent_read("support/customer-export", "alice"),
             Decision::Deny,
             &[],
         ),
         (
             "6: restricted secrets never go to agents",
-            agent_read("support/signing-key", "alice", "2026-05-04T12:03:00Z"),
+            agent_read("support/signing-key", "alice"),
             Decision::Deny,
             &["agents.no-restricted-secrets"],
         ),

@@ -18,7 +18,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
 use crate::identity::{PeerFacts, SpiffeId, UnixPeer};
-use crate::pipeline::{Context, DecisionRequest, Reason, Uid, Workload};
+use crate::pipeline::{Context, DecisionRequest, DelegationHop, Reason, Uid, Workload};
 use crate::policy_store::{LoadError, SourceProblem, TestFiles, read_dir};
 
 /// Suffix a fixture must not have: the loader would also load it as the
@@ -132,7 +132,28 @@ struct CaseSpec {
     workload: Option<WorkloadSpec>,
     #[serde(default)]
     caller: Option<Spanned<CallerSpec>>,
+    /// The chain, as the API takes it; `verified: true` stands in for a
+    /// verified token, which a test file cannot carry.
+    #[serde(default)]
+    delegation: Vec<HopSpec>,
+    #[serde(default)]
+    purpose: String,
     expect: Spanned<ExpectSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HopSpec {
+    delegator: UidSpec,
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// RFC 3339.
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    purpose: String,
+    #[serde(default)]
+    verified: bool,
 }
 
 /// `workload` as the API takes it: labels are a map.
@@ -523,6 +544,45 @@ fn parse_file(
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect(),
         });
+        let mut delegation = Vec::new();
+        let mut bad_hop = false;
+        for (i, hop) in case.delegation.into_iter().enumerate() {
+            let expires_at = match hop.expires_at.as_deref().map(humantime::parse_rfc3339) {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                Some(Err(e)) => {
+                    problems.push(problem(
+                        rel,
+                        at.line(),
+                        at.column(),
+                        format!("`delegation[{i}].expires_at`: not an RFC 3339 time in UTC: {e}"),
+                    ));
+                    bad_hop = true;
+                    continue;
+                }
+            };
+            match hop.delegator.to_uid() {
+                Ok(delegator) => delegation.push(DelegationHop {
+                    delegator,
+                    scopes: hop.scopes,
+                    expires_at,
+                    purpose: hop.purpose,
+                    verified: hop.verified,
+                }),
+                Err(e) => {
+                    problems.push(problem(
+                        rel,
+                        at.line(),
+                        at.column(),
+                        format!("`delegation[{i}].delegator`: {e}"),
+                    ));
+                    bad_hop = true;
+                }
+            }
+        }
+        if bad_hop {
+            continue;
+        }
         cases.push(Case {
             name,
             line: usize::try_from(at.line().max(1)).unwrap_or(usize::MAX),
@@ -533,6 +593,8 @@ fn parse_file(
                 context: Context::Record(case.context),
                 entities,
                 workload,
+                delegation,
+                purpose: case.purpose,
                 ..DecisionRequest::default()
             },
             caller,
