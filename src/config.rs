@@ -13,6 +13,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Context keys the pipeline sets from request fields (`token` only with a
+/// subject token), so no configured key may take them; config stays below
+/// the pipeline, so they are named here.
+const RESERVED_CONTEXT_KEYS: [&str; 4] = ["workload", "delegation", "purpose", "token"];
+
 /// The whole configuration of `cedar-pdp serve`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -820,9 +825,7 @@ impl Config {
         if let Err(p) = self.unix_socket_mode() {
             problems.push(p);
         }
-        // The pipeline's reserved keys; config stays below the pipeline.
-        for key in ["workload", "delegation", "purpose", "token"] {
-            // `token` too: with a subject token, the server sets it.
+        for key in RESERVED_CONTEXT_KEYS {
             if self.caller.context_key == key {
                 problems.push(format!(
                     "`caller.context_key`: `{key}` is reserved for the `{key}` field"
@@ -870,7 +873,7 @@ impl Config {
             }
         }
         let time_key = &self.evaluation.server_time_key;
-        if ["workload", "delegation", "purpose", "token"].contains(&time_key.as_str())
+        if RESERVED_CONTEXT_KEYS.contains(&time_key.as_str())
             || (!time_key.is_empty() && *time_key == self.caller.context_key)
         {
             problems.push(format!(

@@ -155,11 +155,16 @@ fn read_jwks(path: &Path) -> Result<KeySet, JwksError> {
         path: path.to_path_buf(),
         source,
     })?;
+    parse_jwks(path, &bytes)
+}
+
+/// [`read_jwks`] on bytes already read from `path`.
+fn parse_jwks(path: &Path, bytes: &[u8]) -> Result<KeySet, JwksError> {
     let parse = |reason: String| JwksError::Parse {
         path: path.to_path_buf(),
         reason,
     };
-    let doc: Json = serde_json::from_slice(&bytes).map_err(|e| parse(e.to_string()))?;
+    let doc: Json = serde_json::from_slice(bytes).map_err(|e| parse(e.to_string()))?;
     let entries = doc
         .get("keys")
         .and_then(Json::as_array)
@@ -186,7 +191,7 @@ fn read_jwks(path: &Path) -> Result<KeySet, JwksError> {
     }
     Ok(KeySet {
         keys,
-        digest: Sha256::digest(&bytes).into(),
+        digest: Sha256::digest(bytes).into(),
     })
 }
 
@@ -287,7 +292,7 @@ impl TokenVerifier {
             if digest == issuer.keys.load().digest {
                 continue;
             }
-            match read_jwks(&issuer.config.jwks_file) {
+            match parse_jwks(&issuer.config.jwks_file, &bytes) {
                 Ok(keys) => {
                     issuer.keys.store(Arc::new(keys));
                     changed += 1;

@@ -56,10 +56,7 @@ pub const METADATA_PATH: &str = "/.well-known/authzen-configuration";
 
 /// Echoed on every answer, and the record's `request_id`.
 const REQUEST_ID_HEADER: &str = "x-request-id";
-/// The decision id of a single evaluation, on allows, denies and refusals.
-const DECISION_ID_HEADER: &str = "x-cedar-decision-id";
-/// The policy revision that decided a single evaluation.
-const REVISION_HEADER: &str = "x-cedar-policy-revision";
+use crate::pipeline::{DECISION_ID_HEADER, REVISION_HEADER};
 
 /// The AuthZEN front-end: the pipeline, the mapping and the body limit.
 #[derive(Clone, Debug)]

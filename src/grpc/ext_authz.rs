@@ -29,10 +29,7 @@ use crate::pipeline::{
 };
 use crate::policy_store::Snapshot;
 
-/// Header carrying the decision id, on allows and denies.
-pub(super) const DECISION_ID_HEADER: &str = "x-cedar-decision-id";
-/// Header carrying the policy revision that decided.
-pub(super) const REVISION_HEADER: &str = "x-cedar-policy-revision";
+use crate::pipeline::{DECISION_ID_HEADER, REVISION_HEADER};
 
 /// The ext_authz service, over the same pipeline as the `Authorizer`.
 #[derive(Clone, Debug)]

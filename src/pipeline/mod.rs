@@ -61,6 +61,12 @@ pub use request::{
     Api, Call, Context, DecisionRequest, Rejected, Submitted, TokenFacts, Uid, Workload,
 };
 
+/// The HTTP response header that names a decision's id (ext_authz, AuthZEN),
+/// on allows, denies and refusals alike.
+pub const DECISION_ID_HEADER: &str = "x-cedar-decision-id";
+/// The HTTP response header that names the policy revision that decided.
+pub const REVISION_HEADER: &str = "x-cedar-policy-revision";
+
 /// How the pipeline bounds and shapes requests; built from the config.
 #[derive(Clone, Debug)]
 pub struct PipelineOptions {

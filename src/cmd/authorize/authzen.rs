@@ -10,11 +10,7 @@ use serde_json::{Map, Value as Json, json};
 
 use super::{Answer, AuthorizeArgs};
 use crate::config::AuthzenConfig;
-
-/// The header that carries the record's `decision_id`.
-const DECISION_ID_HEADER: &str = "x-cedar-decision-id";
-/// The header that carries the policy revision the decision used.
-const REVISION_HEADER: &str = "x-cedar-policy-revision";
+use crate::pipeline::{DECISION_ID_HEADER, REVISION_HEADER};
 
 /// The AuthZEN `type` of a Cedar entity type: the `[authzen.types]` key that
 /// maps to it, else the type without the namespace's prefix.
