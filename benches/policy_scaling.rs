@@ -110,8 +110,9 @@ fn bench(c: &mut Criterion) {
         });
         // The index's share of a reload.
         let snapshot = load(dir.path());
+        let windows = std::collections::HashMap::new();
         reload.bench_with_input(BenchmarkId::new("index_only", n), &snapshot, |b, s| {
-            b.iter(|| PolicyIndex::new(&s.policies));
+            b.iter(|| PolicyIndex::new(&s.policies, &windows).unwrap());
         });
     }
     reload.finish();

@@ -23,7 +23,7 @@ use serde_json::Value as Json;
 use crate::authorizer::{self, Decision, Query, SharedEntities};
 use crate::config::OnForbidError;
 use crate::decision_log::{SIDE_DIR_SUFFIX, chain};
-use crate::policy_store::{LoadOptions, Snapshot, build, read_dir};
+use crate::policy_store::{Clock, LoadOptions, Snapshot, build, read_dir};
 
 /// Why replay cannot run at all.
 #[derive(Debug, thiserror::Error)]
@@ -217,10 +217,22 @@ impl Replayer {
                 Some(SharedEntities::parse(&snapshot, json.as_ref().clone()))
             }
         };
+        // Time-bound template links are judged at the time the decision was
+        // made, not now: a grant that has since expired still explains it.
+        let clock = record["timestamp"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .map_or_else(Clock::system, Clock::at);
         let new = match shared {
             Some(Err(e)) => failed(&e.to_string()),
-            Some(Ok(shared)) => Self::decide(&snapshot, query, Some(&shared), self.on_forbid_error),
-            None => Self::decide(&snapshot, query, None, self.on_forbid_error),
+            Some(Ok(shared)) => Self::decide(
+                &snapshot,
+                query,
+                Some(&shared),
+                self.on_forbid_error,
+                &clock,
+            ),
+            None => Self::decide(&snapshot, query, None, self.on_forbid_error, &clock),
         };
         if new == old {
             return Ok(Replayed::Same);
@@ -241,8 +253,9 @@ impl Replayer {
         query: Query,
         shared: Option<&SharedEntities>,
         on_forbid_error: OnForbidError,
+        clock: &Clock,
     ) -> Verdict {
-        match authorizer::authorize_with(snapshot, query, shared, on_forbid_error) {
+        match authorizer::authorize_at(snapshot, query, shared, on_forbid_error, clock) {
             Ok(decision) => {
                 let mut v = Verdict::of(&decision);
                 v.errors.sort();

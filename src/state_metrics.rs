@@ -1,17 +1,18 @@
 //! Gauges and counters read at scrape time from the state's owners: the
-//! policy store's reloads and live set, and the decision log's drops.
+//! policy store's reloads and live set (its grants' states by the clock),
+//! and the decision log's drops.
 //! Registered by `app`, so `metrics` stays a leaf.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use crate::policy_store::PolicyStore;
+use crate::policy_store::{GrantState, PolicyStore};
 
 /// Reads the store and the decision log's drop counter at scrape time.
 #[derive(Debug)]
@@ -62,6 +63,26 @@ impl Collector for StateCollector {
             "Policies in the live set",
             ConstGauge::new(i64::try_from(count).unwrap_or(i64::MAX)),
         )?;
+        // By the clock at scrape time: a link expires without a reload.
+        let grants = snapshot
+            .as_ref()
+            .map(|s| s.grant_counts(SystemTime::now()))
+            .unwrap_or_default();
+        let mut family = encoder.encode_descriptor(
+            "cedar_pdp_grants",
+            "Template links (time-bound grants) in the live set, by where the clock falls in their window",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (state, n) in [
+            (GrantState::Active, grants.active),
+            (GrantState::Pending, grants.pending),
+            (GrantState::Expired, grants.expired),
+        ] {
+            let labels = [("state", state.as_str())];
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&labels)?)?;
+        }
         if let Some(snapshot) = &snapshot {
             let mut info = encoder.encode_descriptor(
                 "cedar_pdp_policy_info",

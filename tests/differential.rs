@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 use cedar_pdp::authorizer::{self, AuthorizeError, Decision, PolicyError, Query};
 use cedar_pdp::config::OnForbidError;
-use cedar_pdp::policy_store::{LoadOptions, Snapshot, Target, build, read_dir};
+use cedar_pdp::policy_store::{Clock, LoadOptions, Snapshot, Target, build, read_dir};
 use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Context, Entities, EntityUid, Request};
 use common::shared_dir;
@@ -98,6 +98,7 @@ fn reference(snapshot: &Snapshot, q: &Query) -> Result<Decision, AuthorizeError>
         errors,
         dropped_properties: Vec::new(),
         shadow: None,
+        changes_at: None,
     })
 }
 
@@ -314,6 +315,7 @@ fn generated_multi_tenant_answers_match_the_whole_set() {
                     uid: &q.resource,
                     ancestors: &ra,
                 },
+                &Clock::system(),
             );
             if candidates.len() < snapshot.policy_count {
                 sliced += 1;

@@ -9,7 +9,7 @@ use cedar_policy::{
 
 use crate::config::OnForbidError;
 use crate::error_chain::chain;
-use crate::policy_store::{Snapshot, Target};
+use crate::policy_store::{Clock, Snapshot, Target};
 
 mod request_entities;
 
@@ -84,6 +84,11 @@ pub struct Decision {
     /// What the live set with the shadow policies added would answer; `None`
     /// when the snapshot has no shadow policies. Never part of the answer.
     pub shadow: Option<ShadowDecision>,
+    /// When a time-bound link whose scope matched next enters or leaves its
+    /// window: from then on the same request may be answered differently,
+    /// so nothing may reuse this answer past it. `None` when no such link
+    /// can change.
+    pub changes_at: Option<std::time::SystemTime>,
 }
 
 /// The answer of the live set plus the shadow policies.
@@ -189,6 +194,18 @@ pub fn authorize_with(
     shared: Option<&SharedEntities>,
     on_forbid_error: OnForbidError,
 ) -> Result<Decision, AuthorizeError> {
+    authorize_at(snapshot, query, shared, on_forbid_error, &Clock::system())
+}
+
+/// [`authorize_with`] at `clock`'s time: what decides which time-bound
+/// template links apply. The clock is read only when one's scope matches.
+pub fn authorize_at(
+    snapshot: &Snapshot,
+    query: Query,
+    shared: Option<&SharedEntities>,
+    on_forbid_error: OnForbidError,
+    clock: &Clock,
+) -> Result<Decision, AuthorizeError> {
     let schema = snapshot.schema.as_ref();
     let mut query = query;
     let offered = request_entities::apply_properties(snapshot, &query.properties)?;
@@ -233,13 +250,21 @@ pub fn authorize_with(
         )
     };
     let (p, a, r) = targets();
-    let candidates = snapshot.index.candidates(p, a, r);
+    let candidates = snapshot.index.candidates(p, a, r, clock);
     // Only the shadow policies whose scope matches are evaluated; most
     // requests have none, and pay nothing more.
     let shadow_candidates = snapshot.shadow.as_ref().map(|shadow| {
         let (p, a, r) = targets();
-        shadow.index.candidates(p, a, r)
+        shadow.index.candidates(p, a, r, clock)
     });
+    // The shadow answer is part of the decision, so its links count too.
+    let changes_at = [
+        candidates.changes_at(),
+        shadow_candidates.as_ref().and_then(|c| c.changes_at()),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     let sliced;
     let entities = match extra {
         None if offered.overrides.is_empty() => &snapshot.entities,
@@ -338,6 +363,7 @@ pub fn authorize_with(
         errors,
         dropped_properties: offered.dropped,
         shadow,
+        changes_at,
     })
 }
 

@@ -3,6 +3,13 @@
 //! so a hit is exact, not an approximation. Keys carry the snapshot's
 //! generation, so a reload never serves an old set's answer; entries of old
 //! generations age out as new ones arrive.
+//!
+//! Time-bound template links change answers without a reload. A decision
+//! they shaped carries [`Decision::changes_at`], the next instant one of the
+//! links whose scope matched enters or leaves its window, and a hit past it
+//! is a miss (see `evaluate.rs`): the request is evaluated again and the
+//! entry replaced. Answers no such link shaped carry none, and their hits
+//! read no clock.
 
 use std::sync::Arc;
 

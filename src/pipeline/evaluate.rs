@@ -6,6 +6,7 @@
 //! only the rest ([`Evaluator::finish`]) to the evaluation pool.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use super::cache::DecisionCache;
 use super::error::DecisionError;
@@ -15,7 +16,7 @@ use super::{PipelineOptions, Shared, delegation, server_context, token_claims};
 use crate::authorizer::{self, Decision};
 use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
-use crate::policy_store::Snapshot;
+use crate::policy_store::{Clock, Snapshot};
 
 /// Decides admitted requests with `opts`, through `cache` when there is one.
 pub(super) struct Evaluator<'a> {
@@ -28,6 +29,9 @@ pub(super) struct Evaluator<'a> {
 pub(super) struct Screened {
     key: Option<Vec<u8>>,
     hit: Option<Arc<Decision>>,
+    /// The time the request already read, if it read one: the links'
+    /// windows are judged at the same instant as its tokens and chain.
+    now: Option<SystemTime>,
 }
 
 impl Screened {
@@ -71,9 +75,7 @@ impl Evaluator<'_> {
             || !req.actor_token.is_empty()
             || !req.delegation.is_empty()
             || opts.server_time_key.is_some();
-        if timed {
-            self.timed(req)?;
-        }
+        let now = if timed { Some(self.timed(req)?) } else { None };
 
         opts.limits
             .check_request_id(&req.request_id)
@@ -90,10 +92,21 @@ impl Evaluator<'_> {
         let mut screened = Screened {
             key: None,
             hit: None,
+            now,
         };
         if let (Some((cache, metrics)), true) = (self.cache, cacheable) {
             screened.key = DecisionCache::key(snapshot.generation, req, self.caller(peer));
-            screened.hit = screened.key.as_deref().and_then(|k| cache.get(k));
+            // An answer that a time-bound link's window shaped holds only
+            // until the window next changes; only such answers read the
+            // clock here.
+            screened.hit = screened
+                .key
+                .as_deref()
+                .and_then(|k| cache.get(k))
+                .filter(|hit| {
+                    hit.changes_at
+                        .is_none_or(|at| now.unwrap_or_else(SystemTime::now) < at)
+                });
             if screened.key.is_some() {
                 metrics.decision_cache(screened.hit.is_some());
             }
@@ -104,9 +117,9 @@ impl Evaluator<'_> {
     /// What depends on the server's clock, read once: tokens, the chain's
     /// expiry (before the cache, so an expired chain never gets an answer
     /// computed while it was valid) and the server's time for policies.
-    fn timed(&self, req: &mut DecisionRequest) -> Result<(), DecisionError> {
+    fn timed(&self, req: &mut DecisionRequest) -> Result<SystemTime, DecisionError> {
         let opts = self.opts;
-        let now = std::time::SystemTime::now();
+        let now = SystemTime::now();
         token_claims::apply(opts.tokens.as_deref(), req, now)?;
         delegation::check(&req.delegation, opts.delegation, now)?;
         if let Some(key) = &opts.server_time_key {
@@ -116,7 +129,7 @@ impl Evaluator<'_> {
             let second = std::time::UNIX_EPOCH + std::time::Duration::from_secs(second);
             req.server_time = Some((key.clone(), delegation::rfc3339(second)));
         }
-        Ok(())
+        Ok(now)
     }
 
     /// The caller facts policies see, when the config passes them on.
@@ -164,7 +177,8 @@ impl Evaluator<'_> {
             return Ok((*hit).clone());
         }
         let shared = shared.map(|s| &s.entities);
-        let decision = authorizer::authorize_with(snapshot, q, shared, opts.on_forbid_error)?;
+        let clock = screened.now.map_or_else(Clock::system, Clock::at);
+        let decision = authorizer::authorize_at(snapshot, q, shared, opts.on_forbid_error, &clock)?;
         if let (Some((cache, _)), Some(key)) = (self.cache, screened.key) {
             cache.insert(key, Arc::new(decision.clone()));
         }

@@ -31,16 +31,28 @@
 //!   `get`; `arc-swap` is already a dependency too, and never blocks a reader.
 //! - A lock-free map (`papaya`, `scc`) would be a new dependency, and still
 //!   needs an eviction policy to stay bounded.
+//!
+//! Template links are indexed like static policies, by their filled scope.
+//! A time-bound link also keeps its window: after the scope check, a
+//! candidate with a window is kept only while the request's time is inside
+//! it. So a request pays for windows only when a time-bound link's scope
+//! matched it (then it reads the clock, once, through [`Clock`]); the
+//! candidate list, and so the set built for it, differs by which links are
+//! in their window, and [`Candidates::changes_at`] says when that next
+//! changes, for the decision cache.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 use cedar_policy::{
-    ActionConstraint, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
-    ResourceConstraint,
+    ActionConstraint, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PolicySetError,
+    PrincipalConstraint, ResourceConstraint, Template,
 };
+
+use super::links::{Clock, GrantState, Window};
 
 /// A principal or resource scope.
 #[derive(Clone, Debug)]
@@ -201,6 +213,8 @@ struct Indexed {
     resource: EntityScope,
     /// Every entity the policy names, scope included.
     literals: Box<[EntityUid]>,
+    /// A time-bound link's window; `None` for everything else.
+    window: Option<Window>,
 }
 
 /// A policy set sliced by scope; see the module docs.
@@ -210,6 +224,9 @@ pub struct PolicyIndex {
     principal: Buckets,
     action: ActionBuckets,
     resource: Buckets,
+    /// The templates of the indexed links, to link them again into the
+    /// sets built for candidates.
+    templates: HashMap<PolicyId, Template>,
     /// Sets already built, by candidate slots; see the module docs.
     sets: SetCache,
 }
@@ -291,22 +308,40 @@ impl SetCache {
 }
 
 impl PolicyIndex {
-    /// Indexes every static policy of `set`; templates must already be
-    /// linked or absent.
-    pub fn new(set: &PolicySet) -> Self {
+    /// Indexes every policy of `set`, static or linked; `windows` holds the
+    /// time-bound links' windows. Fails only when a link cannot be linked
+    /// again from its template, which [`Candidates::policy_set`] relies on.
+    pub fn new(
+        set: &PolicySet,
+        windows: &HashMap<PolicyId, Window>,
+    ) -> Result<Self, Box<PolicySetError>> {
         let mut index = Self {
             policies: Vec::with_capacity(set.num_of_policies()),
             principal: Buckets::default(),
             action: ActionBuckets::default(),
             resource: Buckets::default(),
+            templates: set
+                .templates()
+                .map(|t| (t.id().clone(), t.clone()))
+                .collect(),
             sets: SetCache::new(),
         };
+        // INVARIANT: every link is linked once here; the candidate sets
+        // repeat exactly this, so they cannot fail later.
+        let mut links = PolicySet::new();
         for (slot, policy) in (0u32..).zip(set.policies()) {
+            let mut literals = policy.entity_literals();
+            if let Some(filled) = policy.template_links() {
+                copy_policy(&mut links, policy, &index.templates)?;
+                // The slots' entities are named by the link as literals are.
+                literals.extend(filled.into_values());
+            }
             let indexed = Indexed {
                 principal: policy.principal_constraint().into(),
                 action: policy.action_constraint(),
                 resource: policy.resource_constraint().into(),
-                literals: policy.entity_literals().into(),
+                literals: literals.into(),
+                window: windows.get(policy.id()).copied().filter(Window::is_bounded),
                 policy: policy.clone(),
             };
             index.principal.insert(&indexed.principal, slot);
@@ -314,7 +349,7 @@ impl PolicyIndex {
             index.resource.insert(&indexed.resource, slot);
             index.policies.push(indexed);
         }
-        index
+        Ok(index)
     }
 
     /// How many policies are indexed.
@@ -327,12 +362,15 @@ impl PolicyIndex {
         self.policies.is_empty()
     }
 
-    /// The policies whose scope matches the request, in set order.
+    /// The policies whose scope matches the request and, for time-bound
+    /// links, whose window holds `clock`'s time; in set order. The clock is
+    /// read only when a time-bound link's scope matched.
     pub fn candidates(
         &self,
         principal: Target<'_>,
         action: Target<'_>,
         resource: Target<'_>,
+        clock: &Clock,
     ) -> Candidates<'_> {
         let parts = [
             self.principal.lookup(&principal),
@@ -341,23 +379,57 @@ impl PolicyIndex {
         ];
         let size = |b: &Vec<&[u32]>| b.iter().map(|s| s.len()).sum::<usize>();
         let buckets = parts.into_iter().min_by_key(size).unwrap_or_default();
-        let mut slots: Vec<u32> = buckets
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|&slot| {
-                let p = &self.policies[slot as usize];
-                // Buckets key `is .. in` by entity only, so every part is
-                // checked, the bucketed one included.
-                p.principal.matches(&principal)
-                    && action_matches(&p.action, &action)
-                    && p.resource.matches(&resource)
-            })
-            .collect();
+        let mut changes_at: Option<SystemTime> = None;
+        let mut slots: Vec<u32> = Vec::new();
+        for &slot in buckets.into_iter().flatten() {
+            let p = &self.policies[slot as usize];
+            // Buckets key `is .. in` by entity only, so every part is
+            // checked, the bucketed one included.
+            let matches = p.principal.matches(&principal)
+                && action_matches(&p.action, &action)
+                && p.resource.matches(&resource);
+            if !matches {
+                continue;
+            }
+            if let Some(window) = &p.window {
+                let now = clock.now();
+                if let Some(next) = window.next_change(now) {
+                    changes_at = Some(changes_at.map_or(next, |c| c.min(next)));
+                }
+                if window.state(now) != GrantState::Active {
+                    continue;
+                }
+            }
+            slots.push(slot);
+        }
         slots.sort_unstable();
         slots.dedup();
-        Candidates { index: self, slots }
+        Candidates {
+            index: self,
+            slots,
+            changes_at,
+        }
     }
+}
+
+/// Adds `policy` to `set`: a static policy as it is, a link by linking its
+/// template (from `templates`, added to `set` the first time) under the
+/// link's own id with the same slot values.
+pub(super) fn copy_policy(
+    set: &mut PolicySet,
+    policy: &Policy,
+    templates: &HashMap<PolicyId, Template>,
+) -> Result<(), Box<PolicySetError>> {
+    let (Some(template), Some(filled)) = (policy.template_id(), policy.template_links()) else {
+        return set.add(policy.clone()).map_err(Box::new);
+    };
+    if set.template(template).is_none()
+        && let Some(t) = templates.get(template)
+    {
+        set.add_template(t.clone())?;
+    }
+    set.link(template.clone(), policy.id().clone(), filled)
+        .map_err(Box::new)
 }
 
 /// The policies a request must evaluate; see [`PolicyIndex::candidates`].
@@ -365,6 +437,7 @@ impl PolicyIndex {
 pub struct Candidates<'a> {
     index: &'a PolicyIndex,
     slots: Vec<u32>,
+    changes_at: Option<SystemTime>,
 }
 
 impl<'a> Candidates<'a> {
@@ -376,6 +449,13 @@ impl<'a> Candidates<'a> {
     /// Whether no policy matched.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+
+    /// The next instant a time-bound link whose scope matched enters or
+    /// leaves its window: from then on the candidates may differ. `None`
+    /// when no such link can change.
+    pub fn changes_at(&self) -> Option<SystemTime> {
+        self.changes_at
     }
 
     /// The matching policies.
@@ -398,9 +478,10 @@ impl<'a> Candidates<'a> {
         self.index.sets.get_or_build(&self.slots, || {
             let mut set = PolicySet::new();
             for p in self.policies() {
-                // Ids come from one valid set, so they are unique and this
-                // cannot fail.
-                let _ = set.add(p.clone());
+                // Ids come from one valid set, so they are unique, and every
+                // link was linked this way when the index was built (see
+                // `PolicyIndex::new`): this cannot fail.
+                let _ = copy_policy(&mut set, p, &self.index.templates);
             }
             set
         })
@@ -442,6 +523,7 @@ mod tests {
                 uid: &r,
                 ancestors: &[],
             },
+            &Clock::system(),
         );
         c.policies()
             .filter_map(|p| p.annotation("id").map(ToString::to_string))
@@ -462,7 +544,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let index = PolicyIndex::new(&set);
+        let index = PolicyIndex::new(&set, &HashMap::new()).unwrap();
         assert_eq!(index.len(), 6);
         let mut got = ids(
             &index,
@@ -503,7 +585,7 @@ mod tests {
                permit(principal == U::"b", action, resource);"#,
         )
         .unwrap();
-        let index = PolicyIndex::new(&set);
+        let index = PolicyIndex::new(&set, &HashMap::new()).unwrap();
         let (a, b, act, r) = (
             uid(r#"U::"a""#),
             uid(r#"U::"b""#),
@@ -515,13 +597,13 @@ mod tests {
             ancestors: &[],
         };
         let for_a = index
-            .candidates(target(&a), target(&act), target(&r))
+            .candidates(target(&a), target(&act), target(&r), &Clock::system())
             .policy_set();
         let again = index
-            .candidates(target(&a), target(&act), target(&r))
+            .candidates(target(&a), target(&act), target(&r), &Clock::system())
             .policy_set();
         let for_b = index
-            .candidates(target(&b), target(&act), target(&r))
+            .candidates(target(&b), target(&act), target(&r), &Clock::system())
             .policy_set();
         assert!(Arc::ptr_eq(&for_a, &again));
         assert_eq!(for_a.num_of_policies(), 1);
@@ -530,6 +612,97 @@ mod tests {
             for_a.policies().next().unwrap().id(),
             for_b.policies().next().unwrap().id()
         );
+    }
+
+    #[test]
+    #[expect(clippy::unwrap_used, reason = "test input is valid")]
+    fn links_apply_inside_their_window_and_only_they_read_the_clock() {
+        use std::time::Duration;
+        let mut set = PolicySet::new();
+        let template = "permit (principal == ?principal, action, resource);";
+        set.add_template(Template::parse(Some(PolicyId::new("t")), template).unwrap())
+            .unwrap();
+        let plain = r#"permit (principal == U::"b", action, resource);"#;
+        set.add(Policy::parse(Some(PolicyId::new("plain")), plain).unwrap())
+            .unwrap();
+        let vals = |who: &str| HashMap::from([(cedar_policy::SlotId::principal(), uid(who))]);
+        set.link(
+            PolicyId::new("t"),
+            PolicyId::new("grant"),
+            vals(r#"U::"a""#),
+        )
+        .unwrap();
+        set.link(
+            PolicyId::new("t"),
+            PolicyId::new("standing"),
+            vals(r#"U::"a""#),
+        )
+        .unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let minute = Duration::from_secs(60);
+        let windows = HashMap::from([
+            (
+                PolicyId::new("grant"),
+                Window {
+                    not_before: Some(t0),
+                    expires_at: Some(t0 + minute),
+                },
+            ),
+            (PolicyId::new("standing"), Window::default()),
+        ]);
+        let index = PolicyIndex::new(&set, &windows).unwrap();
+        let (a, b, act, r) = (
+            uid(r#"U::"a""#),
+            uid(r#"U::"b""#),
+            uid(r#"Action::"x""#),
+            uid(r#"R::"r""#),
+        );
+        let target = |u| Target {
+            uid: u,
+            ancestors: &[],
+        };
+        let at = |who, clock: &Clock| {
+            let c = index.candidates(target(who), target(&act), target(&r), clock);
+            let ids: Vec<String> = c.policies().map(|p| p.id().to_string()).collect();
+            let set = c.policy_set();
+            assert_eq!(set.num_of_policies(), ids.len());
+            (ids, c.changes_at())
+        };
+        // No time-bound link matches `b`: the clock is never read.
+        let clock = Clock::system();
+        assert_eq!(at(&b, &clock), (vec!["plain".to_string()], None));
+        assert!(!clock.was_read());
+        // For `a`, the window decides, and says when it next changes.
+        let before = at(&a, &Clock::at(t0 - minute));
+        assert_eq!(before, (vec!["standing".to_string()], Some(t0)));
+        let inside = at(&a, &Clock::at(t0 + minute / 2));
+        assert_eq!(inside.0, ["grant", "standing"]);
+        assert_eq!(inside.1, Some(t0 + minute));
+        let after = at(&a, &Clock::at(t0 + minute));
+        assert_eq!(after, (vec!["standing".to_string()], None));
+        // The built set evaluates the link under its own id.
+        let c = index.candidates(target(&a), target(&act), target(&r), &Clock::at(t0));
+        let set = c.policy_set();
+        let request = cedar_policy::Request::new(
+            a.clone(),
+            act.clone(),
+            r.clone(),
+            cedar_policy::Context::empty(),
+            None,
+        )
+        .unwrap();
+        let response = cedar_policy::Authorizer::new().is_authorized(
+            &request,
+            &set,
+            &cedar_policy::Entities::empty(),
+        );
+        let mut reasons: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
+        reasons.sort();
+        assert_eq!(reasons, ["grant", "standing"]);
     }
 
     #[test]
@@ -564,7 +737,7 @@ mod tests {
             .map(|i| format!("@id(\"p{i}\") permit(principal == U::\"u{i}\", action, resource);\n"))
             .collect();
         let set = PolicySet::from_str(&text).unwrap();
-        let index = PolicyIndex::new(&set);
+        let index = PolicyIndex::new(&set, &HashMap::new()).unwrap();
         let (act, r) = (uid(r#"Action::"x""#), uid(r#"R::"r""#));
         std::thread::scope(|scope| {
             for t in 0..4 {
@@ -578,7 +751,7 @@ mod tests {
                             ancestors: &[],
                         };
                         let got = index
-                            .candidates(target(&p), target(act), target(r))
+                            .candidates(target(&p), target(act), target(r), &Clock::system())
                             .policy_set();
                         let ids: Vec<_> = got
                             .policies()

@@ -10,7 +10,8 @@ use std::time::SystemTime;
 use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use miette::Diagnostic;
 
-use super::index::PolicyIndex;
+use super::index::{PolicyIndex, copy_policy};
+use super::links::{self, GrantState, Window};
 use super::reader::{FileKind, Sources};
 use super::snapshot::{ShadowSet, Snapshot};
 use crate::config::{Config, SchemaRequirement};
@@ -125,18 +126,20 @@ pub fn build(
     // Entities need only the schema: parse them on a second thread while
     // this one parses and validates the policies. Each is about half of a
     // large reload.
-    let (policies, origins, entities) = std::thread::scope(|scope| {
+    let (policies, origins, entities, linked) = std::thread::scope(|scope| {
         let entities = scope.spawn(|| {
             let mut found = Vec::new();
             let entities = parse_entities(&sources, schema.as_ref(), &mut found);
             (entities, found)
         });
-        let (policies, origins) = parse_policies(&sources, &mut problems, &mut warnings);
+        let (mut policies, mut origins) = parse_policies(&sources, &mut problems, &mut warnings);
+        let linked = link_all(&sources, &mut policies, &mut origins, &mut problems);
         if let (Some(schema), true) = (&schema, options.validate_policies) {
             validate(
                 schema,
                 &policies,
                 &origins,
+                &linked.at,
                 &sources,
                 &mut problems,
                 &mut warnings,
@@ -158,16 +161,17 @@ pub fn build(
                 Entities::empty()
             }
         };
-        (policies, origins, entities)
+        (policies, origins, entities, linked)
     });
     if !problems.is_empty() {
         return Err(LoadError::Invalid(problems));
     }
+    warnings.extend(linked.expired(&sources, SystemTime::now()));
 
-    let (policies, shadow) = split_shadow(policies, &origins, &sources)?;
+    let (policies, shadow) = split_shadow(policies, &origins, &linked.windows, &sources)?;
     let policy_count = policies.num_of_policies();
     let entity_count = entities.len();
-    let index = PolicyIndex::new(&policies);
+    let index = indexed(&policies, &linked.windows)?;
     let dangling = super::entity_refs::dangling(&entities);
     let schema_digest = schema.as_ref().and_then(|_| {
         let file = sources
@@ -193,49 +197,238 @@ pub fn build(
         entities,
         dangling,
         stored_only_types: options.stored_only_types.clone(),
+        grants: linked.windows.into_values().collect(),
         warnings,
     })
 }
 
+/// The index of `policies`; a link that cannot be linked again fails the load.
+fn indexed(
+    policies: &PolicySet,
+    windows: &HashMap<PolicyId, Window>,
+) -> Result<PolicyIndex, LoadError> {
+    PolicyIndex::new(policies, windows).map_err(|e| {
+        LoadError::Invalid(vec![SourceProblem {
+            file: String::new(),
+            line: 1,
+            column: 1,
+            message: format!("cannot index the template links: {e}"),
+        }])
+    })
+}
+
+/// The links of every `*.links.json` file, as linked into the policy set.
+#[derive(Debug, Default)]
+struct Linked {
+    /// Every link's window (unbounded for a standing link), by link id.
+    windows: HashMap<PolicyId, Window>,
+    /// Each link's file index, line and column.
+    at: HashMap<PolicyId, (usize, usize, usize)>,
+}
+
+impl Linked {
+    /// A warning for each link already past its `expires_at` at `now`: it
+    /// is harmless, but it is dead weight in the repository.
+    fn expired(&self, sources: &Sources, now: SystemTime) -> Vec<SourceProblem> {
+        let mut found: Vec<SourceProblem> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| w.state(now) == GrantState::Expired)
+            .filter_map(|(id, w)| {
+                let &(file, line, column) = self.at.get(id)?;
+                let until = w.expires_at.map(humantime::format_rfc3339_seconds)?;
+                Some(SourceProblem {
+                    file: sources.files.get(file)?.rel.clone(),
+                    line,
+                    column,
+                    message: format!(
+                        "link `{id}` expired at {until}; it no longer applies (help: remove it from the repository)"
+                    ),
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        found
+    }
+}
+
+/// Reads every `*.links.json` file and links each entry into `set` under
+/// its own id: the template must exist, its slots must be exactly the ones
+/// the link fills, and the id must be new among policies, templates and
+/// links. Problems are located at the link's `id` in its file.
+fn link_all(
+    sources: &Sources,
+    set: &mut PolicySet,
+    origins: &mut HashMap<PolicyId, usize>,
+    problems: &mut Vec<SourceProblem>,
+) -> Linked {
+    let mut linked = Linked::default();
+    for (file_idx, file) in sources.files.iter().enumerate() {
+        if file.kind != FileKind::Links {
+            continue;
+        }
+        let (found, bad) = links::parse_file(&file.text);
+        problems.extend(bad.into_iter().map(|(e, line, column)| SourceProblem {
+            file: file.rel.clone(),
+            line,
+            column,
+            message: e.to_string(),
+        }));
+        for link in found {
+            let at = |message: String| SourceProblem {
+                file: file.rel.clone(),
+                line: link.line,
+                column: link.column,
+                message,
+            };
+            let id = &link.id;
+            if let Some(&first) = origins.get(id) {
+                let other = sources.files.get(first).map_or("", |f| f.rel.as_str());
+                let what = if linked.at.contains_key(id) {
+                    "link"
+                } else {
+                    "policy or template"
+                };
+                problems.push(at(format!(
+                    "duplicate link id `{id}`: already the id of a {what} in `{other}`"
+                )));
+                continue;
+            }
+            let Some(template) = set.template(&link.template) else {
+                let message = if set.policy(&link.template).is_some() {
+                    format!(
+                        "link `{id}`: `{}` is a static policy, not a template (a template has a `?principal` or `?resource` slot)",
+                        link.template
+                    )
+                } else {
+                    let mut known: Vec<String> =
+                        set.templates().map(|t| format!("`{}`", t.id())).collect();
+                    known.sort_unstable();
+                    let known = if known.is_empty() {
+                        "there are none".to_string()
+                    } else {
+                        known.join(", ")
+                    };
+                    format!(
+                        "link `{id}`: no template `{}` (templates: {known})",
+                        link.template
+                    )
+                };
+                problems.push(at(message));
+                continue;
+            };
+            let mut wanted: Vec<String> = template.slots().map(ToString::to_string).collect();
+            wanted.sort_unstable();
+            let missing: Vec<&String> = wanted
+                .iter()
+                .filter(|w| !link.slots.keys().any(|k| &k.to_string() == *w))
+                .collect();
+            let extra: Vec<String> = link
+                .slots
+                .keys()
+                .map(ToString::to_string)
+                .filter(|k| !wanted.contains(k))
+                .collect();
+            if !missing.is_empty() || !extra.is_empty() {
+                let list = |v: Vec<String>| {
+                    v.iter()
+                        .map(|s| format!("`{s}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let mut parts = Vec::new();
+                if !missing.is_empty() {
+                    parts.push(format!(
+                        "does not fill {}",
+                        list(missing.into_iter().cloned().collect())
+                    ));
+                }
+                if !extra.is_empty() {
+                    parts.push(format!(
+                        "fills {}, which the template does not have",
+                        list(extra)
+                    ));
+                }
+                problems.push(at(format!(
+                    "link `{id}`: template `{}` has slots {}; the link {}",
+                    link.template,
+                    if wanted.is_empty() {
+                        "none".to_string()
+                    } else {
+                        list(wanted)
+                    },
+                    parts.join(" and ")
+                )));
+                continue;
+            }
+            if let Err(e) = set.link(link.template.clone(), id.clone(), link.slots.clone()) {
+                problems.push(at(format!(
+                    "link `{id}`: {}",
+                    crate::error_chain::chain(&e)
+                )));
+                continue;
+            }
+            origins.insert(id.clone(), file_idx);
+            linked
+                .at
+                .insert(id.clone(), (file_idx, link.line, link.column));
+            linked.windows.insert(id.clone(), link.window);
+        }
+    }
+    linked
+}
+
 /// Whether a policy is a shadow: annotated `@shadow`, or in a file under
-/// the directory's `shadow/` folder.
-fn is_shadow(policy: &cedar_policy::Policy, file: &str) -> bool {
-    policy.annotation("shadow").is_some() || file.starts_with("shadow/")
+/// the directory's `shadow/` folder. A link is a shadow when its template
+/// is (a link carries its template's annotations) or its links file is
+/// under `shadow/`.
+fn is_shadow(policy: &cedar_policy::Policy, file_of: impl Fn(&PolicyId) -> String) -> bool {
+    policy.annotation("shadow").is_some()
+        || file_of(policy.id()).starts_with("shadow/")
+        || policy
+            .template_id()
+            .is_some_and(|t| file_of(t).starts_with("shadow/"))
 }
 
 /// Splits the shadow policies off the live ones.
 fn split_shadow(
     policies: PolicySet,
     origins: &HashMap<PolicyId, usize>,
+    windows: &HashMap<PolicyId, Window>,
     sources: &Sources,
 ) -> Result<(PolicySet, Option<ShadowSet>), LoadError> {
     let file_of = |id: &PolicyId| {
         origins
             .get(id)
             .and_then(|&i| sources.files.get(i))
-            .map_or("", |f| f.rel.as_str())
+            .map_or(String::new(), |f| f.rel.clone())
     };
-    if !policies.policies().any(|p| is_shadow(p, file_of(p.id()))) {
+    if !policies.policies().any(|p| is_shadow(p, file_of)) {
         return Ok((policies, None));
     }
-    let (shadow, live): (Vec<_>, Vec<_>) = policies
-        .policies()
-        .cloned()
-        .partition(|p| is_shadow(p, file_of(p.id())));
-    let set = |list: Vec<cedar_policy::Policy>| {
-        PolicySet::from_policies(list).map_err(|e| {
+    let templates: HashMap<PolicyId, cedar_policy::Template> = policies
+        .templates()
+        .map(|t| (t.id().clone(), t.clone()))
+        .collect();
+    let (mut live, mut shadow) = (PolicySet::new(), PolicySet::new());
+    for p in policies.policies() {
+        let into = if is_shadow(p, file_of) {
+            &mut shadow
+        } else {
+            &mut live
+        };
+        copy_policy(into, p, &templates).map_err(|e| {
             LoadError::Invalid(vec![SourceProblem {
                 file: String::new(),
                 line: 1,
                 column: 1,
                 message: format!("cannot split the shadow policies off: {e}"),
             }])
-        })
-    };
-    let shadow = set(shadow)?;
-    let index = PolicyIndex::new(&shadow);
+        })?;
+    }
+    let index = indexed(&shadow, windows)?;
     Ok((
-        set(live)?,
+        live,
         Some(ShadowSet {
             policies: shadow,
             index,
@@ -281,8 +474,25 @@ fn parse_schema(
     }
 }
 
-/// Parses every `.cedar` file and gives each policy its final id: the `@id`
-/// annotation, or `<file>#<index>`. Returns where each id came from.
+/// A static policy or a template, as parsed from one file.
+#[derive(Clone, Copy)]
+enum Parsed<'a> {
+    Policy(&'a cedar_policy::Policy),
+    Template(&'a cedar_policy::Template),
+}
+
+impl Parsed<'_> {
+    fn annotation(&self, key: &str) -> Option<&str> {
+        match self {
+            Self::Policy(p) => p.annotation(key),
+            Self::Template(t) => t.annotation(key),
+        }
+    }
+}
+
+/// Parses every `.cedar` file and gives each policy and template its final
+/// id: the `@id` annotation, or `<file>#<index>`. Returns where each id
+/// came from.
 fn parse_policies(
     sources: &Sources,
     problems: &mut Vec<SourceProblem>,
@@ -301,30 +511,22 @@ fn parse_policies(
                 continue;
             }
         };
-        if let Some(t) = parsed.templates().next() {
-            problems.push(SourceProblem {
-                file: file.rel.clone(),
-                line: 1,
-                column: 1,
-                message: format!(
-                    "policy templates are not supported: `{}` has a slot; write a static policy",
-                    t.id()
-                ),
-            });
-            continue;
-        }
-        // The parser names policies `policy<N>` in file order.
+        // The parser names policies and templates `policy<N>` in file
+        // order, with one counter.
+        let order = |id: &PolicyId| {
+            id.to_string()
+                .strip_prefix("policy")
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(usize::MAX)
+        };
         let mut in_file: Vec<_> = parsed
             .policies()
-            .map(|p| {
-                let index = p
-                    .id()
-                    .to_string()
-                    .strip_prefix("policy")
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .unwrap_or(usize::MAX);
-                (index, p)
-            })
+            .map(|p| (order(p.id()), Parsed::Policy(p)))
+            .chain(
+                parsed
+                    .templates()
+                    .map(|t| (order(t.id()), Parsed::Template(t))),
+            )
             .collect();
         in_file.sort_by_key(|(index, _)| *index);
         let starts = policy_starts(&file.text);
@@ -360,7 +562,11 @@ fn parse_policies(
                 });
                 continue;
             }
-            if let Err(e) = set.add(policy.new_id(id.clone())) {
+            let added = match policy {
+                Parsed::Policy(p) => set.add(p.new_id(id.clone())),
+                Parsed::Template(t) => set.add_template(t.new_id(id.clone())),
+            };
+            if let Err(e) = added {
                 problems.push(SourceProblem {
                     file: file.rel.clone(),
                     line: 1,
@@ -375,16 +581,33 @@ fn parse_policies(
     (set, origins)
 }
 
+/// Strict validation against the schema. A link's problems are placed at
+/// the link, and a link the schema says can never apply is an error: its
+/// slots do not fit the template's actions.
 fn validate(
     schema: &Schema,
     policies: &PolicySet,
     origins: &HashMap<PolicyId, usize>,
+    links_at: &HashMap<PolicyId, (usize, usize, usize)>,
     sources: &Sources,
     problems: &mut Vec<SourceProblem>,
     warnings: &mut Vec<SourceProblem>,
 ) {
     let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
+    let at_link = |id: &PolicyId, diag: &dyn Fn() -> String| {
+        let &(file, line, column) = links_at.get(id)?;
+        Some(SourceProblem {
+            file: sources.files.get(file)?.rel.clone(),
+            line,
+            column,
+            message: format!("link `{id}` does not fit the schema: {}", diag()),
+        })
+    };
     for err in result.validation_errors() {
+        if let Some(p) = at_link(err.policy_id(), &|| render_diagnostic(err)) {
+            problems.push(p);
+            continue;
+        }
         match origins.get(err.policy_id()) {
             Some(&idx) => {
                 let file = &sources.files[idx];
@@ -400,6 +623,10 @@ fn validate(
     }
     // Among these: policies that can never apply under the schema.
     for warning in result.validation_warnings() {
+        if let Some(p) = at_link(warning.policy_id(), &|| render_diagnostic(warning)) {
+            problems.push(p);
+            continue;
+        }
         match origins.get(warning.policy_id()) {
             Some(&idx) => {
                 let file = &sources.files[idx];
@@ -509,7 +736,7 @@ fn render_diagnostic(diag: &(impl Diagnostic + 'static)) -> String {
 }
 
 /// 1-based line and column (in characters) of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
@@ -576,7 +803,189 @@ fn find_id_annotation(text: &str, id: &str) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
     use super::*;
+    use crate::policy_store::read_dir;
+
+    const TEMPLATES: &str = r#"@id("reads")
+permit (principal == ?principal, action == Action::"read", resource == ?resource);
+permit (principal in ?principal, action, resource);
+@id("static") permit (principal == User::"admin", action, resource);
+"#;
+
+    const SCHEMA: &str = r#"entity User; entity Agent; entity Doc;
+action read appliesTo { principal: [Agent], resource: Doc };"#;
+
+    fn load(files: &[(&str, &str)]) -> Result<Snapshot, LoadError> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        build(read_dir(dir.path()).unwrap(), &LoadOptions::default(), 1)
+    }
+
+    fn problems(files: &[(&str, &str)]) -> Vec<String> {
+        match load(files) {
+            Err(LoadError::Invalid(problems)) => problems.iter().map(|p| p.to_string()).collect(),
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn templates_load_and_links_become_policies_with_their_own_ids() {
+        let links = r#"[
+ {"id": "g1", "template": "reads", "slots": {"?principal": "Agent::\"a\"", "?resource": "Doc::\"d\""},
+  "expires_at": "2999-01-01T00:00:00Z"},
+ {"id": "g2", "template": "t.cedar#1", "slots": {"?principal": "User::\"group\""}}
+]"#;
+        let s = load(&[("t.cedar", TEMPLATES), ("a.links.json", links)]).unwrap();
+        assert_eq!(s.policies.num_of_templates(), 2);
+        assert_eq!(s.policy_count, 3, "the static policy and two links");
+        let g1 = s.policies.policy(&PolicyId::new("g1")).unwrap();
+        assert_eq!(g1.template_id().unwrap().to_string(), "reads");
+        assert_eq!(s.index.len(), 3);
+        assert_eq!(s.grants.len(), 2);
+        // Only the template without `@id` is worth a warning.
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].message.contains("`t.cedar#1`"),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn bad_links_fail_the_load_at_the_link() {
+        let one = |links: &str| problems(&[("t.cedar", TEMPLATES), ("a.links.json", links)]);
+        let got = one(r#"[{"id": "g", "template": "nope", "slots": {}}]"#);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with(
+                "a.links.json:1:9: link `g`: no template `nope` (templates: `reads`, `t.cedar#1`)"
+            ),
+            "{got:?}"
+        );
+        let got = one(r#"[{"id": "g", "template": "static"}]"#);
+        assert!(
+            got[0].contains("`static` is a static policy, not a template"),
+            "{got:?}"
+        );
+        let got =
+            one(r#"[{"id": "g", "template": "reads", "slots": {"?principal": "Agent::\"a\""}}]"#);
+        assert!(
+            got[0].contains("template `reads` has slots `?principal`, `?resource`; the link does not fill `?resource`"),
+            "{got:?}"
+        );
+        let got = one(
+            r#"[{"id": "g", "template": "t.cedar#1", "slots": {"?principal": "User::\"a\"", "?resource": "Doc::\"d\""}}]"#,
+        );
+        assert!(
+            got[0].contains("fills `?resource`, which the template does not have"),
+            "{got:?}"
+        );
+        // Ids are unique across links, policies and templates, in any file.
+        let got = problems(&[
+            ("t.cedar", TEMPLATES),
+            (
+                "a.links.json",
+                r#"[{"id": "g", "template": "t.cedar#1", "slots": {"?principal": "User::\"a\""}}]"#,
+            ),
+            (
+                "b.links.json",
+                r#"[{"id": "g", "template": "t.cedar#1", "slots": {"?principal": "User::\"b\""}},
+                    {"id": "static", "template": "t.cedar#1", "slots": {"?principal": "User::\"c\""}},
+                    {"id": "reads", "template": "t.cedar#1", "slots": {"?principal": "User::\"c\""}}]"#,
+            ),
+        ]);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[0].contains("b.links.json:1:9: duplicate link id `g`: already the id of a link in `a.links.json`"), "{got:?}");
+        assert!(
+            got[1].contains(
+                "duplicate link id `static`: already the id of a policy or template in `t.cedar`"
+            ),
+            "{got:?}"
+        );
+        assert!(got[2].contains("duplicate link id `reads`"), "{got:?}");
+    }
+
+    #[test]
+    fn with_a_schema_slots_must_fit_it() {
+        let load_links = |links: &str| {
+            load(&[
+                (
+                    "t.cedar",
+                    "@id(\"reads\") permit (principal == ?principal, action == Action::\"read\", resource == ?resource);",
+                ),
+                ("s.cedarschema", SCHEMA),
+                ("a.links.json", links),
+            ])
+        };
+        let fits = r#"[{"id": "g", "template": "reads", "slots": {"?principal": "Agent::\"a\"", "?resource": "Doc::\"d\""}}]"#;
+        load_links(fits).unwrap();
+        for (slot, why) in [(r#"Robot::\"r\""#, "Robot"), (r#"User::\"u\""#, "")] {
+            let links = fits.replace(r#"Agent::\"a\""#, slot);
+            let Err(LoadError::Invalid(found)) = load_links(&links) else {
+                panic!("`{slot}` fits the schema");
+            };
+            // An unknown type also leaves the template's action without an
+            // applicable principal: one or two problems, all at the link.
+            assert!(!found.is_empty());
+            assert!(
+                found
+                    .iter()
+                    .all(|p| p.file == "a.links.json" && p.line == 1)
+            );
+            assert!(
+                found[0]
+                    .message
+                    .starts_with("link `g` does not fit the schema: ")
+                    && found[0].message.contains(why),
+                "{found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn expired_links_are_warnings_and_a_shadow_template_links_into_the_shadow_set() {
+        let s = load(&[
+            ("t.cedar", TEMPLATES),
+            (
+                "shadow/new.cedar",
+                "@id(\"trial\") permit (principal == ?principal, action, resource);",
+            ),
+            (
+                "a.links.json",
+                r#"[{"id": "old", "template": "t.cedar#1", "slots": {"?principal": "User::\"a\""},
+                     "expires_at": "2020-01-01T00:00:00Z"},
+                    {"id": "try", "template": "trial", "slots": {"?principal": "User::\"a\""}}]"#,
+            ),
+        ])
+        .unwrap();
+        let expired: Vec<_> = s
+            .warnings
+            .iter()
+            .filter(|w| w.file.ends_with(".links.json"))
+            .collect();
+        assert_eq!(expired.len(), 1, "{:?}", s.warnings);
+        assert_eq!(
+            expired[0].to_string(),
+            "a.links.json:1:9: link `old` expired at 2020-01-01T00:00:00Z; it no longer applies (help: remove it from the repository)"
+        );
+        let shadow = s.shadow.as_ref().unwrap();
+        assert!(shadow.policies.policy(&PolicyId::new("try")).is_some());
+        assert!(s.policies.policy(&PolicyId::new("try")).is_none());
+        assert!(s.policies.policy(&PolicyId::new("old")).is_some());
+        assert_eq!(
+            s.grant_counts(SystemTime::now()),
+            super::super::GrantCounts {
+                active: 1,
+                pending: 0,
+                expired: 1
+            }
+        );
+    }
 
     #[test]
     fn finds_where_policies_start() {

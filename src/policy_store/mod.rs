@@ -8,6 +8,7 @@
 
 mod entity_refs;
 mod index;
+mod links;
 mod loader;
 mod reader;
 mod snapshot;
@@ -25,6 +26,7 @@ use tokio::sync::watch;
 
 pub use entity_refs::edges;
 pub use index::{Candidates, PolicyIndex, Target};
+pub use links::{Clock, GrantCounts, GrantState, Window};
 pub(crate) use loader::problem;
 pub use loader::{LoadError, LoadOptions, SourceProblem, build};
 pub use reader::{

@@ -42,6 +42,8 @@ pub enum FileKind {
     JsonSchema,
     /// `*.entities.json`.
     Entities,
+    /// `*.links.json`: template links, the time-bound grants.
+    Links,
     /// `*.test.yaml`, `*.test.yml`, `*.test.json`.
     Tests,
 }
@@ -56,6 +58,8 @@ impl FileKind {
             Some(Self::CedarSchema)
         } else if name.ends_with(".entities.json") {
             Some(Self::Entities)
+        } else if name.ends_with(".links.json") {
+            Some(Self::Links)
         } else if is_test_file(name) {
             Some(Self::Tests)
         } else if name.ends_with(".cedar") {
@@ -138,8 +142,8 @@ pub struct GitCommit {
 }
 
 impl Sources {
-    /// SHA-256 over every policy, schema and entities file's relative path
-    /// and content.
+    /// SHA-256 over every policy, schema, entities and links file's
+    /// relative path and content.
     pub fn digest(&self) -> &str {
         &self.digest
     }
@@ -522,6 +526,7 @@ mod tests {
             Some(FileKind::JsonSchema)
         );
         assert_eq!(FileKind::of("a.entities.json"), Some(FileKind::Entities));
+        assert_eq!(FileKind::of("grants.links.json"), Some(FileKind::Links));
         assert_eq!(FileKind::of("a.test.yaml"), Some(FileKind::Tests));
         assert_eq!(FileKind::of("a.json"), None);
         assert_eq!(FileKind::of("a.fixture.json"), None);

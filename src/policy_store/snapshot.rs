@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
 
 use super::index::PolicyIndex;
+use super::links::{GrantCounts, Window};
 
 /// The shadow policies of a snapshot, indexed like the live ones.
 #[derive(Debug)]
@@ -44,7 +45,17 @@ pub struct Snapshot {
     pub dangling: HashSet<EntityUid>,
     /// Entity types no request may define (`validation.stored_only_types`).
     pub stored_only_types: HashSet<String>,
+    /// The window of every template link (`*.links.json`), live or shadow.
+    pub grants: Vec<Window>,
     /// Problems that do not stop the load: policies without `@id`, policies
     /// that can never apply under the schema, schema warnings.
     pub warnings: Vec<super::SourceProblem>,
+}
+
+impl Snapshot {
+    /// How many template links are active, pending and expired at `now`:
+    /// the states change with time, not with reloads.
+    pub fn grant_counts(&self, now: SystemTime) -> GrantCounts {
+        GrantCounts::of(&self.grants, now)
+    }
 }

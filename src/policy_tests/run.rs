@@ -211,6 +211,7 @@ mod tests {
                 .collect(),
             dropped_properties: Vec::new(),
             shadow: None,
+            changes_at: None,
         }
     }
 
