@@ -534,3 +534,47 @@ impl Iterator for FileRecords {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    /// A decision a grant allowed replays the same after the grant
+    /// expired: links are judged at the record's time, not now.
+    #[test]
+    fn links_are_judged_at_the_recorded_time() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("t.cedar"),
+            r#"@id("t") permit (principal == ?principal, action, resource);"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("g.links.json"),
+            r#"[{"id": "grant", "template": "t", "slots": {"?principal": "User::\"a\""},
+                 "not_before": "2020-01-01T00:00:00Z", "expires_at": "2020-01-02T00:00:00Z"}]"#,
+        )
+        .unwrap();
+        let snapshot = Arc::new(load(dir.path(), &LoadOptions::default()).unwrap());
+        let mut replayer = Replayer::new(PolicySource::Candidate(snapshot), OnForbidError::Deny);
+        let record = |timestamp: &str| {
+            serde_json::json!({
+                "timestamp": timestamp,
+                "principal": {"type": "User", "id": "a"},
+                "action": {"type": "Action", "id": "read"},
+                "resource": {"type": "Doc", "id": "d"},
+                "context": {}, "entities": [],
+                "decision": "allow", "determining_policies": ["grant"], "errors": [],
+            })
+        };
+        let log = Path::new("decisions.log");
+        let inside = record("2020-01-01T12:00:00.000000Z");
+        assert_eq!(replayer.replay(&inside, log), Replayed::Same);
+        let after = record("2020-01-02T00:00:00.000000Z");
+        let Replayed::Differs(d) = replayer.replay(&after, log) else {
+            unreachable!("an allow after expiry replays as a deny");
+        };
+        assert_eq!(d.new.decision, "deny");
+    }
+}
