@@ -354,3 +354,49 @@ fn the_example_grants_validate_without_warnings() {
         "{ran:?}"
     );
 }
+
+#[test]
+fn policy_tests_judge_grants_at_the_time_a_case_names() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/grants");
+    let mut cmd = bin();
+    cmd.arg("test").arg("--policies").arg(&dir);
+    let ran = binary::run(cmd, Duration::from_secs(15));
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(ran.stdout.contains("5 passed"), "{ran:?}");
+
+    // A case whose `at` contradicts its expectation fails: `at` is used.
+    let copy = tempfile::tempdir().unwrap();
+    for name in ["schema.cedarschema", "grants.cedar", "grants.links.json"] {
+        std::fs::copy(dir.join(name), copy.path().join(name)).unwrap();
+    }
+    let cases = std::fs::read_to_string(dir.join("grants.test.yaml")).unwrap();
+    std::fs::write(
+        copy.path().join("grants.test.yaml"),
+        cases.replace("2098-01-01T00:30:00Z", "2098-01-01T01:30:00Z"),
+    )
+    .unwrap();
+    let mut cmd = bin();
+    cmd.arg("test").arg("--policies").arg(copy.path());
+    let ran = binary::run(cmd, Duration::from_secs(15));
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(
+        ran.stdout.contains("4 passed, 1 failed")
+            && ran
+                .stdout
+                .contains("inside its hour, the planner's grant applies\n        decision: expected allow, got deny"),
+        "{ran:?}"
+    );
+    std::fs::write(
+        copy.path().join("grants.test.yaml"),
+        cases.replace("2098-01-01T00:30:00Z", "soon"),
+    )
+    .unwrap();
+    let mut cmd = bin();
+    cmd.arg("test").arg("--policies").arg(copy.path());
+    let ran = binary::run(cmd, Duration::from_secs(15));
+    assert_ne!(ran.code(), Some(0), "{ran:?}");
+    assert!(
+        format!("{}{}", ran.stdout, ran.stderr).contains("`at`: `soon` is not an RFC 3339 time"),
+        "{ran:?}"
+    );
+}

@@ -22,6 +22,8 @@ use crate::policy_store::{Clock, Snapshot};
 pub(super) struct Evaluator<'a> {
     pub opts: &'a PipelineOptions,
     pub cache: Option<(&'a DecisionCache, &'a Metrics)>,
+    /// The server's time to judge at instead of the clock (policy tests).
+    pub at: Option<SystemTime>,
 }
 
 /// A request that passed binding and limits, and what the cache said.
@@ -74,7 +76,8 @@ impl Evaluator<'_> {
         let timed = !req.subject_token.is_empty()
             || !req.actor_token.is_empty()
             || !req.delegation.is_empty()
-            || opts.server_time_key.is_some();
+            || opts.server_time_key.is_some()
+            || self.at.is_some();
         let now = if timed { Some(self.timed(req)?) } else { None };
 
         opts.limits
@@ -119,7 +122,7 @@ impl Evaluator<'_> {
     /// computed while it was valid) and the server's time for policies.
     fn timed(&self, req: &mut DecisionRequest) -> Result<SystemTime, DecisionError> {
         let opts = self.opts;
-        let now = SystemTime::now();
+        let now = self.at.unwrap_or_else(SystemTime::now);
         token_claims::apply(opts.tokens.as_deref(), req, now)?;
         delegation::check(&req.delegation, opts.delegation, now)?;
         if let Some(key) = &opts.server_time_key {

@@ -148,7 +148,24 @@ pub fn judge(
     req: DecisionRequest,
     peer: &PeerFacts,
 ) -> Result<Decision, DecisionError> {
-    Evaluator { opts, cache: None }.evaluate(snapshot, req, None, None, peer, &mut None)
+    judge_at(opts, snapshot, req, peer, None)
+}
+
+/// [`judge`] as if the server's clock read `at` (`None`: the clock): what
+/// tokens, the chain's expiry, server time and template links' windows see.
+pub fn judge_at(
+    opts: &PipelineOptions,
+    snapshot: &Snapshot,
+    req: DecisionRequest,
+    peer: &PeerFacts,
+    at: Option<std::time::SystemTime>,
+) -> Result<Decision, DecisionError> {
+    Evaluator {
+        opts,
+        cache: None,
+        at,
+    }
+    .evaluate(snapshot, req, None, None, peer, &mut None)
 }
 
 /// A decision, with what identifies it.
@@ -277,6 +294,7 @@ impl Pipeline {
         Evaluator {
             opts: &self.opts,
             cache: self.cache.as_deref().map(|c| (c, &*self.metrics)),
+            at: None,
         }
     }
 

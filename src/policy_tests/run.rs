@@ -100,7 +100,7 @@ pub fn run(snapshot: &Snapshot, suite: &Suite, opts: &PipelineOptions) -> Report
 
 fn run_case(snapshot: &Snapshot, case: &Case, opts: &PipelineOptions) -> CaseResult {
     let start = Instant::now();
-    let judged = pipeline::judge(opts, snapshot, case.request.clone(), &case.caller);
+    let judged = pipeline::judge_at(opts, snapshot, case.request.clone(), &case.caller, case.at);
     let mismatches = match (judged, case.expect.refused) {
         (Ok(decision), None) => compare(&case.expect, &decision),
         (Ok(decision), Some(reason)) => vec![format!(

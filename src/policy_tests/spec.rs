@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Component, Path};
 use std::str::FromStr;
+use std::time::SystemTime;
 
 use std::collections::BTreeMap;
 
@@ -59,6 +60,8 @@ pub struct Case {
     /// What the transport proved about the caller, as the server would
     /// have it from a client certificate or a Unix socket.
     pub caller: PeerFacts,
+    /// The server's time the case is judged at (`at`); `None`: when it runs.
+    pub at: Option<SystemTime>,
     pub expect: Expect,
 }
 
@@ -138,6 +141,10 @@ struct CaseSpec {
     delegation: Vec<HopSpec>,
     #[serde(default)]
     purpose: String,
+    /// RFC 3339 in UTC: the server's time for this case, so a case about a
+    /// time-bound grant or an expiring chain keeps its answer as time passes.
+    #[serde(default)]
+    at: Option<Spanned<String>>,
     expect: Spanned<ExpectSpec>,
 }
 
@@ -583,6 +590,21 @@ fn parse_file(
         if bad_hop {
             continue;
         }
+        let at_time = match &case.at {
+            None => None,
+            Some(t) => match humantime::parse_rfc3339(&t.value) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    problems.push(problem(
+                        rel,
+                        t.referenced.line(),
+                        t.referenced.column(),
+                        format!("`at`: `{}` is not an RFC 3339 time in UTC: {e}", t.value),
+                    ));
+                    continue;
+                }
+            },
+        };
         cases.push(Case {
             name,
             line: usize::try_from(at.line().max(1)).unwrap_or(usize::MAX),
@@ -598,6 +620,7 @@ fn parse_file(
                 ..DecisionRequest::default()
             },
             caller,
+            at: at_time,
             expect: Expect {
                 allow,
                 refused,
