@@ -57,7 +57,7 @@ PENDING_CONFIG_KEYS = {"unix_socket": {"mode": str}}
 
 # The example policy set, as shipped in the policies ConfigMap.
 POLICY_SUFFIXES = (".cedar", ".cedarschema", ".cedarschema.json", ".entities.json",
-                   ".test.yaml", ".test.yml", ".test.json", ".fixture.json")
+                   ".links.json", ".test.yaml", ".test.yml", ".test.json", ".fixture.json")
 POLICIES_CONFIGMAP = Path("kubernetes/policies/policies.yaml")
 
 EXT_AUTHZ_NAME = "envoy.filters.http.ext_authz"

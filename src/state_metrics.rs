@@ -70,7 +70,7 @@ impl Collector for StateCollector {
             .unwrap_or_default();
         let mut family = encoder.encode_descriptor(
             "cedar_pdp_grants",
-            "Template links (time-bound grants) in the live set, by where the clock falls in their window",
+            "Template links (time-bound grants) of the live policy set, shadow ones included, by where the clock falls in their window",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
