@@ -11,6 +11,14 @@
 #   PEERS=../shared/peers   Cerbos, its policy and the equivalent Cedar request
 #   PORT=50061        cedar-pdp's port, and PORT+1 for the uncached one (Cerbos uses 3593)
 #   BIN=FILE          the cedar-pdp binary to measure (default: build target/release/cedar-pdp)
+#   CORPUS=1          also the corpus mode (0: skip it): bench/gen-corpus.py writes a
+#                     realistic corpus (100,000 requests, Zipf over 1,000 principals and
+#                     10,000 documents, some entities stored, some inline) on the same
+#                     rules; each round, a fresh default server (cache on, cold) gets
+#                     every line once from `cedar-pdp bench --corpus`, with -c/-m as
+#                     connections/concurrency. For a like-for-like client, the same
+#                     load client also sends the single request to the uncached server.
+#                     Prints corpus req/s against Cerbos and the decision-cache hit rate.
 #   BASELINE=FILE     another cedar-pdp binary (e.g. the commit before a change), served
 #                     cached on PORT+2 and uncached on PORT+3 and measured in the same
 #                     rounds, as `base-authorize`, `base-uncached` and `base-health`
@@ -108,8 +116,60 @@ for ((r = 0; r < rounds; r++)); do
     done
 done
 
-python3 - "$work/lines" <<'PY'
-import re, statistics, sys
+if [ "${CORPUS:-1}" != 0 ]; then
+    # h2load's -c and -m, as the load client's connections and concurrency.
+    conns=8 conc=16
+    for ((i = 0; i < ${#opts[@]}; i++)); do
+        case ${opts[$i]} in
+            -c) conns=${opts[$((i + 1))]} ;;
+            -m) conc=${opts[$((i + 1))]} ;;
+        esac
+    done
+    python3 bench/gen-corpus.py "$work/corpus" > "$work/corpus.summary"
+    lines=$(wc -l < "$work/corpus/corpus.jsonl")
+    echo "corpus: $(cat "$work/corpus.summary")"
+    cport=$((port + 4)) aport=$((port + 5))
+    scrape() {
+        python3 - "http://127.0.0.1:$aport/metrics" <<'PY'
+import re, sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+n = {"hit": 0, "miss": 0}
+for m in re.finditer(r'^cedar_pdp_decision_cache_lookups_total\{result="(hit|miss)"\} (\d+)', text, re.M):
+    n[m.group(1)] = int(m.group(2))
+print(n["hit"], n["miss"])
+PY
+    }
+    load() { # label addr (--corpus FILE | --request FILE)
+        local label=$1 addr=$2
+        shift 2
+        out=$("$bin" bench --addr "$addr" "$@" --requests "$lines" --connections "$conns" --concurrency "$conc")
+        rps=$(sed -n 's/^requests\/s: //p' <<<"$out")
+        errors=$(sed -n 's/^calls: [0-9]*, errors: \([0-9]*\).*/\1/p' <<<"$out")
+        echo "$label req/s=$rps errors=$errors $(sed -n 's/^decisions: /decisions=/p' <<<"$out" | tr -d ,)"
+    }
+    for ((r = 0; r < rounds; r++)); do
+        "$bin" serve --policies "$work/corpus/policies" --listen "127.0.0.1:$cport" \
+            --admin-listen "127.0.0.1:$aport" --log-level warn 2>"$work/corpus-$r.log" &
+        cpid=$!
+        pids+=("$cpid")
+        deadline=$((SECONDS + 30))
+        until scrape >/dev/null 2>&1; do
+            [ $SECONDS -lt $deadline ] || { echo "corpus server did not start" >&2; exit 1; }
+            sleep 0.2
+        done
+        single=(--request "$peers/cedar-equivalent/request.json")
+        if ((r % 2)); then load client-uncached "127.0.0.1:$((port + 1))" "${single[@]}" | tee -a "$work/corpus-lines"; fi
+        load corpus "127.0.0.1:$cport" --corpus "$work/corpus/corpus.jsonl" --seed "$((r + 1))" | tee -a "$work/corpus-lines"
+        if ! ((r % 2)); then load client-uncached "127.0.0.1:$((port + 1))" "${single[@]}" | tee -a "$work/corpus-lines"; fi
+        read -r hit miss < <(scrape)
+        echo "corpus-cache hit=$hit miss=$miss" | tee -a "$work/corpus-lines"
+        kill "$cpid"
+        wait "$cpid" 2>/dev/null || true
+    done
+fi
+
+python3 - "$work/lines" "$work/corpus-lines" <<'PY'
+import os, re, statistics, sys
 unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 def ms(v):
     m = re.fullmatch(r"([0-9.]+)(us|ms|s)", v)
@@ -136,4 +196,21 @@ for k in ("authorize", "uncached", "health"):
     if "base-" + k in med:
         a, b = med[k], med["base-" + k]
         print(f"{k:14s} / base-{k}: throughput {a[0]/b[0]:.2f}x   mean latency {a[1]/b[1]:.2f}x")
+if os.path.exists(sys.argv[2]):
+    runs, hits = {}, []
+    for line in open(sys.argv[2]):
+        label, *fields = line.split()
+        f = dict(x.split("=", 1) for x in fields)
+        if label == "corpus-cache":
+            hit, miss = int(f["hit"]), int(f["miss"])
+            hits.append(hit / max(1, hit + miss))
+        else:
+            runs.setdefault(label, []).append((float(f["req/s"]), int(f["errors"])))
+    corpus = statistics.median(r[0] for r in runs["corpus"])
+    client = statistics.median(r[0] for r in runs["client-uncached"])
+    errors = sum(r[1] for v in runs.values() for r in v)
+    print()
+    print(f"corpus         median req/s={corpus:10.0f}  decision-cache hit rate={statistics.median(hits):.1%}  failed={errors}")
+    print(f"client-uncached median req/s={client:10.0f}  (the single request, uncached, from the same load client)")
+    print(f"corpus         throughput: / Cerbos = {corpus/c[0]:.2f}x   / single request uncached, same client = {corpus/client:.2f}x")
 PY

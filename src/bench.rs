@@ -1,14 +1,19 @@
 //! The load generator behind `cedar-pdp bench`: it sends one request, read
-//! from a JSON file, over several HTTP/2 connections with several calls in
-//! flight on each, for a duration or a count, and summarises throughput and
-//! latency with an HDR histogram.
+//! from a JSON file, or a corpus of many (JSON lines of the same shape), over
+//! several HTTP/2 connections with several calls in flight on each, for a
+//! duration or a count, and summarises throughput, the decisions and latency
+//! with an HDR histogram.
+//!
+//! A corpus is sent in a fixed order (`sequential`, or `shuffle` by a seed),
+//! from a cursor all calls share, so a run of N calls sends the same N
+//! requests whatever the concurrency.
 //!
 //! [`grpc_frame`] writes the request as a gRPC-framed body instead, so h2load
 //! can send the same request (see `shared/peers/h2load-grpc.sh`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
@@ -83,8 +88,88 @@ pub(crate) enum BenchError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("`{}` line {line}: {source}", path.display())]
+    CorpusLine {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("`{}` holds no requests", path.display())]
+    EmptyCorpus { path: PathBuf },
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
+}
+
+/// The order a corpus is sent in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Order {
+    /// As in the file, from the first line.
+    Sequential,
+    /// Shuffled once by `--seed`, so runs with one seed send the same order.
+    Shuffle,
+}
+
+/// The requests a run sends, in sending order; it starts over at the end.
+#[derive(Debug)]
+pub(crate) struct Corpus {
+    requests: Vec<proto::AuthorizeRequest>,
+    cursor: AtomicUsize,
+}
+
+impl Corpus {
+    /// A corpus of one request, sent on every call.
+    pub(crate) fn one(request: proto::AuthorizeRequest) -> Self {
+        Self::new(vec![request])
+    }
+
+    fn new(requests: Vec<proto::AuthorizeRequest>) -> Self {
+        Self {
+            requests,
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// Reads `path`, one request per line (blank lines skipped), in `order`.
+    pub(crate) fn read(path: &Path, order: Order, seed: u64) -> Result<Self, BenchError> {
+        let text = std::fs::read_to_string(path).map_err(|source| BenchError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut requests = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let file: RequestFile =
+                serde_json::from_str(line).map_err(|source| BenchError::CorpusLine {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    source,
+                })?;
+            requests.push(file.into());
+        }
+        if requests.is_empty() {
+            return Err(BenchError::EmptyCorpus {
+                path: path.to_path_buf(),
+            });
+        }
+        if order == Order::Shuffle {
+            fastrand::Rng::with_seed(seed).shuffle(&mut requests);
+        }
+        Ok(Self::new(requests))
+    }
+
+    /// How many requests it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// The next request to send.
+    fn next(&self) -> &proto::AuthorizeRequest {
+        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.requests.len();
+        &self.requests[i]
+    }
 }
 
 /// The request file: the shape of `shared/peers/cedar-equivalent/request.json`.
@@ -124,22 +209,28 @@ pub(crate) fn read_request(path: &Path) -> Result<proto::AuthorizeRequest, Bench
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(proto::AuthorizeRequest {
-        principal: Some(file.principal.into()),
-        action: Some(file.action.into()),
-        resource: Some(file.resource.into()),
-        context_json: if file.context.is_empty() {
-            String::new()
-        } else {
-            serde_json::Value::Object(file.context).to_string()
-        },
-        entities_json: if file.entities.is_empty() {
-            String::new()
-        } else {
-            serde_json::Value::Array(file.entities).to_string()
-        },
-        ..Default::default()
-    })
+    Ok(file.into())
+}
+
+impl From<RequestFile> for proto::AuthorizeRequest {
+    fn from(file: RequestFile) -> Self {
+        Self {
+            principal: Some(file.principal.into()),
+            action: Some(file.action.into()),
+            resource: Some(file.resource.into()),
+            context_json: if file.context.is_empty() {
+                String::new()
+            } else {
+                serde_json::Value::Object(file.context).to_string()
+            },
+            entities_json: if file.entities.is_empty() {
+                String::new()
+            } else {
+                serde_json::Value::Array(file.entities).to_string()
+            },
+            ..Default::default()
+        }
+    }
 }
 
 /// `request` as one gRPC message: an uncompressed flag byte, the length as a
@@ -160,6 +251,11 @@ pub(crate) struct Summary {
     pub calls: u64,
     pub errors: u64,
     pub decisions_per_call: u64,
+    /// Decisions answered ALLOW, and answered at all (ALLOW or DENY).
+    pub allowed: u64,
+    pub decided: u64,
+    /// Distinct requests sent in turn: 1 unless a corpus.
+    pub distinct: usize,
     pub elapsed: Duration,
     /// Latency of successful calls, in microseconds.
     pub latency: Histogram<u64>,
@@ -176,6 +272,11 @@ impl std::fmt::Display for Summary {
             self.calls, self.errors, self.elapsed
         )?;
         writeln!(f, "requests/s: {rate:.1}")?;
+        writeln!(
+            f,
+            "decisions: {}, allowed: {}, distinct requests: {}",
+            self.decided, self.allowed, self.distinct
+        )?;
         if self.decisions_per_call > 1 {
             writeln!(
                 f,
@@ -202,21 +303,15 @@ enum Limit {
     Count(u64),
 }
 
-/// Runs `spec` with `request` on a runtime of its own, until it stops.
-pub(crate) fn run_blocking(
-    spec: &LoadSpec,
-    request: proto::AuthorizeRequest,
-) -> Result<Summary, BenchError> {
+/// Runs `spec` with `corpus` on a runtime of its own, until it stops.
+pub(crate) fn run_blocking(spec: &LoadSpec, corpus: Corpus) -> Result<Summary, BenchError> {
     let runtime = tokio::runtime::Runtime::new().map_err(BenchError::Runtime)?;
-    runtime.block_on(run(spec, request))
+    runtime.block_on(run(spec, Arc::new(corpus)))
 }
 
-/// Runs `spec` with `request` until it stops. A failed call is counted, not
+/// Runs `spec` with `corpus` until it stops. A failed call is counted, not
 /// an error; only a connection that cannot be opened is.
-pub(crate) async fn run(
-    spec: &LoadSpec,
-    request: proto::AuthorizeRequest,
-) -> Result<Summary, BenchError> {
+pub(crate) async fn run(spec: &LoadSpec, corpus: Arc<Corpus>) -> Result<Summary, BenchError> {
     let url = if spec.addr.contains("://") {
         spec.addr.clone()
     } else {
@@ -243,10 +338,6 @@ pub(crate) async fn run(
         Mode::Unary | Mode::Stream => 1,
         Mode::Batch => spec.batch_size,
     };
-    let batch = proto::BatchAuthorizeRequest {
-        requests: vec![request.clone(); batch_size as usize],
-        ..Default::default()
-    };
     let started = Instant::now();
     let limit = match spec.stop {
         Stop::Calls(n) => Limit::Count(n),
@@ -260,7 +351,7 @@ pub(crate) async fn run(
             let window = spec.concurrency as usize;
             workers.spawn(stream_worker(
                 client,
-                request.clone(),
+                Arc::clone(&corpus),
                 window,
                 limit,
                 Arc::clone(&issued),
@@ -268,13 +359,10 @@ pub(crate) async fn run(
             continue;
         }
         for _ in 0..spec.concurrency {
-            let call = match spec.mode {
-                Mode::Batch => Call::Batch(batch.clone()),
-                Mode::Unary | Mode::Stream => Call::Unary(Box::new(request.clone())),
-            };
             let worker = Worker {
                 client: AuthorizerClient::new(channel.clone()),
-                call,
+                corpus: Arc::clone(&corpus),
+                batch_size: (spec.mode == Mode::Batch).then_some(batch_size as usize),
                 limit,
                 issued: Arc::clone(&issued),
             };
@@ -285,6 +373,9 @@ pub(crate) async fn run(
         calls: 0,
         errors: 0,
         decisions_per_call: u64::from(batch_size),
+        allowed: 0,
+        decided: 0,
+        distinct: corpus.len(),
         elapsed: Duration::ZERO,
         latency: new_histogram(),
     };
@@ -293,6 +384,8 @@ pub(crate) async fn run(
         if let Ok(tally) = joined {
             summary.calls += tally.calls;
             summary.errors += tally.errors;
+            summary.allowed += tally.allowed;
+            summary.decided += tally.decided;
             // Both histograms share bounds, so adding cannot fail.
             let _ = summary.latency.add(&tally.latency);
         }
@@ -307,15 +400,12 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// What a unary worker sends on every call.
-enum Call {
-    Unary(Box<proto::AuthorizeRequest>),
-    Batch(proto::BatchAuthorizeRequest),
-}
-
+/// One connection's unary or batch calls, one at a time.
 struct Worker {
     client: AuthorizerClient<Channel>,
-    call: Call,
+    corpus: Arc<Corpus>,
+    /// Items per `BatchAuthorize`; `None`: `Authorize`.
+    batch_size: Option<usize>,
     limit: Limit,
     issued: Arc<AtomicU64>,
 }
@@ -323,16 +413,34 @@ struct Worker {
 struct Tally {
     calls: u64,
     errors: u64,
+    allowed: u64,
+    decided: u64,
     latency: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            calls: 0,
+            errors: 0,
+            allowed: 0,
+            decided: 0,
+            latency: new_histogram(),
+        }
+    }
+
+    /// Counts one answered decision.
+    fn decision(&mut self, response: &proto::AuthorizeResponse) {
+        self.decided += 1;
+        if response.decision == proto::Decision::Allow as i32 {
+            self.allowed += 1;
+        }
+    }
 }
 
 impl Worker {
     async fn run(mut self) -> Tally {
-        let mut tally = Tally {
-            calls: 0,
-            errors: 0,
-            latency: new_histogram(),
-        };
+        let mut tally = Tally::new();
         loop {
             let go = match self.limit {
                 Limit::Until(end) => Instant::now() < end,
@@ -341,10 +449,29 @@ impl Worker {
             if !go {
                 return tally;
             }
+            // Built before the clock starts: the copy is the client's cost.
+            let batch = self.batch_size.map(|n| proto::BatchAuthorizeRequest {
+                requests: (0..n).map(|_| self.corpus.next().clone()).collect(),
+                ..Default::default()
+            });
+            let single = batch.is_none().then(|| self.corpus.next().clone());
             let start = Instant::now();
-            let ok = match &self.call {
-                Call::Unary(request) => self.client.authorize(*request.clone()).await.is_ok(),
-                Call::Batch(batch) => self.client.batch_authorize(batch.clone()).await.is_ok(),
+            let ok = match (single, batch) {
+                (Some(request), _) => match self.client.authorize(request).await {
+                    Ok(r) => {
+                        tally.decision(r.get_ref());
+                        true
+                    }
+                    Err(_) => false,
+                },
+                (None, Some(batch)) => match self.client.batch_authorize(batch).await {
+                    Ok(r) => {
+                        r.get_ref().responses.iter().for_each(|r| tally.decision(r));
+                        true
+                    }
+                    Err(_) => false,
+                },
+                (None, None) => false,
             };
             tally.calls += 1;
             if ok {
@@ -362,16 +489,12 @@ impl Worker {
 /// from the oldest send time still waiting.
 async fn stream_worker(
     mut client: AuthorizerClient<Channel>,
-    request: proto::AuthorizeRequest,
+    corpus: Arc<Corpus>,
     window: usize,
     limit: Limit,
     issued: Arc<AtomicU64>,
 ) -> Tally {
-    let mut tally = Tally {
-        calls: 0,
-        errors: 0,
-        latency: new_histogram(),
-    };
+    let mut tally = Tally::new();
     let (tx, rx) = tokio::sync::mpsc::channel(window);
     let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let credits = Arc::new(tokio::sync::Semaphore::new(window));
@@ -390,7 +513,7 @@ async fn stream_worker(
                     return;
                 }
                 permit.forget();
-                if tx.send(request.clone()).await.is_err() {
+                if tx.send(corpus.next().clone()).await.is_err() {
                     return;
                 }
             }
@@ -413,6 +536,7 @@ async fn stream_worker(
         tally.calls += 1;
         match answered {
             Ok(Some(resp)) if resp.errors.is_empty() => {
+                tally.decision(&resp);
                 let micros = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX);
                 tally.latency.saturating_record(micros.max(1));
             }

@@ -174,3 +174,90 @@ async fn emits_a_grpc_framed_authorize_request() {
     let entities: serde_json::Value = serde_json::from_str(&decoded.entities_json).unwrap();
     assert_eq!(entities, file["entities"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corpus_is_sent_in_turn_and_its_decisions_counted() {
+    let server = TestServer::start(&peer_dir()).await;
+    let addr = server.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let line = |ns: &str, action: &str| {
+        serde_json::json!({
+            "principal": {"type": "Workload", "id": "w"},
+            "action": {"type": "Action", "id": action},
+            "resource": {"type": "Document", "id": "d"},
+            "entities": [
+                {"uid": {"type": "Workload", "id": "w"}, "attrs": {"roles": ["reader"], "namespace": "a"}, "parents": []},
+                {"uid": {"type": "Document", "id": "d"}, "attrs": {"namespace": ns, "owner": {"__entity": {"type": "Workload", "id": "w"}}}, "parents": []}
+            ]
+        })
+        .to_string()
+    };
+    // Two allowed (a reader in its own namespace), one denied (another
+    // namespace), with a blank line that is skipped.
+    let corpus = dir.path().join("corpus.jsonl");
+    std::fs::write(
+        &corpus,
+        format!(
+            "{}\n\n{}\n{}\n",
+            line("a", "read"),
+            line("b", "read"),
+            line("a", "read").replace("\"d\"", "\"d2\"")
+        ),
+    )
+    .unwrap();
+    let corpus_args = |extra: &[&str]| {
+        let mut v = vec![
+            "--addr".to_string(),
+            addr.clone(),
+            "--corpus".to_string(),
+            corpus.display().to_string(),
+        ];
+        v.extend(extra.iter().map(ToString::to_string));
+        v
+    };
+    for order in [
+        &["--order", "sequential"][..],
+        &["--order", "shuffle", "--seed", "7"],
+    ] {
+        let mut extra = vec!["--concurrency", "3", "--requests", "30"];
+        extra.extend_from_slice(order);
+        let ran = bench(corpus_args(&extra)).await;
+        assert_eq!(ran.code(), Some(0), "{ran:?}");
+        assert!(ran.stdout.contains("calls: 30, errors: 0"), "{ran:?}");
+        // Every request is sent ten times, whatever the order.
+        assert!(
+            ran.stdout
+                .contains("decisions: 30, allowed: 20, distinct requests: 3"),
+            "{ran:?}"
+        );
+    }
+    // Batches take consecutive corpus items.
+    let ran = bench(corpus_args(&[
+        "--order",
+        "sequential",
+        "--mode",
+        "batch",
+        "--batch-size",
+        "3",
+        "--requests",
+        "5",
+    ]))
+    .await;
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(ran.stdout.contains("decisions: 15, allowed: 10"), "{ran:?}");
+
+    // A line that is not a request names its line, and nothing is sent.
+    std::fs::write(
+        &corpus,
+        format!("{}\n{{\"principal\": 1}}\n", line("a", "read")),
+    )
+    .unwrap();
+    let ran = bench(corpus_args(&["--requests", "3"])).await;
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("line 2"), "{ran:?}");
+    std::fs::write(&corpus, "\n\n").unwrap();
+    let ran = bench(corpus_args(&["--requests", "3"])).await;
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("holds no requests"), "{ran:?}");
+    server.stop().await.unwrap();
+}

@@ -1,6 +1,6 @@
-//! `cedar-pdp bench`: load a running server with one request and print
-//! throughput and latency; or, with `--emit-h2load-body`, write the request
-//! for h2load and send nothing.
+//! `cedar-pdp bench`: load a running server with one request, or a corpus
+//! of many, and print throughput, decisions and latency; or, with
+//! `--emit-h2load-body`, write the request for h2load and send nothing.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::Exit;
-use crate::bench::{self, BenchError, LoadSpec, Mode, Stop};
+use crate::bench::{self, BenchError, Corpus, LoadSpec, Mode, Order, Stop};
 
 /// Flags of `bench`.
 #[derive(Debug, Args)]
@@ -18,8 +18,18 @@ pub(super) struct BenchArgs {
     addr: String,
     /// The request: a JSON object with `principal`, `action`, `resource`
     /// (each `{"type", "id"}`), and optional `context` and `entities`.
-    #[arg(long, value_name = "FILE")]
-    request: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "corpus")]
+    request: Option<PathBuf>,
+    /// Many requests, one JSON object per line in the shape of `--request`,
+    /// sent in turn (and again from the start when all were sent).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["request", "emit_h2load_body"])]
+    corpus: Option<PathBuf>,
+    /// The order a corpus is sent in.
+    #[arg(long, value_enum, default_value_t = Order::Shuffle, requires = "corpus")]
+    order: Order,
+    /// The seed of `--order shuffle`: one seed, one order.
+    #[arg(long, default_value_t = 1, requires = "corpus")]
+    seed: u64,
     /// HTTP/2 connections to open.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     connections: u32,
@@ -65,15 +75,25 @@ pub(super) fn run(args: BenchArgs) -> Exit {
 
 /// The summary of the run, or `None` when only the h2load body was written.
 fn send(args: BenchArgs) -> Result<Option<bench::Summary>, BenchError> {
-    let request = bench::read_request(&args.request)?;
-    if let Some(path) = &args.emit_h2load_body {
-        std::fs::write(path, bench::grpc_frame(&request)).map_err(|source| BenchError::Write {
-            path: path.clone(),
-            source,
-        })?;
-        println!("wrote {}", path.display());
-        return Ok(None);
-    }
+    let corpus = match (&args.corpus, &args.request) {
+        (Some(path), _) => Corpus::read(path, args.order, args.seed)?,
+        (None, Some(path)) => {
+            let request = bench::read_request(path)?;
+            if let Some(path) = &args.emit_h2load_body {
+                std::fs::write(path, bench::grpc_frame(&request)).map_err(|source| {
+                    BenchError::Write {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                println!("wrote {}", path.display());
+                return Ok(None);
+            }
+            Corpus::one(request)
+        }
+        // clap requires one of the two.
+        (None, None) => return Ok(None),
+    };
     let spec = LoadSpec {
         addr: args.addr,
         connections: args.connections,
@@ -85,5 +105,5 @@ fn send(args: BenchArgs) -> Result<Option<bench::Summary>, BenchError> {
         mode: args.mode,
         batch_size: args.batch_size,
     };
-    bench::run_blocking(&spec, request).map(Some)
+    bench::run_blocking(&spec, corpus).map(Some)
 }
