@@ -101,6 +101,30 @@ fn bench(c: &mut Criterion) {
                 authorizer::authorize(&peer, q, OnForbidError::Deny).unwrap()
             });
         });
+        // The same, with the request's entities found in the entity cache
+        // (what the server does by default when entities repeat).
+        let cache = authorizer::EntityCache::new(1 << 20).unwrap();
+        c.bench_function("cerbos_equivalent/read_document_entities_cached", |b| {
+            b.iter(|| {
+                let q = query_from_request(peer_req.clone(), &[]).unwrap();
+                let mut lookups = authorizer::EntityLookups::default();
+                let parse = authorizer::Parse {
+                    cache: Some(&cache),
+                    lookups: &mut lookups,
+                };
+                let d = authorizer::authorize_cached(
+                    &peer,
+                    q,
+                    None,
+                    parse,
+                    OnForbidError::Deny,
+                    &cedar_pdp::policy_store::Clock::system(),
+                )
+                .unwrap();
+                assert!(d.allow && lookups.misses + lookups.hits == 2);
+                d
+            });
+        });
 
         // The pipeline on a decision-cache hit: what a repeated request costs
         // besides the transport.

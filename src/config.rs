@@ -505,6 +505,9 @@ pub struct LimitsConfig {
     /// Memory for remembered decisions of identical requests (exact: Cedar
     /// is deterministic, and a reload starts afresh); 0 turns it off.
     pub decision_cache_bytes: u64,
+    /// Memory for request entities parsed before, by their exact JSON and
+    /// the policy snapshot (exact too); 0 turns it off.
+    pub entity_cache_bytes: u64,
 }
 
 /// `[decision_log]`: one JSON record per decision, written off the request path.
@@ -682,6 +685,7 @@ impl Default for LimitsConfig {
             max_connection_age: Duration::from_secs(30 * 60),
             request_timeout: Duration::from_secs(5),
             decision_cache_bytes: 32 * 1024 * 1024,
+            entity_cache_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -52,6 +52,7 @@ pub struct Metrics {
     inflight: Gauge,
     tls_reloads: Family<ResultLabels, Counter>,
     cache: Family<ResultLabels, Counter>,
+    entity_cache: Family<ResultLabels, Counter>,
     searches: Family<SearchLabels, Counter>,
     tls_handshake_failures: Counter,
     shadow_disagreements: Family<ShadowLabels, Counter>,
@@ -79,6 +80,7 @@ impl Metrics {
         let inflight = Gauge::default();
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         let cache = Family::<ResultLabels, Counter>::default();
+        let entity_cache = Family::<ResultLabels, Counter>::default();
         let searches = Family::<SearchLabels, Counter>::default();
         let tls_handshake_failures = Counter::default();
         let shadow_disagreements = Family::<ShadowLabels, Counter>::default();
@@ -119,6 +121,11 @@ impl Metrics {
             cache.clone(),
         );
         registry.register(
+            "cedar_pdp_entity_cache_lookups",
+            "Request entities looked up among those parsed before (same JSON, same policy snapshot), by result (hit or miss)",
+            entity_cache.clone(),
+        );
+        registry.register(
             "cedar_pdp_searches",
             "AuthZEN searches, by kind (subject, resource, action) and outcome (results, empty, unknown_type, refused), each candidate also counted as a decision",
             searches.clone(),
@@ -135,6 +142,7 @@ impl Metrics {
             inflight,
             tls_reloads,
             cache,
+            entity_cache,
             searches,
             tls_handshake_failures,
             shadow_disagreements,
@@ -185,6 +193,17 @@ impl Metrics {
     pub fn decision_cache(&self, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
         self.cache.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Records how one request's entities used the entity cache.
+    pub fn entity_cache(&self, hits: u64, misses: u64) {
+        for (result, n) in [("hit", hits), ("miss", misses)] {
+            if n > 0 {
+                self.entity_cache
+                    .get_or_create(&ResultLabels { result })
+                    .inc_by(n);
+            }
+        }
     }
 
     /// Records one search: its kind and how it ended.

@@ -3,7 +3,9 @@
 //! determining policies, errors, and request errors.
 //!
 //! The reference is what `authorize` did before slicing: every policy, and
-//! the request's entities merged into a copy of the whole store.
+//! the request's entities merged into a copy of the whole store. Each answer
+//! is also taken twice through the entity cache (parsed, then remembered),
+//! which must change nothing either.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -18,7 +20,9 @@ mod tenants;
 use std::path::Path;
 use std::str::FromStr;
 
-use cedar_pdp::authorizer::{self, AuthorizeError, Decision, PolicyError, Query};
+use cedar_pdp::authorizer::{
+    self, AuthorizeError, Decision, EntityCache, EntityLookups, PolicyError, Query,
+};
 use cedar_pdp::config::OnForbidError;
 use cedar_pdp::policy_store::{Clock, LoadOptions, Snapshot, Target, build, read_dir};
 use cedar_policy::entities_errors::EntitiesError;
@@ -113,8 +117,14 @@ struct Tally {
     deny: usize,
     with_policy_errors: usize,
     conflicts: usize,
+    /// Request entities the entity cache answered.
+    entity_hits: u64,
     mismatches: Vec<String>,
 }
+
+/// One cache for every snapshot the tests build: keys carry the snapshot.
+static ENTITY_CACHE: std::sync::LazyLock<EntityCache> =
+    std::sync::LazyLock::new(|| EntityCache::new(64 << 20).unwrap());
 
 impl Tally {
     fn compare(&mut self, label: &str, snapshot: &Snapshot, q: &Query) {
@@ -137,6 +147,29 @@ impl Tally {
                 q.principal, q.action, q.resource
             ));
         }
+        for pass in ["cold", "warm"] {
+            let mut lookups = EntityLookups::default();
+            let parse = authorizer::Parse {
+                cache: Some(&ENTITY_CACHE),
+                lookups: &mut lookups,
+            };
+            let cached: Answer = authorizer::authorize_cached(
+                snapshot,
+                q.clone(),
+                None,
+                parse,
+                OnForbidError::Skip,
+                &Clock::system(),
+            )
+            .map_err(|e| e.to_string());
+            self.entity_hits += lookups.hits;
+            if cached != want {
+                self.mismatches.push(format!(
+                    "{label} {} {} {} (entity cache, {pass})\n    full:   {want:?}\n    cached: {cached:?}",
+                    q.principal, q.action, q.resource
+                ));
+            }
+        }
     }
 
     fn merge(&mut self, other: Self) {
@@ -145,6 +178,7 @@ impl Tally {
         self.deny += other.deny;
         self.with_policy_errors += other.with_policy_errors;
         self.conflicts += other.conflicts;
+        self.entity_hits += other.entity_hits;
         self.mismatches.extend(other.mismatches);
     }
 
@@ -264,6 +298,10 @@ fn corpus_answers_match_the_whole_set() {
         tally.compared
     );
     assert!(tally.allow > 1000 && tally.deny > 1000 && tally.with_policy_errors > 100);
+    assert!(
+        tally.entity_hits > 1000,
+        "the entity cache was not exercised"
+    );
 }
 
 fn gen_query(r: &tenants::GenRequest) -> Query {
@@ -330,6 +368,7 @@ fn generated_multi_tenant_answers_match_the_whole_set() {
     assert!(tally.deny > 500, "{tally:?}");
     assert!(tally.with_policy_errors > 100, "{tally:?}");
     assert!(tally.conflicts > 50, "{tally:?}");
+    assert!(tally.entity_hits > 1000, "{tally:?}");
     assert!(
         sliced > tally.compared / 2,
         "only {sliced} requests were sliced"

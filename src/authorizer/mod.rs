@@ -11,7 +11,10 @@ use crate::config::OnForbidError;
 use crate::error_chain::chain;
 use crate::policy_store::{Clock, Snapshot, Target};
 
+mod entity_cache;
 mod request_entities;
+
+pub use entity_cache::{EntityCache, EntityLookups};
 
 /// One authorization question, in Cedar's JSON forms.
 #[derive(Clone, Debug)]
@@ -206,14 +209,40 @@ pub fn authorize_at(
     on_forbid_error: OnForbidError,
     clock: &Clock,
 ) -> Result<Decision, AuthorizeError> {
+    let mut lookups = EntityLookups::default();
+    let parse = Parse {
+        cache: None,
+        lookups: &mut lookups,
+    };
+    authorize_cached(snapshot, query, shared, parse, on_forbid_error, clock)
+}
+
+/// How [`authorize_cached`] parses a query's entities: through `cache`
+/// when there is one (the answer is the same; see [`EntityCache`]),
+/// counting its hits and misses in `lookups`.
+#[derive(Debug)]
+pub struct Parse<'a> {
+    pub cache: Option<&'a EntityCache>,
+    pub lookups: &'a mut EntityLookups,
+}
+
+/// [`authorize_at`], with the query's entities parsed as `parse` says.
+pub fn authorize_cached(
+    snapshot: &Snapshot,
+    query: Query,
+    shared: Option<&SharedEntities>,
+    parse: Parse<'_>,
+    on_forbid_error: OnForbidError,
+    clock: &Clock,
+) -> Result<Decision, AuthorizeError> {
     let schema = snapshot.schema.as_ref();
     let mut query = query;
     let offered = request_entities::apply_properties(snapshot, &query.properties)?;
     query.entities.extend(offered.unstored);
-    let own = if query.entities.is_empty() {
-        None
-    } else {
-        Some(parse_entities(snapshot, query.entities)?)
+    let own = match (query.entities.is_empty(), parse.cache) {
+        (true, _) => None,
+        (false, Some(cache)) => Some(cache.parse(snapshot, query.entities, parse.lookups)?),
+        (false, None) => Some(parse_entities(snapshot, query.entities)?),
     };
     let extra = match (own, shared) {
         (own, None) => own,
@@ -286,7 +315,6 @@ pub fn authorize_at(
                 extra.unwrap_or_else(Entities::empty),
                 &offered.overrides,
                 roots,
-                schema,
             )?;
             &sliced
         }

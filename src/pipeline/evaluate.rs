@@ -13,7 +13,7 @@ use super::error::DecisionError;
 use super::record::Subject;
 use super::request::DecisionRequest;
 use super::{PipelineOptions, Shared, delegation, server_context, token_claims};
-use crate::authorizer::{self, Decision};
+use crate::authorizer::{self, Decision, EntityCache, EntityLookups};
 use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
 use crate::policy_store::{Clock, Snapshot};
@@ -24,6 +24,8 @@ pub(super) struct Evaluator<'a> {
     pub cache: Option<(&'a DecisionCache, &'a Metrics)>,
     /// The server's time to judge at instead of the clock (policy tests).
     pub at: Option<SystemTime>,
+    /// Request entities parsed before.
+    pub entities: Option<(&'a EntityCache, &'a Metrics)>,
 }
 
 /// A request that passed binding and limits, and what the cache said.
@@ -181,7 +183,17 @@ impl Evaluator<'_> {
         }
         let shared = shared.map(|s| &s.entities);
         let clock = screened.now.map_or_else(Clock::system, Clock::at);
-        let decision = authorizer::authorize_at(snapshot, q, shared, opts.on_forbid_error, &clock)?;
+        let mut lookups = EntityLookups::default();
+        let parse = authorizer::Parse {
+            cache: self.entities.map(|(c, _)| c),
+            lookups: &mut lookups,
+        };
+        let decided =
+            authorizer::authorize_cached(snapshot, q, shared, parse, opts.on_forbid_error, &clock);
+        if let Some((_, metrics)) = self.entities {
+            metrics.entity_cache(lookups.hits, lookups.misses);
+        }
+        let decision = decided?;
         if let (Some((cache, _)), Some(key)) = (self.cache, screened.key) {
             cache.insert(key, Arc::new(decision.clone()));
         }

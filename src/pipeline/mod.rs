@@ -41,7 +41,7 @@ use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Span;
 
-use crate::authorizer::{Decision, SharedEntities};
+use crate::authorizer::{Decision, EntityCache, SharedEntities};
 use crate::config::{Config, OnForbidError};
 use crate::decision_log::{DecisionLog, EntitySet, Slots};
 use crate::identity::PeerFacts;
@@ -82,6 +82,8 @@ pub struct PipelineOptions {
     pub bind_workload: bool,
     /// Bytes of decisions kept for identical requests; 0 turns it off.
     pub decision_cache_bytes: u64,
+    /// Bytes of parsed request entities kept; 0 turns it off.
+    pub entity_cache_bytes: u64,
     pub on_forbid_error: OnForbidError,
     /// Threads evaluation runs on; 0: one per CPU the process may use.
     pub evaluation_threads: usize,
@@ -108,6 +110,7 @@ impl PipelineOptions {
             caller_key: Some(config.caller.context_key.clone()).filter(|k| !k.is_empty()),
             bind_workload: config.binds_workload(),
             decision_cache_bytes: config.limits.decision_cache_bytes,
+            entity_cache_bytes: config.limits.entity_cache_bytes,
             on_forbid_error: config.evaluation.on_forbid_error,
             evaluation_threads: config.limits.evaluation_threads,
             delegation: DelegationRules {
@@ -164,6 +167,7 @@ pub fn judge_at(
         opts,
         cache: None,
         at,
+        entities: None,
     }
     .evaluate(snapshot, req, None, None, peer, &mut None)
 }
@@ -232,6 +236,7 @@ pub struct Pipeline {
     /// `true` once the server stops: open streams close themselves.
     closing: Arc<watch::Sender<bool>>,
     cache: Option<Arc<DecisionCache>>,
+    entities: Option<Arc<EntityCache>>,
     pool: Arc<EvalPool>,
     log: Option<DecisionLog>,
     metrics: Arc<Metrics>,
@@ -260,6 +265,7 @@ impl Pipeline {
             streams: Arc::new(Semaphore::new(opts.streams.max)),
             closing: Arc::new(watch::Sender::new(false)),
             cache: DecisionCache::new(opts.decision_cache_bytes).map(Arc::new),
+            entities: EntityCache::new(opts.entity_cache_bytes).map(Arc::new),
             pool: Arc::new(pool),
             opts: Arc::new(opts),
             log: None,
@@ -295,6 +301,7 @@ impl Pipeline {
             opts: &self.opts,
             cache: self.cache.as_deref().map(|c| (c, &*self.metrics)),
             at: None,
+            entities: self.entities.as_deref().map(|c| (c, &*self.metrics)),
         }
     }
 

@@ -186,6 +186,7 @@ pub fn build(
         git_commit: sources.git.clone(),
         digest: sources.digest,
         generation,
+        uid: next_snapshot_uid(),
         loaded_at: SystemTime::now(),
         policy_count,
         entity_count,
@@ -376,6 +377,12 @@ fn link_all(
         }
     }
     linked
+}
+
+/// A process-wide counter: no two snapshots share a uid.
+fn next_snapshot_uid() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether a policy is a shadow: annotated `@shadow`, or in a file under

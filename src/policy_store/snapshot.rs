@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub git_commit: Option<super::GitCommit>,
     /// How many successful loads, this one included.
     pub generation: u64,
+    /// Unique among every snapshot this process builds, whatever its
+    /// store: what caches of things parsed against it are keyed by.
+    pub uid: u64,
     pub loaded_at: SystemTime,
     pub policy_count: usize,
     pub entity_count: usize,
