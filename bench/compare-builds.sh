@@ -42,7 +42,7 @@ for ((t = 0; t < trials; t++)); do
             bin=$a p=$port
             [ "$who" = B ] && bin=$b p=$((port + 1))
             "$bin" serve --config "$work/$mode.toml" --policies "$peers/cedar-equivalent" \
-                --listen "127.0.0.1:$p" --admin-listen "" --log-level warn 2>>"$work/servers.log" &
+                --listen "127.0.0.1:$p" --admin-listen "" --authzen-listen "" --log-level warn 2>>"$work/servers.log" &
             pid[$who]=$!
             pids+=($!)
         done

@@ -5,11 +5,14 @@
 # `authorize` is the default server; `uncached` is a second server with the
 # decision cache off (`limits.decision_cache_bytes = 0`), which evaluates
 # every request: h2load repeats one request, so `authorize` measures hits.
+# `cold` is a third server with the entity cache off too
+# (`limits.entity_cache_bytes = 0`): every request's entities parsed anew.
 #
 # Usage: bench/compare-cerbos.sh [h2load options]   (default: -n 200000 -c 8 -m 16 -t 1)
 #   ROUNDS=3          rounds; the targets' order rotates each round
 #   PEERS=../shared/peers   Cerbos, its policy and the equivalent Cedar request
-#   PORT=50061        cedar-pdp's port, and PORT+1 for the uncached one (Cerbos uses 3593)
+#   PORT=50061        cedar-pdp's port, PORT+1 for the uncached one, PORT+6 for the cold
+#                     one, PORT+4 and PORT+5 for the corpus server (Cerbos uses 3593)
 #   BIN=FILE          the cedar-pdp binary to measure (default: build target/release/cedar-pdp)
 #   CORPUS=1          also the corpus mode (0: skip it): bench/gen-corpus.py writes a
 #                     realistic corpus (100,000 requests, Zipf over 1,000 principals and
@@ -46,20 +49,24 @@ trap cleanup EXIT
 
 cerbos=$("$peers/cerbos/start.sh" | tail -1)
 pids+=("$cerbos")
-"$bin" serve --policies "$peers/cedar-equivalent" --listen "127.0.0.1:$port" --admin-listen "" \
+"$bin" serve --policies "$peers/cedar-equivalent" --listen "127.0.0.1:$port" --admin-listen "" --authzen-listen "" \
     --log-level warn 2>"$work/cedar-pdp.log" &
 pids+=($!)
 printf '[limits]\ndecision_cache_bytes = 0\n' > "$work/uncached.toml"
 "$bin" serve --config "$work/uncached.toml" --policies "$peers/cedar-equivalent" \
-    --listen "127.0.0.1:$((port + 1))" --admin-listen "" --log-level warn 2>"$work/uncached.log" &
+    --listen "127.0.0.1:$((port + 1))" --admin-listen "" --authzen-listen "" --log-level warn 2>"$work/uncached.log" &
 pids+=($!)
-ports=("$port" $((port + 1)))
+printf '[limits]\ndecision_cache_bytes = 0\nentity_cache_bytes = 0\n' > "$work/cold.toml"
+"$bin" serve --config "$work/cold.toml" --policies "$peers/cedar-equivalent" \
+    --listen "127.0.0.1:$((port + 6))" --admin-listen "" --authzen-listen "" --log-level warn 2>"$work/cold.log" &
+pids+=($!)
+ports=("$port" $((port + 1)) $((port + 6)))
 if [ -n "${BASELINE:-}" ]; then
     "$BASELINE" serve --policies "$peers/cedar-equivalent" --listen "127.0.0.1:$((port + 2))" \
-        --admin-listen "" --log-level warn 2>"$work/base.log" &
+        --admin-listen "" --authzen-listen "" --log-level warn 2>"$work/base.log" &
     pids+=($!)
     "$BASELINE" serve --config "$work/uncached.toml" --policies "$peers/cedar-equivalent" \
-        --listen "127.0.0.1:$((port + 3))" --admin-listen "" --log-level warn 2>"$work/base-uncached.log" &
+        --listen "127.0.0.1:$((port + 3))" --admin-listen "" --authzen-listen "" --log-level warn 2>"$work/base-uncached.log" &
     pids+=($!)
     ports+=($((port + 2)) $((port + 3)))
 fi
@@ -88,7 +95,7 @@ for p in "${ports[@]}"; do
     grep -q ALLOW <<<"$out" || { echo "expected ALLOW, got: $out" >&2; exit 1; }
 done
 
-targets=(cerbos authorize uncached health)
+targets=(cerbos authorize uncached cold health)
 declare -A url body
 url[cerbos]=http://127.0.0.1:3593/cerbos.svc.v1.CerbosService/CheckResources
 body[cerbos]=$peers/cerbos/check_resources_request.bin
@@ -96,6 +103,8 @@ url[authorize]=http://127.0.0.1:$port/cedar_pdp.v1.Authorizer/Authorize
 body[authorize]=$work/authorize.bin
 url[uncached]=http://127.0.0.1:$((port + 1))/cedar_pdp.v1.Authorizer/Authorize
 body[uncached]=$work/authorize.bin
+url[cold]=http://127.0.0.1:$((port + 6))/cedar_pdp.v1.Authorizer/Authorize
+body[cold]=$work/authorize.bin
 url[health]=http://127.0.0.1:$port/grpc.health.v1.Health/Check
 body[health]=$work/health.bin
 if [ -n "${BASELINE:-}" ]; then
@@ -145,11 +154,12 @@ PY
         out=$("$bin" bench --addr "$addr" "$@" --requests "$lines" --connections "$conns" --concurrency "$conc")
         rps=$(sed -n 's/^requests\/s: //p' <<<"$out")
         errors=$(sed -n 's/^calls: [0-9]*, errors: \([0-9]*\).*/\1/p' <<<"$out")
-        echo "$label req/s=$rps errors=$errors $(sed -n 's/^decisions: /decisions=/p' <<<"$out" | tr -d ,)"
+        allowed=$(sed -n 's/^decisions: [0-9]*, allowed: \([0-9]*\).*/\1/p' <<<"$out")
+        echo "$label req/s=$rps errors=$errors allowed=$allowed"
     }
     for ((r = 0; r < rounds; r++)); do
         "$bin" serve --policies "$work/corpus/policies" --listen "127.0.0.1:$cport" \
-            --admin-listen "127.0.0.1:$aport" --log-level warn 2>"$work/corpus-$r.log" &
+            --admin-listen "127.0.0.1:$aport" --authzen-listen "" --log-level warn 2>"$work/corpus-$r.log" &
         cpid=$!
         pids+=("$cpid")
         deadline=$((SECONDS + 30))
@@ -182,7 +192,7 @@ for line in open(sys.argv[1]):
 med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v), sum(r[2] for r in v))
        for k, v in rows.items()}
 print()
-targets = [k for k in ("cerbos", "authorize", "uncached", "health", "base-authorize", "base-uncached", "base-health") if k in med]
+targets = [k for k in ("cerbos", "authorize", "uncached", "cold", "health", "base-authorize", "base-uncached", "base-health") if k in med]
 for k in targets:
     rps, mean, failed = med[k]
     print(f"{k:14s} median req/s={rps:10.0f}  median mean latency={mean*1000:8.0f}us  failed={failed}")

@@ -19,7 +19,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 cp -r "$peers/cedar-equivalent" "$work/policies"
 rm -f "$work/policies/request.json"
-"$bin" serve --policies "$work/policies" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" --log-level warn \
+"$bin" serve --policies "$work/policies" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" --authzen-listen "" --log-level warn \
     2>"$work/server.log" &
 pids+=($!)
 load=(bench --addr "127.0.0.1:$port" --request "$peers/cedar-equivalent/request.json"

@@ -142,5 +142,116 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// An agent three hops from a person, by a verified RS256 subject token
+/// whose `act` chain names the hops, against the same chain sent as plain
+/// (unverified) hops: what verification costs, fresh and remembered.
+fn tokens(c: &mut Criterion) {
+    use cedar_pdp::config::{IssuerConfig, TokensConfig};
+    use cedar_pdp::tokens::TokenVerifier;
+    use criterion::BatchSize;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use serde_json::json;
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixtures = root.join("tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"permit (principal, action == Action::"read", resource)
+           when { context.delegation.depth <= 3 && context.delegation.origin == User::"alice" };"#,
+    )
+    .unwrap();
+    let jwk: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("rsa-test-key.jwk.json")).unwrap(),
+    )
+    .unwrap();
+    let jwks_file = dir.path().join("idp.jwks.json");
+    std::fs::write(&jwks_file, json!({"keys": [jwk.clone()]}).to_string()).unwrap();
+    let issuer = "https://idp.example.org";
+    let config = TokensConfig {
+        issuers: vec![IssuerConfig {
+            issuer: issuer.into(),
+            jwks_file,
+            audiences: vec!["cedar-pdp".into()],
+            principal_type: "User".into(),
+            actor_type: "Agent".into(),
+        }],
+        ..TokensConfig::default()
+    };
+    let verifier = Arc::new(TokenVerifier::load(&config).unwrap().unwrap());
+    let key =
+        EncodingKey::from_rsa_der(&std::fs::read(fixtures.join("rsa-test-key.pkcs1.der")).unwrap());
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = jwk["kid"].as_str().map(String::from);
+    let serial = std::sync::atomic::AtomicU64::new(0);
+    let token = || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let jti = serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let claims = json!({"iss": issuer, "sub": "alice", "aud": "cedar-pdp", "exp": now + 3600,
+                            "iat": now, "jti": format!("t-{jti}"), "scope": "docs:read",
+                            "act": {"sub": "agent-c", "act": {"sub": "agent-b", "act": {"sub": "agent-a"}}}});
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
+    let store = Arc::new(PolicyStore::new(
+        dir.path().to_path_buf(),
+        LoadOptions::default(),
+    ));
+    store.reload().unwrap();
+    let opts = PipelineOptions {
+        decision_cache_bytes: 0,
+        tokens: Some(verifier),
+        ..PipelineOptions::default()
+    };
+    let pipeline = Pipeline::new(store, opts, Arc::new(Metrics::new())).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let admission = Admission::Acquire {
+        timeout: Duration::from_secs(1),
+    };
+    let request =
+        |subject_token: String, delegation: Vec<proto::DelegationHop>| proto::AuthorizeRequest {
+            principal: uid("Agent", "agent-c"),
+            action: uid("Action", "read"),
+            resource: uid("Doc", "q3-plan"),
+            subject_token,
+            delegation,
+            ..Default::default()
+        };
+    let decide = |req: proto::AuthorizeRequest| {
+        let call = Call::new(Default::default(), None, tracing::Span::none());
+        let outcome = runtime
+            .block_on(pipeline.authorize(decision_request(req), &call, admission))
+            .unwrap();
+        assert!(outcome.decision.allow, "{outcome:?}");
+        outcome
+    };
+    let same = token();
+    decide(request(same.clone(), Vec::new()));
+    c.bench_function("tokens/three_hops_fresh_token", |b| {
+        b.iter_batched(
+            || request(token(), Vec::new()),
+            &decide,
+            BatchSize::SmallInput,
+        );
+    });
+    c.bench_function("tokens/three_hops_repeated_token", |b| {
+        b.iter(|| decide(request(same.clone(), Vec::new())));
+    });
+    let hop = |t: &str, id: &str| proto::DelegationHop {
+        delegator: uid(t, id),
+        ..Default::default()
+    };
+    let plain = vec![
+        hop("User", "alice"),
+        hop("Agent", "agent-a"),
+        hop("Agent", "agent-b"),
+    ];
+    c.bench_function("tokens/three_hops_unverified", |b| {
+        b.iter(|| decide(request(String::new(), plain.clone())));
+    });
+}
+
+criterion_group!(benches, bench, tokens);
 criterion_main!(benches);

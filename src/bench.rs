@@ -254,7 +254,7 @@ pub(crate) struct Summary {
     /// Decisions answered ALLOW, and answered at all (ALLOW or DENY).
     pub allowed: u64,
     pub decided: u64,
-    /// Distinct requests sent in turn: 1 unless a corpus.
+    /// Requests sent in turn: 1 unless a corpus.
     pub distinct: usize,
     pub elapsed: Duration,
     /// Latency of successful calls, in microseconds.
@@ -274,7 +274,7 @@ impl std::fmt::Display for Summary {
         writeln!(f, "requests/s: {rate:.1}")?;
         writeln!(
             f,
-            "decisions: {}, allowed: {}, distinct requests: {}",
+            "decisions: {}, allowed: {}, corpus size: {}",
             self.decided, self.allowed, self.distinct
         )?;
         if self.decisions_per_call > 1 {

@@ -114,6 +114,34 @@ pub struct TokenVerifier {
     claims: Vec<String>,
     /// Serializes reloads.
     reloading: Mutex<()>,
+    /// Tokens verified before, by their exact text.
+    verified: quick_cache::sync::Cache<String, Arc<Remembered>, TokenBytes>,
+}
+
+/// Memory for verified tokens: an agent sends the same token on every call
+/// until it expires, and a signature check costs more than the decision.
+const VERIFIED_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A verified token, and what its verification depended on: the time
+/// checks are made again on every use, and a change of its issuer's keys
+/// (a rotation that drops its key) forgets it.
+struct Remembered {
+    verified: Verified,
+    issuer: usize,
+    keys_digest: [u8; 32],
+    not_before: Option<u64>,
+    issued_at: Option<u64>,
+    expires: u64,
+}
+
+#[derive(Clone)]
+struct TokenBytes;
+
+impl quick_cache::Weighter<String, Arc<Remembered>> for TokenBytes {
+    fn weight(&self, token: &String, _: &Arc<Remembered>) -> u64 {
+        // The token, and its claims again, decoded.
+        (token.len() * 2 + 256) as u64
+    }
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -268,6 +296,11 @@ impl TokenVerifier {
             skew: config.clock_skew,
             claims: config.claims.clone(),
             reloading: Mutex::new(()),
+            verified: quick_cache::sync::Cache::with_weighter(
+                4096,
+                VERIFIED_CACHE_BYTES,
+                TokenBytes,
+            ),
         }))
     }
 
@@ -344,7 +377,45 @@ impl TokenVerifier {
 
     /// Verifies `token` at `now`: header, issuer, key by `kid`, signature,
     /// then `exp`, `nbf`, `iat` and `aud` within `tokens.clock_skew`.
+    ///
+    /// A token verified before is not checked again while its issuer's keys
+    /// are the ones that verified it; its times are, at `now`, exactly as
+    /// a first check makes them. Only successes are remembered.
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<Verified, TokenError> {
+        let now_s = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        if let Some(seen) = self.verified.get(token)
+            && self.still_valid(&seen, now_s)
+        {
+            return Ok(seen.verified.clone());
+        }
+        let (verified, remembered) = self.verify_uncached(token, now)?;
+        self.verified
+            .insert(token.to_string(), Arc::new(remembered));
+        Ok(verified)
+    }
+
+    /// Whether a remembered token verifies at `now_s` as it did: the same
+    /// keys, and the time checks of [`TokenVerifier::verify_uncached`].
+    fn still_valid(&self, seen: &Remembered, now_s: u64) -> bool {
+        let skew = self.skew.as_secs();
+        let keys = self
+            .issuers
+            .get(seen.issuer)
+            .is_some_and(|i| i.keys.load().digest == seen.keys_digest);
+        keys && seen.expires.saturating_add(skew) >= now_s
+            && seen
+                .not_before
+                .is_none_or(|nbf| nbf <= now_s.saturating_add(skew))
+            && seen
+                .issued_at
+                .is_none_or(|iat| iat <= now_s.saturating_add(skew))
+    }
+
+    fn verify_uncached(
+        &self,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<(Verified, Remembered), TokenError> {
         // An `alg` the library has no name for (`none`) fails to parse.
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| match algorithm_name(token) {
@@ -358,10 +429,11 @@ impl TokenVerifier {
         }
         let kid = header.kid.clone().ok_or(TokenError::NoKeyId)?;
         let iss = unverified_issuer(token)?;
-        let issuer = self
+        let (issuer_index, issuer) = self
             .issuers
             .iter()
-            .find(|i| i.config.issuer == iss)
+            .enumerate()
+            .find(|(_, i)| i.config.issuer == iss)
             .ok_or_else(|| TokenError::UnknownIssuer(iss.clone()))?;
         let keys = issuer.keys.load();
         let key = keys.keys.get(&kid).ok_or_else(|| TokenError::UnknownKey {
@@ -419,7 +491,7 @@ impl TokenVerifier {
                 }
             }
         }
-        Ok(Verified {
+        let verified = Verified {
             issuer: iss,
             subject,
             principal_type: issuer.config.principal_type.clone(),
@@ -429,7 +501,16 @@ impl TokenVerifier {
             actors: actors(&claims)?,
             scopes,
             claims: visible,
-        })
+        };
+        let remembered = Remembered {
+            verified: verified.clone(),
+            issuer: issuer_index,
+            keys_digest: keys.digest,
+            not_before: seconds(&claims, "nbf"),
+            issued_at: seconds(&claims, "iat"),
+            expires: exp,
+        };
+        Ok((verified, remembered))
     }
 }
 
@@ -443,4 +524,101 @@ fn algorithm_name(token: &str) -> Option<String> {
         .ok()?;
     let header: Json = serde_json::from_slice(&header).ok()?;
     Some(header.get("alg")?.as_str()?.chars().take(16).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use std::path::Path;
+
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+
+    const IDP: &str = "https://idp.example.org";
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    /// A verifier of the fixture RSA key, and a token it signed.
+    fn setup(dir: &Path) -> (TokenVerifier, String, Json) {
+        let jwk: Json = serde_json::from_str(
+            &std::fs::read_to_string(fixture("rsa-test-key.jwk.json")).unwrap(),
+        )
+        .unwrap();
+        let jwks_file = dir.join("idp.jwks.json");
+        std::fs::write(&jwks_file, json!({"keys": [jwk.clone()]}).to_string()).unwrap();
+        let config = TokensConfig {
+            clock_skew: Duration::from_secs(30),
+            issuers: vec![IssuerConfig {
+                issuer: IDP.into(),
+                jwks_file,
+                audiences: vec!["cedar-pdp".into()],
+                principal_type: "User".into(),
+                actor_type: "Agent".into(),
+            }],
+            ..TokensConfig::default()
+        };
+        let verifier = TokenVerifier::load(&config).unwrap().unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = jwk["kid"].as_str().map(String::from);
+        let key =
+            EncodingKey::from_rsa_der(&std::fs::read(fixture("rsa-test-key.pkcs1.der")).unwrap());
+        let claims = json!({"iss": IDP, "sub": "alice", "aud": "cedar-pdp", "exp": now + 600,
+                            "nbf": now - 5, "iat": now - 5, "act": {"sub": "agent"}});
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        (verifier, token, jwk)
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_its_times_or_keys_say_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let (verifier, token, jwk) = setup(dir.path());
+        let now = SystemTime::now();
+        let first = verifier.verify(&token, now).unwrap();
+        assert_eq!(verifier.verified.len(), 1);
+        // Remembered: the same answer.
+        assert_eq!(verifier.verify(&token, now).unwrap(), first);
+        assert_eq!(first.actors, ["agent"]);
+
+        // Its times are checked on every use, with the skew, as a first
+        // check makes them.
+        let seen = verifier.verified.get(token.as_str()).unwrap();
+        let at = |s: u64| verifier.still_valid(&seen, s);
+        let exp = seen.expires;
+        let nbf = seen.not_before.unwrap();
+        assert!(at(exp + 30), "within the skew past exp");
+        assert!(!at(exp + 31), "expired");
+        assert!(at(nbf - 30), "within the skew before nbf");
+        assert!(!at(nbf - 31), "not yet valid");
+
+        // A change of the issuer's keys forgets it: with its key gone, the
+        // token no longer verifies.
+        let mut other = jwk.clone();
+        other["kid"] = json!("another-kid");
+        std::fs::write(
+            dir.path().join("idp.jwks.json"),
+            json!({"keys": [other]}).to_string(),
+        )
+        .unwrap();
+        assert_eq!(verifier.reload().unwrap(), 1);
+        assert!(!verifier.still_valid(&seen, exp - 60));
+        let err = verifier.verify(&token, now).unwrap_err();
+        assert!(matches!(err, TokenError::UnknownKey { .. }), "{err:?}");
+
+        // A failure is never remembered.
+        let at = token.rfind('.').unwrap() + 10;
+        let flip = if &token[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{flip}{}", &token[..at], &token[at + 1..]);
+        assert!(verifier.verify(&forged, now).is_err());
+        assert!(verifier.verified.get(forged.as_str()).is_none());
+    }
 }

@@ -227,7 +227,7 @@ async fn a_corpus_is_sent_in_turn_and_its_decisions_counted() {
         // Every request is sent ten times, whatever the order.
         assert!(
             ran.stdout
-                .contains("decisions: 30, allowed: 20, distinct requests: 3"),
+                .contains("decisions: 30, allowed: 20, corpus size: 3"),
             "{ran:?}"
         );
     }
