@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::chain::{self, Body, Chain, Resumed, Signer};
+use super::export::Feed;
 use super::{DecisionLogError, Queued};
 
 /// Where the writer puts lines; `sync` makes what was written durable.
@@ -205,6 +206,11 @@ pub(super) struct Writer {
     torn: bool,
     /// Side files known to exist, so each is checked for once.
     stored: HashSet<String>,
+    /// Where written lines are offered for export, if anywhere.
+    export: Option<Feed>,
+    /// The lines in `buf`, for `export`: offered once the sink took them,
+    /// so an exported record is always one the log holds.
+    exporting: Vec<Vec<u8>>,
 }
 
 impl Writer {
@@ -214,6 +220,7 @@ impl Writer {
         resumed: Resumed,
         signer: Option<Signer>,
         interval: Duration,
+        export: Option<Feed>,
     ) -> Self {
         Self {
             sink,
@@ -228,6 +235,8 @@ impl Writer {
             failing: false,
             torn: false,
             stored: HashSet::new(),
+            export,
+            exporting: Vec::new(),
         }
     }
 
@@ -275,7 +284,11 @@ impl Writer {
         for (digest, bytes) in &body.side {
             self.store(digest, bytes);
         }
-        self.buf.extend_from_slice(self.chain.link(body));
+        let line = self.chain.link(body);
+        self.buf.extend_from_slice(line);
+        if self.export.is_some() {
+            self.exporting.push(line.to_vec());
+        }
         self.buffered += 1;
         self.covered = false;
         self.dirty = true;
@@ -324,8 +337,11 @@ impl Writer {
             return;
         }
         let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-        self.buf
-            .extend_from_slice(&signer.checkpoint(self.chain.head(), &now));
+        let line = signer.checkpoint(self.chain.head(), &now);
+        self.buf.extend_from_slice(&line);
+        if self.export.is_some() {
+            self.exporting.push(line);
+        }
         self.covered = true;
     }
 
@@ -349,8 +365,15 @@ impl Writer {
                 self.written += self.buffered;
                 self.failing = false;
                 self.torn = false;
+                if let Some(feed) = &self.export {
+                    for line in self.exporting.drain(..) {
+                        feed.offer(line);
+                    }
+                }
             }
             Err(e) => {
+                // Lines the log does not hold are not shipped either.
+                self.exporting.clear();
                 dropped.fetch_add(self.buffered, Ordering::Relaxed);
                 self.torn = true;
                 if !self.failing {
@@ -484,6 +507,7 @@ mod tests {
             resumed,
             None,
             Duration::from_secs(10),
+            None,
         );
         let (written, e) = writer.drain(&rx, &dropped).unwrap_err();
         assert_eq!(written, 1);
