@@ -122,9 +122,10 @@ impl Flow {
         self.changed.notify_all();
     }
 
+    /// Sets the shutdown deadline, unless one is set already.
     fn stop_by(&self, deadline: Instant) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.deadline = Some(deadline);
+        state.deadline.get_or_insert(deadline);
         self.changed.notify_all();
     }
 
@@ -200,14 +201,17 @@ impl Warner {
 pub(super) struct ExportWorker {
     thread: JoinHandle<()>,
     flow: Arc<Flow>,
+    flush_timeout: Duration,
 }
 
 /// Starts the export thread over `exporter`, with room for `capacity`
-/// lines queued and again `capacity` records in the processor.
+/// lines queued and again `capacity` records in the processor, and
+/// `flush_timeout` to ship what is left once the writer is gone.
 pub(super) fn start<E: LogExporter + 'static>(
     exporter: E,
     resource: Resource,
     capacity: usize,
+    flush_timeout: Duration,
 ) -> std::io::Result<(Feed, ExportWorker, Arc<ExportCounters>)> {
     let counters = Arc::new(ExportCounters::default());
     let flow = Arc::new(Flow {
@@ -237,12 +241,25 @@ pub(super) fn start<E: LogExporter + 'static>(
     let thread_counters = Arc::clone(&counters);
     let thread = std::thread::Builder::new()
         .name("decision-log-export".into())
-        .spawn(move || run(&rx, &provider, &thread_flow, &thread_counters))?;
+        .spawn(move || {
+            run(
+                &rx,
+                &provider,
+                &thread_flow,
+                &thread_counters,
+                flush_timeout,
+            );
+        })?;
     let feed = Feed {
         tx,
         counters: Arc::clone(&counters),
     };
-    Ok((feed, ExportWorker { thread, flow }, counters))
+    let worker = ExportWorker {
+        thread,
+        flow,
+        flush_timeout,
+    };
+    Ok((feed, worker, counters))
 }
 
 /// Emits lines until the writer is gone, then flushes within the deadline.
@@ -251,6 +268,7 @@ fn run(
     provider: &SdkLoggerProvider,
     flow: &Flow,
     counters: &Arc<ExportCounters>,
+    flush_timeout: Duration,
 ) {
     let logger = provider.logger(SCOPE);
     let mut warn = Warner {
@@ -284,6 +302,8 @@ fn run(
         }
         warn.check();
     }
+    // The writer is gone: the flush gets its time from now at the latest.
+    flow.stop_by(Instant::now() + flush_timeout);
     let left = flow
         .deadline()
         .and_then(|d| d.checked_duration_since(Instant::now()))
@@ -299,10 +319,12 @@ fn run(
 }
 
 impl ExportWorker {
-    /// Gives the thread `timeout` to emit what is queued and flush, once the
-    /// writer (its only feed) has stopped. Never fails the shutdown: the
-    /// export is best effort, and what it loses is counted.
-    pub(super) async fn finish(self, timeout: Duration) {
+    /// Gives the thread its flush timeout to emit what is queued and flush,
+    /// once the writer (its only feed) has stopped, or from when it saw the
+    /// writer go. Never fails the shutdown: the export is best effort, and
+    /// what it loses is counted.
+    pub(super) async fn finish(self) {
+        let timeout = self.flush_timeout;
         self.flow.stop_by(Instant::now() + timeout);
         let thread = self.thread;
         let join = tokio::task::spawn_blocking(move || thread.join());
@@ -515,13 +537,18 @@ mod tests {
     #[tokio::test]
     async fn lines_become_log_records_with_the_line_as_body() {
         let recorder = Recorder::default();
-        let (feed, worker, counters) =
-            start(recorder.clone(), Resource::builder().build(), 16).unwrap();
+        let (feed, worker, counters) = start(
+            recorder.clone(),
+            Resource::builder().build(),
+            16,
+            Duration::from_secs(5),
+        )
+        .unwrap();
         feed.offer(RECORD.as_bytes().to_vec());
         feed.offer(CHECKPOINT.as_bytes().to_vec());
         feed.offer(b"not json\n".to_vec());
         drop(feed);
-        worker.finish(Duration::from_secs(5)).await;
+        worker.finish().await;
         let got = recorder.got.lock().unwrap();
         assert_eq!(got.len(), 2);
         let (record, checkpoint) = (&got[0], &got[1]);
@@ -558,8 +585,13 @@ mod tests {
     async fn a_stuck_exporter_drops_and_counts_and_the_end_is_bounded() {
         let recorder = Recorder::default();
         recorder.hold.store(true, Ordering::Relaxed);
-        let (feed, worker, counters) =
-            start(recorder.clone(), Resource::builder().build(), 1).unwrap();
+        let (feed, worker, counters) = start(
+            recorder.clone(),
+            Resource::builder().build(),
+            1,
+            Duration::from_millis(300),
+        )
+        .unwrap();
         let started = Instant::now();
         for _ in 0..50 {
             feed.offer(RECORD.as_bytes().to_vec());
@@ -569,7 +601,7 @@ mod tests {
             "offering never waits"
         );
         drop(feed);
-        worker.finish(Duration::from_millis(300)).await;
+        worker.finish().await;
         assert!(started.elapsed() < Duration::from_secs(3));
         // Nothing was exported, and every line is accounted for.
         assert_eq!(counters.exported.load(Ordering::Relaxed), 0);

@@ -225,9 +225,13 @@ impl DecisionLog {
         };
         let (feed, export_worker, export_counters) = match export {
             Some((exporter, resource)) => {
-                let (feed, worker, counters) =
-                    export::start(exporter, resource, config.export_queue_capacity)
-                        .map_err(DecisionLogError::Spawn)?;
+                let (feed, worker, counters) = export::start(
+                    exporter,
+                    resource,
+                    config.export_queue_capacity,
+                    EXPORT_FLUSH_TIMEOUT,
+                )
+                .map_err(DecisionLogError::Spawn)?;
                 (Some(feed), Some(worker), Some(counters))
             }
             None => (None, None, None),
@@ -429,7 +433,7 @@ impl LogWriter {
         // The writer is gone (or stuck): the export's feed is closed, or
         // its deadline ends the wait.
         if let Some(export) = self.export {
-            export.finish(EXPORT_FLUSH_TIMEOUT).await;
+            export.finish().await;
         }
         match written {
             Ok(Ok(Ok(Ok(written)))) => Ok(written),
