@@ -506,3 +506,93 @@ async fn an_unreachable_collector_counts_failed_exports() {
     server.stop().await.unwrap();
     assert_eq!(log_lines(dir.path()).len(), 5);
 }
+
+/// The real binary, configured by file: `serve` builds the exporter inside
+/// its runtime, sends records where `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` says
+/// (over `[otel] endpoint`, which spans still use), each in the caller's
+/// trace, and the final checkpoint on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_ships_records_and_its_last_checkpoint() {
+    let collector = Collector::default();
+    let otlp = grpc_collector(&collector).await;
+    let work = tempfile::tempdir().unwrap();
+    let policies = work.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("p.cedar"),
+        "@id(\"allow-alice\")\npermit (principal == User::\"alice\", action, resource);\n",
+    )
+    .unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let key_path = work.path().join("signing.pem");
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let log = work.path().join("decisions.log");
+    // A port nobody listens on.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = format!(
+        "policies = \"{}\"\nadmin_listen = \"\"\n\
+         [decision_log]\nenabled = true\nsink = \"file\"\npath = \"{}\"\nsigning_key = \"{}\"\nexport = \"otlp\"\n\
+         [otel]\nendpoint = \"http://{nobody}\"\nprotocol = \"grpc\"\nservice_name = \"pdp-binary\"\n",
+        policies.display(),
+        log.display(),
+        key_path.display(),
+    );
+    let mut served = common::binary::Served::start_with_config_env(
+        work.path(),
+        &config,
+        &[(
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+            &format!("http://{otlp}"),
+        )],
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut client = cedar_pdp::grpc::proto::authorizer_client::AuthorizerClient::connect(format!(
+        "http://{}",
+        served.addr
+    ))
+    .await
+    .unwrap();
+    let allow = client
+        .authorize(traced(
+            request(("User", "alice"), ("Action", "read"), ("Doc", "d")),
+            ALLOW_TRACE,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = common::eventually("the binary's record", Duration::from_secs(20), || {
+        let collector = collector.clone();
+        async move { collector.events("cedar.decision").pop() }
+    })
+    .await;
+    assert_eq!(hex(&got.record.trace_id), ALLOW_TRACE);
+    assert_eq!(
+        attrs(&got.record.attributes)["cedar.decision_id"],
+        allow.decision_id
+    );
+    assert_eq!(got.resource["service.name"], "pdp-binary");
+    drop(client);
+    served.send_sigterm();
+    let status = served.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}:\n{}", served.log());
+    let checkpoint = common::eventually(
+        "the binary's last checkpoint",
+        Duration::from_secs(10),
+        || {
+            let collector = collector.clone();
+            async move { collector.events("cedar.checkpoint").pop() }
+        },
+    )
+    .await;
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.last(), Some(&body(&checkpoint.record)));
+    assert_eq!(lines.first(), Some(&body(&got.record)));
+}
