@@ -77,6 +77,20 @@ impl Feed {
     }
 }
 
+#[cfg(test)]
+impl Feed {
+    /// A feed whose lines `rx` receives, for the writer's tests.
+    pub(super) fn channel(capacity: usize) -> (Self, Receiver<Vec<u8>>, Arc<ExportCounters>) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let counters = Arc::new(ExportCounters::default());
+        let feed = Self {
+            tx,
+            counters: Arc::clone(&counters),
+        };
+        (feed, rx, counters)
+    }
+}
+
 /// Records emitted into the processor and not yet through its exporter.
 #[derive(Debug)]
 struct Flow {

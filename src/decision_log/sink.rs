@@ -516,6 +516,66 @@ mod tests {
         assert_eq!(bytes.used.load(Ordering::Relaxed), 0);
     }
 
+    /// Takes lines until told to fail.
+    struct Flaky(Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl Write for Flaky {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.1.load(Ordering::Relaxed) {
+                return Err(io::Error::other("disk full"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink for Flaky {
+        fn sync(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn only_lines_the_sink_took_are_offered_for_export() {
+        let (feed, lines, counters) = super::super::export::Feed::channel(16);
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let resumed = Resumed {
+            head: chain::Head::genesis(),
+            covered: false,
+        };
+        let mut writer = Writer::new(
+            Box::new(Flaky(Vec::new(), failing.clone())),
+            resumed,
+            None,
+            Duration::from_secs(10),
+            Some(feed),
+        );
+        let dropped = AtomicU64::new(0);
+        let body = |id: &str| {
+            let mut r = super::super::record::tests::record(serde_json::json!({}));
+            r.decision_id = id.into();
+            Body::of(&r).unwrap()
+        };
+        writer.append(&body("kept"), &dropped);
+        writer.flush(&dropped).unwrap();
+        failing.store(true, Ordering::Relaxed);
+        writer.append(&body("lost"), &dropped);
+        assert!(writer.flush(&dropped).is_err());
+        assert_eq!(dropped.load(Ordering::Relaxed), 1);
+        let offered: Vec<Vec<u8>> = lines.try_iter().collect();
+        assert_eq!(offered.len(), 1, "the lost line is not shipped");
+        let line = String::from_utf8(offered[0].clone()).unwrap();
+        assert!(line.contains("\"decision_id\":\"kept\""), "{line}");
+        assert!(
+            line.contains("\"seq\":1") && line.ends_with("}\n"),
+            "{line}"
+        );
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
+    }
+
     #[test]
     fn rotation_errors_reach_the_writer() {
         let dir = tempfile::tempdir().unwrap();
