@@ -15,7 +15,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::admin::{self, Readiness};
 use crate::authzen::{self, Authzen};
-use crate::config::Config;
+use crate::config::{Config, LogExport};
 use crate::decision_log::{DecisionLog, DecisionLogError, FinishError, LogWriter, warn_on_drops};
 use crate::grpc::proto::{self, authorizer_server::AuthorizerServer};
 use crate::grpc::{AuthorizerService, ExtAuthzService};
@@ -24,6 +24,7 @@ use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::policy_store::{LoadError, LoadOptions, PolicyStore, WatchOptions, spawn_watcher};
 use crate::policy_tests;
 use crate::state_metrics::StateCollector;
+use crate::telemetry::{self, TelemetryError};
 use crate::tokens::{JwksError, TokenVerifier};
 use crate::transport::http::HttpLimits;
 use crate::transport::{self, Listener, ReloadingTls, TlsAccept, TlsError};
@@ -44,6 +45,8 @@ pub enum AppError {
     DecisionLog(#[from] DecisionLogError),
     #[error(transparent)]
     DecisionLogEnd(#[from] FinishError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
     #[error("tokens: {0}")]
@@ -76,7 +79,8 @@ const AUTHORIZER_SERVICE: &str = "cedar_pdp.v1.Authorizer";
 
 impl App {
     /// Loads the policy directory once. A set that does not load is an error
-    /// here: the server never starts without a good set.
+    /// here: the server never starts without a good set. Must run inside a
+    /// Tokio runtime when decision records are exported over OTLP gRPC.
     pub fn build(config: Config) -> Result<Self, AppError> {
         let store = Arc::new(
             PolicyStore::new(config.policies.clone(), LoadOptions::from_config(&config)).test_gate(
@@ -99,7 +103,19 @@ impl App {
         };
         let tokens = TokenVerifier::load(&config.tokens)?.map(Arc::new);
         let log = if config.decision_log.enabled {
-            Some(DecisionLog::start(&config.decision_log)?)
+            let export = match config.decision_log.export {
+                LogExport::None => None,
+                LogExport::Otlp => match telemetry::log_exporter(&config.otel)? {
+                    Some(exporter) => Some((exporter, telemetry::resource(&config.otel))),
+                    None => {
+                        tracing::warn!(
+                            "`decision_log.export = \"otlp\"` is off: OTEL_SDK_DISABLED=true"
+                        );
+                        None
+                    }
+                },
+            };
+            Some(DecisionLog::start_exporting(&config.decision_log, export)?)
         } else {
             None
         };
@@ -170,6 +186,7 @@ impl App {
         metrics.register_collector(Box::new(StateCollector {
             store: self.store.clone(),
             log_dropped: self.log.as_ref().map(|(log, _)| log.dropped_counter()),
+            log_export: self.log.as_ref().and_then(|(log, _)| log.export_counters()),
         }));
         let metrics = Arc::new(metrics);
         let options = PipelineOptions {

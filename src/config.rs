@@ -540,6 +540,24 @@ pub struct DecisionLogConfig {
     /// Entity sets whose canonical JSON is larger are stored once, by
     /// SHA-256, in a side file beside the log (`sink = "file"`).
     pub max_inline_entities_bytes: usize,
+    /// Also ship each record (and checkpoint), as written, as an
+    /// OpenTelemetry log record: `none` or `otlp` (to `[otel]`'s endpoint
+    /// and protocol, with `OTEL_EXPORTER_OTLP_LOGS_*` honoured). Best
+    /// effort: the sink and its chain stay the source of truth.
+    pub export: LogExport,
+    /// Lines waiting for the exporter, and again records inside it; more
+    /// are dropped and counted, never waited for.
+    pub export_queue_capacity: usize,
+}
+
+/// Where decision records are shipped besides the sink.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogExport {
+    #[default]
+    None,
+    /// OpenTelemetry log records over OTLP (gRPC or HTTP/protobuf).
+    Otlp,
 }
 
 /// Where decision records go.
@@ -600,6 +618,8 @@ impl Default for DecisionLogConfig {
             signing_key: PathBuf::new(),
             checkpoint_interval: Duration::from_secs(10),
             max_inline_entities_bytes: 16 * 1024,
+            export: LogExport::None,
+            export_queue_capacity: 2048,
         }
     }
 }
@@ -959,6 +979,17 @@ impl Config {
         }
         if log.checkpoint_interval < Duration::from_millis(100) {
             problems.push("`decision_log.checkpoint_interval`: must be at least 100ms".to_string());
+        }
+        if log.export == LogExport::Otlp && !log.enabled {
+            problems.push(
+                "`decision_log.export`: exports the records the log writes; needs `decision_log.enabled = true`"
+                    .to_string(),
+            );
+        }
+        if !(1..=1_000_000).contains(&log.export_queue_capacity) {
+            problems.push(
+                "`decision_log.export_queue_capacity`: must be between 1 and 1000000".to_string(),
+            );
         }
         for path in log.mask.iter().chain(&log.remove) {
             let root = path.split('.').next().unwrap_or_default();
@@ -1399,6 +1430,33 @@ mod tests {
             );
         }
         assert_eq!(problems.len(), 6, "{problems:?}");
+    }
+
+    #[test]
+    fn record_export_needs_the_log_and_room() {
+        let err = "[decision_log]\nexport = \"otlp\"\nexport_queue_capacity = 0\n"
+            .parse::<Config>()
+            .unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            unreachable!("expected Invalid, got {err}")
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("`decision_log.export`"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("`decision_log.export_queue_capacity`"),
+            "{problems:?}"
+        );
+        let on: Config = "[decision_log]\nenabled = true\nexport = \"otlp\"\n"
+            .parse()
+            .unwrap();
+        assert_eq!(on.decision_log.export, LogExport::Otlp);
+        assert!(matches!(
+            "[decision_log]\nexport = \"kafka\"\n".parse::<Config>(),
+            Err(ConfigError::Parse(_))
+        ));
     }
 
     #[test]

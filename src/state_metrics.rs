@@ -1,6 +1,6 @@
 //! Gauges and counters read at scrape time from the state's owners: the
 //! policy store's reloads and live set (its grants' states by the clock),
-//! and the decision log's drops.
+//! and the decision log's drops and export.
 //! Registered by `app`, so `metrics` stays a leaf.
 
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use crate::decision_log::ExportCounters;
 use crate::policy_store::{GrantState, PolicyStore};
 
 /// Reads the store and the decision log's drop counter at scrape time.
@@ -19,6 +20,8 @@ use crate::policy_store::{GrantState, PolicyStore};
 pub(crate) struct StateCollector {
     pub store: Arc<PolicyStore>,
     pub log_dropped: Option<Arc<AtomicU64>>,
+    /// The OTLP export of records, when on.
+    pub log_export: Option<Arc<ExportCounters>>,
 }
 
 impl Collector for StateCollector {
@@ -104,7 +107,34 @@ impl Collector for StateCollector {
             None,
             counter.metric_type(),
         )?;
-        counter.encode(m)
+        counter.encode(m)?;
+        let export = |read: fn(&ExportCounters) -> &AtomicU64| {
+            self.log_export
+                .as_ref()
+                .map_or(0, |c| read(c).load(Ordering::Relaxed))
+        };
+        for (name, help, value) in [
+            (
+                "cedar_pdp_decision_log_exported",
+                "Decision records and checkpoints the OTLP collector accepted (`decision_log.export`)",
+                export(|c| &c.exported),
+            ),
+            (
+                "cedar_pdp_decision_log_export_failed",
+                "Decision records and checkpoints in OTLP export batches that failed",
+                export(|c| &c.failed),
+            ),
+            (
+                "cedar_pdp_decision_log_export_dropped",
+                "Decision records and checkpoints never exported: the export queue was full, or shutdown came first",
+                export(|c| &c.dropped),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let m = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(m)?;
+        }
+        Ok(())
     }
 }
 

@@ -4,6 +4,10 @@
 //! spans use their own target, [`SPAN_TARGET`], which only the OpenTelemetry
 //! layer enables: with no exporter configured their callsites are disabled
 //! and the request path pays nothing for them.
+//!
+//! The OTLP exporter of decision records (`decision_log.export`) is built
+//! here too, from the same `[otel]` settings and `OTEL_*` variables; the
+//! decision log runs it.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -19,10 +23,18 @@ use crate::config::{LogFormat, OtelConfig};
 /// Target of the `cedar.authorize` and `cedar.policy_reload` spans.
 pub const SPAN_TARGET: &str = "cedar_pdp::spans";
 
-/// Why span export could not start.
+/// Why span or decision-record export could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot start OTLP span export: {0}")]
-pub struct TelemetryError(#[from] opentelemetry_otlp::ExporterBuildError);
+pub enum TelemetryError {
+    #[error("cannot start OTLP span export: {0}")]
+    Spans(#[source] opentelemetry_otlp::ExporterBuildError),
+    #[error("cannot start OTLP export of decision records: {0}")]
+    Logs(#[source] opentelemetry_otlp::ExporterBuildError),
+    #[error(
+        "`decision_log.export = \"otlp\"` needs an endpoint: `otel.endpoint`, `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`"
+    )]
+    NoLogsEndpoint,
+}
 
 /// Flushes and stops span export when shut down.
 #[derive(Debug, Default)]
@@ -59,49 +71,121 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// `OTEL_SDK_DISABLED=true`: no OpenTelemetry export at all.
+pub fn sdk_disabled() -> bool {
+    env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// Where one signal (`TRACES`, `LOGS`) goes, by the standard variables
+/// first (the signal's own, then the general one), then `[otel]`.
+struct Target {
+    /// An endpoint from the environment, which the exporter reads itself.
+    env_endpoint: Option<String>,
+    grpc: bool,
+}
+
+impl Target {
+    fn of(signal: &str, config: &OtelConfig) -> Self {
+        let env_endpoint = env(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let protocol = env(&format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"))
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .unwrap_or_else(|| config.protocol.clone());
+        Self {
+            env_endpoint,
+            grpc: protocol == "grpc",
+        }
+    }
+
+    fn configured(&self, config: &OtelConfig) -> bool {
+        self.env_endpoint.is_some() || !config.endpoint.is_empty()
+    }
+
+    /// `[otel] endpoint` with the signal's HTTP path, when the environment
+    /// names no endpoint: builder settings beat the environment, so only
+    /// what the environment lacks is set.
+    fn http_endpoint(&self, config: &OtelConfig, path: &str) -> Option<String> {
+        self.env_endpoint
+            .is_none()
+            .then(|| format!("{}{path}", config.endpoint.trim_end_matches('/')))
+    }
+
+    fn grpc_endpoint(&self, config: &OtelConfig) -> Option<String> {
+        self.env_endpoint.is_none().then(|| config.endpoint.clone())
+    }
+}
+
+/// The resource spans and decision records are exported under.
+pub fn resource(config: &OtelConfig) -> Resource {
+    let mut resource = Resource::builder();
+    if env("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(config.service_name.clone());
+    }
+    resource.build()
+}
+
+/// The OTLP exporter of decision records (`decision_log.export = "otlp"`),
+/// to the endpoint and protocol spans use, with
+/// `OTEL_EXPORTER_OTLP_LOGS_*` honoured; `None` when
+/// `OTEL_SDK_DISABLED=true`. Must run inside a Tokio runtime (gRPC export).
+pub fn log_exporter(
+    config: &OtelConfig,
+) -> Result<Option<opentelemetry_otlp::LogExporter>, TelemetryError> {
+    if sdk_disabled() {
+        return Ok(None);
+    }
+    let target = Target::of("LOGS", config);
+    if !target.configured(config) {
+        return Err(TelemetryError::NoLogsEndpoint);
+    }
+    let exporter = if target.grpc {
+        let builder = opentelemetry_otlp::LogExporter::builder().with_tonic();
+        match target.grpc_endpoint(config) {
+            Some(endpoint) => builder.with_endpoint(endpoint).build(),
+            None => builder.build(),
+        }
+    } else {
+        let builder = opentelemetry_otlp::LogExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary);
+        match target.http_endpoint(config, "/v1/logs") {
+            Some(endpoint) => builder.with_endpoint(endpoint).build(),
+            None => builder.build(),
+        }
+    };
+    exporter.map(Some).map_err(TelemetryError::Logs)
+}
+
 /// The tracer provider, or `None` when no endpoint is configured or
 /// `OTEL_SDK_DISABLED=true`. Must run inside a Tokio runtime (gRPC export).
 fn tracer_provider(config: &OtelConfig) -> Result<Option<SdkTracerProvider>, TelemetryError> {
-    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+    if sdk_disabled() {
         return Ok(None);
     }
-    let env_endpoint =
-        env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
-    if env_endpoint.is_none() && config.endpoint.is_empty() {
+    let target = Target::of("TRACES", config);
+    if !target.configured(config) {
         return Ok(None);
     }
-    let protocol = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-        .unwrap_or_else(|| config.protocol.clone());
-    let exporter = if protocol == "grpc" {
+    let exporter = if target.grpc {
         let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-        // Builder settings beat the environment; only set what the env lacks.
-        match env_endpoint {
-            Some(_) => builder.build()?,
-            None => builder.with_endpoint(config.endpoint.clone()).build()?,
+        match target.grpc_endpoint(config) {
+            Some(endpoint) => builder.with_endpoint(endpoint).build(),
+            None => builder.build(),
         }
     } else {
         let builder = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary);
-        match env_endpoint {
-            Some(_) => builder.build()?,
-            None => builder
-                .with_endpoint(format!(
-                    "{}/v1/traces",
-                    config.endpoint.trim_end_matches('/')
-                ))
-                .build()?,
+        match target.http_endpoint(config, "/v1/traces") {
+            Some(endpoint) => builder.with_endpoint(endpoint).build(),
+            None => builder.build(),
         }
-    };
-    let mut resource = Resource::builder();
-    if env("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name(config.service_name.clone());
     }
+    .map_err(TelemetryError::Spans)?;
     // The default sampler is parent-based, and reads OTEL_TRACES_SAMPLER(_ARG).
     Ok(Some(
         SdkTracerProvider::builder()
-            .with_resource(resource.build())
+            .with_resource(resource(config))
             .with_batch_exporter(exporter)
             .build(),
     ))

@@ -100,7 +100,12 @@ pub(super) fn run(args: ServeArgs) -> Exit {
             }
         }
     };
-    let app = match App::build(config) {
+    // So does the OTLP exporter of decision records.
+    let built = {
+        let _enter = runtime.enter();
+        App::build(config)
+    };
+    let app = match built {
         Ok(app) => app,
         Err(e) => {
             eprintln!("cedar-pdp: {e}");

@@ -20,9 +20,13 @@
 //! The writer links every record into a hash chain in the order it writes
 //! them, and signs checkpoints of the chain's head (`chain`); `verify` checks
 //! a log's files against both. See `docs/audit.md`.
+//!
+//! With `export = "otlp"` the writer also offers every line the sink took
+//! to a best-effort OTLP export (`export`), which never makes it wait.
 
 mod canonical;
 pub mod chain;
+mod export;
 mod record;
 mod sink;
 pub mod verify;
@@ -36,6 +40,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{DecisionLogConfig, LogSink, OnFull};
 use chain::{Body, KeyError, ResumeError, Resumed, Signer};
+pub use export::ExportCounters;
 pub use record::{
     Caller, DecisionRecord, EntityRef, EntitySet, MASKED, Masker, RECORD_VERSION,
     RecordDroppedProperty, RecordError, RecordFailure, ShadowRecord,
@@ -140,6 +145,8 @@ pub struct DecisionLog {
     /// `usize::MAX` for a sink without a directory.
     max_inline: usize,
     dropped: Arc<AtomicU64>,
+    /// What the OTLP export did with the lines offered to it, when on.
+    export: Option<Arc<ExportCounters>>,
 }
 
 /// Queue room reserved for the records of one call.
@@ -153,7 +160,12 @@ pub struct Slots {
 #[derive(Debug)]
 pub struct LogWriter {
     thread: JoinHandle<Result<u64, (u64, std::io::Error)>>,
+    export: Option<export::ExportWorker>,
 }
+
+/// How long shutdown gives the OTLP export, after the writer finished, to
+/// ship what is queued. Best effort: what is left is counted as dropped.
+const EXPORT_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why the log did not end cleanly at shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +188,16 @@ impl DecisionLog {
     /// Opens the sink, continues the chain of what it holds, and starts
     /// the writer thread.
     pub fn start(config: &DecisionLogConfig) -> Result<(Self, LogWriter), DecisionLogError> {
+        Self::start_exporting::<opentelemetry_otlp::LogExporter>(config, None)
+    }
+
+    /// As [`DecisionLog::start`], also shipping every line written to
+    /// `export` (an OTLP log exporter, and the resource it reports), best
+    /// effort, with room for `export_queue_capacity` lines.
+    pub fn start_exporting<E: opentelemetry_sdk::logs::LogExporter + 'static>(
+        config: &DecisionLogConfig,
+        export: Option<(E, opentelemetry_sdk::Resource)>,
+    ) -> Result<(Self, LogWriter), DecisionLogError> {
         let signer = match config.signing_key.as_os_str().is_empty() {
             true => None,
             false => Some(Signer::from_pem_file(&config.signing_key)?),
@@ -201,7 +223,20 @@ impl DecisionLog {
                 (Box::new(file), resumed)
             }
         };
-        let writer = sink::Writer::new(sink, resumed, signer, config.checkpoint_interval);
+        let (feed, export_worker, export_counters) = match export {
+            Some((exporter, resource)) => {
+                let (feed, worker, counters) = export::start(
+                    exporter,
+                    resource,
+                    config.export_queue_capacity,
+                    EXPORT_FLUSH_TIMEOUT,
+                )
+                .map_err(DecisionLogError::Spawn)?;
+                (Some(feed), Some(worker), Some(counters))
+            }
+            None => (None, None, None),
+        };
+        let writer = sink::Writer::new(sink, resumed, signer, config.checkpoint_interval, feed);
         let (tx, rx) = crossbeam_channel::unbounded::<Queued>();
         let dropped = Arc::new(AtomicU64::new(0));
         let writer_dropped = Arc::clone(&dropped);
@@ -223,8 +258,13 @@ impl DecisionLog {
                 LogSink::File => config.max_inline_entities_bytes,
             },
             dropped,
+            export: export_counters,
         };
-        Ok((log, LogWriter { thread }))
+        let writer = LogWriter {
+            thread,
+            export: export_worker,
+        };
+        Ok((log, writer))
     }
 
     /// Reserves room for `n` records. In `block` mode this waits for space
@@ -281,6 +321,13 @@ impl DecisionLog {
     /// queue open: a live handle would stop the writer from finishing.
     pub fn dropped_counter(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.dropped)
+    }
+
+    /// The OTLP export's counters, when it is on; like
+    /// [`DecisionLog::dropped_counter`], for readers that must not keep the
+    /// queue open.
+    pub fn export_counters(&self) -> Option<Arc<ExportCounters>> {
+        self.export.clone()
     }
 
     /// `entities` as a record holds them: inline, or stored by digest when
@@ -377,9 +424,18 @@ impl Slots {
 impl LogWriter {
     /// Waits up to `timeout` for the writer to drain and flush. Every handle
     /// must be dropped first, or the writer waits for more records.
+    /// The OTLP export, if on, then gets its own bounded time to ship what
+    /// is queued; it never fails the finish.
     pub async fn finish(self, timeout: Duration) -> Result<u64, FinishError> {
-        let join = tokio::task::spawn_blocking(move || self.thread.join());
-        match tokio::time::timeout(timeout, join).await {
+        let thread = self.thread;
+        let join = tokio::task::spawn_blocking(move || thread.join());
+        let written = tokio::time::timeout(timeout, join).await;
+        // The writer is gone (or stuck): the export's feed is closed, or
+        // its deadline ends the wait.
+        if let Some(export) = self.export {
+            export.finish().await;
+        }
+        match written {
             Ok(Ok(Ok(Ok(written)))) => Ok(written),
             Ok(Ok(Ok(Err((written, source))))) => Err(FinishError::Write { written, source }),
             Ok(_) => Err(FinishError::Crashed),

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::chain::{self, Body, Chain, Resumed, Signer};
+use super::export::Feed;
 use super::{DecisionLogError, Queued};
 
 /// Where the writer puts lines; `sync` makes what was written durable.
@@ -205,6 +206,11 @@ pub(super) struct Writer {
     torn: bool,
     /// Side files known to exist, so each is checked for once.
     stored: HashSet<String>,
+    /// Where written lines are offered for export, if anywhere.
+    export: Option<Feed>,
+    /// The lines in `buf`, for `export`: offered once the sink took them,
+    /// so an exported record is always one the log holds.
+    exporting: Vec<Vec<u8>>,
 }
 
 impl Writer {
@@ -214,6 +220,7 @@ impl Writer {
         resumed: Resumed,
         signer: Option<Signer>,
         interval: Duration,
+        export: Option<Feed>,
     ) -> Self {
         Self {
             sink,
@@ -228,6 +235,8 @@ impl Writer {
             failing: false,
             torn: false,
             stored: HashSet::new(),
+            export,
+            exporting: Vec::new(),
         }
     }
 
@@ -275,7 +284,11 @@ impl Writer {
         for (digest, bytes) in &body.side {
             self.store(digest, bytes);
         }
-        self.buf.extend_from_slice(self.chain.link(body));
+        let line = self.chain.link(body);
+        self.buf.extend_from_slice(line);
+        if self.export.is_some() {
+            self.exporting.push(line.to_vec());
+        }
         self.buffered += 1;
         self.covered = false;
         self.dirty = true;
@@ -324,8 +337,11 @@ impl Writer {
             return;
         }
         let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-        self.buf
-            .extend_from_slice(&signer.checkpoint(self.chain.head(), &now));
+        let line = signer.checkpoint(self.chain.head(), &now);
+        self.buf.extend_from_slice(&line);
+        if self.export.is_some() {
+            self.exporting.push(line);
+        }
         self.covered = true;
     }
 
@@ -349,8 +365,15 @@ impl Writer {
                 self.written += self.buffered;
                 self.failing = false;
                 self.torn = false;
+                if let Some(feed) = &self.export {
+                    for line in self.exporting.drain(..) {
+                        feed.offer(line);
+                    }
+                }
             }
             Err(e) => {
+                // Lines the log does not hold are not shipped either.
+                self.exporting.clear();
                 dropped.fetch_add(self.buffered, Ordering::Relaxed);
                 self.torn = true;
                 if !self.failing {
@@ -484,12 +507,73 @@ mod tests {
             resumed,
             None,
             Duration::from_secs(10),
+            None,
         );
         let (written, e) = writer.drain(&rx, &dropped).unwrap_err();
         assert_eq!(written, 1);
         assert!(e.to_string().contains("disk gone"));
         // The line's room was given back once written.
         assert_eq!(bytes.used.load(Ordering::Relaxed), 0);
+    }
+
+    /// Takes lines until told to fail.
+    struct Flaky(Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl Write for Flaky {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.1.load(Ordering::Relaxed) {
+                return Err(io::Error::other("disk full"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink for Flaky {
+        fn sync(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn only_lines_the_sink_took_are_offered_for_export() {
+        let (feed, lines, counters) = super::super::export::Feed::channel(16);
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let resumed = Resumed {
+            head: chain::Head::genesis(),
+            covered: false,
+        };
+        let mut writer = Writer::new(
+            Box::new(Flaky(Vec::new(), failing.clone())),
+            resumed,
+            None,
+            Duration::from_secs(10),
+            Some(feed),
+        );
+        let dropped = AtomicU64::new(0);
+        let body = |id: &str| {
+            let mut r = super::super::record::tests::record(serde_json::json!({}));
+            r.decision_id = id.into();
+            Body::of(&r).unwrap()
+        };
+        writer.append(&body("kept"), &dropped);
+        writer.flush(&dropped).unwrap();
+        failing.store(true, Ordering::Relaxed);
+        writer.append(&body("lost"), &dropped);
+        assert!(writer.flush(&dropped).is_err());
+        assert_eq!(dropped.load(Ordering::Relaxed), 1);
+        let offered: Vec<Vec<u8>> = lines.try_iter().collect();
+        assert_eq!(offered.len(), 1, "the lost line is not shipped");
+        let line = String::from_utf8(offered[0].clone()).unwrap();
+        assert!(line.contains("\"decision_id\":\"kept\""), "{line}");
+        assert!(
+            line.contains("\"seq\":1") && line.ends_with("}\n"),
+            "{line}"
+        );
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -122,6 +122,16 @@ impl Served {
     /// Starts `serve --config` on a free loopback port (written into the
     /// config, in `work`, as `listen`) and waits until health says SERVING.
     pub async fn start_with_config(work: &Path, config_body: &str, deadline: Duration) -> Self {
+        Self::start_with_config_env(work, config_body, &[], deadline).await
+    }
+
+    /// As [`Served::start_with_config`], with `env` set for the child.
+    pub async fn start_with_config_env(
+        work: &Path,
+        config_body: &str,
+        env: &[(&str, &str)],
+        deadline: Duration,
+    ) -> Self {
         Self::launch(deadline, |attempt, addr| {
             let config = work.join(format!("config-{attempt}.toml"));
             // A fixed default port would collide between parallel tests.
@@ -137,7 +147,10 @@ impl Served {
             .unwrap();
             let stderr = work.join(format!("stderr-{attempt}.log"));
             let mut cmd = bin();
-            cmd.arg("serve").arg("--config").arg(&config);
+            cmd.arg("serve")
+                .arg("--config")
+                .arg(&config)
+                .envs(env.iter().copied());
             (cmd, stderr, None)
         })
         .await
