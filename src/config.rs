@@ -477,6 +477,10 @@ pub struct LimitsConfig {
     /// Threads that run Cedar evaluation, off the async workers; 0: one per
     /// CPU the process may use (cgroup quotas count).
     pub evaluation_threads: usize,
+    /// A single request whose caller-supplied values come to at most this
+    /// many bytes is evaluated on the async worker that received it, which
+    /// saves two thread hops; 0 sends every evaluation to the threads.
+    pub inline_evaluation_bytes: usize,
     /// Calls evaluated at once; more are shed with `RESOURCE_EXHAUSTED`. A
     /// stream holds one only while one of its items is evaluated.
     pub max_in_flight: usize,
@@ -695,6 +699,7 @@ impl Default for LimitsConfig {
             max_entity_bytes: 1024 * 1024,
             max_ancestor_edges: 100_000,
             evaluation_threads: 0,
+            inline_evaluation_bytes: 4096,
             max_in_flight: 1_024,
             max_streams: 64,
             stream_idle_timeout: Duration::from_secs(30),
@@ -1058,7 +1063,7 @@ impl Config {
 
     fn validate_limits(&self, problems: &mut Vec<String>) {
         let l = &self.limits;
-        let checks: [(&str, usize, usize, usize); 11] = [
+        let checks: [(&str, usize, usize, usize); 12] = [
             (
                 "max_entities_per_request",
                 l.max_entities_per_request,
@@ -1093,6 +1098,12 @@ impl Config {
             ),
             ("max_ancestor_edges", l.max_ancestor_edges, 1, 100_000_000),
             ("evaluation_threads", l.evaluation_threads, 0, 1024),
+            (
+                "inline_evaluation_bytes",
+                l.inline_evaluation_bytes,
+                0,
+                64 * 1024,
+            ),
             ("max_streams", l.max_streams, 1, 100_000),
             (
                 "max_concurrent_streams_per_connection",

@@ -39,6 +39,11 @@ struct ShadowLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThreadLabels {
+    thread: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -53,6 +58,7 @@ pub struct Metrics {
     tls_reloads: Family<ResultLabels, Counter>,
     cache: Family<ResultLabels, Counter>,
     entity_cache: Family<ResultLabels, Counter>,
+    evaluations: Family<ThreadLabels, Counter>,
     searches: Family<SearchLabels, Counter>,
     tls_handshake_failures: Counter,
     shadow_disagreements: Family<ShadowLabels, Counter>,
@@ -81,6 +87,7 @@ impl Metrics {
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         let cache = Family::<ResultLabels, Counter>::default();
         let entity_cache = Family::<ResultLabels, Counter>::default();
+        let evaluations = Family::<ThreadLabels, Counter>::default();
         let searches = Family::<SearchLabels, Counter>::default();
         let tls_handshake_failures = Counter::default();
         let shadow_disagreements = Family::<ShadowLabels, Counter>::default();
@@ -126,6 +133,11 @@ impl Metrics {
             entity_cache.clone(),
         );
         registry.register(
+            "cedar_pdp_evaluations",
+            "Single decisions that needed Cedar, by the thread they ran on: inline (the async worker that received them) or pool (the evaluation threads)",
+            evaluations.clone(),
+        );
+        registry.register(
             "cedar_pdp_searches",
             "AuthZEN searches, by kind (subject, resource, action) and outcome (results, empty, unknown_type, refused), each candidate also counted as a decision",
             searches.clone(),
@@ -143,6 +155,7 @@ impl Metrics {
             tls_reloads,
             cache,
             entity_cache,
+            evaluations,
             searches,
             tls_handshake_failures,
             shadow_disagreements,
@@ -204,6 +217,14 @@ impl Metrics {
                     .inc_by(n);
             }
         }
+    }
+
+    /// Records a single decision evaluated inline or on the pool.
+    pub fn evaluation(&self, inline: bool) {
+        let thread = if inline { "inline" } else { "pool" };
+        self.evaluations
+            .get_or_create(&ThreadLabels { thread })
+            .inc();
     }
 
     /// Records one search: its kind and how it ended.

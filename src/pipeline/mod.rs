@@ -26,6 +26,7 @@ mod cache;
 mod delegation;
 pub mod error;
 mod evaluate;
+mod inline;
 pub mod limits;
 mod pool;
 mod record;
@@ -53,6 +54,7 @@ pub(crate) use delegation::{DELEGATION_KEY, PURPOSE_KEY};
 pub use delegation::{DelegationHop, DelegationRules};
 pub use error::{Code, DecisionError, InvalidField, Reason};
 use evaluate::{Evaluator, Screened};
+use inline::InlineGate;
 use limits::Limits;
 use pool::EvalPool;
 use record::Subject;
@@ -87,6 +89,8 @@ pub struct PipelineOptions {
     pub on_forbid_error: OnForbidError,
     /// Threads evaluation runs on; 0: one per CPU the process may use.
     pub evaluation_threads: usize,
+    /// Requests this small are evaluated on the async worker; 0: none.
+    pub inline_evaluation_bytes: usize,
     pub delegation: DelegationRules,
     /// The issuers tokens are verified against; `None`: tokens are refused.
     pub tokens: Option<Arc<TokenVerifier>>,
@@ -113,6 +117,7 @@ impl PipelineOptions {
             entity_cache_bytes: config.limits.entity_cache_bytes,
             on_forbid_error: config.evaluation.on_forbid_error,
             evaluation_threads: config.limits.evaluation_threads,
+            inline_evaluation_bytes: config.limits.inline_evaluation_bytes,
             delegation: DelegationRules {
                 max_depth: config.delegation.max_depth,
                 max_scopes: config.delegation.max_scopes,
@@ -238,6 +243,7 @@ pub struct Pipeline {
     cache: Option<Arc<DecisionCache>>,
     entities: Option<Arc<EntityCache>>,
     pool: Arc<EvalPool>,
+    inline: Arc<InlineGate>,
     log: Option<DecisionLog>,
     metrics: Arc<Metrics>,
 }
@@ -267,6 +273,7 @@ impl Pipeline {
             cache: DecisionCache::new(opts.decision_cache_bytes).map(Arc::new),
             entities: EntityCache::new(opts.entity_cache_bytes).map(Arc::new),
             pool: Arc::new(pool),
+            inline: Arc::new(InlineGate::new(opts.inline_evaluation_bytes)),
             opts: Arc::new(opts),
             log: None,
             metrics,
@@ -426,6 +433,32 @@ impl Pipeline {
                 return answer;
             }
         };
+        // A small request is evaluated here: the pool's two thread hops
+        // would cost more than the evaluation (see `inline`).
+        if self.inline.admits(&snapshot, &req) {
+            let started = Instant::now();
+            let answer = self.settle(
+                &snapshot,
+                req,
+                Ok(screened),
+                None,
+                call,
+                &call.span,
+                slots.as_mut(),
+            );
+            self.metrics.evaluation(true);
+            if self.inline.account(&snapshot, started.elapsed()) == inline::Verdict::Barred {
+                tracing::warn!(
+                    revision = %snapshot.revision,
+                    "{} evaluations on the async workers took over {:?}; this policy set's \
+                     evaluations now all run on the evaluation threads",
+                    inline::STRIKES,
+                    inline::BUDGET,
+                );
+            }
+            drop(permit);
+            return answer;
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             pipeline: self.clone(),
@@ -817,6 +850,7 @@ impl Job {
             Err(p.refuse(Ok(req), DecisionError::deadline(self.timeout), at))
         } else {
             let span = &call.span;
+            p.metrics.evaluation(false);
             p.settle(
                 &self.snapshot,
                 req,

@@ -310,6 +310,89 @@ impl DecisionRequest {
             Context::Record(_) => "",
         }
     }
+
+    /// Whether what the caller sent comes to at most `max` bytes, counted
+    /// roughly as JSON. Counting stops once past `max`, so a large request
+    /// costs no more to judge than a small one.
+    pub(crate) fn is_within(&self, max: usize) -> bool {
+        let mut left = max;
+        let mut spend = |n: usize| match left.checked_sub(n) {
+            Some(rest) => {
+                left = rest;
+                true
+            }
+            None => false,
+        };
+        let uids = [&self.principal, &self.action, &self.resource];
+        let uid_bytes: usize = uids
+            .iter()
+            .flat_map(|u| u.iter())
+            .map(|u| u.type_name.len() + u.id.len())
+            .sum();
+        let strings = uid_bytes
+            + self.context_json().len()
+            + self.entities_json.len()
+            + self.purpose.len()
+            + self.subject_token.len()
+            + self.actor_token.len()
+            + self.request_id.len();
+        if !spend(strings) {
+            return false;
+        }
+        if let Some(w) = &self.workload {
+            let labels: usize = w.labels.iter().map(String::len).sum();
+            if !spend(w.spiffe_id.len() + w.namespace.len() + w.service_account.len() + labels) {
+                return false;
+            }
+        }
+        for hop in &self.delegation {
+            let scopes: usize = hop.scopes.iter().map(String::len).sum();
+            let ids = hop.delegator.type_name.len() + hop.delegator.id.len();
+            if !spend(ids + scopes + hop.purpose.len() + 32) {
+                return false;
+            }
+        }
+        if !spend(self.entities.len() * 2) {
+            return false;
+        }
+        let mut values: Vec<&Json> = self.entities.iter().collect();
+        if let Context::Record(map) = &self.context {
+            values.extend(map.values());
+            if !spend(map.keys().map(String::len).sum()) {
+                return false;
+            }
+        }
+        for (uid, attrs) in &self.properties {
+            values.extend(attrs.values());
+            let keys: usize = attrs.keys().map(String::len).sum();
+            if !spend(uid.type_name.len() + uid.id.len() + keys) {
+                return false;
+            }
+        }
+        if let Some(claims) = &self.token_claims {
+            values.extend(claims.values());
+        }
+        // Depth-first with a stack of our own: no recursion on caller input,
+        // and a value is paid for before its children are stacked.
+        while let Some(v) = values.pop() {
+            let n = match v {
+                Json::String(s) => s.len() + 2,
+                Json::Array(items) => items.len() + 2,
+                Json::Object(map) => map.keys().map(|k| k.len() + 4).sum::<usize>() + 2,
+                Json::Number(_) => 8,
+                Json::Bool(_) | Json::Null => 5,
+            };
+            if !spend(n) {
+                return false;
+            }
+            match v {
+                Json::Array(items) => values.extend(items),
+                Json::Object(map) => values.extend(map.values()),
+                _ => {}
+            }
+        }
+        true
+    }
 }
 
 /// The API a call came through: a metric label and a record field.
