@@ -15,8 +15,8 @@
     reason = "tests"
 )]
 
-mod common;
-mod corpus;
+use crate::common;
+use crate::corpus;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! serves the old set's answer, and turning it off turns it off.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
+use crate::common;
 
 use cedar_pdp::grpc::proto::Decision;
 use common::{TestServer, request, test_config, wait_for_generation, write_atomic};

@@ -13,9 +13,9 @@
     reason = "tests"
 )]
 
-mod common;
-mod corpus;
-mod tenants;
+use crate::common;
+use crate::corpus;
+use crate::tenants;
 
 use std::path::Path;
 use std::str::FromStr;

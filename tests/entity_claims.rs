@@ -8,7 +8,7 @@
     reason = "tests"
 )]
 
-mod common;
+use crate::common;
 
 use cedar_pdp::grpc::proto::{self, Decision};
 use common::{TestServer, metric, request};

@@ -3,7 +3,7 @@
 //! evaluation threads. The answers are the same either way.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
+use crate::common;
 
 use std::fmt::Write as _;
 

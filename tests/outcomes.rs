@@ -15,7 +15,7 @@
     reason = "tests"
 )]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;
