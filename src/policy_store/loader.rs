@@ -390,7 +390,7 @@ fn next_snapshot_uid() -> u64 {
 /// is (a link carries its template's annotations) or its links file is
 /// under `shadow/`.
 fn is_shadow(policy: &cedar_policy::Policy, file_of: impl Fn(&PolicyId) -> String) -> bool {
-    policy.annotation("shadow").is_some()
+    annotation(policy.annotations(), "shadow").is_some()
         || file_of(policy.id()).starts_with("shadow/")
         || policy
             .template_id()
@@ -491,10 +491,20 @@ enum Parsed<'a> {
 impl Parsed<'_> {
     fn annotation(&self, key: &str) -> Option<&str> {
         match self {
-            Self::Policy(p) => p.annotation(key),
-            Self::Template(t) => t.annotation(key),
+            Self::Policy(p) => annotation(p.annotations(), key),
+            Self::Template(t) => annotation(t.annotations(), key),
         }
     }
+}
+
+/// The value of annotation `key`. Cedar's own `annotation(key)` runs its
+/// full parser on `key` on every call, which was an eighth of loading
+/// 10,000 policies.
+fn annotation<'a>(
+    mut annotations: impl Iterator<Item = (&'a str, &'a str)>,
+    key: &str,
+) -> Option<&'a str> {
+    annotations.find_map(|(k, v)| (k == key).then_some(v))
 }
 
 /// Parses every `.cedar` file and gives each policy and template its final
