@@ -57,6 +57,21 @@ fn validate(dir: &Path) -> Ran {
     run(cmd)
 }
 
+/// The default build allocates with mimalloc (BENCHMARKS.md, "The
+/// allocator"); with `MIMALLOC_VERBOSE` it prints its options to stderr.
+#[test]
+fn the_binary_allocates_with_mimalloc() {
+    let dir = good_dir();
+    let mut cmd = bin();
+    cmd.env("MIMALLOC_VERBOSE", "1")
+        .arg("validate")
+        .arg("--policies")
+        .arg(dir.path());
+    let ran = run(cmd);
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(ran.stderr.contains("mimalloc: "), "{ran:?}");
+}
+
 #[test]
 fn validate_accepts_a_good_directory() {
     let dir = good_dir();
