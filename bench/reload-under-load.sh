@@ -4,28 +4,42 @@
 # a new revision, so every one is a full reload and a cold decision cache).
 # Prints both bench summaries and the p99 ratio; any failed call is an error.
 #
-# Usage: bench/reload-under-load.sh   (DURATION=10s INTERVAL=0.2 CONNECTIONS=4 CONCURRENCY=8)
+# SCALE=1 serves bench/gen-scale.py's set instead (POLICIES=10000 policies,
+# ENTITIES=100000 stored entities; issue 15 target 5c) and rewrites its
+# policies.cedar, so each reload re-reads the whole set; its defaults are
+# DURATION=30s INTERVAL=10, since one reload of that set takes seconds.
+#
+# Usage: bench/reload-under-load.sh   (DURATION=10s INTERVAL=0.2 CONNECTIONS=4 CONCURRENCY=8
+#                                      BIN=target/release/cedar-pdp SCALE=0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 peers=${PEERS:-../shared/peers}
-duration=${DURATION:-10s}
-interval=${INTERVAL:-0.2}
+scale=${SCALE:-0}
+if [ "$scale" = 1 ]; then duration=${DURATION:-30s}; interval=${INTERVAL:-10}; else duration=${DURATION:-10s}; interval=${INTERVAL:-0.2}; fi
 port=${PORT:-50071}
-cargo build --release --locked --quiet
-bin=target/release/cedar-pdp
+if [ -z "${BIN:-}" ]; then cargo build --release --locked --quiet; fi
+bin=${BIN:-target/release/cedar-pdp}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-cp -r "$peers/cedar-equivalent" "$work/policies"
-rm -f "$work/policies/request.json"
+if [ "$scale" = 1 ]; then
+    python3 bench/gen-scale.py "$work/policies" --policies "${POLICIES:-10000}" --entities "${ENTITIES:-100000}"
+    request=$work/policies.request.json
+    rewritten=policies.cedar
+else
+    cp -r "$peers/cedar-equivalent" "$work/policies"
+    mv "$work/policies/request.json" "$work/request.json"
+    request=$work/request.json
+    rewritten=document.cedar
+fi
 "$bin" serve --policies "$work/policies" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" --authzen-listen "" --log-level warn \
     2>"$work/server.log" &
 pids+=($!)
-load=(bench --addr "127.0.0.1:$port" --request "$peers/cedar-equivalent/request.json"
+load=(bench --addr "127.0.0.1:$port" --request "$request"
       --connections "${CONNECTIONS:-4}" --concurrency "${CONCURRENCY:-8}" --duration "$duration")
-deadline=$((SECONDS + 30))
-until "$bin" bench --addr "127.0.0.1:$port" --request "$peers/cedar-equivalent/request.json" --requests 1 >/dev/null 2>&1; do
+deadline=$((SECONDS + 90))
+until "$bin" bench --addr "127.0.0.1:$port" --request "$request" --requests 1 >/dev/null 2>&1; do
     [ $SECONDS -lt $deadline ] || { echo "server did not start" >&2; cat "$work/server.log" >&2; exit 1; }
     sleep 0.2
 done
@@ -37,9 +51,9 @@ echo "== reloading every ${interval}s"
     n=0
     while true; do
         n=$((n + 1))
-        cp "$work/policies/document.cedar" "$work/next.cedar"
+        cp "$work/policies/$rewritten" "$work/next.cedar"
         echo "// reload $n" >> "$work/next.cedar"
-        mv "$work/next.cedar" "$work/policies/document.cedar"
+        mv "$work/next.cedar" "$work/policies/$rewritten"
         sleep "$interval"
     done
 ) &
