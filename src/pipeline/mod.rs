@@ -411,15 +411,19 @@ impl Pipeline {
                 return Err(pending.refuse(DecisionError::deadline(timeout), Some(&snapshot)));
             }
         };
-        // What needs no evaluation (binding, limits, a cache hit) is settled
-        // here; only the rest waits for the pool.
+        // Settled here: what needs no evaluation (binding, limits, a cache
+        // hit), and a small request, whose evaluation costs less than the
+        // pool's two thread hops (see `inline`). Only the rest waits for the
+        // pool.
         let (mut req, invalid) = split(pending.take());
         let screened = self
             .evaluator()
             .screen(&snapshot, &mut req, invalid, true, &call.peer);
         let screened = match screened {
-            Ok(s) if !s.is_hit() => s,
+            Ok(s) if !s.is_hit() && !self.inline.admits(&snapshot, &req) => s,
             screened => {
+                let evaluated = matches!(&screened, Ok(s) if !s.is_hit());
+                let started = evaluated.then(Instant::now);
                 let answer = self.settle(
                     &snapshot,
                     req,
@@ -429,36 +433,13 @@ impl Pipeline {
                     &call.span,
                     slots.as_mut(),
                 );
+                if let Some(started) = started {
+                    self.evaluated_inline(&snapshot, started.elapsed());
+                }
                 drop(permit);
                 return answer;
             }
         };
-        // A small request is evaluated here: the pool's two thread hops
-        // would cost more than the evaluation (see `inline`).
-        if self.inline.admits(&snapshot, &req) {
-            let started = Instant::now();
-            let answer = self.settle(
-                &snapshot,
-                req,
-                Ok(screened),
-                None,
-                call,
-                &call.span,
-                slots.as_mut(),
-            );
-            self.metrics.evaluation(true);
-            if self.inline.account(&snapshot, started.elapsed()) == inline::Verdict::Barred {
-                tracing::warn!(
-                    revision = %snapshot.revision,
-                    "{} evaluations on the async workers took over {:?}; this policy set's \
-                     evaluations now all run on the evaluation threads",
-                    inline::STRIKES,
-                    inline::BUDGET,
-                );
-            }
-            drop(permit);
-            return answer;
-        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             pipeline: self.clone(),
@@ -483,6 +464,21 @@ impl Pipeline {
         });
         drop(permit);
         answer
+    }
+
+    /// Counts an inline evaluation, and warns when its time sends the rest
+    /// of its snapshot's evaluations to the pool.
+    fn evaluated_inline(&self, snapshot: &Snapshot, took: Duration) {
+        self.metrics.evaluation(true);
+        if self.inline.account(snapshot, took) == inline::Verdict::Barred {
+            tracing::warn!(
+                revision = %snapshot.revision,
+                "{} evaluations on the async workers took over {:?}; this policy set's \
+                 evaluations now all run on the evaluation threads",
+                inline::STRIKES,
+                inline::BUDGET,
+            );
+        }
     }
 
     /// A batch against one snapshot: each item is decided, or refused on its
