@@ -143,7 +143,68 @@ async fn rejected_calls_count_as_errors() {
     .await;
     assert_eq!(ran.code(), Some(1), "{ran:?}");
     assert!(ran.stdout.contains("calls: 7, errors: 7"), "{ran:?}");
+    // The reason is shown, with the status the server gave.
+    assert!(
+        ran.stdout.contains("first error: gRPC status 3: "),
+        "{ran:?}"
+    );
     server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_client_threads_send_every_call() {
+    let server = TestServer::start(&peer_dir()).await;
+    let request = peer_dir().join("request.json");
+    let ran = bench(args(
+        &server.addr.to_string(),
+        &request,
+        &[
+            "--threads",
+            "2",
+            "--connections",
+            "3",
+            "--concurrency",
+            "4",
+            "--requests",
+            "120",
+        ],
+    ))
+    .await;
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(ran.stdout.contains("calls: 120, errors: 0"), "{ran:?}");
+    assert!(
+        ran.stdout.contains("decisions: 120, allowed: 120"),
+        "{ran:?}"
+    );
+    assert!(!ran.stdout.contains("first error"), "{ran:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_address_it_cannot_use_is_refused_with_the_reason() {
+    let request = peer_dir().join("request.json");
+    // TLS is not spoken by the load client: refused before any connection.
+    let ran = bench(args("https://127.0.0.1:9", &request, &["--requests", "1"])).await;
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("plaintext HTTP/2 only"), "{ran:?}");
+    // Nothing listens on a port just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ran = bench(args(
+        &format!("127.0.0.1:{port}"),
+        &request,
+        &["--requests", "1"],
+    ))
+    .await;
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(
+        ran.stderr
+            .contains(&format!("cannot connect to `127.0.0.1:{port}`")),
+        "{ran:?}"
+    );
 }
 
 #[tokio::test]

@@ -48,6 +48,10 @@ pub(super) struct BenchArgs {
     /// Copies of the request in each `BatchAuthorize` call.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
+    /// The client's threads. One (like `h2load -t 1`) leaves the other cores
+    /// to a server on the same host.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: u32,
     /// Write the request as a gRPC-framed `AuthorizeRequest` body for h2load
     /// to FILE, and exit without sending anything.
     #[arg(long, value_name = "FILE")]
@@ -104,6 +108,7 @@ fn send(args: BenchArgs) -> Result<Option<bench::Summary>, BenchError> {
         },
         mode: args.mode,
         batch_size: args.batch_size,
+        threads: args.threads as usize,
     };
     bench::run_blocking(&spec, corpus).map(Some)
 }

@@ -8,9 +8,15 @@
 //! from a cursor all calls share, so a run of N calls sends the same N
 //! requests whatever the concurrency.
 //!
+//! Like h2load, the client sends bodies it encoded once, before the run,
+//! straight on HTTP/2 ([`wire`]), and runs on one thread unless told
+//! otherwise: on a sidecar's host it shares the cores with the server it
+//! measures, so each microsecond it spends is one the server does not get.
+//!
 //! [`grpc_frame`] writes the request as a gRPC-framed body instead, so h2load
 //! can send the same request (see `shared/peers/h2load-grpc.sh`).
 
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,11 +25,19 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use prost::Message;
+use prost::bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::task::JoinSet;
+use tonic::client::Grpc;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::codegen::http::{Uri, uri::PathAndQuery};
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+use tonic_prost::ProstDecoder;
 
-use crate::grpc::proto::{self, authorizer_client::AuthorizerClient};
+use crate::grpc::proto;
+
+mod wire;
 
 /// What a load run sends, over how many connections, until when.
 #[derive(Clone, Debug)]
@@ -38,6 +52,8 @@ pub(crate) struct LoadSpec {
     pub mode: Mode,
     /// Copies of the request in each `BatchAuthorize` call.
     pub batch_size: u32,
+    /// The client's runtime threads; 1 runs every connection on one thread.
+    pub threads: usize,
 }
 
 /// When a run stops.
@@ -86,7 +102,7 @@ pub(crate) enum BenchError {
     Connect {
         url: String,
         #[source]
-        source: tonic::transport::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("`{}` line {line}: {source}", path.display())]
     CorpusLine {
@@ -110,10 +126,11 @@ pub(crate) enum Order {
     Shuffle,
 }
 
-/// The requests a run sends, in sending order; it starts over at the end.
+/// The requests a run sends, in sending order, each encoded and framed once;
+/// it starts over at the end.
 #[derive(Debug)]
 pub(crate) struct Corpus {
-    requests: Vec<proto::AuthorizeRequest>,
+    framed: Vec<Bytes>,
     cursor: AtomicUsize,
 }
 
@@ -125,7 +142,10 @@ impl Corpus {
 
     fn new(requests: Vec<proto::AuthorizeRequest>) -> Self {
         Self {
-            requests,
+            framed: requests
+                .iter()
+                .map(|r| Bytes::from(grpc_frame(r)))
+                .collect(),
             cursor: AtomicUsize::new(0),
         }
     }
@@ -162,13 +182,33 @@ impl Corpus {
 
     /// How many requests it holds.
     pub(crate) fn len(&self) -> usize {
-        self.requests.len()
+        self.framed.len()
     }
 
-    /// The next request to send.
-    fn next(&self) -> &proto::AuthorizeRequest {
-        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.requests.len();
-        &self.requests[i]
+    /// The next request to send, framed: a reference count, not a copy.
+    fn next(&self) -> Bytes {
+        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.framed.len();
+        self.framed[i].clone()
+    }
+
+    /// The next request's message, unframed, for a stream (whose codec
+    /// frames it).
+    fn next_message(&self) -> Bytes {
+        self.next().slice(5..)
+    }
+
+    /// The next `n` requests as one framed `BatchAuthorizeRequest`: each
+    /// is field 1 of the batch, so the batch is their encodings, each behind
+    /// its key and length.
+    fn next_batch(&self, n: usize) -> Bytes {
+        let mut batch = BytesMut::new();
+        for _ in 0..n {
+            let item = self.next_message();
+            prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut batch);
+            prost::encoding::encode_varint(item.len() as u64, &mut batch);
+            batch.put(item);
+        }
+        Bytes::from(wire::frame(&batch))
     }
 }
 
@@ -236,13 +276,7 @@ impl From<RequestFile> for proto::AuthorizeRequest {
 /// `request` as one gRPC message: an uncompressed flag byte, the length as a
 /// big-endian u32, then the protobuf encoding.
 pub(crate) fn grpc_frame(request: &proto::AuthorizeRequest) -> Vec<u8> {
-    let body = request.encode_to_vec();
-    let mut framed = Vec::with_capacity(5 + body.len());
-    framed.push(0);
-    // A request larger than 4 GiB cannot be framed; it cannot be read either.
-    framed.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
-    framed.extend_from_slice(&body);
-    framed
+    wire::frame(&request.encode_to_vec())
 }
 
 /// What a run measured.
@@ -250,6 +284,8 @@ pub(crate) fn grpc_frame(request: &proto::AuthorizeRequest) -> Vec<u8> {
 pub(crate) struct Summary {
     pub calls: u64,
     pub errors: u64,
+    /// Why the first failed call failed.
+    pub first_error: Option<String>,
     pub decisions_per_call: u64,
     /// Decisions answered ALLOW, and answered at all (ALLOW or DENY).
     pub allowed: u64,
@@ -271,6 +307,9 @@ impl std::fmt::Display for Summary {
             "calls: {}, errors: {}, elapsed: {:.3?}",
             self.calls, self.errors, self.elapsed
         )?;
+        if let Some(e) = &self.first_error {
+            writeln!(f, "first error: {e}")?;
+        }
         writeln!(f, "requests/s: {rate:.1}")?;
         writeln!(
             f,
@@ -303,41 +342,55 @@ enum Limit {
     Count(u64),
 }
 
-/// Runs `spec` with `corpus` on a runtime of its own, until it stops.
+/// Runs `spec` with `corpus` on a runtime of its own, of `spec.threads`
+/// threads, until it stops.
 pub(crate) fn run_blocking(spec: &LoadSpec, corpus: Corpus) -> Result<Summary, BenchError> {
-    let runtime = tokio::runtime::Runtime::new().map_err(BenchError::Runtime)?;
+    let runtime = if spec.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(spec.threads)
+            .enable_all()
+            .build()
+    }
+    .map_err(BenchError::Runtime)?;
     runtime.block_on(run(spec, Arc::new(corpus)))
 }
 
 /// Runs `spec` with `corpus` until it stops. A failed call is counted, not
 /// an error; only a connection that cannot be opened is.
 pub(crate) async fn run(spec: &LoadSpec, corpus: Arc<Corpus>) -> Result<Summary, BenchError> {
-    let url = if spec.addr.contains("://") {
-        spec.addr.clone()
-    } else {
-        format!("http://{}", spec.addr)
+    let connect_error = |source: Box<dyn std::error::Error + Send + Sync>| BenchError::Connect {
+        url: spec.addr.clone(),
+        source,
     };
-    // One channel per connection: a tonic `Channel` is one HTTP/2 connection.
-    let mut channels = Vec::new();
-    for _ in 0..spec.connections {
-        let channel = Endpoint::from_shared(url.clone())
-            .map(|e| e.connect_timeout(Duration::from_secs(5)))
-            .map_err(|source| BenchError::Connect {
-                url: url.clone(),
-                source,
-            })?
-            .connect()
-            .await
-            .map_err(|source| BenchError::Connect {
-                url: url.clone(),
-                source,
-            })?;
-        channels.push(channel);
-    }
+    let target = wire::Target::parse(&spec.addr).map_err(|e| connect_error(e.into()))?;
     let batch_size = match spec.mode {
         Mode::Unary | Mode::Stream => 1,
         Mode::Batch => spec.batch_size,
     };
+    // One connection each: an h2 `SendRequest`, or for a stream a tonic
+    // `Channel` (one call per connection, so its per-call cost is paid once).
+    let mut connections = Vec::new();
+    for _ in 0..spec.connections {
+        let connection = if spec.mode == Mode::Stream {
+            let channel = Endpoint::from(target.uri("/"))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .connect()
+                .await
+                .map_err(|e| connect_error(e.into()))?;
+            Connection::Channel(channel)
+        } else {
+            let send = target
+                .connect(CONNECT_TIMEOUT)
+                .await
+                .map_err(|e| connect_error(e.into()))?;
+            Connection::H2(send)
+        };
+        connections.push(connection);
+    }
     let started = Instant::now();
     let limit = match spec.stop {
         Stop::Calls(n) => Limit::Count(n),
@@ -345,33 +398,37 @@ pub(crate) async fn run(spec: &LoadSpec, corpus: Arc<Corpus>) -> Result<Summary,
     };
     let issued = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
-    for channel in &channels {
-        if spec.mode == Mode::Stream {
-            let client = AuthorizerClient::new(channel.clone());
-            let window = spec.concurrency as usize;
-            workers.spawn(stream_worker(
-                client,
-                Arc::clone(&corpus),
-                window,
-                limit,
-                Arc::clone(&issued),
-            ));
-            continue;
-        }
-        for _ in 0..spec.concurrency {
-            let worker = Worker {
-                client: AuthorizerClient::new(channel.clone()),
-                corpus: Arc::clone(&corpus),
-                batch_size: (spec.mode == Mode::Batch).then_some(batch_size as usize),
-                limit,
-                issued: Arc::clone(&issued),
-            };
-            workers.spawn(worker.run());
+    for connection in connections {
+        match connection {
+            Connection::Channel(channel) => {
+                workers.spawn(stream_worker(
+                    Grpc::new(channel),
+                    Arc::clone(&corpus),
+                    spec.concurrency as usize,
+                    limit,
+                    Arc::clone(&issued),
+                ));
+            }
+            Connection::H2(send) => {
+                for _ in 0..spec.concurrency {
+                    let worker = Worker {
+                        send: send.clone(),
+                        corpus: Arc::clone(&corpus),
+                        batch: (spec.mode == Mode::Batch)
+                            .then(|| (batch_size as usize, target.uri(BATCH_AUTHORIZE))),
+                        authorize: target.uri(AUTHORIZE),
+                        limit,
+                        issued: Arc::clone(&issued),
+                    };
+                    workers.spawn(worker.run());
+                }
+            }
         }
     }
     let mut summary = Summary {
         calls: 0,
         errors: 0,
+        first_error: None,
         decisions_per_call: u64::from(batch_size),
         allowed: 0,
         decided: 0,
@@ -386,6 +443,9 @@ pub(crate) async fn run(spec: &LoadSpec, corpus: Arc<Corpus>) -> Result<Summary,
             summary.errors += tally.errors;
             summary.allowed += tally.allowed;
             summary.decided += tally.decided;
+            if summary.first_error.is_none() {
+                summary.first_error = tally.first_error;
+            }
             // Both histograms share bounds, so adding cannot fail.
             let _ = summary.latency.add(&tally.latency);
         }
@@ -394,18 +454,71 @@ pub(crate) async fn run(spec: &LoadSpec, corpus: Arc<Corpus>) -> Result<Summary,
     Ok(summary)
 }
 
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One HTTP/2 connection of a run.
+enum Connection {
+    H2(h2::client::SendRequest<Bytes>),
+    Channel(Channel),
+}
+
 #[expect(clippy::expect_used, reason = "constant bounds that are valid")]
 fn new_histogram() -> Histogram<u64> {
     // 1 µs to 1 h, at 3 significant digits.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
+/// The methods a bench calls, as their paths.
+const AUTHORIZE: &str = "/cedar_pdp.v1.Authorizer/Authorize";
+const BATCH_AUTHORIZE: &str = "/cedar_pdp.v1.Authorizer/BatchAuthorize";
+const AUTHORIZE_STREAM: &str = "/cedar_pdp.v1.Authorizer/AuthorizeStream";
+
+/// A codec that sends bytes already encoded as they are and decodes answers
+/// of type `U` with prost, as the generated client would: for a stream.
+struct PreEncoded<U>(PhantomData<U>);
+
+impl<U> PreEncoded<U> {
+    fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<U: Message + Default + Send + 'static> Codec for PreEncoded<U> {
+    type Encode = Bytes;
+    type Decode = U;
+    type Encoder = AsIs;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> AsIs {
+        AsIs
+    }
+
+    fn decoder(&mut self) -> ProstDecoder<U> {
+        ProstDecoder::default()
+    }
+}
+
+/// Writes a message's encoding as it is.
+struct AsIs;
+
+impl Encoder for AsIs {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
 /// One connection's unary or batch calls, one at a time.
 struct Worker {
-    client: AuthorizerClient<Channel>,
+    send: h2::client::SendRequest<Bytes>,
     corpus: Arc<Corpus>,
-    /// Items per `BatchAuthorize`; `None`: `Authorize`.
-    batch_size: Option<usize>,
+    /// Items per `BatchAuthorize`, and its URI; `None`: `Authorize`.
+    batch: Option<(usize, Uri)>,
+    authorize: Uri,
     limit: Limit,
     issued: Arc<AtomicU64>,
 }
@@ -413,6 +526,7 @@ struct Worker {
 struct Tally {
     calls: u64,
     errors: u64,
+    first_error: Option<String>,
     allowed: u64,
     decided: u64,
     latency: Histogram<u64>,
@@ -423,6 +537,7 @@ impl Tally {
         Self {
             calls: 0,
             errors: 0,
+            first_error: None,
             allowed: 0,
             decided: 0,
             latency: new_histogram(),
@@ -434,6 +549,21 @@ impl Tally {
         self.decided += 1;
         if response.decision == proto::Decision::Allow as i32 {
             self.allowed += 1;
+        }
+    }
+
+    /// Counts one call: its latency when it succeeded, its error when not.
+    fn call(&mut self, start: Instant, outcome: Result<(), String>) {
+        self.calls += 1;
+        match outcome {
+            Ok(()) => {
+                let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.latency.saturating_record(micros.max(1));
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
         }
     }
 }
@@ -450,36 +580,25 @@ impl Worker {
                 return tally;
             }
             // Built before the clock starts: the copy is the client's cost.
-            let batch = self.batch_size.map(|n| proto::BatchAuthorizeRequest {
-                requests: (0..n).map(|_| self.corpus.next().clone()).collect(),
-                ..Default::default()
-            });
-            let single = batch.is_none().then(|| self.corpus.next().clone());
+            let batch = self
+                .batch
+                .as_ref()
+                .map(|(n, uri)| (self.corpus.next_batch(*n), uri));
             let start = Instant::now();
-            let ok = match (single, batch) {
-                (Some(request), _) => match self.client.authorize(request).await {
-                    Ok(r) => {
-                        tally.decision(r.get_ref());
-                        true
-                    }
-                    Err(_) => false,
-                },
-                (None, Some(batch)) => match self.client.batch_authorize(batch).await {
-                    Ok(r) => {
-                        r.get_ref().responses.iter().for_each(|r| tally.decision(r));
-                        true
-                    }
-                    Err(_) => false,
-                },
-                (None, None) => false,
+            let outcome = match batch {
+                None => {
+                    let body = self.corpus.next();
+                    wire::unary::<proto::AuthorizeResponse>(&mut self.send, &self.authorize, body)
+                        .await
+                        .map(|r| tally.decision(&r))
+                }
+                Some((body, uri)) => {
+                    wire::unary::<proto::BatchAuthorizeResponse>(&mut self.send, uri, body)
+                        .await
+                        .map(|r| r.responses.iter().for_each(|r| tally.decision(r)))
+                }
             };
-            tally.calls += 1;
-            if ok {
-                let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-                tally.latency.saturating_record(micros.max(1));
-            } else {
-                tally.errors += 1;
-            }
+            tally.call(start, outcome.map_err(|e| e.to_string()));
         }
     }
 }
@@ -488,7 +607,7 @@ impl Worker {
 /// unanswered; answers come back in order, so each one's latency is measured
 /// from the oldest send time still waiting.
 async fn stream_worker(
-    mut client: AuthorizerClient<Channel>,
+    mut client: Grpc<Channel>,
     corpus: Arc<Corpus>,
     window: usize,
     limit: Limit,
@@ -513,38 +632,53 @@ async fn stream_worker(
                     return;
                 }
                 permit.forget();
-                if tx.send(corpus.next().clone()).await.is_err() {
+                if tx.send(corpus.next_message()).await.is_err() {
                     return;
                 }
             }
         })
     };
-    let mut answers = match client
-        .authorize_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+    let ready = client
+        .ready()
         .await
-    {
+        .map_err(|e| Status::unavailable(e.to_string()));
+    let call = match ready {
+        Ok(()) => {
+            client
+                .streaming(
+                    Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                    PathAndQuery::from_static(AUTHORIZE_STREAM),
+                    PreEncoded::<proto::AuthorizeResponse>::new(),
+                )
+                .await
+        }
+        Err(status) => Err(status),
+    };
+    let mut answers = match call {
         Ok(response) => response.into_inner(),
-        Err(_) => {
+        Err(status) => {
             sender.abort();
-            tally.calls = 1;
-            tally.errors = 1;
+            tally.call(Instant::now(), Err(status.to_string()));
             return tally;
         }
     };
     while let Some(sent_at) = sent_rx.recv().await {
-        let answered = answers.message().await;
-        tally.calls += 1;
-        match answered {
+        // An answer with errors fails one call; a broken stream ends the run.
+        let (outcome, ended) = match answers.message().await {
             Ok(Some(resp)) if resp.errors.is_empty() => {
                 tally.decision(&resp);
-                let micros = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX);
-                tally.latency.saturating_record(micros.max(1));
+                (Ok(()), false)
             }
-            Ok(Some(_)) => tally.errors += 1,
-            Ok(None) | Err(_) => {
-                tally.errors += 1;
-                break;
-            }
+            Ok(Some(resp)) => (
+                Err(format!("answered with errors: {:?}", resp.errors)),
+                false,
+            ),
+            Ok(None) => (Err("the stream ended early".to_owned()), true),
+            Err(status) => (Err(status.to_string()), true),
+        };
+        tally.call(sent_at, outcome);
+        if ended {
+            break;
         }
         credits.add_permits(1);
     }
