@@ -727,3 +727,54 @@ fn authorize_gets_the_same_answer_over_grpc_and_authzen() {
     );
     assert!(served.terminate().success(), "{}", served.log());
 }
+
+/// The `--flag`s of `text`, without `--help` and `--version`.
+fn flags(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .filter(|w| !matches!(*w, "--help" | "--version"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every synopsis in docs/configuration.md names exactly the flags the
+/// binary's `--help` lists for that command, so the reference stays true.
+#[test]
+fn the_documented_synopses_match_each_commands_help() {
+    let doc = include_str!("../docs/configuration.md");
+    // The code block under "## The binary".
+    let block = doc
+        .split_once("## The binary")
+        .and_then(|(_, rest)| rest.split("```").nth(1))
+        .expect("a code block under `## The binary`");
+    let synopses: Vec<&str> = block
+        .lines()
+        .filter(|l| l.starts_with("cedar-pdp "))
+        .collect();
+    assert!(synopses.len() >= 8, "synopses not found: {synopses:?}");
+    // docs/performance.md repeats bench's.
+    let bench = include_str!("../docs/performance.md")
+        .lines()
+        .find(|l| l.starts_with("cedar-pdp bench "))
+        .expect("bench's synopsis in docs/performance.md");
+    assert!(synopses.contains(&bench), "{bench} is not in {synopses:?}");
+    for line in synopses {
+        // The command is the words before the first option.
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|w| w.trim_matches(['[', ']']))
+            .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+            .collect();
+        let mut cmd = bin();
+        cmd.args(&words).arg("--help");
+        let ran = run(cmd);
+        assert_eq!(ran.code(), Some(0), "{words:?}: {ran:?}");
+        assert_eq!(
+            flags(line),
+            flags(&ran.stdout),
+            "docs/configuration.md's synopsis of `cedar-pdp {}` against its --help",
+            words.join(" ")
+        );
+    }
+}
