@@ -1399,3 +1399,53 @@ async fn shipped_example_decides_as_documented() {
     let req = mesh_call(FRONTEND, checkout, r#"{"source_ip": "not-an-ip"}"#);
     invalid(&mut client, req, &["invalid context"]).await;
 }
+
+/// An empty context skips the parse only where the load found Cedar accepts
+/// `{}` for the action: an action whose context needs an attribute still
+/// gets the parse's error, word for word, and one whose attributes are all
+/// optional decides as with the parse.
+#[tokio::test]
+async fn an_empty_context_is_refused_or_decided_exactly_as_the_parse_would() {
+    let schema = r#"
+entity User;
+entity Doc;
+action read appliesTo { principal: [User], resource: [Doc], context: { addr: ipaddr } };
+action list appliesTo { principal: [User], resource: [Doc], context: { tags?: Set<String> } };
+action peek appliesTo { principal: [User], resource: [Doc] };
+"#;
+    let policies = r#"
+@id("list-without-tags")
+permit (principal, action == Action::"list", resource) when { !(context has tags) };
+@id("peek")
+permit (principal, action == Action::"peek", resource);
+"#;
+    let dir = fixture(&[("schema.cedarschema", schema), ("policies.cedar", policies)]);
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client().await;
+    let ask = |action: &str, context: &str| AuthorizeRequest {
+        context_json: context.to_string(),
+        ..request(("User", "alice"), ("Action", action), ("Doc", "d"))
+    };
+
+    // `read` needs `addr`: refused, and the same message for `{}` as for
+    // no context at all (the shortcut's path) and for a context that
+    // carries only something else.
+    let none = invalid(&mut client, ask("read", ""), &["addr"]).await;
+    let empty = invalid(&mut client, ask("read", "{}"), &["addr"]).await;
+    assert_eq!(none.message(), empty.message());
+    // The context's own error (`invalid_context`), not the request check's.
+    for status in [&none, &empty] {
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations[0].field, "context", "{status:?}");
+    }
+
+    for context in ["", "{}"] {
+        let resp = authorize(&mut client, ask("list", context)).await;
+        assert_decision(&resp, Decision::Allow, &["list-without-tags"]);
+        let resp = authorize(&mut client, ask("peek", context)).await;
+        assert_decision(&resp, Decision::Allow, &["peek"]);
+    }
+    let resp = authorize(&mut client, ask("list", r#"{"tags": ["a"]}"#)).await;
+    assert_decision(&resp, Decision::Deny, &[]);
+    server.stop().await.unwrap();
+}

@@ -48,6 +48,10 @@ pub struct Snapshot {
     pub dangling: HashSet<EntityUid>,
     /// Entity types no request may define (`validation.stored_only_types`).
     pub stored_only_types: HashSet<String>,
+    /// The schema's actions whose context type an empty context satisfies:
+    /// for them an empty context is `Context::empty()`, with no parse
+    /// against the schema (which copies the action's context type per call).
+    pub empty_context_actions: HashSet<EntityUid>,
     /// The window of every template link (`*.links.json`), live or shadow.
     pub grants: Vec<Window>,
     /// Problems that do not stop the load: policies without `@id`, policies
