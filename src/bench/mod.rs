@@ -201,14 +201,17 @@ impl Corpus {
     /// is field 1 of the batch, so the batch is their encodings, each behind
     /// its key and length.
     fn next_batch(&self, n: usize) -> Bytes {
-        let mut batch = BytesMut::new();
+        // The frame's header first, its length filled in at the end.
+        let mut batch = BytesMut::from(&[0u8; 5][..]);
         for _ in 0..n {
             let item = self.next_message();
             prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut batch);
             prost::encoding::encode_varint(item.len() as u64, &mut batch);
             batch.put(item);
         }
-        Bytes::from(wire::frame(&batch))
+        let len = u32::try_from(batch.len() - 5).unwrap_or(u32::MAX);
+        batch[1..5].copy_from_slice(&len.to_be_bytes());
+        batch.freeze()
     }
 }
 
@@ -414,9 +417,12 @@ pub(crate) async fn run(spec: &LoadSpec, corpus: Arc<Corpus>) -> Result<Summary,
                     let worker = Worker {
                         send: send.clone(),
                         corpus: Arc::clone(&corpus),
-                        batch: (spec.mode == Mode::Batch)
-                            .then(|| (batch_size as usize, target.uri(BATCH_AUTHORIZE))),
-                        authorize: target.uri(AUTHORIZE),
+                        batch: (spec.mode == Mode::Batch).then_some(batch_size as usize),
+                        uri: target.uri(if spec.mode == Mode::Batch {
+                            BATCH_AUTHORIZE
+                        } else {
+                            AUTHORIZE
+                        }),
                         limit,
                         issued: Arc::clone(&issued),
                     };
@@ -516,9 +522,10 @@ impl Encoder for AsIs {
 struct Worker {
     send: h2::client::SendRequest<Bytes>,
     corpus: Arc<Corpus>,
-    /// Items per `BatchAuthorize`, and its URI; `None`: `Authorize`.
-    batch: Option<(usize, Uri)>,
-    authorize: Uri,
+    /// Items per `BatchAuthorize`; `None`: `Authorize`.
+    batch: Option<usize>,
+    /// The method's URI.
+    uri: Uri,
     limit: Limit,
     issued: Arc<AtomicU64>,
 }
@@ -552,8 +559,9 @@ impl Tally {
         }
     }
 
-    /// Counts one call: its latency when it succeeded, its error when not.
-    fn call(&mut self, start: Instant, outcome: Result<(), String>) {
+    /// Counts one call: its latency when it succeeded, its error when not
+    /// (put into words only for the first).
+    fn call(&mut self, start: Instant, outcome: Result<(), impl std::fmt::Display>) {
         self.calls += 1;
         match outcome {
             Ok(()) => {
@@ -562,7 +570,7 @@ impl Tally {
             }
             Err(e) => {
                 self.errors += 1;
-                self.first_error.get_or_insert(e);
+                self.first_error.get_or_insert_with(|| e.to_string());
             }
         }
     }
@@ -580,25 +588,22 @@ impl Worker {
                 return tally;
             }
             // Built before the clock starts: the copy is the client's cost.
-            let batch = self
-                .batch
-                .as_ref()
-                .map(|(n, uri)| (self.corpus.next_batch(*n), uri));
+            let batch = self.batch.map(|n| self.corpus.next_batch(n));
             let start = Instant::now();
             let outcome = match batch {
                 None => {
                     let body = self.corpus.next();
-                    wire::unary::<proto::AuthorizeResponse>(&mut self.send, &self.authorize, body)
+                    wire::unary::<proto::AuthorizeResponse>(&mut self.send, &self.uri, body)
                         .await
                         .map(|r| tally.decision(&r))
                 }
-                Some((body, uri)) => {
-                    wire::unary::<proto::BatchAuthorizeResponse>(&mut self.send, uri, body)
+                Some(body) => {
+                    wire::unary::<proto::BatchAuthorizeResponse>(&mut self.send, &self.uri, body)
                         .await
                         .map(|r| r.responses.iter().for_each(|r| tally.decision(r)))
                 }
             };
-            tally.call(start, outcome.map_err(|e| e.to_string()));
+            tally.call(start, outcome);
         }
     }
 }
@@ -658,7 +663,7 @@ async fn stream_worker(
         Ok(response) => response.into_inner(),
         Err(status) => {
             sender.abort();
-            tally.call(Instant::now(), Err(status.to_string()));
+            tally.call(Instant::now(), Err(status));
             return tally;
         }
     };

@@ -80,6 +80,7 @@ impl Target {
             .authority(self.authority.clone())
             .path_and_query(method)
             .build()
+            // Cannot fail: the authority was parsed, and the paths are ours.
             .unwrap_or_default()
     }
 

@@ -129,28 +129,27 @@ async fn off_the_workers<T: Send + 'static>(
     std::thread::Builder::new()
         .name("cedar-pdp-reload".into())
         .spawn(move || {
-            lower_priority(RELOAD_NICENESS);
+            lower_priority();
             let _ = tx.send(work());
         })
         .map_err(ReloadThreadError::Spawn)?;
     rx.await.map_err(|_| ReloadThreadError::Ended)
 }
 
-/// Lowers the calling thread's priority by `steps` (on Linux the nice value
-/// is per thread); where that is refused, the thread keeps its priority.
-fn lower_priority(steps: i32) {
+/// Lowers the calling thread's priority by [`RELOAD_NICENESS`] (on Linux
+/// the nice value is per thread); where that is refused, the thread keeps
+/// its priority.
+fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
         use rustix::process::{getpriority_process, setpriority_process};
         let me = Some(rustix::thread::gettid());
         let lowered = getpriority_process(me)
-            .and_then(|nice| setpriority_process(me, (nice + steps).min(19)));
+            .and_then(|nice| setpriority_process(me, (nice + RELOAD_NICENESS).min(19)));
         if let Err(e) = lowered {
             tracing::debug!("the reload thread keeps its priority: {e}");
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = steps;
 }
 
 /// The notify side: watches the directory (recursively) and its parent, so
