@@ -1,6 +1,7 @@
 //! Small requests are evaluated on the async worker that received them;
-//! large ones, and every request once a policy set proves slow, go to the
-//! evaluation threads. The answers are the same either way.
+//! large ones, every request once a policy set proves slow, and every request
+//! while the async workers are busy, go to the evaluation threads. The
+//! answers are the same either way.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 use crate::common;
@@ -105,8 +106,10 @@ async fn a_slow_policy_set_moves_to_the_pool_and_a_reload_brings_inline_back() {
     let mut client = server.client().await;
     let s = "abcdefg".repeat(12);
 
-    // Eight strikes (each decision over 1 ms) inline, then the pool.
-    for n in 1..=8 {
+    // At most eight strikes (each decision over 1 ms of CPU) inline, then
+    // the pool. The workers' load may send some there sooner: a worker
+    // busy with these decisions is busy.
+    for _ in 0..11 {
         let started = std::time::Instant::now();
         let answer = client.authorize(alice_reads(&s)).await.unwrap();
         assert_eq!(answer.get_ref().decision, Decision::Deny as i32);
@@ -114,18 +117,26 @@ async fn a_slow_policy_set_moves_to_the_pool_and_a_reload_brings_inline_back() {
             started.elapsed() > std::time::Duration::from_millis(1),
             "the slow set must take over 1 ms to prove anything"
         );
-        assert_eq!(counts(&server).await, (f64::from(n), 0.0));
     }
-    for n in 1..=3 {
-        let answer = client.authorize(alice_reads(&s)).await.unwrap();
-        assert_eq!(answer.get_ref().decision, Decision::Deny as i32);
-        assert_eq!(counts(&server).await, (8.0, f64::from(n)));
-    }
+    let (inline, pool) = counts(&server).await;
+    assert!(inline <= 8.0, "{inline} slow evaluations ran inline");
+    assert_eq!(inline + pool, 11.0);
 
-    // A new snapshot starts with no strikes.
+    // A new snapshot starts with no strikes: once the workers are idle, its
+    // evaluations are inline again.
     write_atomic(dir.path(), "p.cedar", FAST);
     wait_for_generation(&mut client, 1).await;
-    let answer = client.authorize(alice_reads("abc")).await.unwrap();
-    assert_eq!(answer.get_ref().decision, Decision::Allow as i32);
-    assert_eq!(counts(&server).await, (9.0, 3.0));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let answer = client.authorize(alice_reads("abc")).await.unwrap();
+        assert_eq!(answer.get_ref().decision, Decision::Allow as i32);
+        if counts(&server).await.0 > inline {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new snapshot's evaluations never ran inline"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

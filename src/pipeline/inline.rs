@@ -6,13 +6,26 @@
 //! is evaluated where it arrived. What the caller sends is then bounded; what
 //! the policies and stored entities cost is not, so the gate also watches
 //! the clock: once [`STRIKES`] inline evaluations against one snapshot take
-//! longer than [`BUDGET`], every later evaluation of that snapshot goes to
-//! the pool, and a reload starts afresh. A slow policy set thus stalls the
-//! async workers for a bounded number of evaluations, never for good.
+//! longer than [`BUDGET`] of CPU, every later evaluation of that snapshot
+//! goes to the pool, and a reload starts afresh. A slow policy set thus
+//! stalls the async workers for a bounded number of evaluations, never for
+//! good. The time that counts is the worker thread's CPU time, not the wall
+//! clock's: a worker descheduled mid-evaluation is not slow.
+//!
+//! Inline only pays while the async workers have time to spare. Under load
+//! the pool costs less CPU per call, not more: the evaluation threads run
+//! decision after decision with Cedar's code and the snapshot hot in their
+//! caches, while the workers batch many calls' reads and writes. So the
+//! gate watches how busy the workers were over the last [`WINDOW`]: past
+//! [`BUSY`], evaluations go to the pool, and they come back inline once the
+//! workers are under [`IDLE`] (lower, because the pool itself takes work off
+//! them). See `BENCHMARKS.md`, "Inline only while the workers have time".
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::time::{ClockId, clock_gettime};
 
 use super::request::DecisionRequest;
 use crate::policy_store::Snapshot;
@@ -21,11 +34,19 @@ use crate::policy_store::Snapshot;
 pub(super) const BUDGET: Duration = Duration::from_millis(1);
 /// Strikes after which a snapshot's evaluations all go to the pool.
 pub(super) const STRIKES: u32 = 8;
+/// How often the workers' busy time is read.
+pub(super) const WINDOW: Duration = Duration::from_millis(50);
+/// Workers busier than this (a fraction of the window, on average) send
+/// evaluations to the pool...
+pub(super) const BUSY: f64 = 0.85;
+/// ...until they are less busy than this.
+pub(super) const IDLE: f64 = 0.45;
 
 /// Decides, per request, whether it is evaluated inline.
 #[derive(Debug)]
 pub(super) struct InlineGate {
     max_bytes: usize,
+    load: WorkerLoad,
     /// The uid of the snapshot sent to the pool for good (0: none; snapshot
     /// uids start at 1).
     barred: AtomicU64,
@@ -43,10 +64,13 @@ pub(super) enum Verdict {
 }
 
 impl InlineGate {
-    /// A gate for requests up to `max_bytes` (0: every evaluation on the pool).
+    /// A gate for requests up to `max_bytes` (0: every evaluation on the
+    /// pool), watching the workers of the runtime it is built on (none
+    /// outside one: then only size and strikes count).
     pub(super) fn new(max_bytes: usize) -> Self {
         Self {
             max_bytes,
+            load: WorkerLoad::new(tokio::runtime::Handle::try_current().ok()),
             barred: AtomicU64::new(0),
             strikes: Mutex::new((0, 0)),
         }
@@ -57,6 +81,7 @@ impl InlineGate {
         self.max_bytes > 0
             && self.barred.load(Ordering::Relaxed) != snapshot.uid
             && req.is_within(self.max_bytes)
+            && !self.load.busy()
     }
 
     /// Counts an inline evaluation against `snapshot` that `took` this long.
@@ -80,6 +105,122 @@ impl InlineGate {
         }
         Verdict::Fine
     }
+}
+
+/// Whether the async workers are busy, read from tokio's count of each
+/// worker's busy time at most once per [`WINDOW`], by whichever call finds
+/// the window over; every other call reads one flag.
+#[derive(Debug)]
+struct WorkerLoad {
+    runtime: Option<tokio::runtime::Handle>,
+    busy: AtomicBool,
+    /// Nanoseconds after `since` at which the next reading is due.
+    due: AtomicU64,
+    since: Instant,
+    /// The last reading: when, and the workers' busy time summed.
+    last: Mutex<(Instant, Duration)>,
+}
+
+impl WorkerLoad {
+    fn new(runtime: Option<tokio::runtime::Handle>) -> Self {
+        let now = Instant::now();
+        let busy = runtime.as_ref().map_or(Duration::ZERO, busy_time);
+        Self {
+            runtime,
+            busy: AtomicBool::new(false),
+            due: AtomicU64::new(nanos(WINDOW)),
+            since: now,
+            last: Mutex::new((now, busy)),
+        }
+    }
+
+    fn busy(&self) -> bool {
+        let Some(runtime) = &self.runtime else {
+            return false;
+        };
+        let now = Instant::now();
+        if nanos(now - self.since) >= self.due.load(Ordering::Relaxed)
+            && let Ok(mut last) = self.last.try_lock()
+        {
+            let busy = busy_time(runtime);
+            let workers = runtime.metrics().num_workers().max(1);
+            let share = fraction(busy.saturating_sub(last.1), now - last.0, workers);
+            let was = self.busy.load(Ordering::Relaxed);
+            self.busy.store(next_state(was, share), Ordering::Relaxed);
+            *last = (now, busy);
+            self.due
+                .store(nanos(now - self.since + WINDOW), Ordering::Relaxed);
+        }
+        self.busy.load(Ordering::Relaxed)
+    }
+}
+
+/// The workers' busy time, summed.
+fn busy_time(runtime: &tokio::runtime::Handle) -> Duration {
+    let m = runtime.metrics();
+    (0..m.num_workers())
+        .map(|w| m.worker_total_busy_duration(w))
+        .sum()
+}
+
+/// `busy` as a fraction of `workers` workers' time over `wall`.
+fn fraction(busy: Duration, wall: Duration, workers: usize) -> f64 {
+    let capacity = wall.as_secs_f64() * workers as f64;
+    if capacity > 0.0 {
+        busy.as_secs_f64() / capacity
+    } else {
+        0.0
+    }
+}
+
+/// Busy past [`BUSY`]; idle again only under [`IDLE`].
+fn next_state(was_busy: bool, share: f64) -> bool {
+    if was_busy {
+        share >= IDLE
+    } else {
+        share > BUSY
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Times one inline evaluation. The wall clock is read at both ends (cheap);
+/// the thread's CPU clock, a system call, at the start and only again when
+/// the wall time is over [`BUDGET`].
+#[derive(Debug)]
+pub(super) struct Stopwatch {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Stopwatch {
+    /// Starts timing on the calling thread.
+    pub(super) fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: thread_cpu_time(),
+        }
+    }
+
+    /// The CPU time this thread has spent since [`Stopwatch::start`], or the
+    /// wall time when that is within [`BUDGET`] (CPU time never exceeds it).
+    /// Call it on the thread that started it.
+    pub(super) fn took(&self) -> Duration {
+        let wall = self.wall.elapsed();
+        if wall <= BUDGET {
+            return wall;
+        }
+        thread_cpu_time().saturating_sub(self.cpu)
+    }
+}
+
+fn thread_cpu_time() -> Duration {
+    let t = clock_gettime(ClockId::ThreadCPUTime);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(t.tv_nsec).unwrap_or(0);
+    Duration::new(secs, nanos)
 }
 
 #[cfg(test)]
@@ -142,5 +283,79 @@ mod tests {
             assert_eq!(gate.account(&second, slow), Verdict::Fine);
         }
         assert!(gate.admits(&second, &req));
+    }
+
+    #[test]
+    fn time_off_the_cpu_is_no_strike_and_time_on_it_is() {
+        // A descheduled worker: the wall clock runs, the thread does not.
+        let off = Stopwatch::start();
+        std::thread::sleep(BUDGET * 5);
+        let took = off.took();
+        assert!(
+            took < BUDGET,
+            "asleep for {:?}, counted {took:?}",
+            BUDGET * 5
+        );
+
+        let on = Stopwatch::start();
+        let spin = Instant::now();
+        while spin.elapsed() < BUDGET * 3 {
+            std::hint::black_box(0);
+        }
+        let took = on.took();
+        assert!(took > BUDGET, "spun for {:?}, counted {took:?}", BUDGET * 3);
+    }
+
+    #[test]
+    fn busy_workers_send_evaluations_to_the_pool_until_they_are_well_under() {
+        // Inline until past BUSY; then the pool until under IDLE.
+        assert!(!next_state(false, 0.5));
+        assert!(!next_state(false, BUSY));
+        assert!(next_state(false, 0.9));
+        assert!(next_state(true, 0.6));
+        assert!(next_state(true, IDLE));
+        assert!(!next_state(true, 0.4));
+        let ms = Duration::from_millis;
+        assert!((fraction(ms(80), ms(50), 2) - 0.8).abs() < 1e-9);
+        assert!(fraction(ms(1), Duration::ZERO, 2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_runtime_kept_busy_turns_the_gate_to_the_pool_and_back() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let s = snapshot();
+        let req = DecisionRequest::default();
+        let gate = runtime.block_on(async { InlineGate::new(4096) });
+        assert!(gate.admits(&s, &req));
+        // The one worker spins for a while: busy.
+        let spin = runtime.spawn(async {
+            let started = Instant::now();
+            while started.elapsed() < WINDOW * 6 {
+                std::hint::black_box(0);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gate.admits(&s, &req) {
+            assert!(
+                Instant::now() < deadline,
+                "a spinning worker never counted as busy"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        runtime.block_on(spin).unwrap();
+        // Idle again: back inline within a few windows.
+        while !gate.admits(&s, &req) {
+            assert!(
+                Instant::now() < deadline,
+                "an idle worker never counted as idle"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Outside a runtime nothing is watched.
+        assert!(InlineGate::new(4096).admits(&s, &req));
     }
 }

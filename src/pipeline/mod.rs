@@ -423,7 +423,7 @@ impl Pipeline {
             Ok(s) if !s.is_hit() && !self.inline.admits(&snapshot, &req) => s,
             screened => {
                 let evaluated = matches!(&screened, Ok(s) if !s.is_hit());
-                let started = evaluated.then(Instant::now);
+                let started = evaluated.then(inline::Stopwatch::start);
                 let answer = self.settle(
                     &snapshot,
                     req,
@@ -434,7 +434,7 @@ impl Pipeline {
                     slots.as_mut(),
                 );
                 if let Some(started) = started {
-                    self.evaluated_inline(&snapshot, started.elapsed());
+                    self.evaluated_inline(&snapshot, started.took());
                 }
                 drop(permit);
                 return answer;
@@ -473,7 +473,7 @@ impl Pipeline {
         if self.inline.account(snapshot, took) == inline::Verdict::Barred {
             tracing::warn!(
                 revision = %snapshot.revision,
-                "{} evaluations on the async workers took over {:?}; this policy set's \
+                "{} evaluations on the async workers took over {:?} of CPU; this policy set's \
                  evaluations now all run on the evaluation threads",
                 inline::STRIKES,
                 inline::BUDGET,
