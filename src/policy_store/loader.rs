@@ -12,6 +12,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
+use super::entity_json::EntityFileError;
 use super::index::{PolicyIndex, copy_policy};
 use super::links::{self, GrantState, Window};
 use super::reader::{FileKind, Sources};
@@ -684,7 +685,7 @@ fn parse_entities(
     schema: Option<&Schema>,
     problems: &mut Vec<SourceProblem>,
 ) -> Entities {
-    let mut merged = match schema.map(Schema::action_entities) {
+    let actions = match schema.map(Schema::action_entities) {
         Some(Ok(actions)) => actions,
         Some(Err(e)) => {
             problems.push(SourceProblem {
@@ -697,14 +698,23 @@ fn parse_entities(
         }
         None => Entities::empty(),
     };
+    // A parsed file already holds the schema's actions (Cedar's parse adds
+    // them), so the first one is the set as it is.
+    let mut merged: Option<Entities> = None;
     for file in sources
         .files
         .iter()
         .filter(|f| f.kind == FileKind::Entities)
     {
-        let json: serde_json::Value = match serde_json::from_str(&file.text) {
-            Ok(json) => json,
-            Err(e) => {
+        // The parse has already checked the entities against the schema, so
+        // the merge does not check them again (a merge re-walks the whole
+        // hierarchy, so the first file is not merged into the actions).
+        let added = match super::entity_json::parse(&file.text, schema) {
+            Ok(parsed) => match &merged {
+                None => Ok(parsed),
+                Some(so_far) => so_far.clone().add_entities(parsed, None),
+            },
+            Err(EntityFileError::Json(e)) => {
                 problems.push(SourceProblem {
                     file: file.rel.clone(),
                     line: e.line(),
@@ -713,18 +723,10 @@ fn parse_entities(
                 });
                 continue;
             }
-        };
-        // `from_json_value` has already checked the entities against the
-        // schema, so the merge does not check them again; with nothing to
-        // merge into, the parsed set is the result (a merge re-walks the
-        // whole hierarchy).
-        let added = match Entities::from_json_value(json, schema) {
-            Ok(parsed) if merged.is_empty() => Ok(parsed),
-            Ok(parsed) => merged.clone().add_entities(parsed, None),
-            Err(e) => Err(e),
+            Err(EntityFileError::Cedar(e)) => Err(*e),
         };
         match added {
-            Ok(all) => merged = all,
+            Ok(all) => merged = Some(all),
             Err(e) => problems.push(SourceProblem {
                 file: file.rel.clone(),
                 line: 1,
@@ -733,7 +735,7 @@ fn parse_entities(
             }),
         }
     }
-    merged
+    merged.unwrap_or(actions)
 }
 
 /// Locates a diagnostic in `text` (the contents of `file`) by its first

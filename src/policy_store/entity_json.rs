@@ -1,0 +1,219 @@
+//! Parses an entities file into the [`Entities`] that Cedar's own parse
+//! builds, on every core: most of a large load is Cedar parsing one entity
+//! after another, and that part needs no other entity.
+//!
+//! Each entity is parsed (and checked against the schema) on its own with
+//! `Entity::from_json_str`, which is the per-entity step of Cedar's parse. One
+//! `Entities::from_entities` then does that parse's last step: it checks every
+//! entity against the schema, closes the hierarchy and adds the schema's
+//! actions. Where any entity fails, the whole file takes Cedar's own parse,
+//! so what is reported is exactly what it reports.
+
+use std::num::NonZeroUsize;
+
+use cedar_policy::entities_errors::EntitiesError;
+use cedar_policy::{Entities, Entity, Schema};
+use serde_json::value::RawValue;
+
+/// Below this many entities per thread, another thread costs more than it saves.
+const MIN_PER_THREAD: usize = 2_048;
+/// A bound on the threads of one load, whatever the machine.
+const MAX_THREADS: usize = 8;
+
+/// Why a file is not an entity set.
+#[derive(Debug)]
+pub(super) enum EntityFileError {
+    Json(serde_json::Error),
+    Cedar(Box<EntitiesError>),
+}
+
+/// The entities of `text`, as `Entities::from_json_value` of its JSON value.
+pub(super) fn parse(text: &str, schema: Option<&Schema>) -> Result<Entities, EntityFileError> {
+    let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    parse_on(text, schema, threads)
+}
+
+fn parse_on(
+    text: &str,
+    schema: Option<&Schema>,
+    threads: usize,
+) -> Result<Entities, EntityFileError> {
+    let each = serde_json::from_str::<Vec<&RawValue>>(text)
+        .ok()
+        .and_then(|raw| each_entity(&raw, schema, threads));
+    match each {
+        // Cedar's parse would have reached this same call with these same
+        // entities, in this order, so its error too is Cedar's.
+        Some(entities) => Entities::from_entities(entities, schema)
+            .map_err(|e| EntityFileError::Cedar(Box::new(e))),
+        None => cedar_parse(text, schema),
+    }
+}
+
+/// Cedar's parse of the whole file, from the JSON value as the loader has
+/// always done (a key given twice in an object keeps its last value).
+fn cedar_parse(text: &str, schema: Option<&Schema>) -> Result<Entities, EntityFileError> {
+    let json: serde_json::Value = serde_json::from_str(text).map_err(EntityFileError::Json)?;
+    Entities::from_json_value(json, schema).map_err(|e| EntityFileError::Cedar(Box::new(e)))
+}
+
+/// Every entity of `raw`, in order, or `None` when any one fails.
+fn each_entity(raw: &[&RawValue], schema: Option<&Schema>, threads: usize) -> Option<Vec<Entity>> {
+    let parse_all = |chunk: &[&RawValue]| -> Option<Vec<Entity>> {
+        chunk
+            .iter()
+            .map(|r| Entity::from_json_str(r.get(), schema).ok())
+            .collect()
+    };
+    let threads = threads
+        .clamp(1, MAX_THREADS)
+        .min(raw.len() / MIN_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return parse_all(raw);
+    }
+    let chunk = raw.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = raw
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || parse_all(part)))
+            .collect();
+        let mut all = Vec::with_capacity(raw.len());
+        for part in parts {
+            // A panic in Cedar's parse is a failure of this path only: the
+            // whole-file parse decides.
+            all.extend(part.join().ok()??);
+        }
+        Some(all)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+    use std::str::FromStr;
+
+    use cedar_policy::EntityUid;
+    use serde_json::json;
+
+    use super::*;
+
+    const SCHEMA: &str = r#"
+        entity Tenant { name: String };
+        entity User in [Tenant] { name: String, boss?: User, ip?: __cedar::ipaddr };
+        action read appliesTo { principal: User, resource: Tenant };
+        action list in [read] appliesTo { principal: User, resource: Tenant };
+    "#;
+
+    fn schema() -> Schema {
+        Schema::from_cedarschema_str(SCHEMA).unwrap().0
+    }
+
+    /// A file of `n` users under a few tenants, each user's boss the one
+    /// before it, with implicit entity and extension escapes (schema only).
+    fn users(n: usize, with_schema_escapes: bool) -> String {
+        let mut all = vec![
+            json!({"uid": {"type": "Tenant", "id": "t0"}, "attrs": {"name": "t0"}, "parents": []}),
+        ];
+        for i in 0..n {
+            let boss = if with_schema_escapes {
+                json!({"type": "User", "id": format!("u{}", i.saturating_sub(1))})
+            } else {
+                json!({"__entity": {"type": "User", "id": format!("u{}", i.saturating_sub(1))}})
+            };
+            let ip = if with_schema_escapes {
+                json!({"fn": "ip", "arg": "10.0.0.1"})
+            } else {
+                json!({"__extn": {"fn": "ip", "arg": "10.0.0.1"}})
+            };
+            all.push(json!({
+                "uid": {"type": "User", "id": format!("u{i}")},
+                "attrs": {"name": format!("user {i}"), "boss": boss, "ip": ip},
+                "parents": [{"type": "Tenant", "id": "t0"}],
+            }));
+        }
+        serde_json::Value::Array(all).to_string()
+    }
+
+    fn error_of(result: Result<Entities, EntityFileError>) -> String {
+        match result {
+            Ok(_) => panic!("parsed"),
+            Err(EntityFileError::Json(e)) => format!("json: {e}"),
+            Err(EntityFileError::Cedar(e)) => format!("cedar: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn every_thread_count_builds_the_set_cedar_builds() {
+        let schema = schema();
+        for (text, schema) in [
+            (users(5_000, true), Some(&schema)),
+            (users(5_000, false), None),
+        ] {
+            let cedar = cedar_parse(&text, schema).unwrap();
+            for threads in [1, 2, 3, 8] {
+                let ours = parse_on(&text, schema, threads).unwrap();
+                assert!(ours.deep_eq(&cedar), "{threads} threads");
+            }
+            // The hierarchy is closed and, with a schema, its actions are in.
+            let u = EntityUid::from_str(r#"User::"u4999""#).unwrap();
+            let t = EntityUid::from_str(r#"Tenant::"t0""#).unwrap();
+            assert!(cedar.is_ancestor_of(&t, &u));
+            let list = EntityUid::from_str(r#"Action::"list""#).unwrap();
+            assert_eq!(cedar.get(&list).is_some(), schema.is_some());
+        }
+    }
+
+    #[test]
+    fn a_bad_entity_anywhere_gets_cedars_own_error() {
+        let schema = schema();
+        let good = users(5_000, true);
+        let mut bad: serde_json::Value = serde_json::from_str(&good).unwrap();
+        // Far into the last thread's part: a name of the wrong type.
+        bad[4_900]["attrs"]["name"] = json!(7);
+        let bad = bad.to_string();
+        let cedar = error_of(cedar_parse(&bad, Some(&schema)));
+        assert!(cedar.contains("u4899"), "{cedar}");
+        for threads in [1, 2, 8] {
+            assert_eq!(error_of(parse_on(&bad, Some(&schema), threads)), cedar);
+        }
+    }
+
+    #[test]
+    fn a_set_wrong_as_a_whole_gets_cedars_own_error() {
+        let cycle = json!([
+            {"uid": {"type": "Tenant", "id": "a"}, "attrs": {"name": "a"}, "parents": [{"type": "Tenant", "id": "b"}]},
+            {"uid": {"type": "Tenant", "id": "b"}, "attrs": {"name": "b"}, "parents": [{"type": "Tenant", "id": "a"}]},
+        ])
+        .to_string();
+        let twice = json!([
+            {"uid": {"type": "Tenant", "id": "a"}, "attrs": {"name": "a"}, "parents": []},
+            {"uid": {"type": "Tenant", "id": "a"}, "attrs": {"name": "other"}, "parents": []},
+        ])
+        .to_string();
+        let undeclared_action = json!([
+            {"uid": {"type": "Action", "id": "write"}, "attrs": {}, "parents": []},
+        ])
+        .to_string();
+        let schema = schema();
+        for text in [cycle, twice, undeclared_action] {
+            let cedar = error_of(cedar_parse(&text, Some(&schema)));
+            assert_eq!(error_of(parse_on(&text, Some(&schema), 2)), cedar);
+        }
+    }
+
+    #[test]
+    fn what_is_not_an_entity_list_is_refused_as_before() {
+        for text in ["{", r#"{"uid": 1}"#, "[1, 2]", ""] {
+            let before = error_of(cedar_parse(text, None));
+            assert_eq!(error_of(parse(text, None)), before, "{text}");
+        }
+        // A key given twice keeps its last value, as the JSON value did.
+        let twice = r#"[{"uid": {"type": "Tenant", "id": "a"}, "attrs": {"name": "x", "name": "y"}, "parents": []}]"#;
+        assert!(
+            parse(twice, None)
+                .unwrap()
+                .deep_eq(&cedar_parse(twice, None).unwrap())
+        );
+    }
+}
