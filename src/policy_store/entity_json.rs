@@ -9,16 +9,9 @@
 //! actions. Where any entity fails, the whole file takes Cedar's own parse,
 //! so what is reported is exactly what it reports.
 
-use std::num::NonZeroUsize;
-
 use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Entities, Entity, Schema};
 use serde_json::value::RawValue;
-
-/// Below this many entities per thread, another thread costs more than it saves.
-const MIN_PER_THREAD: usize = 2_048;
-/// A bound on the threads of one load, whatever the machine.
-const MAX_THREADS: usize = 8;
 
 /// Why a file is not an entity set.
 #[derive(Debug)]
@@ -29,8 +22,7 @@ pub(super) enum EntityFileError {
 
 /// The entities of `text`, as `Entities::from_json_value` of its JSON value.
 pub(super) fn parse(text: &str, schema: Option<&Schema>) -> Result<Entities, EntityFileError> {
-    let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    parse_on(text, schema, threads)
+    parse_on(text, schema, super::spread::cores())
 }
 
 fn parse_on(
@@ -65,27 +57,13 @@ fn each_entity(raw: &[&RawValue], schema: Option<&Schema>, threads: usize) -> Op
             .map(|r| Entity::from_json_str(r.get(), schema).ok())
             .collect()
     };
-    let threads = threads
-        .clamp(1, MAX_THREADS)
-        .min(raw.len() / MIN_PER_THREAD)
-        .max(1);
-    if threads == 1 {
-        return parse_all(raw);
+    let mut all = Vec::with_capacity(raw.len());
+    for part in super::spread::over(raw, threads, parse_all) {
+        // A panic in Cedar's parse fails this path only: the whole-file
+        // parse decides.
+        all.extend(part??);
     }
-    let chunk = raw.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = raw
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || parse_all(part)))
-            .collect();
-        let mut all = Vec::with_capacity(raw.len());
-        for part in parts {
-            // A panic in Cedar's parse is a failure of this path only: the
-            // whole-file parse decides.
-            all.extend(part.join().ok()??);
-        }
-        Some(all)
-    })
+    Some(all)
 }
 
 #[cfg(test)]

@@ -33,12 +33,24 @@ fn value_refs(value: &EvalResult, out: &mut Vec<EntityUid>) {
 /// The uids stored entities name, as a parent or in a value, that no stored
 /// entity defines. A request must not define them: it would graft its own
 /// parents and attributes onto the stored hierarchy.
+/// Large sets are walked on every core.
 pub(super) fn dangling(set: &Entities) -> HashSet<EntityUid> {
-    let mut named = Vec::new();
-    for e in set.iter() {
-        edges(set, e, &mut named);
+    let walk = |part: &[&Entity]| {
+        let mut named = Vec::new();
+        for e in part {
+            edges(set, e, &mut named);
+        }
+        named.retain(|u| set.get(u).is_none());
+        named
+    };
+    let all: Vec<&Entity> = set.iter().collect();
+    let parts = super::spread::over(&all, super::spread::cores(), walk);
+    if parts.iter().any(Option::is_none) {
+        // A part lost to a panic would hide its dangling uids: walk the set
+        // here, where a panic fails the load.
+        return walk(&all).into_iter().collect();
     }
-    named.into_iter().filter(|u| set.get(u).is_none()).collect()
+    parts.into_iter().flatten().flatten().collect()
 }
 
 #[cfg(test)]
@@ -71,5 +83,33 @@ mod tests {
             [r#"Group::"undefined""#, r#"Org::"far""#, r#"User::"ghost""#]
         );
         assert!(!dangling(&set).contains(&EntityUid::from_str(r#"User::"b""#).unwrap()));
+    }
+
+    #[test]
+    fn a_set_walked_on_several_threads_finds_the_same_dangling_uids() {
+        let mut all = Vec::new();
+        for g in 0..4 {
+            all.push(json!({"uid": {"type": "Group", "id": format!("g{g}")}, "attrs": {}, "parents": []}));
+        }
+        let n = 6_000;
+        for i in 0..n {
+            all.push(json!({
+                "uid": {"type": "User", "id": format!("u{i}")},
+                "attrs": {"next": {"__entity": {"type": "User", "id": format!("u{}", i + 1)}}},
+                "parents": [{"type": "Group", "id": format!("g{}", i % 7)}],
+            }));
+        }
+        let set = Entities::from_json_value(serde_json::Value::Array(all), None).unwrap();
+        let mut got: Vec<String> = dangling(&set).iter().map(ToString::to_string).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                r#"Group::"g4""#,
+                r#"Group::"g5""#,
+                r#"Group::"g6""#,
+                r#"User::"u6000""#
+            ]
+        );
     }
 }

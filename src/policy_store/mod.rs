@@ -13,6 +13,7 @@ mod links;
 mod loader;
 mod reader;
 mod snapshot;
+mod spread;
 mod test_gate;
 mod watcher;
 
