@@ -119,6 +119,7 @@ struct Tally {
     conflicts: usize,
     /// Request entities the entity cache answered.
     entity_hits: u64,
+    set_hits: u64,
     mismatches: Vec<String>,
 }
 
@@ -163,6 +164,7 @@ impl Tally {
             )
             .map_err(|e| e.to_string());
             self.entity_hits += lookups.hits;
+            self.set_hits += lookups.set_hits;
             if cached != want {
                 self.mismatches.push(format!(
                     "{label} {} {} {} (entity cache, {pass})\n    full:   {want:?}\n    cached: {cached:?}",
@@ -179,6 +181,7 @@ impl Tally {
         self.with_policy_errors += other.with_policy_errors;
         self.conflicts += other.conflicts;
         self.entity_hits += other.entity_hits;
+        self.set_hits += other.set_hits;
         self.mismatches.extend(other.mismatches);
     }
 
@@ -302,6 +305,11 @@ fn corpus_answers_match_the_whole_set() {
         tally.entity_hits > 1000,
         "the entity cache was not exercised"
     );
+    // Every warm pass repeats its cold pass's set.
+    assert!(
+        tally.set_hits > 1000,
+        "the set cache was not exercised: {tally:?}"
+    );
 }
 
 fn gen_query(r: &tenants::GenRequest) -> Query {
@@ -369,6 +377,7 @@ fn generated_multi_tenant_answers_match_the_whole_set() {
     assert!(tally.with_policy_errors > 100, "{tally:?}");
     assert!(tally.conflicts > 50, "{tally:?}");
     assert!(tally.entity_hits > 1000, "{tally:?}");
+    assert!(tally.set_hits > 1000, "{tally:?}");
     assert!(
         sliced > tally.compared / 2,
         "only {sliced} requests were sliced"

@@ -30,17 +30,28 @@ use crate::policy_store::Snapshot;
 /// Entities whose JSON is larger than this are parsed every time: a key
 /// that size costs memory out of proportion to what it saves.
 const MAX_KEY_BYTES: usize = 8 * 1024;
+/// The same, for a whole set.
+const MAX_SET_KEY_BYTES: usize = 16 * 1024;
 
-/// Parsed request entities by (snapshot id, entity JSON); bounded by bytes.
+/// Between entities in a set's key: serde_json never writes it (it is
+/// not UTF-8), so two different lists never make the same key.
+const SEPARATOR: u8 = 0xFF;
+
+/// Parsed request entities by (snapshot id, entity JSON), and whole
+/// checked sets by (snapshot id, the entities' JSON in order); both
+/// bounded by bytes. The same entities often come together (one caller,
+/// one resource, several actions), and a remembered set skips the closure
+/// and the claim checks too.
 pub struct EntityCache {
     cache: Cache<Vec<u8>, Arc<Entity>, Bytes>,
+    sets: Cache<Vec<u8>, Arc<Entities>, Bytes>,
 }
 
 #[derive(Clone)]
 struct Bytes;
 
-impl Weighter<Vec<u8>, Arc<Entity>> for Bytes {
-    fn weight(&self, key: &Vec<u8>, _: &Arc<Entity>) -> u64 {
+impl<T> Weighter<Vec<u8>, Arc<T>> for Bytes {
+    fn weight(&self, key: &Vec<u8>, _: &Arc<T>) -> u64 {
         // A parsed entity takes about twice its JSON, plus the map entry.
         (key.len() * 3 + 128) as u64
     }
@@ -51,6 +62,8 @@ impl std::fmt::Debug for EntityCache {
         f.debug_struct("EntityCache")
             .field("entries", &self.cache.len())
             .field("bytes", &self.cache.weight())
+            .field("sets", &self.sets.len())
+            .field("set_bytes", &self.sets.weight())
             .finish()
     }
 }
@@ -58,15 +71,22 @@ impl std::fmt::Debug for EntityCache {
 /// How one parse used the cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EntityLookups {
+    /// Entities served from the cache, one by one or in a whole set.
     pub hits: u64,
     pub misses: u64,
+    /// Whole sets served (their entities count in `hits` too).
+    pub set_hits: u64,
 }
 
 impl EntityCache {
     /// A cache of about `max_bytes`; `None` when `max_bytes` is 0.
     pub fn new(max_bytes: u64) -> Option<Self> {
+        // Sets get a quarter: each is made of entities the other holds.
+        let sets = max_bytes / 4;
+        let entities = max_bytes - sets;
         (max_bytes > 0).then(|| Self {
-            cache: Cache::with_weighter((max_bytes / 512).max(16) as usize, max_bytes, Bytes),
+            cache: Cache::with_weighter((entities / 512).max(16) as usize, entities, Bytes),
+            sets: Cache::with_weighter((sets / 1024).max(16) as usize, sets.max(1), Bytes),
         })
     }
 
@@ -102,22 +122,41 @@ impl EntityCache {
                 return parse_entities(snapshot, entities);
             }
         }
-        let mut parsed = Vec::with_capacity(entities.len());
-        let mut key = Vec::with_capacity(256);
-        for value in others {
-            key.clear();
-            key.extend_from_slice(&snapshot.uid.to_le_bytes());
-            if serde_json::to_writer(&mut key, value).is_err() || key.len() > MAX_KEY_BYTES {
-                // Not remembered; parsed with the rest below.
+        let prefix = snapshot.uid.to_le_bytes();
+        // Each entity's JSON, one after another, after the snapshot's id.
+        let mut set_key = Vec::with_capacity(256);
+        set_key.extend_from_slice(&prefix);
+        let mut ends = Vec::with_capacity(others.len());
+        for value in &others {
+            let start = set_key.len();
+            if serde_json::to_writer(&mut set_key, value).is_err()
+                || set_key.len() - start + prefix.len() > MAX_KEY_BYTES
+            {
+                // Not remembered; parsed as a whole.
                 return parse_entities(snapshot, entities);
             }
+            ends.push((start, set_key.len()));
+            set_key.push(SEPARATOR);
+        }
+        if let Some(set) = self.sets.get(set_key.as_slice()) {
+            // Checked against this snapshot when it was remembered.
+            lookups.hits += others.len() as u64;
+            lookups.set_hits += 1;
+            return Ok(Entities::clone(&set));
+        }
+        let mut parsed = Vec::with_capacity(entities.len());
+        let mut key = Vec::with_capacity(256);
+        for (value, &(start, end)) in others.iter().zip(&ends) {
+            key.clear();
+            key.extend_from_slice(&prefix);
+            key.extend_from_slice(&set_key[start..end]);
             if let Some(hit) = self.cache.get(key.as_slice()) {
                 lookups.hits += 1;
                 parsed.push(Entity::clone(&hit));
                 continue;
             }
             lookups.misses += 1;
-            let Ok(entity) = Entity::from_json_value(value.clone(), schema) else {
+            let Ok(entity) = Entity::from_json_value(Json::clone(value), schema) else {
                 return parse_entities(snapshot, entities);
             };
             self.cache.insert(key.clone(), Arc::new(entity.clone()));
@@ -130,6 +169,9 @@ impl EntityCache {
         };
         if request_entities::check_claims(snapshot, &set).is_err() {
             return parse_entities(snapshot, entities);
+        }
+        if set_key.len() <= MAX_SET_KEY_BYTES {
+            self.sets.insert(set_key, Arc::new(set.clone()));
         }
         Ok(set)
     }
@@ -153,4 +195,95 @@ fn is_action(value: &Json) -> bool {
                 .ok()
                 .is_none_or(|t| t.basename() == "Action")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use serde_json::json;
+
+    use super::*;
+    use crate::policy_store::{LoadOptions, build, read_dir};
+
+    fn snapshot(files: &[(&str, &str)]) -> Snapshot {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        build(read_dir(dir.path()).unwrap(), &LoadOptions::default(), 1).unwrap()
+    }
+
+    fn user(id: &str, level: i64) -> Json {
+        json!({"uid": {"type": "User", "id": id}, "attrs": {"level": level}, "parents": []})
+    }
+
+    #[test]
+    fn sets_and_entities_are_served_as_the_array_parse_gives_them() {
+        let s = snapshot(&[("p.cedar", "permit (principal, action, resource);")]);
+        let cache = EntityCache::new(1 << 20).unwrap();
+        let parse = |entities: Vec<Json>, lookups: &mut EntityLookups| {
+            let got = cache.parse(&s, entities.clone(), lookups).unwrap();
+            assert!(got.deep_eq(&parse_entities(&s, entities).unwrap()));
+        };
+        let mut first = EntityLookups::default();
+        parse(vec![user("a", 1), user("b", 2)], &mut first);
+        assert_eq!((first.hits, first.misses, first.set_hits), (0, 2, 0));
+
+        // The same set again: served whole.
+        let mut again = EntityLookups::default();
+        parse(vec![user("a", 1), user("b", 2)], &mut again);
+        assert_eq!((again.hits, again.misses, again.set_hits), (2, 0, 1));
+
+        // Another set sharing one entity: that one is served alone.
+        let mut shared = EntityLookups::default();
+        parse(vec![user("a", 1), user("c", 3)], &mut shared);
+        assert_eq!((shared.hits, shared.misses, shared.set_hits), (1, 1, 0));
+
+        // The same entities in another order, or one changed, are other sets.
+        let mut order = EntityLookups::default();
+        parse(vec![user("b", 2), user("a", 1)], &mut order);
+        assert_eq!((order.hits, order.set_hits), (2, 0));
+        let mut changed = EntityLookups::default();
+        parse(vec![user("a", 1), user("b", 9)], &mut changed);
+        assert_eq!((changed.misses, changed.set_hits), (1, 0));
+    }
+
+    #[test]
+    fn a_set_remembered_for_one_snapshot_is_checked_again_for_another() {
+        let open = snapshot(&[("p.cedar", "permit (principal, action, resource);")]);
+        // Here `User::"a"` is named by a stored entity that does not define it.
+        let strict = snapshot(&[
+            ("p.cedar", "permit (principal, action, resource);"),
+            (
+                "e.entities.json",
+                r#"[{"uid": {"type": "Doc", "id": "d"}, "attrs": {}, "parents": [{"type": "User", "id": "a"}]}]"#,
+            ),
+        ]);
+        let cache = EntityCache::new(1 << 20).unwrap();
+        let set = vec![user("a", 1)];
+        for _ in 0..2 {
+            let mut lookups = EntityLookups::default();
+            assert!(cache.parse(&open, set.clone(), &mut lookups).is_ok());
+        }
+        let mut lookups = EntityLookups::default();
+        let err = cache.parse(&strict, set, &mut lookups).unwrap_err();
+        assert!(matches!(err, AuthorizeError::StoredReference(_)), "{err:?}");
+        assert_eq!(lookups.set_hits, 0);
+    }
+
+    #[test]
+    fn a_duplicate_is_an_error_every_time_and_never_remembered() {
+        let s = snapshot(&[("p.cedar", "permit (principal, action, resource);")]);
+        let cache = EntityCache::new(1 << 20).unwrap();
+        for _ in 0..2 {
+            let mut lookups = EntityLookups::default();
+            let twice = vec![user("a", 1), user("a", 2)];
+            let err = cache.parse(&s, twice.clone(), &mut lookups).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                parse_entities(&s, twice).unwrap_err().to_string()
+            );
+            assert_eq!(lookups.set_hits, 0);
+        }
+    }
 }
