@@ -16,8 +16,10 @@
 //! the order of checks) sends the whole request to the array parse, so
 //! errors and their messages do not change either.
 
+use std::hash::{BuildHasher, RandomState};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cedar_policy::{Entities, Entity, EntityTypeName};
 use quick_cache::Weighter;
@@ -45,7 +47,16 @@ const SEPARATOR: u8 = 0xFF;
 pub struct EntityCache {
     cache: Cache<Vec<u8>, Arc<Entity>, Bytes>,
     sets: Cache<Vec<u8>, Arc<Entities>, Bytes>,
+    /// The hashes of sets seen once, by slot: a set is remembered only
+    /// when it comes a second time. Most sets that name a resource come
+    /// once, and copying each into the cache cost realistic traffic more
+    /// than the repeated ones saved.
+    seen: Box<[AtomicU64]>,
+    hasher: RandomState,
 }
+
+/// Slots of [`EntityCache::seen`]; a collision only lets a set in early.
+const SEEN_SLOTS: usize = 4096;
 
 #[derive(Clone)]
 struct Bytes;
@@ -87,6 +98,8 @@ impl EntityCache {
         (max_bytes > 0).then(|| Self {
             cache: Cache::with_weighter((entities / 512).max(16) as usize, entities, Bytes),
             sets: Cache::with_weighter((sets / 1024).max(16) as usize, sets.max(1), Bytes),
+            seen: (0..SEEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
         })
     }
 
@@ -170,10 +183,20 @@ impl EntityCache {
         if request_entities::check_claims(snapshot, &set).is_err() {
             return parse_entities(snapshot, entities);
         }
-        if set_key.len() <= MAX_SET_KEY_BYTES {
+        if set_key.len() <= MAX_SET_KEY_BYTES && self.second_sighting(&set_key) {
             self.sets.insert(set_key, Arc::new(set.clone()));
         }
         Ok(set)
+    }
+}
+
+impl EntityCache {
+    /// Whether `set_key` was the last set seen in its slot; marks it seen.
+    fn second_sighting(&self, set_key: &[u8]) -> bool {
+        // 0 marks an empty slot, so no hash is 0.
+        let hash = self.hasher.hash_one(set_key) | 1;
+        let slot = &self.seen[(hash >> 32) as usize % SEEN_SLOTS];
+        slot.swap(hash, Ordering::Relaxed) == hash
     }
 }
 
@@ -229,7 +252,10 @@ mod tests {
         parse(vec![user("a", 1), user("b", 2)], &mut first);
         assert_eq!((first.hits, first.misses, first.set_hits), (0, 2, 0));
 
-        // The same set again: served whole.
+        // A set is remembered whole when it comes a second time.
+        let mut second = EntityLookups::default();
+        parse(vec![user("a", 1), user("b", 2)], &mut second);
+        assert_eq!((second.hits, second.misses, second.set_hits), (2, 0, 0));
         let mut again = EntityLookups::default();
         parse(vec![user("a", 1), user("b", 2)], &mut again);
         assert_eq!((again.hits, again.misses, again.set_hits), (2, 0, 1));
@@ -261,10 +287,13 @@ mod tests {
         ]);
         let cache = EntityCache::new(1 << 20).unwrap();
         let set = vec![user("a", 1)];
-        for _ in 0..2 {
+        for _ in 0..3 {
             let mut lookups = EntityLookups::default();
             assert!(cache.parse(&open, set.clone(), &mut lookups).is_ok());
         }
+        let mut lookups = EntityLookups::default();
+        assert!(cache.parse(&open, set.clone(), &mut lookups).is_ok());
+        assert_eq!(lookups.set_hits, 1, "remembered for the first snapshot");
         let mut lookups = EntityLookups::default();
         let err = cache.parse(&strict, set, &mut lookups).unwrap_err();
         assert!(matches!(err, AuthorizeError::StoredReference(_)), "{err:?}");
@@ -275,7 +304,7 @@ mod tests {
     fn a_duplicate_is_an_error_every_time_and_never_remembered() {
         let s = snapshot(&[("p.cedar", "permit (principal, action, resource);")]);
         let cache = EntityCache::new(1 << 20).unwrap();
-        for _ in 0..2 {
+        for _ in 0..3 {
             let mut lookups = EntityLookups::default();
             let twice = vec![user("a", 1), user("a", 2)];
             let err = cache.parse(&s, twice.clone(), &mut lookups).unwrap_err();
