@@ -25,7 +25,8 @@
 #   BASELINE=FILE     another cedar-pdp binary (e.g. the commit before a change), served
 #                     cached on PORT+2 and uncached on PORT+3 and measured in the same
 #                     rounds, as `base-authorize`, `base-uncached` and `base-health`
-#                     (its health check too, so both builds' servers see the same load).
+#                     (its health check too, so both builds' servers see the same load),
+#                     and in the corpus mode as `base-corpus` (a fresh server each round too).
 #                     The servers started first measure a few per cent slower even when
 #                     both are the same binary: run it twice, BIN and BASELINE swapped,
 #                     and compare the two orientations.
@@ -157,9 +158,9 @@ PY
         allowed=$(sed -n 's/^decisions: [0-9]*, allowed: \([0-9]*\).*/\1/p' <<<"$out")
         echo "$label req/s=$rps errors=$errors allowed=$allowed"
     }
-    for ((r = 0; r < rounds; r++)); do
-        "$bin" serve --policies "$work/corpus/policies" --listen "127.0.0.1:$cport" \
-            --admin-listen "127.0.0.1:$aport" --authzen-listen "" --log-level warn 2>"$work/corpus-$r.log" &
+    corpus_server() { # binary label: a fresh default server, loaded with the whole corpus once
+        "$1" serve --policies "$work/corpus/policies" --listen "127.0.0.1:$cport" \
+            --admin-listen "127.0.0.1:$aport" --authzen-listen "" --log-level warn 2>"$work/$2-$r.log" &
         cpid=$!
         pids+=("$cpid")
         deadline=$((SECONDS + 30))
@@ -167,14 +168,20 @@ PY
             [ $SECONDS -lt $deadline ] || { echo "corpus server did not start" >&2; exit 1; }
             sleep 0.2
         done
-        single=(--request "$peers/cedar-equivalent/request.json")
-        if ((r % 2)); then load client-uncached "127.0.0.1:$((port + 1))" "${single[@]}" | tee -a "$work/corpus-lines"; fi
-        load corpus "127.0.0.1:$cport" --corpus "$work/corpus/corpus.jsonl" --seed "$((r + 1))" | tee -a "$work/corpus-lines"
-        if ! ((r % 2)); then load client-uncached "127.0.0.1:$((port + 1))" "${single[@]}" | tee -a "$work/corpus-lines"; fi
+        load "$2" "127.0.0.1:$cport" --corpus "$work/corpus/corpus.jsonl" --seed "$((r + 1))" | tee -a "$work/corpus-lines"
         read -r hit miss < <(scrape)
-        echo "corpus-cache hit=$hit miss=$miss" | tee -a "$work/corpus-lines"
+        echo "$2-cache hit=$hit miss=$miss" | tee -a "$work/corpus-lines"
         kill "$cpid"
         wait "$cpid" 2>/dev/null || true
+    }
+    for ((r = 0; r < rounds; r++)); do
+        single=(--request "$peers/cedar-equivalent/request.json")
+        if ((r % 2)); then load client-uncached "127.0.0.1:$((port + 1))" "${single[@]}" | tee -a "$work/corpus-lines"; fi
+        # With a baseline, both builds' corpus servers, in alternating order.
+        if [ -n "${BASELINE:-}" ] && ((r % 2)); then corpus_server "$BASELINE" base-corpus; fi
+        corpus_server "$bin" corpus
+        if [ -n "${BASELINE:-}" ] && ! ((r % 2)); then corpus_server "$BASELINE" base-corpus; fi
+        if ! ((r % 2)); then load client-uncached "127.0.0.1:$((port + 1))" "${single[@]}" | tee -a "$work/corpus-lines"; fi
     done
 fi
 
@@ -214,6 +221,8 @@ if os.path.exists(sys.argv[2]):
         if label == "corpus-cache":
             hit, miss = int(f["hit"]), int(f["miss"])
             hits.append(hit / max(1, hit + miss))
+        elif label == "base-corpus-cache":
+            pass
         else:
             runs.setdefault(label, []).append((float(f["req/s"]), int(f["errors"])))
     corpus = statistics.median(r[0] for r in runs["corpus"])
@@ -223,4 +232,7 @@ if os.path.exists(sys.argv[2]):
     print(f"corpus         median req/s={corpus:10.0f}  decision-cache hit rate={statistics.median(hits):.1%}  failed={errors}")
     print(f"client-uncached median req/s={client:10.0f}  (the single request, uncached, from the same load client)")
     print(f"corpus         throughput: / Cerbos = {corpus/c[0]:.2f}x   / single request uncached, same client = {corpus/client:.2f}x")
+    if "base-corpus" in runs:
+        base = statistics.median(r[0] for r in runs["base-corpus"])
+        print(f"base-corpus    median req/s={base:10.0f}  corpus / base-corpus: throughput {corpus/base:.2f}x")
 PY
