@@ -120,6 +120,7 @@ struct Tally {
     /// Request entities the entity cache answered.
     entity_hits: u64,
     set_hits: u64,
+    slice_hits: u64,
     mismatches: Vec<String>,
 }
 
@@ -165,6 +166,7 @@ impl Tally {
             .map_err(|e| e.to_string());
             self.entity_hits += lookups.hits;
             self.set_hits += lookups.set_hits;
+            self.slice_hits += lookups.slice_hits;
             if cached != want {
                 self.mismatches.push(format!(
                     "{label} {} {} {} (entity cache, {pass})\n    full:   {want:?}\n    cached: {cached:?}",
@@ -182,6 +184,7 @@ impl Tally {
         self.conflicts += other.conflicts;
         self.entity_hits += other.entity_hits;
         self.set_hits += other.set_hits;
+        self.slice_hits += other.slice_hits;
         self.mismatches.extend(other.mismatches);
     }
 
@@ -309,6 +312,10 @@ fn corpus_answers_match_the_whole_set() {
     assert!(
         tally.set_hits > 1000,
         "the set cache was not exercised: {tally:?}"
+    );
+    assert!(
+        tally.slice_hits > 1000,
+        "remembered slices were not exercised: {tally:?}"
     );
 }
 

@@ -1020,11 +1020,18 @@ async fn a_short_client_timeout_ends_a_large_batch() {
     let server = start(&dir, |c| c.limits.max_batch_size = 1_000).await;
     let mut client = server.client().await;
 
-    // Every item re-reads 1,000 shared entities: about a second of work in
-    // all (about 12ms an item here), against a 20ms deadline.
+    // Every item adds an entity of its own to 999 shared ones (the limit is
+    // 1,000 a request), so each closes the hierarchy of all of them again:
+    // about a second of work in all (about 12ms an item here), against a
+    // 20ms deadline.
     let batch = BatchAuthorizeRequest {
-        requests: (0..100).map(|_| alice()).collect(),
-        entities: users(1_000),
+        requests: (0..100)
+            .map(|i| AuthorizeRequest {
+                entities: vec![entity("User", &format!("own{i}"), &[])],
+                ..alice()
+            })
+            .collect(),
+        entities: users(999),
         ..Default::default()
     };
     let mut req = tonic::Request::new(batch);

@@ -47,6 +47,9 @@ const SEPARATOR: u8 = 0xFF;
 pub struct EntityCache {
     cache: Cache<Vec<u8>, Arc<Entity>, Bytes>,
     sets: Cache<Vec<u8>, Arc<Entities>, Bytes>,
+    /// A remembered set with the stored entities one request reached (see
+    /// [`EntityCache::slice`]).
+    slices: Cache<Vec<u8>, Arc<Entities>, Bytes>,
     /// The hashes of sets seen once, by slot: a set is remembered only
     /// when it comes a second time. Most sets that name a resource come
     /// once, and copying each into the cache cost realistic traffic more
@@ -79,6 +82,15 @@ impl std::fmt::Debug for EntityCache {
     }
 }
 
+/// A request's entities, parsed.
+#[derive(Debug)]
+pub(super) struct Parsed {
+    pub(super) set: Entities,
+    /// The set's key in the cache: the same key is the same set, parsed
+    /// and checked against the same snapshot. `None` for the array parse.
+    pub(super) key: Option<Vec<u8>>,
+}
+
 /// How one parse used the cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EntityLookups {
@@ -87,17 +99,21 @@ pub struct EntityLookups {
     pub misses: u64,
     /// Whole sets served (their entities count in `hits` too).
     pub set_hits: u64,
+    /// Slices served: a set with the schema's actions it reached.
+    pub slice_hits: u64,
 }
 
 impl EntityCache {
     /// A cache of about `max_bytes`; `None` when `max_bytes` is 0.
     pub fn new(max_bytes: u64) -> Option<Self> {
-        // Sets get a quarter: each is made of entities the other holds.
+        // Sets and slices get a quarter each: they are made of entities
+        // the others hold.
         let sets = max_bytes / 4;
-        let entities = max_bytes - sets;
+        let entities = max_bytes - 2 * sets;
         (max_bytes > 0).then(|| Self {
             cache: Cache::with_weighter((entities / 512).max(16) as usize, entities, Bytes),
             sets: Cache::with_weighter((sets / 1024).max(16) as usize, sets.max(1), Bytes),
+            slices: Cache::with_weighter((sets / 1024).max(16) as usize, sets.max(1), Bytes),
             seen: (0..SEEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             hasher: RandomState::new(),
         })
@@ -120,19 +136,33 @@ impl EntityCache {
         snapshot: &Snapshot,
         entities: Vec<Json>,
         lookups: &mut EntityLookups,
-    ) -> Result<Entities, AuthorizeError> {
+    ) -> Result<Parsed, AuthorizeError> {
+        self.parse_keyed(snapshot, entities, lookups)
+            .or_else(|entities| {
+                parse_entities(snapshot, entities).map(|set| Parsed { set, key: None })
+            })
+    }
+
+    /// [`EntityCache::parse`], or the entities back for the array parse.
+    fn parse_keyed(
+        &self,
+        snapshot: &Snapshot,
+        entities: Vec<Json>,
+        lookups: &mut EntityLookups,
+    ) -> Result<Parsed, Vec<Json>> {
         let schema = snapshot.schema.as_ref();
         let (actions, others): (Vec<&Json>, Vec<&Json>) =
             entities.iter().partition(|v| is_action(v));
         if !actions.is_empty() {
             // Without a schema a request may not define actions at all.
             let Some(schema) = schema else {
-                return parse_entities(snapshot, entities);
+                return Err(entities);
             };
             let actions = Json::Array(actions.into_iter().cloned().collect());
             let checked = Entities::from_json_value(actions, Some(schema));
+            // The array parse gives the exact error.
             if !checked.is_ok_and(|set| request_entities::check_claims(snapshot, &set).is_ok()) {
-                return parse_entities(snapshot, entities);
+                return Err(entities);
             }
         }
         let prefix = snapshot.uid.to_le_bytes();
@@ -146,7 +176,7 @@ impl EntityCache {
                 || set_key.len() - start + prefix.len() > MAX_KEY_BYTES
             {
                 // Not remembered; parsed as a whole.
-                return parse_entities(snapshot, entities);
+                return Err(entities);
             }
             ends.push((start, set_key.len()));
             set_key.push(SEPARATOR);
@@ -155,7 +185,10 @@ impl EntityCache {
             // Checked against this snapshot when it was remembered.
             lookups.hits += others.len() as u64;
             lookups.set_hits += 1;
-            return Ok(Entities::clone(&set));
+            return Ok(Parsed {
+                set: Entities::clone(&set),
+                key: Some(set_key),
+            });
         }
         let mut parsed = Vec::with_capacity(entities.len());
         let mut key = Vec::with_capacity(256);
@@ -170,7 +203,7 @@ impl EntityCache {
             }
             lookups.misses += 1;
             let Ok(entity) = Entity::from_json_value(Json::clone(value), schema) else {
-                return parse_entities(snapshot, entities);
+                return Err(entities);
             };
             self.cache.insert(key.clone(), Arc::new(entity.clone()));
             parsed.push(entity);
@@ -178,15 +211,31 @@ impl EntityCache {
         // Each entity was checked against the schema as it was parsed; the
         // set still needs its closure, and duplicates still fail.
         let Ok(set) = Entities::from_entities(parsed, None) else {
-            return parse_entities(snapshot, entities);
+            return Err(entities);
         };
         if request_entities::check_claims(snapshot, &set).is_err() {
-            return parse_entities(snapshot, entities);
+            return Err(entities);
         }
         if set_key.len() <= MAX_SET_KEY_BYTES && self.second_sighting(&set_key) {
-            self.sets.insert(set_key, Arc::new(set.clone()));
+            self.sets.insert(set_key.clone(), Arc::new(set.clone()));
         }
-        Ok(set)
+        Ok(Parsed {
+            set,
+            key: Some(set_key),
+        })
+    }
+
+    /// The slice remembered under `key` (a set's key and the stored uids
+    /// its request reached; see `request_entities::slice`).
+    pub(super) fn slice(&self, key: &[u8]) -> Option<Entities> {
+        self.slices.get(key).map(|s| Entities::clone(&s))
+    }
+
+    /// Remembers `slice` under `key` when the key comes a second time.
+    pub(super) fn remember_slice(&self, key: Vec<u8>, slice: &Entities) {
+        if key.len() <= MAX_SET_KEY_BYTES && self.second_sighting(&key) {
+            self.slices.insert(key, Arc::new(slice.clone()));
+        }
     }
 }
 
@@ -245,7 +294,7 @@ mod tests {
         let s = snapshot(&[("p.cedar", "permit (principal, action, resource);")]);
         let cache = EntityCache::new(1 << 20).unwrap();
         let parse = |entities: Vec<Json>, lookups: &mut EntityLookups| {
-            let got = cache.parse(&s, entities.clone(), lookups).unwrap();
+            let got = cache.parse(&s, entities.clone(), lookups).unwrap().set;
             assert!(got.deep_eq(&parse_entities(&s, entities).unwrap()));
         };
         let mut first = EntityLookups::default();

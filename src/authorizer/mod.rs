@@ -239,10 +239,18 @@ pub fn authorize_cached(
     let mut query = query;
     let offered = request_entities::apply_properties(snapshot, &query.properties)?;
     query.entities.extend(offered.unstored);
-    let own = match (query.entities.is_empty(), parse.cache) {
-        (true, _) => None,
-        (false, Some(cache)) => Some(cache.parse(snapshot, query.entities, parse.lookups)?),
-        (false, None) => Some(parse_entities(snapshot, query.entities)?),
+    let (own, set_key) = match (query.entities.is_empty(), parse.cache) {
+        (true, _) => (None, None),
+        (false, Some(cache)) => {
+            let parsed = cache.parse(snapshot, query.entities, parse.lookups)?;
+            (Some(parsed.set), parsed.key)
+        }
+        (false, None) => (Some(parse_entities(snapshot, query.entities)?), None),
+    };
+    // A remembered slice stands for the request's own set alone.
+    let memo = match (parse.cache, set_key, shared) {
+        (Some(cache), Some(key), None) => Some((cache, key, &mut *parse.lookups)),
+        _ => None,
     };
     let extra = match (own, shared) {
         (own, None) => own,
@@ -315,6 +323,7 @@ pub fn authorize_cached(
                 extra.unwrap_or_else(Entities::empty),
                 &offered.overrides,
                 roots,
+                memo,
             )?;
             &sliced
         }

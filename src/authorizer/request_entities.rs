@@ -19,7 +19,7 @@ use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Entities, Entity, EntityId, EntityTypeName, EntityUid};
 use serde_json::{Map, Value as Json, json};
 
-use super::{AuthorizeError, DropReason, DroppedProperty};
+use super::{AuthorizeError, DropReason, DroppedProperty, EntityCache, EntityLookups};
 use crate::policy_store::{Snapshot, edges};
 
 /// Every ancestor of `uid` in the union of `stored` and `extra`.
@@ -170,11 +170,17 @@ pub(super) fn apply_properties(
 
 /// The request's entities plus the stored entities reachable from `roots`
 /// and from the request's entities; see the module docs.
+///
+/// With `memo` (the cache that parsed `extra`, and `extra`'s key in it),
+/// the result is remembered by that key and the uids of the stored
+/// entities picked: those determine it, so a request with the same set
+/// reaching the same stored entities skips the merge and its closure.
 pub(super) fn slice(
     stored: &Entities,
     extra: Entities,
     overrides: &HashMap<EntityUid, Entity>,
     roots: impl IntoIterator<Item = EntityUid>,
+    memo: Option<(&EntityCache, Vec<u8>, &mut EntityLookups)>,
 ) -> Result<Entities, AuthorizeError> {
     // Nothing stored to reach: the request's set, already closed and
     // checked, is the whole slice (a sidecar fed only inline entities).
@@ -203,16 +209,57 @@ pub(super) fn slice(
         // Adding to an empty set would only close `extra` again.
         return Ok(extra);
     }
+    // Overrides are this request's own; a slice with them is not reused.
+    // Only action entities without attributes (a schema's) are kept with
+    // a set: their size is bounded, where a stored entity's is not, and
+    // the key gives the slice its weight.
+    let mut memo = memo
+        .filter(|_| {
+            overrides.is_empty()
+                && picked.len() <= MAX_MEMO_PICKED
+                && picked.iter().all(is_bare_action)
+        })
+        .map(|(cache, mut key, lookups)| {
+            let mut uids: Vec<String> = picked.iter().map(|e| e.uid().to_string()).collect();
+            uids.sort_unstable();
+            // Neither byte is in UTF-8 text, so the parts cannot run together.
+            key.push(0xFE);
+            for uid in uids {
+                key.extend_from_slice(uid.as_bytes());
+                key.push(0xFF);
+            }
+            (cache, key, lookups)
+        });
+    if let Some((cache, key, lookups)) = memo.as_mut()
+        && let Some(hit) = cache.slice(key)
+    {
+        lookups.slice_hits += 1;
+        return Ok(hit);
+    }
     // The stored set is already valid and transitively closed, so this
     // subset of it is too (overrides change attributes only).
     let base =
         Entities::from_entities(picked, None).map_err(|e| AuthorizeError::Entities(Box::new(e)))?;
     // The request's entities were checked against the schema when they
     // were parsed; checking them again here would find nothing new.
-    base.add_entities(extra, None).map_err(|e| match e {
+    let merged = base.add_entities(extra, None).map_err(|e| match e {
         EntitiesError::Duplicate(_) => AuthorizeError::EntityConflict(Box::new(e)),
         other => AuthorizeError::Entities(Box::new(other)),
-    })
+    })?;
+    if let Some((cache, key, _)) = memo {
+        cache.remember_slice(key, &merged);
+    }
+    Ok(merged)
+}
+
+/// Slices that picked more stored entities than this are not remembered.
+const MAX_MEMO_PICKED: usize = 8;
+
+/// An action entity with no attributes or tags: a uid and its parents.
+fn is_bare_action(e: &Entity) -> bool {
+    e.uid().type_name().basename() == "Action"
+        && e.attrs().next().is_none()
+        && e.tags().next().is_none()
 }
 
 #[cfg(test)]
@@ -259,7 +306,7 @@ mod tests {
             &json!({"who": {"__entity": {"type": "User", "id": "ctx"}}}),
             &mut roots,
         );
-        let sliced = slice(&stored, extra, &HashMap::new(), roots).unwrap();
+        let sliced = slice(&stored, extra, &HashMap::new(), roots, None).unwrap();
         let got: BTreeSet<String> = sliced.iter().map(|e| e.uid().to_string()).collect();
         let want: BTreeSet<String> = [
             r#"Doc::"d""#,
@@ -297,8 +344,8 @@ mod tests {
             )
             .unwrap()
         };
-        assert!(slice(&stored, copy(1), &HashMap::new(), []).is_ok());
-        let err = slice(&stored, copy(2), &HashMap::new(), []).unwrap_err();
+        assert!(slice(&stored, copy(1), &HashMap::new(), [], None).is_ok());
+        let err = slice(&stored, copy(2), &HashMap::new(), [], None).unwrap_err();
         assert!(matches!(err, AuthorizeError::EntityConflict(_)), "{err:?}");
     }
 
