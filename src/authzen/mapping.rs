@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use cedar_policy::EntityTypeName;
+use quick_cache::sync::Cache;
 use serde_json::{Map, Value as Json};
 
 use crate::config::AuthzenConfig;
@@ -34,14 +35,21 @@ pub(super) const ACTION_KEY: &str = "action";
 type Sent<'a> = (Uid, Option<&'a Map<String, Json>>);
 
 /// The configured mapping from AuthZEN names to Cedar types.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(super) struct Mapping {
     /// `Ns::` or empty.
     prefix: String,
     /// The full action type, e.g. `Ns::Action`.
     action_type: String,
     types: BTreeMap<String, String>,
+    /// AuthZEN types already found to make Cedar names, and those names:
+    /// Cedar's name parser costs more than the rest of the mapping, and a
+    /// deployment sends few types. Bounded, so odd types cannot grow it.
+    checked: Cache<String, String>,
 }
+
+/// Entries of [`Mapping::checked`].
+const CHECKED_TYPES: usize = 1024;
 
 impl From<&AuthzenConfig> for Mapping {
     fn from(c: &AuthzenConfig) -> Self {
@@ -54,6 +62,7 @@ impl From<&AuthzenConfig> for Mapping {
             action_type: format!("{prefix}{}", c.action_type),
             prefix,
             types: c.types.clone(),
+            checked: Cache::new(CHECKED_TYPES),
         }
     }
 }
@@ -138,12 +147,18 @@ impl Mapping {
         if let Some(mapped) = self.types.get(authzen) {
             return Ok(mapped.clone());
         }
+        if let Some(full) = self.checked.get(authzen) {
+            return Ok(full);
+        }
         if authzen.is_empty() {
             return Err(InvalidField::new(field, "must not be empty"));
         }
         let full = format!("{}{authzen}", self.prefix);
         match EntityTypeName::from_str(&full) {
-            Ok(_) => Ok(full),
+            Ok(_) => {
+                self.checked.insert(authzen.to_string(), full.clone());
+                Ok(full)
+            }
             Err(_) => Err(InvalidField::new(
                 field,
                 format!(
@@ -318,6 +333,25 @@ mod tests {
         let body = body.as_object().unwrap().clone();
         m.request(Parts::of(&body), "r1", "")
             .map_err(|rejected| rejected.error)
+    }
+
+    #[test]
+    fn a_type_checked_once_maps_the_same_and_a_bad_one_fails_every_time() {
+        let m = mapping("App");
+        for _ in 0..3 {
+            assert_eq!(m.cedar_type("user", "subject.type").unwrap(), "App::user");
+            let err = m.cedar_type("no good", "subject.type").unwrap_err();
+            assert!(
+                err.to_string().contains("is not a Cedar entity type name"),
+                "{err}"
+            );
+        }
+        assert_eq!(m.checked.len(), 1, "only the good type is remembered");
+        // The configured map still comes first.
+        assert_eq!(
+            m.cedar_type("todo-list", "resource.type").unwrap(),
+            "Todo::List"
+        );
     }
 
     #[test]
