@@ -275,15 +275,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::policy_store::{LoadOptions, build, read_dir};
-
-    fn snapshot(files: &[(&str, &str)]) -> Snapshot {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
-        build(read_dir(dir.path()).unwrap(), &LoadOptions::default(), 1).unwrap()
-    }
+    use crate::authorizer::tests::snapshot;
 
     fn user(id: &str, level: i64) -> Json {
         json!({"uid": {"type": "User", "id": id}, "attrs": {"level": level}, "parents": []})
@@ -293,34 +285,23 @@ mod tests {
     fn sets_and_entities_are_served_as_the_array_parse_gives_them() {
         let s = snapshot(&[("p.cedar", "permit (principal, action, resource);")]);
         let cache = EntityCache::new(1 << 20).unwrap();
-        let parse = |entities: Vec<Json>, lookups: &mut EntityLookups| {
-            let got = cache.parse(&s, entities.clone(), lookups).unwrap().set;
+        // What one parse used of the cache; its set is the array parse's.
+        let parse = |entities: Vec<Json>| {
+            let mut lookups = EntityLookups::default();
+            let got = cache.parse(&s, entities.clone(), &mut lookups).unwrap().set;
             assert!(got.deep_eq(&parse_entities(&s, entities).unwrap()));
+            (lookups.hits, lookups.misses, lookups.set_hits)
         };
-        let mut first = EntityLookups::default();
-        parse(vec![user("a", 1), user("b", 2)], &mut first);
-        assert_eq!((first.hits, first.misses, first.set_hits), (0, 2, 0));
-
+        let ab = || vec![user("a", 1), user("b", 2)];
+        assert_eq!(parse(ab()), (0, 2, 0));
         // A set is remembered whole when it comes a second time.
-        let mut second = EntityLookups::default();
-        parse(vec![user("a", 1), user("b", 2)], &mut second);
-        assert_eq!((second.hits, second.misses, second.set_hits), (2, 0, 0));
-        let mut again = EntityLookups::default();
-        parse(vec![user("a", 1), user("b", 2)], &mut again);
-        assert_eq!((again.hits, again.misses, again.set_hits), (2, 0, 1));
-
+        assert_eq!(parse(ab()), (2, 0, 0));
+        assert_eq!(parse(ab()), (2, 0, 1));
         // Another set sharing one entity: that one is served alone.
-        let mut shared = EntityLookups::default();
-        parse(vec![user("a", 1), user("c", 3)], &mut shared);
-        assert_eq!((shared.hits, shared.misses, shared.set_hits), (1, 1, 0));
-
+        assert_eq!(parse(vec![user("a", 1), user("c", 3)]), (1, 1, 0));
         // The same entities in another order, or one changed, are other sets.
-        let mut order = EntityLookups::default();
-        parse(vec![user("b", 2), user("a", 1)], &mut order);
-        assert_eq!((order.hits, order.set_hits), (2, 0));
-        let mut changed = EntityLookups::default();
-        parse(vec![user("a", 1), user("b", 9)], &mut changed);
-        assert_eq!((changed.misses, changed.set_hits), (1, 0));
+        assert_eq!(parse(vec![user("b", 2), user("a", 1)]), (2, 0, 0));
+        assert_eq!(parse(vec![user("a", 1), user("b", 9)]), (1, 1, 0));
     }
 
     #[test]

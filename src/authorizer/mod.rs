@@ -481,7 +481,8 @@ mod tests {
     use super::*;
     use crate::policy_store::{LoadOptions, build, read_dir};
 
-    fn snapshot(files: &[(&str, &str)]) -> Snapshot {
+    /// A snapshot of `files`, written to a fresh directory.
+    pub(super) fn snapshot(files: &[(&str, &str)]) -> Snapshot {
         let dir = tempfile::tempdir().unwrap();
         for (name, text) in files {
             let path = dir.path().join(name);
