@@ -39,6 +39,11 @@ struct ShadowLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ThreadLabels {
     thread: &'static str,
 }
@@ -58,6 +63,7 @@ pub struct Metrics {
     tls_reloads: Family<ResultLabels, Counter>,
     cache: Family<ResultLabels, Counter>,
     entity_cache: Family<ResultLabels, Counter>,
+    entity_reuses: Family<KindLabels, Counter>,
     evaluations: Family<ThreadLabels, Counter>,
     searches: Family<SearchLabels, Counter>,
     tls_handshake_failures: Counter,
@@ -87,6 +93,7 @@ impl Metrics {
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         let cache = Family::<ResultLabels, Counter>::default();
         let entity_cache = Family::<ResultLabels, Counter>::default();
+        let entity_reuses = Family::<KindLabels, Counter>::default();
         let evaluations = Family::<ThreadLabels, Counter>::default();
         let searches = Family::<SearchLabels, Counter>::default();
         let tls_handshake_failures = Counter::default();
@@ -133,6 +140,11 @@ impl Metrics {
             entity_cache.clone(),
         );
         registry.register(
+            "cedar_pdp_entity_cache_reuses",
+            "Requests whose whole entity set was found checked before, by kind: set (the request's own entities) or slice (with the schema actions the request reached)",
+            entity_reuses.clone(),
+        );
+        registry.register(
             "cedar_pdp_evaluations",
             "Single decisions that needed Cedar, by the thread they ran on: inline (the async worker that received them) or pool (the evaluation threads)",
             evaluations.clone(),
@@ -155,6 +167,7 @@ impl Metrics {
             tls_reloads,
             cache,
             entity_cache,
+            entity_reuses,
             evaluations,
             searches,
             tls_handshake_failures,
@@ -214,6 +227,17 @@ impl Metrics {
             if n > 0 {
                 self.entity_cache
                     .get_or_create(&ResultLabels { result })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Records whole entity sets (and slices) one request reused.
+    pub fn entity_reuses(&self, sets: u64, slices: u64) {
+        for (kind, n) in [("set", sets), ("slice", slices)] {
+            if n > 0 {
+                self.entity_reuses
+                    .get_or_create(&KindLabels { kind })
                     .inc_by(n);
             }
         }

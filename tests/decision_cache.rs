@@ -101,3 +101,49 @@ async fn zero_bytes_turns_the_cache_off() {
         (0.0, 0.0)
     );
 }
+
+async fn reuses(server: &TestServer, kind: &str) -> f64 {
+    common::metric(
+        server.admin_addr,
+        "cedar_pdp_entity_cache_reuses_total",
+        &[("kind", kind)],
+    )
+    .await
+}
+
+/// With the decision cache off, a repeated request still reuses its
+/// entities: one by one on the second call, then the whole set, and the
+/// set with the schema action it reached; the answer stays the same.
+#[tokio::test]
+async fn repeated_request_entities_are_reused_whole_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("schema.cedarschema"),
+        "entity User { level: Long }; entity Doc; action read appliesTo { principal: [User], resource: [Doc] };",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        "@id(\"high-reads\")\npermit (principal, action == Action::\"read\", resource) when { principal.level > 2 };\n",
+    )
+    .unwrap();
+    let mut config = test_config(dir.path());
+    config.limits.decision_cache_bytes = 0;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let mut seen = Vec::new();
+    for id in ["1", "2", "3", "4"] {
+        let mut req = alice_reads(id);
+        req.entities_json =
+            r#"[{"uid": {"type": "User", "id": "alice"}, "attrs": {"level": 3}, "parents": []}]"#
+                .into();
+        let resp = client.authorize(req).await.unwrap().into_inner();
+        assert_eq!(
+            (resp.decision, resp.determining_policies),
+            (Decision::Allow as i32, vec!["high-reads".to_string()])
+        );
+        seen.push((reuses(&server, "set").await, reuses(&server, "slice").await));
+    }
+    // Both are let in on their second sighting and served from the third.
+    assert_eq!(seen, [(0.0, 0.0), (0.0, 0.0), (1.0, 1.0), (2.0, 2.0)]);
+}

@@ -192,6 +192,7 @@ impl Evaluator<'_> {
             authorizer::authorize_cached(snapshot, q, shared, parse, opts.on_forbid_error, &clock);
         if let Some((_, metrics)) = self.entities {
             metrics.entity_cache(lookups.hits, lookups.misses);
+            metrics.entity_reuses(lookups.set_hits, lookups.slice_hits);
         }
         let decision = decided?;
         if let (Some((cache, _)), Some(key)) = (self.cache, screened.key) {
