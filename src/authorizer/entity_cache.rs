@@ -35,9 +35,14 @@ const MAX_KEY_BYTES: usize = 8 * 1024;
 /// The same, for a whole set.
 const MAX_SET_KEY_BYTES: usize = 16 * 1024;
 
-/// Between entities in a set's key: serde_json never writes it (it is
-/// not UTF-8), so two different lists never make the same key.
+/// Between entities in a set's key, and between uids in a slice's:
+/// neither serde_json nor a uid writes it (it is not UTF-8), so two
+/// different lists never make the same key.
 const SEPARATOR: u8 = 0xFF;
+/// Between a set's key and the uids of a slice's; not UTF-8 either.
+const SLICE_MARK: u8 = 0xFE;
+/// Slices that picked more stored entities than this are not remembered.
+const MAX_SLICE_PICKED: usize = 8;
 
 /// Parsed request entities by (snapshot id, entity JSON), and whole
 /// checked sets by (snapshot id, the entities' JSON in order); both
@@ -78,6 +83,8 @@ impl std::fmt::Debug for EntityCache {
             .field("bytes", &self.cache.weight())
             .field("sets", &self.sets.len())
             .field("set_bytes", &self.sets.weight())
+            .field("slices", &self.slices.len())
+            .field("slice_bytes", &self.slices.weight())
             .finish()
     }
 }
@@ -225,8 +232,26 @@ impl EntityCache {
         })
     }
 
-    /// The slice remembered under `key` (a set's key and the stored uids
-    /// its request reached; see `request_entities::slice`).
+    /// The key of the slice of the set under `set_key` with the stored
+    /// entities `picked`, which determine it; `None` when it is not kept.
+    /// Only action entities without attributes (a schema's) are kept with
+    /// a set: their size is bounded, where a stored entity's is not, and
+    /// the key gives the slice its weight.
+    pub(super) fn slice_key(&self, mut set_key: Vec<u8>, picked: &[Entity]) -> Option<Vec<u8>> {
+        if picked.len() > MAX_SLICE_PICKED || !picked.iter().all(is_bare_action) {
+            return None;
+        }
+        let mut uids: Vec<String> = picked.iter().map(|e| e.uid().to_string()).collect();
+        uids.sort_unstable();
+        set_key.push(SLICE_MARK);
+        for uid in uids {
+            set_key.extend_from_slice(uid.as_bytes());
+            set_key.push(SEPARATOR);
+        }
+        Some(set_key)
+    }
+
+    /// The slice remembered under `key` (see [`EntityCache::slice_key`]).
     pub(super) fn slice(&self, key: &[u8]) -> Option<Entities> {
         self.slices.get(key).map(|s| Entities::clone(&s))
     }
@@ -237,9 +262,7 @@ impl EntityCache {
             self.slices.insert(key, Arc::new(slice.clone()));
         }
     }
-}
 
-impl EntityCache {
     /// Whether `set_key` was the last set seen in its slot; marks it seen.
     fn second_sighting(&self, set_key: &[u8]) -> bool {
         // 0 marks an empty slot, so no hash is 0.
@@ -247,6 +270,13 @@ impl EntityCache {
         let slot = &self.seen[(hash >> 32) as usize % SEEN_SLOTS];
         slot.swap(hash, Ordering::Relaxed) == hash
     }
+}
+
+/// An action entity with no attributes or tags: a uid and its parents.
+fn is_bare_action(e: &Entity) -> bool {
+    e.uid().type_name().basename() == "Action"
+        && e.attrs().next().is_none()
+        && e.tags().next().is_none()
 }
 
 /// Whether a JSON entity is an action (`Action`, or `Ns::Action`), or has

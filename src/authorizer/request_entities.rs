@@ -210,26 +210,9 @@ pub(super) fn slice(
         return Ok(extra);
     }
     // Overrides are this request's own; a slice with them is not reused.
-    // Only action entities without attributes (a schema's) are kept with
-    // a set: their size is bounded, where a stored entity's is not, and
-    // the key gives the slice its weight.
     let mut memo = memo
-        .filter(|_| {
-            overrides.is_empty()
-                && picked.len() <= MAX_MEMO_PICKED
-                && picked.iter().all(is_bare_action)
-        })
-        .map(|(cache, mut key, lookups)| {
-            let mut uids: Vec<String> = picked.iter().map(|e| e.uid().to_string()).collect();
-            uids.sort_unstable();
-            // Neither byte is in UTF-8 text, so the parts cannot run together.
-            key.push(0xFE);
-            for uid in uids {
-                key.extend_from_slice(uid.as_bytes());
-                key.push(0xFF);
-            }
-            (cache, key, lookups)
-        });
+        .filter(|_| overrides.is_empty())
+        .and_then(|(cache, key, lookups)| Some((cache, cache.slice_key(key, &picked)?, lookups)));
     if let Some((cache, key, lookups)) = memo.as_mut()
         && let Some(hit) = cache.slice(key)
     {
@@ -250,16 +233,6 @@ pub(super) fn slice(
         cache.remember_slice(key, &merged);
     }
     Ok(merged)
-}
-
-/// Slices that picked more stored entities than this are not remembered.
-const MAX_MEMO_PICKED: usize = 8;
-
-/// An action entity with no attributes or tags: a uid and its parents.
-fn is_bare_action(e: &Entity) -> bool {
-    e.uid().type_name().basename() == "Action"
-        && e.attrs().next().is_none()
-        && e.tags().next().is_none()
 }
 
 #[cfg(test)]
