@@ -237,7 +237,8 @@ pub fn authorize_cached(
 ) -> Result<Decision, AuthorizeError> {
     let schema = snapshot.schema.as_ref();
     let mut query = query;
-    let offered = request_entities::apply_properties(snapshot, &query.properties)?;
+    let offered =
+        request_entities::apply_properties(snapshot, std::mem::take(&mut query.properties))?;
     query.entities.extend(offered.unstored);
     let (own, set_key) = match (query.entities.is_empty(), parse.cache) {
         (true, _) => (None, None),

@@ -116,7 +116,7 @@ fn entities_error(e: EntitiesError) -> AuthorizeError {
 /// Cedar JSON at all is an error, as in any request entity.
 pub(super) fn apply_properties(
     snapshot: &Snapshot,
-    offered: &[(EntityUid, Map<String, Json>)],
+    offered: Vec<(EntityUid, Map<String, Json>)>,
 ) -> Result<Offered, AuthorizeError> {
     let mut out = Offered::default();
     let schema = snapshot.schema.as_ref();
@@ -128,41 +128,46 @@ pub(super) fn apply_properties(
                 why,
             });
         };
-        if snapshot.dangling.contains(uid) {
+        if snapshot.dangling.contains(&uid) {
             props.keys().for_each(|k| drop(k, DropReason::NamedByStore));
             continue;
         }
-        let Some(stored) = snapshot.entities.get(uid) else {
-            out.unstored.push(json!({
-                "uid": {"type": uid.type_name().to_string(), "id": uid.id().unescaped()},
-                "attrs": props,
-                "parents": [],
-            }));
+        let Some(stored) = snapshot.entities.get(&uid) else {
+            // The properties move into the entity: a request's own are
+            // often most of its bytes.
+            let mut entity = Map::new();
+            entity.insert(
+                "uid".into(),
+                json!({"type": uid.type_name().to_string(), "id": uid.id().unescaped()}),
+            );
+            entity.insert("attrs".into(), Json::Object(props));
+            entity.insert("parents".into(), Json::Array(Vec::new()));
+            out.unstored.push(Json::Object(entity));
             continue;
         };
         let base = stored.to_json_value().map_err(entities_error)?;
         let mut merged = base.clone();
         let mut added = false;
         for (name, value) in props {
-            if base["attrs"].get(name).is_some() {
-                drop(name, DropReason::StoredAttribute);
+            if base["attrs"].get(&name).is_some() {
+                drop(&name, DropReason::StoredAttribute);
                 continue;
             }
             if schema.is_some() {
                 // Each one alone, so one undeclared property drops only itself.
                 let mut alone = base.clone();
-                alone["attrs"][name] = value.clone();
+                alone["attrs"][&name] = value.clone();
                 if Entity::from_json_value(alone, schema).is_err() {
-                    drop(name, DropReason::NotInSchema);
+                    drop(&name, DropReason::NotInSchema);
                     continue;
                 }
             }
-            merged["attrs"][name] = value.clone();
+            merged["attrs"][&name] = value;
             added = true;
         }
         if added {
             let merged = Entity::from_json_value(merged, schema).map_err(entities_error)?;
-            out.overrides.insert(uid.clone(), merged);
+            out.overrides.insert(uid, merged);
         }
     }
     Ok(out)
@@ -359,7 +364,7 @@ mod tests {
             (uid(r#"User::"ghost""#), attrs(json!({"name": "g"}))),
             (uid(r#"User::"new""#), attrs(json!({"a": 1}))),
         ];
-        let sorted = apply_properties(&snapshot, &offered).unwrap();
+        let sorted = apply_properties(&snapshot, offered.clone()).unwrap();
         let why: Vec<(String, String, &str)> = sorted
             .dropped
             .iter()

@@ -15,6 +15,7 @@
 //!
 //! Unknown fields are ignored, as the spec requires.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
@@ -32,7 +33,7 @@ use crate::pipeline::{
 pub(super) const ACTION_KEY: &str = "action";
 
 /// An entity as sent: its uid, and its properties if it has any.
-type Sent<'a> = (Uid, Option<&'a Map<String, Json>>);
+type Sent = (Uid, Option<Map<String, Json>>);
 
 /// The configured mapping from AuthZEN names to Cedar types.
 #[derive(Debug)]
@@ -67,19 +68,23 @@ impl From<&AuthzenConfig> for Mapping {
     }
 }
 
-/// The four parts of one evaluation, as sent (after a batch's defaults).
-#[derive(Clone, Copy, Debug, Default)]
+/// The four parts of one evaluation, as sent (after a batch's defaults):
+/// borrowed from a body that stays whole (a batch's defaults, a search's
+/// query, which are decided many times), or owned, taken out of a body
+/// decided once, so its properties and context move into the request
+/// instead of being copied.
+#[derive(Clone, Debug, Default)]
 pub(super) struct Parts<'a> {
-    pub(super) subject: Option<&'a Json>,
-    pub(super) action: Option<&'a Json>,
-    pub(super) resource: Option<&'a Json>,
-    pub(super) context: Option<&'a Json>,
+    pub(super) subject: Option<Cow<'a, Json>>,
+    pub(super) action: Option<Cow<'a, Json>>,
+    pub(super) resource: Option<Cow<'a, Json>>,
+    pub(super) context: Option<Cow<'a, Json>>,
 }
 
 impl<'a> Parts<'a> {
     /// The parts of an evaluation object; JSON `null` counts as absent.
     pub(super) fn of(object: &'a Map<String, Json>) -> Self {
-        let get = |key: &str| object.get(key).filter(|v| !v.is_null());
+        let get = |key: &str| object.get(key).filter(|v| !v.is_null()).map(Cow::Borrowed);
         Self {
             subject: get("subject"),
             action: get("action"),
@@ -88,22 +93,40 @@ impl<'a> Parts<'a> {
         }
     }
 
+    /// The parts taken out of an evaluation object.
+    pub(super) fn take(mut object: Map<String, Json>) -> Self {
+        let mut take = |key: &str| object.remove(key).filter(|v| !v.is_null()).map(Cow::Owned);
+        Self {
+            subject: take("subject"),
+            action: take("action"),
+            resource: take("resource"),
+            context: take("context"),
+        }
+    }
+
     /// Each of `self`'s parts, or `defaults`' when `self` lacks it: an item
     /// replaces a default as a whole object, never merges into it.
-    pub(super) fn or(self, defaults: Parts<'a>) -> Self {
+    pub(super) fn or(self, defaults: &Parts<'a>) -> Self {
         Self {
-            subject: self.subject.or(defaults.subject),
-            action: self.action.or(defaults.action),
-            resource: self.resource.or(defaults.resource),
-            context: self.context.or(defaults.context),
+            subject: self.subject.or_else(|| defaults.subject.clone()),
+            action: self.action.or_else(|| defaults.action.clone()),
+            resource: self.resource.or_else(|| defaults.resource.clone()),
+            context: self.context.or_else(|| defaults.context.clone()),
         }
     }
 }
 
-fn object<'a>(value: &'a Json, field: &str) -> Result<&'a Map<String, Json>, InvalidField> {
-    value
-        .as_object()
-        .ok_or_else(|| InvalidField::new(field, "must be a JSON object"))
+/// `value` as an object, still borrowed or owned as it was.
+fn object<'a>(
+    value: Cow<'a, Json>,
+    field: &str,
+) -> Result<Cow<'a, Map<String, Json>>, InvalidField> {
+    let not_object = || InvalidField::new(field, "must be a JSON object");
+    match value {
+        Cow::Borrowed(v) => v.as_object().map(Cow::Borrowed).ok_or_else(not_object),
+        Cow::Owned(Json::Object(o)) => Ok(Cow::Owned(o)),
+        Cow::Owned(_) => Err(not_object()),
+    }
 }
 
 fn string<'a>(
@@ -121,12 +144,17 @@ fn string<'a>(
     }
 }
 
-/// `properties`, when sent: an object, or absent (`null` counts as absent).
-fn properties<'a>(
-    object: &'a Map<String, Json>,
+/// `properties`, when sent: an object, or absent (`null` counts as absent);
+/// moved out of an owned `object`, copied out of a borrowed one.
+fn properties(
+    object: &mut Cow<'_, Map<String, Json>>,
     field: &str,
-) -> Result<Option<&'a Map<String, Json>>, InvalidField> {
-    match object.get("properties") {
+) -> Result<Option<Map<String, Json>>, InvalidField> {
+    let value = match object {
+        Cow::Borrowed(o) => o.get("properties").cloned(),
+        Cow::Owned(o) => o.remove("properties"),
+    };
+    match value {
         None | Some(Json::Null) => Ok(None),
         Some(Json::Object(p)) => Ok(Some(p)),
         Some(_) => Err(InvalidField::new(
@@ -169,13 +197,14 @@ impl Mapping {
     }
 
     /// `{type, id, properties?}` as a uid and its properties.
-    fn entity<'a>(&self, value: Option<&'a Json>, field: &str) -> Result<Sent<'a>, InvalidField> {
+    fn entity(&self, value: Option<Cow<'_, Json>>, field: &str) -> Result<Sent, InvalidField> {
         let value = value.ok_or_else(|| InvalidField::new(field, "is required"))?;
-        let object = object(value, field)?;
-        let type_name = string(object, "type", field)?;
-        let id = string(object, "id", field)?;
+        let mut object = object(value, field)?;
+        let type_name = string(&object, "type", field)?;
+        let id = string(&object, "id", field)?;
         let type_name = self.cedar_type(type_name, &format!("{field}.type"))?;
-        Ok((Uid::new(type_name, id), properties(object, field)?))
+        let uid = Uid::new(type_name, id);
+        Ok((uid, properties(&mut object, field)?))
     }
 
     /// `context.delegation`: an array of hops `{delegator: {type, id},
@@ -188,9 +217,13 @@ impl Mapping {
             .enumerate()
             .map(|(i, hop)| {
                 let field = format!("context.delegation[{i}]");
-                let hop = object(hop, &field)?;
-                let (delegator, _) =
-                    self.entity(hop.get("delegator"), &format!("{field}.delegator"))?;
+                let hop = hop
+                    .as_object()
+                    .ok_or_else(|| InvalidField::new(&field, "must be a JSON object"))?;
+                let (delegator, _) = self.entity(
+                    hop.get("delegator").map(Cow::Borrowed),
+                    &format!("{field}.delegator"),
+                )?;
                 let scopes = match hop.get("scopes") {
                     None | Some(Json::Null) => Vec::new(),
                     Some(Json::Array(items)) => items
@@ -264,16 +297,16 @@ impl Mapping {
         let action = parts
             .action
             .ok_or_else(|| InvalidField::new("action", "is required"))?;
-        let action = object(action, "action")?;
-        let name = string(action, "name", "action")?;
+        let mut action = object(action, "action")?;
+        let name = string(&action, "name", "action")?;
         req.action = Some(Uid::new(&self.action_type, name));
-        let action_props = properties(action, "action")?;
+        let action_props = properties(&mut action, "action")?;
         let (resource, resource_props) = self.entity(parts.resource, "resource")?;
         req.resource = Some(resource.clone());
 
         let mut context = match parts.context {
             None => Map::new(),
-            Some(c) => object(c, "context")?.clone(),
+            Some(c) => object(c, "context")?.into_owned(),
         };
         if let Some(props) = action_props {
             if context.contains_key(ACTION_KEY) {
@@ -282,7 +315,7 @@ impl Mapping {
                     "is where `action.properties` go; send one or the other",
                 ));
             }
-            context.insert(ACTION_KEY.to_string(), Json::Object(props.clone()));
+            context.insert(ACTION_KEY.to_string(), Json::Object(props));
         }
         if let Some(chain) = context.remove(DELEGATION_KEY) {
             req.delegation = self.delegation(&chain)?;
@@ -302,10 +335,10 @@ impl Mapping {
                 // the subject's properties first.
                 Some((_, attrs)) => {
                     for (k, v) in props {
-                        attrs.entry(k.clone()).or_insert_with(|| v.clone());
+                        attrs.entry(k).or_insert(v);
                     }
                 }
-                None => offered.push((uid, props.clone())),
+                None => offered.push((uid, props)),
             }
         }
         req.properties = offered;
@@ -447,9 +480,9 @@ mod tests {
         let top = json!({"subject": {"type": "user", "id": "a"}, "context": {"x": 1}});
         let item = json!({"context": {"y": 2}});
         let (top, item) = (top.as_object().unwrap(), item.as_object().unwrap());
-        let parts = Parts::of(item).or(Parts::of(top));
-        assert_eq!(parts.context, Some(&json!({"y": 2})));
-        assert_eq!(parts.subject, top.get("subject"));
+        let parts = Parts::of(item).or(&Parts::of(top));
+        assert_eq!(parts.context.as_deref(), Some(&json!({"y": 2})));
+        assert_eq!(parts.subject.as_deref(), top.get("subject"));
         assert!(parts.resource.is_none());
     }
 }

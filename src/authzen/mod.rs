@@ -420,13 +420,13 @@ async fn evaluation(State(az): State<Arc<Authzen>>, request: Request) -> Respons
         Err(e) => return az.refuse_body(&http, (e, Reason::InvalidRequest)).await,
     };
     let snapshot = az.pipeline.store().snapshot();
-    let req = az.convert(Parts::of(&body), &http, "");
+    let req = az.convert(Parts::take(body), &http, "");
     az.single(&http, snapshot, req, reasons).await
 }
 
 async fn evaluations(State(az): State<Arc<Authzen>>, request: Request) -> Response {
     let http = Http::start(&az.pipeline, &request, span::batch());
-    let body = match read_object(request, az.max_body_bytes, http.deadline()).await {
+    let mut body = match read_object(request, az.max_body_bytes, http.deadline()).await {
         Ok(body) => body,
         Err(e) => return az.refuse_body(&http, e).await,
     };
@@ -435,9 +435,10 @@ async fn evaluations(State(az): State<Arc<Authzen>>, request: Request) -> Respon
         Ok(o) => o,
         Err(e) => return az.refuse_body(&http, (e, Reason::InvalidRequest)).await,
     };
-    let items = match body.get("evaluations") {
-        None | Some(Json::Null) => &[][..],
-        Some(Json::Array(items)) => items.as_slice(),
+    // Taken out, so that each item's parts move into its request.
+    let items = match body.remove("evaluations") {
+        None | Some(Json::Null) => Vec::new(),
+        Some(Json::Array(items)) => items,
         Some(_) => {
             let e = InvalidField::new("evaluations", "must be an array");
             return az.refuse_body(&http, (e, Reason::InvalidRequest)).await;
@@ -456,13 +457,13 @@ async fn evaluations(State(az): State<Arc<Authzen>>, request: Request) -> Respon
     // The body limit bounds the items; the pipeline refuses (and records)
     // a batch over `limits.max_batch_size` as a whole.
     let submitted: Vec<Submitted> = items
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, item)| {
             let prefix = format!("evaluations[{i}]");
-            match item.as_object() {
-                Some(item) => az.convert(Parts::of(item).or(defaults), &http, &prefix),
-                None => {
+            match item {
+                Json::Object(item) => az.convert(Parts::take(item).or(&defaults), &http, &prefix),
+                _ => {
                     let e = InvalidField::new(prefix, "must be a JSON object");
                     http.rejected(e, Reason::InvalidRequest)
                 }

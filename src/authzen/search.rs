@@ -11,6 +11,7 @@
 //! (every input but the token) and the policy digest: a token is rejected
 //! by any other query and after any reload that changes the policies.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -118,18 +119,25 @@ fn with(value: Option<&Json>, key: &str, id: &str) -> Json {
 /// policy contents.
 fn query_digest(
     kind: Kind,
-    parts: Parts<'_>,
+    parts: &Parts<'_>,
     limit: Option<usize>,
     snapshot: &Snapshot,
 ) -> Vec<u8> {
     let (mut subject, mut action, mut resource) = (
-        parts.subject.cloned(),
-        parts.action.cloned(),
-        parts.resource.cloned(),
+        parts.subject.as_deref(),
+        parts.action.as_deref(),
+        parts.resource.as_deref(),
     );
+    let (subject_only, resource_only);
     match kind {
-        Kind::Subject => subject = without_id(parts.subject),
-        Kind::Resource => resource = without_id(parts.resource),
+        Kind::Subject => {
+            subject_only = without_id(subject);
+            subject = subject_only.as_ref();
+        }
+        Kind::Resource => {
+            resource_only = without_id(resource);
+            resource = resource_only.as_ref();
+        }
         Kind::Action => action = None,
     }
     // serde_json's maps are sorted, so equal queries serialize equally.
@@ -315,24 +323,32 @@ impl Authzen {
             }
             Some(owned)
         };
-        let probe_subject = fix(parts.subject, "subject.type", kind == Kind::Subject);
-        let probe_resource = fix(parts.resource, "resource.type", kind == Kind::Resource);
+        let probe_subject = fix(
+            parts.subject.as_deref(),
+            "subject.type",
+            kind == Kind::Subject,
+        );
+        let probe_resource = fix(
+            parts.resource.as_deref(),
+            "resource.type",
+            kind == Kind::Resource,
+        );
         let probe_action = match kind {
             Kind::Action => Some(json!({"name": ""})),
-            _ => parts.action.cloned(),
+            _ => parts.action.as_deref().cloned(),
         };
         let probe = Parts {
-            subject: probe_subject.as_ref(),
-            action: probe_action.as_ref(),
-            resource: probe_resource.as_ref(),
-            context: parts.context,
+            subject: probe_subject.map(Cow::Owned),
+            action: probe_action.map(Cow::Owned),
+            resource: probe_resource.map(Cow::Owned),
+            context: parts.context.clone(),
         };
         let probe = self.mapping.request(probe, &http.request_id, "");
         if probe.is_err() {
             // Refused (and recorded) through the pipeline, as `/evaluation` would be.
             return self.single(http, Some(snapshot), probe, false).await;
         }
-        let digest = query_digest(kind, parts, page.limit, &snapshot);
+        let digest = query_digest(kind, &parts, page.limit, &snapshot);
         let offset = match page.token.as_deref().map(|t| offset(t, &digest)) {
             None => 0,
             Some(Ok(o)) => o,
@@ -347,8 +363,8 @@ impl Authzen {
         }
 
         let searched = match kind {
-            Kind::Subject => parts.subject,
-            Kind::Resource => parts.resource,
+            Kind::Subject => parts.subject.as_deref(),
+            Kind::Resource => parts.resource.as_deref(),
             Kind::Action => None,
         };
         let authzen_type = searched
@@ -374,7 +390,7 @@ impl Authzen {
             .span
             .record("cedar.policy_revision", snapshot.revision.as_str());
         match self
-            .decide_candidates(http, kind, parts, &snapshot, &ids)
+            .decide_candidates(http, kind, &parts, &snapshot, &ids)
             .await
         {
             Ok(allowed) => {
@@ -419,7 +435,7 @@ impl Authzen {
         &self,
         http: &Http,
         kind: Kind,
-        parts: Parts<'_>,
+        parts: &Parts<'_>,
         snapshot: &Arc<Snapshot>,
         ids: &[String],
     ) -> Result<Vec<String>, crate::pipeline::DecisionError> {
@@ -428,19 +444,20 @@ impl Authzen {
             let filled: Vec<Json> = chunk
                 .iter()
                 .map(|id| match kind {
-                    Kind::Subject => with(parts.subject, "id", id),
-                    Kind::Resource => with(parts.resource, "id", id),
+                    Kind::Subject => with(parts.subject.as_deref(), "id", id),
+                    Kind::Resource => with(parts.resource.as_deref(), "id", id),
                     Kind::Action => json!({"name": id}),
                 })
                 .collect();
             let items: Vec<Submitted> = filled
                 .iter()
                 .map(|candidate| {
-                    let mut p = parts;
+                    let mut p = parts.clone();
+                    let candidate = Some(Cow::Borrowed(candidate));
                     match kind {
-                        Kind::Subject => p.subject = Some(candidate),
-                        Kind::Resource => p.resource = Some(candidate),
-                        Kind::Action => p.action = Some(candidate),
+                        Kind::Subject => p.subject = candidate,
+                        Kind::Resource => p.resource = candidate,
+                        Kind::Action => p.action = candidate,
                     }
                     self.mapping.request(p, &http.request_id, "")
                 })
