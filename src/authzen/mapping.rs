@@ -17,16 +17,13 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
-use cedar_policy::EntityTypeName;
-use quick_cache::sync::Cache;
 use serde_json::{Map, Value as Json};
 
 use crate::config::AuthzenConfig;
 use crate::pipeline::{
     Context, DELEGATION_KEY, DecisionRequest, DelegationHop, InvalidField, PURPOSE_KEY, Rejected,
-    Submitted, Uid,
+    Submitted, Uid, type_name,
 };
 
 /// The context key action properties reach policies under.
@@ -43,14 +40,7 @@ pub(super) struct Mapping {
     /// The full action type, e.g. `Ns::Action`.
     action_type: String,
     types: BTreeMap<String, String>,
-    /// AuthZEN types already found to make Cedar names, and those names:
-    /// Cedar's name parser costs more than the rest of the mapping, and a
-    /// deployment sends few types. Bounded, so odd types cannot grow it.
-    checked: Cache<String, String>,
 }
-
-/// Entries of [`Mapping::checked`].
-const CHECKED_TYPES: usize = 1024;
 
 impl From<&AuthzenConfig> for Mapping {
     fn from(c: &AuthzenConfig) -> Self {
@@ -63,7 +53,6 @@ impl From<&AuthzenConfig> for Mapping {
             action_type: format!("{prefix}{}", c.action_type),
             prefix,
             types: c.types.clone(),
-            checked: Cache::new(CHECKED_TYPES),
         }
     }
 }
@@ -175,18 +164,13 @@ impl Mapping {
         if let Some(mapped) = self.types.get(authzen) {
             return Ok(mapped.clone());
         }
-        if let Some(full) = self.checked.get(authzen) {
-            return Ok(full);
-        }
         if authzen.is_empty() {
             return Err(InvalidField::new(field, "must not be empty"));
         }
         let full = format!("{}{authzen}", self.prefix);
-        match EntityTypeName::from_str(&full) {
-            Ok(_) => {
-                self.checked.insert(authzen.to_string(), full.clone());
-                Ok(full)
-            }
+        // Parsed once per thread, as the pipeline parses every uid's type.
+        match type_name(&full) {
+            Ok(_) => Ok(full),
             Err(_) => Err(InvalidField::new(
                 field,
                 format!(
@@ -379,7 +363,6 @@ mod tests {
                 "{err}"
             );
         }
-        assert_eq!(m.checked.len(), 1, "only the good type is remembered");
         // The configured map still comes first.
         assert_eq!(
             m.cedar_type("todo-list", "resource.type").unwrap(),

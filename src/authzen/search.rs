@@ -124,20 +124,13 @@ fn query_digest(
     snapshot: &Snapshot,
 ) -> Vec<u8> {
     let (mut subject, mut action, mut resource) = (
-        parts.subject.as_deref(),
-        parts.action.as_deref(),
-        parts.resource.as_deref(),
+        parts.subject.as_deref().cloned(),
+        parts.action.as_deref().cloned(),
+        parts.resource.as_deref().cloned(),
     );
-    let (subject_only, resource_only);
     match kind {
-        Kind::Subject => {
-            subject_only = without_id(subject);
-            subject = subject_only.as_ref();
-        }
-        Kind::Resource => {
-            resource_only = without_id(resource);
-            resource = resource_only.as_ref();
-        }
+        Kind::Subject => subject = without_id(parts.subject.as_deref()),
+        Kind::Resource => resource = without_id(parts.resource.as_deref()),
         Kind::Action => action = None,
     }
     // serde_json's maps are sorted, so equal queries serialize equally.
@@ -334,12 +327,12 @@ impl Authzen {
             kind == Kind::Resource,
         );
         let probe_action = match kind {
-            Kind::Action => Some(json!({"name": ""})),
-            _ => parts.action.as_deref().cloned(),
+            Kind::Action => Some(Cow::Owned(json!({"name": ""}))),
+            _ => parts.action.clone(),
         };
         let probe = Parts {
             subject: probe_subject.map(Cow::Owned),
-            action: probe_action.map(Cow::Owned),
+            action: probe_action,
             resource: probe_resource.map(Cow::Owned),
             context: parts.context.clone(),
         };

@@ -86,7 +86,7 @@ thread_local! {
 
 /// `text` as a Cedar entity type name: the same answer as
 /// [`EntityTypeName::from_str`], remembered when it parses.
-fn type_name(text: &str) -> Result<EntityTypeName, Box<cedar_policy::ParseErrors>> {
+pub(crate) fn type_name(text: &str) -> Result<EntityTypeName, Box<cedar_policy::ParseErrors>> {
     PARSED_TYPES.with_borrow_mut(|parsed| {
         if let Some(name) = parsed.get(text) {
             return Ok(name.clone());
@@ -495,6 +495,10 @@ mod tests {
                 assert!(type_name(bad).is_err(), "{bad:?}");
             }
         }
+        assert!(
+            PARSED_TYPES.with_borrow(|p| !p.contains_key("no good")),
+            "only names that parse are remembered"
+        );
         for i in 0..TYPE_NAMES * 2 {
             type_name(&format!("T{i}")).unwrap();
         }
