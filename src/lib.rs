@@ -28,6 +28,9 @@
 //! - [`identity`]: SPIFFE IDs and the caller facts handed to policies.
 //! - [`tokens`]: JWTs verified against the configured issuers' JWKS files; a leaf.
 //! - [`error_chain`]: an error with its sources, as one line.
+//! - [`type_names`]: Cedar entity type names, parsed once per thread; a leaf.
+//! - [`context_types`]: the schema's context type per action, and Cedar contexts built from
+//!   JSON with it; a leaf.
 
 #![warn(unreachable_pub)]
 
@@ -38,6 +41,7 @@ pub mod authzen;
 pub(crate) mod bench;
 pub mod cmd;
 pub mod config;
+pub mod context_types;
 pub mod decision_log;
 pub(crate) mod error_chain;
 pub mod grpc;
@@ -52,3 +56,4 @@ pub(crate) mod state_metrics;
 pub mod telemetry;
 pub mod tokens;
 pub mod transport;
+pub(crate) mod type_names;

@@ -29,7 +29,7 @@ use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Context, Entities, EntityUid, Request};
 use common::shared_dir;
 use corpus::{CorpusTest, entity_ref, json_files_under};
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 use tenants::{Rng, uid};
 
 /// How many mismatches a failure report spells out.
@@ -121,6 +121,9 @@ struct Tally {
     entity_hits: u64,
     set_hits: u64,
     slice_hits: u64,
+    /// Non-empty contexts the schema-typed reading built and `Request::new`
+    /// accepted, so Cedar's parse was not needed.
+    typed_contexts: usize,
     mismatches: Vec<String>,
 }
 
@@ -149,6 +152,9 @@ impl Tally {
                 q.principal, q.action, q.resource
             ));
         }
+        if let Some(mismatch) = self.typed_context(snapshot, q) {
+            self.mismatches.push(format!("{label}: {mismatch}"));
+        }
         for pass in ["cold", "warm", "remembered"] {
             let mut lookups = EntityLookups::default();
             let parse = authorizer::Parse {
@@ -176,6 +182,30 @@ impl Tally {
         }
     }
 
+    /// Where the typed reading of the context is used, it must be the
+    /// value Cedar's parse gives.
+    fn typed_context(&mut self, snapshot: &Snapshot, q: &Query) -> Option<String> {
+        if q.context.is_empty() {
+            return None;
+        }
+        let typed = snapshot.context_types.build(&q.action, &q.context)?;
+        let schema = snapshot.schema.as_ref();
+        let (p, a, r) = (q.principal.clone(), q.action.clone(), q.resource.clone());
+        Request::new(p, a, r, typed.clone(), schema).ok()?;
+        self.typed_contexts += 1;
+        let cedar = Context::from_json_value(
+            Json::Object(q.context.clone()),
+            schema.map(|s| (s, &q.action)),
+        );
+        let typed = typed.to_json_value().unwrap();
+        match cedar.map(|c| c.to_json_value().unwrap()) {
+            Ok(cedar) if cedar == typed => None,
+            other => Some(format!(
+                "typed context {typed} but Cedar's parse gives {other:?}"
+            )),
+        }
+    }
+
     fn merge(&mut self, other: Self) {
         self.compared += other.compared;
         self.allow += other.allow;
@@ -185,6 +215,7 @@ impl Tally {
         self.entity_hits += other.entity_hits;
         self.set_hits += other.set_hits;
         self.slice_hits += other.slice_hits;
+        self.typed_contexts += other.typed_contexts;
         self.mismatches.extend(other.mismatches);
     }
 
@@ -317,6 +348,10 @@ fn corpus_answers_match_the_whole_set() {
         tally.slice_hits > 1000,
         "remembered slices were not exercised: {tally:?}"
     );
+    assert!(
+        tally.typed_contexts > 1000,
+        "typed contexts were not exercised: {tally:?}"
+    );
 }
 
 fn gen_query(r: &tenants::GenRequest) -> Query {
@@ -389,4 +424,166 @@ fn generated_multi_tenant_answers_match_the_whole_set() {
         sliced > tally.compared / 2,
         "only {sliced} requests were sliced"
     );
+}
+
+/// The value at `path` (keys and indexes) inside `root`.
+fn at<'a>(root: &'a mut Json, path: &[Json]) -> &'a mut Json {
+    path.iter().fold(root, |v, step| match step {
+        Json::String(k) => v.get_mut(k).unwrap(),
+        Json::Number(i) => v
+            .get_mut(usize::try_from(i.as_u64().unwrap()).unwrap())
+            .unwrap(),
+        _ => unreachable!("paths hold keys and indexes"),
+    })
+}
+
+/// Every path to a value inside `v`.
+fn paths(v: &Json, path: &mut Vec<Json>, out: &mut Vec<Vec<Json>>) {
+    let children: Vec<(Json, &Json)> = match v {
+        Json::Object(m) => m.iter().map(|(k, v)| (json!(k), v)).collect(),
+        Json::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (json!(i), v))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for (step, child) in children {
+        path.push(step);
+        out.push(path.clone());
+        paths(child, path, out);
+        path.pop();
+    }
+}
+
+/// Every way of breaking one value of a context, or adding one: each JSON
+/// shape Cedar reads differently (escapes, entity shapes, `unknown`, wrong
+/// and out-of-range types), for the typed reading to decline or match.
+fn mutations(context: &Json) -> Vec<Json> {
+    let replacements = [
+        json!(null),
+        json!(1),
+        json!(1.5),
+        json!(18_446_744_073_709_551_615_u64),
+        json!("s"),
+        json!("10.0.0.1"),
+        json!("2026-12-03T10:00:00Z"),
+        json!(true),
+        json!([]),
+        json!(["a", 1]),
+        json!({}),
+        json!({"__extn": {"fn": "ip", "arg": "10.0.0.1"}}),
+        json!({"__extn": {"fn": "datetime", "arg": "2026-12-03"}}),
+        json!({"__extn": {"fn": "unknown", "arg": "u"}}),
+        json!({"__extn": {"fn": "nope", "arg": "u"}}),
+        json!({"fn": "ip", "arg": "10.0.0.1"}),
+        json!({"__entity": {"type": "Mesh::User", "id": "u"}}),
+        json!({"type": "Mesh::User", "id": "u"}),
+        json!({"type": "Mesh :: User", "id": "u"}),
+        json!({"type": "Mesh::User", "id": "u", "x": 1}),
+        json!({"__expr": "1"}),
+    ];
+    let mut all = Vec::new();
+    paths(context, &mut Vec::new(), &mut all);
+    let mut out = Vec::new();
+    for path in &all {
+        for r in &replacements {
+            let mut c = context.clone();
+            *at(&mut c, path) = r.clone();
+            out.push(c);
+        }
+        let mut c = context.clone();
+        let (parent, last) = path.split_at(path.len() - 1);
+        match (at(&mut c, parent), &last[0]) {
+            (Json::Object(m), Json::String(k)) => {
+                m.remove(k);
+            }
+            (Json::Array(items), Json::Number(i)) => {
+                items.remove(usize::try_from(i.as_u64().unwrap()).unwrap());
+            }
+            _ => unreachable!("a path ends in a key or an index"),
+        }
+        out.push(c);
+    }
+    for path in std::iter::once(&Vec::new()).chain(&all) {
+        let mut c = context.clone();
+        if let Json::Object(m) = at(&mut c, path) {
+            m.insert("extra".into(), json!("x"));
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The example policies' three context types, each whole and then broken
+/// every way [`mutations`] knows: the typed reading must answer exactly as
+/// Cedar's parse, errors included.
+#[test]
+fn broken_contexts_answer_as_cedar_parses_them() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let snapshot = load(&root).unwrap();
+    let uid = |t: &str, id: &str| {
+        EntityUid::from_type_name_and_id(
+            cedar_policy::EntityTypeName::from_str(t).unwrap(),
+            cedar_policy::EntityId::new(id),
+        )
+    };
+    let frontend = uid("Mesh::Workload", "spiffe://example.org/ns/shop/sa/frontend");
+    let workload = json!({
+        "spiffe_id": "spiffe://example.org/ns/shop/sa/frontend",
+        "namespace": "shop", "service_account": "frontend", "labels": ["app=web"]
+    });
+    let caller = json!({"spiffe_id": "spiffe://example.org/ns/shop/sa/frontend", "uid": 1000});
+    let cases = [
+        (
+            uid("Mesh::Action", "call"),
+            uid("Mesh::Service", "shop/checkout"),
+            json!({"source_ip": "10.0.1.7", "workload": workload, "caller": caller}),
+        ),
+        (
+            uid("Mesh::Action", "GET"),
+            uid("Mesh::HttpRoute", "shop/checkout:GET /cart"),
+            json!({
+                "method": "GET", "path": "/cart", "query": "", "host": "checkout",
+                "headers": {"x-request-id": "r1"}, "source_ip": "10.0.1.7",
+                "destination": "", "context_extensions": {"route": "cart"}
+            }),
+        ),
+        (
+            uid("Mesh::Action", "read_secret"),
+            uid("Mesh::Secret", "shop/db-password"),
+            json!({
+                "source_ip": "10.0.1.7", "request_time": "2026-12-03T10:00:00Z",
+                "delegation": {
+                    "origin": {"type": "Mesh::User", "id": "alice"}, "depth": 1,
+                    "actors": ["a"], "purposes": ["support"], "verified": true,
+                    "expires_at": {"__extn": {"fn": "datetime", "arg": "2026-12-04T00:00:00Z"}}
+                },
+                "purpose": "support", "token": {"scope": ["read"]}
+            }),
+        ),
+    ];
+    let mut tally = Tally::default();
+    let mut refused = 0;
+    for (action, resource, whole) in &cases {
+        for context in std::iter::once(whole.clone()).chain(mutations(whole)) {
+            let q = Query {
+                principal: frontend.clone(),
+                action: action.clone(),
+                resource: resource.clone(),
+                context: context.as_object().unwrap().clone(),
+                entities: Vec::new(),
+                properties: Vec::new(),
+            };
+            refused += usize::from(reference(&snapshot, &q).is_err());
+            tally.compare(&format!("{action} {context}"), &snapshot, &q);
+        }
+    }
+    tally.assert_no_mismatch();
+    println!("broken contexts: {tally:?}, {refused} refused");
+    // Whole contexts and harmless changes take the typed reading; most
+    // breaks are refused by Cedar's parse, with its message.
+    assert!(tally.compared > 800, "{tally:?}");
+    assert!(tally.typed_contexts > 50, "{tally:?}");
+    assert!(refused > tally.compared / 2, "{refused} of {tally:?}");
 }

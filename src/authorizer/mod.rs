@@ -333,23 +333,40 @@ pub fn authorize_cached(
     // an action the load found accepts it (otherwise the parse's own error).
     let empty_ok = query.context.is_empty()
         && schema.is_none_or(|_| snapshot.empty_context_actions.contains(&query.action));
-    let context = if empty_ok {
-        Context::empty()
+    // A context read by its schema type and accepted by `Request::new` is
+    // the one Cedar's parse gives; anything else takes that parse, for
+    // Cedar's own answer or message.
+    let typed = if empty_ok {
+        Some(Context::empty())
     } else {
-        Context::from_json_value(
-            serde_json::Value::Object(query.context),
-            schema.map(|s| (s, &query.action)),
-        )
-        .map_err(|e| AuthorizeError::Context(Box::new(e)))?
+        snapshot.context_types.build(&query.action, &query.context)
     };
-    let request = Request::new(
-        query.principal,
-        query.action,
-        query.resource,
-        context,
-        schema,
-    )
-    .map_err(|e| AuthorizeError::Schema(Box::new(e)))?;
+    let typed = typed.and_then(|context| {
+        let (p, a, r) = (
+            query.principal.clone(),
+            query.action.clone(),
+            query.resource.clone(),
+        );
+        Request::new(p, a, r, context, schema).ok()
+    });
+    let request = match typed {
+        Some(request) => request,
+        None => {
+            let context = Context::from_json_value(
+                serde_json::Value::Object(query.context),
+                schema.map(|s| (s, &query.action)),
+            )
+            .map_err(|e| AuthorizeError::Context(Box::new(e)))?;
+            Request::new(
+                query.principal,
+                query.action,
+                query.resource,
+                context,
+                schema,
+            )
+            .map_err(|e| AuthorizeError::Schema(Box::new(e)))?
+        }
+    };
 
     // A set of every policy needs no copy.
     let owned;

@@ -23,8 +23,9 @@ use serde_json::{Map, Value as Json};
 use crate::config::AuthzenConfig;
 use crate::pipeline::{
     Context, DELEGATION_KEY, DecisionRequest, DelegationHop, InvalidField, PURPOSE_KEY, Rejected,
-    Submitted, Uid, type_name,
+    Submitted, Uid,
 };
+use crate::type_names::type_name;
 
 /// The context key action properties reach policies under.
 pub(super) const ACTION_KEY: &str = "action";

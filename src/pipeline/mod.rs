@@ -58,10 +58,10 @@ use inline::InlineGate;
 use limits::Limits;
 use pool::EvalPool;
 use record::Subject;
+pub(crate) use request::parse_entities_json;
 pub use request::{
     Api, Call, Context, DecisionRequest, Rejected, Submitted, TokenFacts, Uid, Workload,
 };
-pub(crate) use request::{parse_entities_json, type_name};
 
 /// The HTTP response header that names a decision's id (ext_authz, AuthZEN),
 /// on allows, denies and refusals alike.

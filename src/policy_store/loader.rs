@@ -18,6 +18,7 @@ use super::links::{self, GrantState, Window};
 use super::reader::{FileKind, Sources};
 use super::snapshot::{ShadowSet, Snapshot};
 use crate::config::{Config, SchemaRequirement};
+use crate::context_types::ContextTypes;
 
 /// Options that change how a directory is turned into a snapshot.
 #[derive(Clone, Debug)]
@@ -177,14 +178,21 @@ pub fn build(
     let index = indexed(&policies, &linked.windows)?;
     let dangling = super::entity_refs::dangling(&entities);
     let empty_context_actions = empty_context_actions(schema.as_ref());
-    let schema_digest = schema.as_ref().and_then(|_| {
-        let file = sources
+    let schema_file = schema.as_ref().and_then(|_| {
+        sources
             .files
             .iter()
-            .find(|f| matches!(f.kind, FileKind::CedarSchema | FileKind::JsonSchema))?;
-        let digest = <sha2::Sha256 as sha2::Digest>::digest(file.text.as_bytes());
-        Some(format!("sha256:{}", hex::encode(digest)))
+            .find(|f| matches!(f.kind, FileKind::CedarSchema | FileKind::JsonSchema))
     });
+    let schema_digest = schema_file.map(|file| {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(file.text.as_bytes());
+        format!("sha256:{}", hex::encode(digest))
+    });
+    let context_types = match schema_file {
+        None => ContextTypes::schemaless(),
+        Some(f) if f.kind == FileKind::JsonSchema => ContextTypes::from_json_schema(&f.text),
+        Some(f) => ContextTypes::from_cedarschema(&f.text),
+    };
     Ok(Snapshot {
         revision: sources.revision(),
         git_commit: sources.git.clone(),
@@ -203,6 +211,7 @@ pub fn build(
         dangling,
         stored_only_types: options.stored_only_types.clone(),
         empty_context_actions,
+        context_types,
         grants: linked.windows.into_values().collect(),
         warnings,
     })

@@ -52,6 +52,9 @@ pub struct Snapshot {
     /// for them an empty context is `Context::empty()`, with no parse
     /// against the schema (which copies the action's context type per call).
     pub empty_context_actions: HashSet<EntityUid>,
+    /// Per action, the context type requests are read by without Cedar's
+    /// parse where they can be.
+    pub context_types: crate::context_types::ContextTypes,
     /// The window of every template link (`*.links.json`), live or shadow.
     pub grants: Vec<Window>,
     /// Problems that do not stop the load: policies without `@id`, policies
