@@ -20,9 +20,11 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::LazyLock;
 
-use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
-use cedar_policy_core::ast::{Name, RestrictedExpr};
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use cedar_policy_core::ast::{Context, Name, RestrictedExpr};
+use cedar_policy_core::extensions::Extensions;
 use serde_json::{Map, Value as Json};
+use smol_str::SmolStr;
 
 use crate::type_names::type_name;
 
@@ -56,7 +58,7 @@ enum Ty {
 
 #[derive(Debug)]
 struct Attr {
-    name: String,
+    name: SmolStr,
     ty: Ty,
     required: bool,
 }
@@ -93,7 +95,7 @@ impl Constructor {
         })
     }
 
-    fn call(self, arg: &str) -> RestrictedExpression {
+    fn call(self, arg: &str) -> RestrictedExpr {
         // Cedar's `new_ip` and the others parse the function's name on every
         // call, which costs more than the rest of a context; these are the
         // same names, parsed once.
@@ -105,18 +107,19 @@ impl Constructor {
         });
         if let Some(name) = NAMES.as_ref().and_then(|names| names.get(self as usize)) {
             let arg = RestrictedExpr::val(arg);
-            return RestrictedExpr::call_extension_fn(name.clone(), [arg]).into();
+            return RestrictedExpr::call_extension_fn(name.clone(), [arg]);
         }
-        self.call_by_name(arg)
+        self.call_by_name(arg).as_ref().clone()
     }
 
     /// Through Cedar's public constructors.
-    fn call_by_name(self, arg: &str) -> RestrictedExpression {
+    fn call_by_name(self, arg: &str) -> cedar_policy::RestrictedExpression {
+        use cedar_policy::RestrictedExpression as Public;
         match self {
-            Self::Ip => RestrictedExpression::new_ip(arg),
-            Self::Decimal => RestrictedExpression::new_decimal(arg),
-            Self::Datetime => RestrictedExpression::new_datetime(arg),
-            Self::Duration => RestrictedExpression::new_duration(arg),
+            Self::Ip => Public::new_ip(arg),
+            Self::Decimal => Public::new_decimal(arg),
+            Self::Datetime => Public::new_datetime(arg),
+            Self::Duration => Public::new_duration(arg),
         }
     }
 }
@@ -168,7 +171,7 @@ impl ContextTypes {
                 _ => return None,
             }
         };
-        Context::from_pairs(attrs).ok()
+        Context::from_pairs(attrs, Extensions::all_available()).ok()
     }
 }
 
@@ -240,7 +243,7 @@ fn resolve(ty: &Json, common: &HashMap<String, &Json>, depth: usize) -> Option<T
             let mut attrs = Vec::new();
             for (name, attr) in ty.get("attributes")?.as_object()? {
                 attrs.push(Attr {
-                    name: name.clone(),
+                    name: name.as_str().into(),
                     ty: resolve(attr, common, depth + 1)?,
                     required: attr.get("required").and_then(Json::as_bool).unwrap_or(true),
                 });
@@ -258,10 +261,10 @@ fn resolve(ty: &Json, common: &HashMap<String, &Json>, depth: usize) -> Option<T
 }
 
 /// A closed record's attributes, each read by its type.
-fn record(attrs: &[Attr], json: &Map<String, Json>) -> Option<Vec<(String, RestrictedExpression)>> {
+fn record(attrs: &[Attr], json: &Map<String, Json>) -> Option<Vec<(SmolStr, RestrictedExpr)>> {
     let mut out = Vec::with_capacity(json.len());
     for attr in attrs {
-        match json.get(&attr.name) {
+        match json.get(attr.name.as_str()) {
             Some(v) => out.push((attr.name.clone(), value(&attr.ty, v)?)),
             None if attr.required => return None,
             None => {}
@@ -271,59 +274,57 @@ fn record(attrs: &[Attr], json: &Map<String, Json>) -> Option<Vec<(String, Restr
     (out.len() == json.len()).then_some(out)
 }
 
-fn value(ty: &Ty, json: &Json) -> Option<RestrictedExpression> {
+fn value(ty: &Ty, json: &Json) -> Option<RestrictedExpr> {
     Some(match (ty, json) {
-        (Ty::Bool, Json::Bool(b)) => RestrictedExpression::new_bool(*b),
-        (Ty::Long, Json::Number(n)) => RestrictedExpression::new_long(n.as_i64()?),
-        (Ty::String, Json::String(s)) => RestrictedExpression::new_string(s.clone()),
+        (Ty::Bool, Json::Bool(b)) => RestrictedExpr::val(*b),
+        (Ty::Long, Json::Number(n)) => RestrictedExpr::val(n.as_i64()?),
+        (Ty::String, Json::String(s)) => RestrictedExpr::val(s.as_str()),
         (Ty::Entity, Json::Object(m)) => match m.get("__entity") {
             Some(Json::Object(inner)) if m.len() == 1 => entity(inner)?,
             _ => entity(m)?,
         },
         (Ty::Extension(c), Json::String(s)) => c.call(s),
         (Ty::Extension(_), Json::Object(m)) => extension(m)?,
-        (Ty::Set(element), Json::Array(items)) => RestrictedExpression::new_set(
+        (Ty::Set(element), Json::Array(items)) => RestrictedExpr::set(
             items
                 .iter()
                 .map(|v| value(element, v))
                 .collect::<Option<Vec<_>>>()?,
         ),
-        (Ty::Record(attrs), Json::Object(m)) => {
-            RestrictedExpression::new_record(record(attrs, m)?).ok()?
-        }
+        (Ty::Record(attrs), Json::Object(m)) => RestrictedExpr::record(record(attrs, m)?).ok()?,
         _ => return None,
     })
 }
 
 /// Cedar's reading without a schema: entities and extension values only
 /// through their escapes.
-fn any(json: &Json) -> Option<RestrictedExpression> {
+fn any(json: &Json) -> Option<RestrictedExpr> {
     Some(match json {
-        Json::Bool(b) => RestrictedExpression::new_bool(*b),
-        Json::Number(n) => RestrictedExpression::new_long(n.as_i64()?),
-        Json::String(s) => RestrictedExpression::new_string(s.clone()),
+        Json::Bool(b) => RestrictedExpr::val(*b),
+        Json::Number(n) => RestrictedExpr::val(n.as_i64()?),
+        Json::String(s) => RestrictedExpr::val(s.as_str()),
         Json::Array(items) => {
-            RestrictedExpression::new_set(items.iter().map(any).collect::<Option<Vec<_>>>()?)
+            RestrictedExpr::set(items.iter().map(any).collect::<Option<Vec<_>>>()?)
         }
         Json::Object(m) => match m.get("__entity") {
             Some(Json::Object(inner)) if m.len() == 1 => entity(inner)?,
             _ if m.contains_key("__extn") => extension(m)?,
-            _ => RestrictedExpression::new_record(any_record(m)?).ok()?,
+            _ => RestrictedExpr::record(any_record(m)?).ok()?,
         },
         Json::Null => return None,
     })
 }
 
-fn any_record(json: &Map<String, Json>) -> Option<Vec<(String, RestrictedExpression)>> {
+fn any_record(json: &Map<String, Json>) -> Option<Vec<(SmolStr, RestrictedExpr)>> {
     json.iter()
         // Other escapes (`__expr`, a malformed `__entity`) are Cedar's to refuse.
-        .map(|(k, v)| (!k.starts_with("__")).then(|| Some((k.clone(), any(v)?)))?)
+        .map(|(k, v)| (!k.starts_with("__")).then(|| Some((k.as_str().into(), any(v)?)))?)
         .collect()
 }
 
 /// `{"type": .., "id": ..}` and nothing else. A type spelled with only name
 /// characters is in the normal form Cedar's parse requires.
-fn entity(m: &Map<String, Json>) -> Option<RestrictedExpression> {
+fn entity(m: &Map<String, Json>) -> Option<RestrictedExpr> {
     let (Some(Json::String(t)), Some(Json::String(id)), 2) = (m.get("type"), m.get("id"), m.len())
     else {
         return None;
@@ -335,14 +336,15 @@ fn entity(m: &Map<String, Json>) -> Option<RestrictedExpression> {
         return None;
     }
     let name = type_name(t).ok()?;
-    Some(RestrictedExpression::new_entity_uid(
-        EntityUid::from_type_name_and_id(name, EntityId::new(id)),
+    let uid = EntityUid::from_type_name_and_id(name, EntityId::new(id));
+    Some(RestrictedExpr::val(
+        cedar_policy_core::ast::EntityUID::from(uid),
     ))
 }
 
 /// `{"__extn": {"fn": <constructor>, "arg": "<string>"}}` and nothing else;
 /// `unknown` and other functions are Cedar's.
-fn extension(m: &Map<String, Json>) -> Option<RestrictedExpression> {
+fn extension(m: &Map<String, Json>) -> Option<RestrictedExpr> {
     let (Some(Json::Object(call)), 1) = (m.get("__extn"), m.len()) else {
         return None;
     };
@@ -379,7 +381,7 @@ mod tests {
 
     fn cedar(json: &Json, action: &EntityUid) -> Option<Json> {
         let (schema, _) = cedar_policy::Schema::from_cedarschema_str(SCHEMA).unwrap();
-        Context::from_json_value(json.clone(), Some((&schema, action)))
+        cedar_policy::Context::from_json_value(json.clone(), Some((&schema, action)))
             .ok()
             .map(|c| c.to_json_value().unwrap())
     }
@@ -441,11 +443,11 @@ mod tests {
         ] {
             let ours = c.call("10.0.0.1");
             let cedars = c.call_by_name("10.0.0.1");
-            assert_eq!(ours.as_ref(), cedars.as_ref(), "{c:?}");
-            assert_eq!(ours.as_ref().to_string(), cedars.as_ref().to_string());
+            assert_eq!(&ours, cedars.as_ref(), "{c:?}");
+            assert_eq!(ours.to_string(), cedars.as_ref().to_string());
         }
         let ip = Constructor::Ip.call("1.2.3.4");
-        assert_eq!(ip.as_ref().to_string(), r#"ip("1.2.3.4")"#);
+        assert_eq!(ip.to_string(), r#"ip("1.2.3.4")"#);
     }
 
     #[test]
@@ -458,7 +460,7 @@ mod tests {
             "who": {"__entity": {"type": "App::User", "id": "a"}},
             "ip": {"__extn": {"fn": "ip", "arg": "10.0.0.0/8"}}
         });
-        let cedar = Context::from_json_value(json.clone(), None)
+        let cedar = cedar_policy::Context::from_json_value(json.clone(), None)
             .unwrap()
             .to_json_value()
             .unwrap();

@@ -190,8 +190,16 @@ impl Tally {
         }
         let typed = snapshot.context_types.build(&q.action, &q.context)?;
         let schema = snapshot.schema.as_ref();
-        let (p, a, r) = (q.principal.clone(), q.action.clone(), q.resource.clone());
-        Request::new(p, a, r, typed.clone(), schema).ok()?;
+        let uid = |u: &EntityUid| (u.clone().into(), None);
+        cedar_policy_core::ast::Request::new(
+            uid(&q.principal),
+            uid(&q.action),
+            uid(&q.resource),
+            typed.clone(),
+            schema.map(AsRef::as_ref),
+            cedar_policy_core::extensions::Extensions::all_available(),
+        )
+        .ok()?;
         self.typed_contexts += 1;
         let cedar = Context::from_json_value(
             Json::Object(q.context.clone()),

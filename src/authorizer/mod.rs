@@ -3,8 +3,7 @@
 
 use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{
-    Context, ContextJsonError, Effect, Entities, EntityUid, PolicyId, Request,
-    RequestValidationError,
+    Context, ContextJsonError, Effect, Entities, EntityUid, Request, RequestValidationError,
 };
 
 use crate::config::OnForbidError;
@@ -12,7 +11,10 @@ use crate::error_chain::chain;
 use crate::policy_store::{Clock, Snapshot, Target};
 
 mod entity_cache;
+mod outcome;
 mod request_entities;
+
+use outcome::Outcome;
 
 pub use entity_cache::{EntityCache, EntityLookups};
 
@@ -333,92 +335,91 @@ pub fn authorize_cached(
     // an action the load found accepts it (otherwise the parse's own error).
     let empty_ok = query.context.is_empty()
         && schema.is_none_or(|_| snapshot.empty_context_actions.contains(&query.action));
-    // A context read by its schema type and accepted by `Request::new` is
-    // the one Cedar's parse gives; anything else takes that parse, for
-    // Cedar's own answer or message.
+    // A context read by its schema type and accepted by the schema check is
+    // the one Cedar's parse gives, and Cedar's evaluator answers it over the
+    // candidates' prebuilt conditions. Anything else takes Cedar's parse and
+    // its public `Authorizer`, for Cedar's own answer or message.
     let typed = if empty_ok {
-        Some(Context::empty())
+        Some(cedar_policy_core::ast::Context::empty())
     } else {
         snapshot.context_types.build(&query.action, &query.context)
     };
-    let typed = typed.and_then(|context| {
-        let (p, a, r) = (
-            query.principal.clone(),
-            query.action.clone(),
-            query.resource.clone(),
-        );
-        Request::new(p, a, r, context, schema).ok()
+    let core = typed.and_then(|context| {
+        let request = outcome::core_request(
+            &query.principal,
+            &query.action,
+            &query.resource,
+            context,
+            schema,
+        )?;
+        let eval = outcome::evaluator(request, entities);
+        let live = outcome::with_core(&eval, candidates.conditions())?;
+        let shadow = match &shadow_candidates {
+            Some(shadow) => Some(outcome::with_core(&eval, shadow.conditions())?),
+            None => None,
+        };
+        Some((live, shadow))
     });
-    let request = match typed {
-        Some(request) => request,
+    let (live, shadow_outcome) = match core {
+        Some(answers) => answers,
         None => {
             let context = Context::from_json_value(
                 serde_json::Value::Object(query.context),
                 schema.map(|s| (s, &query.action)),
             )
             .map_err(|e| AuthorizeError::Context(Box::new(e)))?;
-            Request::new(
+            let request = Request::new(
                 query.principal,
                 query.action,
                 query.resource,
                 context,
                 schema,
             )
-            .map_err(|e| AuthorizeError::Schema(Box::new(e)))?
+            .map_err(|e| AuthorizeError::Schema(Box::new(e)))?;
+            // A set of every policy needs no copy.
+            let owned;
+            let policies = if candidates.len() == snapshot.index.len() {
+                &snapshot.policies
+            } else {
+                owned = candidates.policy_set();
+                owned.as_ref()
+            };
+            let live = outcome::with_public(&request, policies, entities);
+            let shadow = shadow_candidates.as_ref().map(|shadow| {
+                if shadow.is_empty() {
+                    Outcome::default()
+                } else {
+                    outcome::with_public(&request, &shadow.policy_set(), entities)
+                }
+            });
+            (live, shadow)
         }
     };
-
-    // A set of every policy needs no copy.
-    let owned;
-    let policies = if candidates.len() == snapshot.index.len() {
-        &snapshot.policies
-    } else {
-        owned = candidates.policy_set();
-        owned.as_ref()
-    };
-    let response = cedar_policy::Authorizer::new().is_authorized(&request, policies, entities);
-    let diagnostics = response.diagnostics();
     let mut determining_policies: Vec<String> =
-        diagnostics.reason().map(ToString::to_string).collect();
+        live.determining.into_iter().map(|(id, _)| id).collect();
     determining_policies.sort_unstable();
-    let mut errors: Vec<PolicyError> = diagnostics
-        .errors()
-        .map(|e| match e {
-            cedar_policy::AuthorizationError::PolicyEvaluationError(e) => PolicyError {
-                policy_id: e.policy_id().to_string(),
-                message: e.inner().to_string(),
-            },
-        })
-        .collect();
-    errors.sort_by(|a, b| a.policy_id.cmp(&b.policy_id));
-    let mut allow = response.decision() == cedar_policy::Decision::Allow;
+    let mut errors = live.errors;
+    errors.sort_by(|a, b| a.0.policy_id.cmp(&b.0.policy_id));
+    let mut allow = live.allow;
     if allow && on_forbid_error == OnForbidError::Deny {
         // An erroring policy was evaluated, so its scope matched.
         let forbids: Vec<String> = errors
             .iter()
-            .filter(|e| {
-                policies
-                    .policy(&PolicyId::new(&e.policy_id))
-                    .is_some_and(|p| p.effect() == Effect::Forbid)
-            })
-            .map(|e| e.policy_id.clone())
+            .filter(|(_, effect)| *effect == Effect::Forbid)
+            .map(|(e, _)| e.policy_id.clone())
             .collect();
         if !forbids.is_empty() {
             allow = false;
             determining_policies = forbids;
         }
     }
-    let shadow = shadow_candidates.map(|shadow| {
+    let errors: Vec<PolicyError> = errors.into_iter().map(|(e, _)| e).collect();
+    let shadow = shadow_outcome.map(|shadow| {
         let live = ShadowDecision {
             allow,
             determining_policies: determining_policies.clone(),
         };
-        if shadow.is_empty() {
-            return live;
-        }
-        let set = shadow.policy_set();
-        let response = cedar_policy::Authorizer::new().is_authorized(&request, &set, entities);
-        with_shadow(live, &response, &set, on_forbid_error)
+        with_shadow(live, shadow, on_forbid_error)
     });
     Ok(Decision {
         allow,
@@ -435,28 +436,26 @@ pub fn authorize_cached(
 /// otherwise any satisfied permit allows.
 fn with_shadow(
     live: ShadowDecision,
-    response: &cedar_policy::Response,
-    set: &cedar_policy::PolicySet,
+    shadow: Outcome,
     on_forbid_error: OnForbidError,
 ) -> ShadowDecision {
-    let effect = |id: &PolicyId| set.policy(id).map(cedar_policy::Policy::effect);
-    let satisfied: Vec<&PolicyId> = response.diagnostics().reason().collect();
-    let mut forbids: Vec<String> = satisfied
-        .iter()
-        .filter(|id| effect(id) == Some(Effect::Forbid))
-        .map(ToString::to_string)
-        .collect();
-    if on_forbid_error == OnForbidError::Deny {
-        forbids.extend(response.diagnostics().errors().filter_map(|e| match e {
-            cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
-                (effect(e.policy_id()) == Some(Effect::Forbid)).then(|| e.policy_id().to_string())
-            }
-        }));
+    let mut forbids: Vec<String> = Vec::new();
+    let mut permits: Vec<String> = Vec::new();
+    for (id, effect) in shadow.determining {
+        match effect {
+            Effect::Forbid => forbids.push(id),
+            Effect::Permit => permits.push(id),
+        }
     }
-    let permits = satisfied
-        .iter()
-        .filter(|id| effect(id) == Some(Effect::Permit))
-        .map(ToString::to_string);
+    if on_forbid_error == OnForbidError::Deny {
+        forbids.extend(
+            shadow
+                .errors
+                .into_iter()
+                .filter(|(_, effect)| *effect == Effect::Forbid)
+                .map(|(e, _)| e.policy_id),
+        );
+    }
     let mut out = if !forbids.is_empty() {
         // The live forbids that denied, if any, still determine it.
         let mut determining = if live.allow {

@@ -208,6 +208,9 @@ impl ActionBuckets {
 #[derive(Debug)]
 struct Indexed {
     policy: Policy,
+    /// The policy's condition, scope included, as Cedar's evaluator takes
+    /// it: built once here, where Cedar's `Authorizer` builds it per call.
+    condition: cedar_policy_core::ast::Expr,
     principal: EntityScope,
     action: ActionConstraint,
     resource: EntityScope,
@@ -342,6 +345,7 @@ impl PolicyIndex {
                 resource: policy.resource_constraint().into(),
                 literals: literals.into(),
                 window: windows.get(policy.id()).copied().filter(Window::is_bounded),
+                condition: policy.as_ref().condition(),
                 policy: policy.clone(),
             };
             index.principal.insert(&indexed.principal, slot);
@@ -463,6 +467,16 @@ impl<'a> Candidates<'a> {
         self.slots
             .iter()
             .map(|&s| &self.index.policies[s as usize].policy)
+    }
+
+    /// Each candidate with its condition, for Cedar's evaluator.
+    pub fn conditions(
+        &self,
+    ) -> impl Iterator<Item = (&'a Policy, &'a cedar_policy_core::ast::Expr)> + '_ {
+        self.slots.iter().map(|&s| {
+            let indexed = &self.index.policies[s as usize];
+            (&indexed.policy, &indexed.condition)
+        })
     }
 
     /// Every entity the matching policies name.
