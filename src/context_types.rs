@@ -434,6 +434,26 @@ mod tests {
     }
 
     #[test]
+    fn a_json_schema_gives_the_same_types() {
+        let (fragment, _) = cedar_policy::SchemaFragment::from_cedarschema_str(SCHEMA).unwrap();
+        let json = fragment.to_json_string().unwrap();
+        let types = ContextTypes::from_json_schema(&json);
+        assert_eq!(types.typed_actions(), 2);
+        let view = action("view");
+        let context = json!({
+            "ip": "10.0.0.1", "who": {"type": "App::User", "id": "a"},
+            "info": {"labels": ["x"]}, "ok": true
+        });
+        let built = ours(&types, &context, &view);
+        assert!(built.is_some());
+        assert_eq!(built, cedar(&context, &view));
+        assert_eq!(
+            ContextTypes::from_json_schema("not json").typed_actions(),
+            0
+        );
+    }
+
+    #[test]
     fn a_constructor_call_is_the_one_cedars_constructors_make() {
         for c in [
             Constructor::Ip,
