@@ -67,45 +67,42 @@ struct Attr {
 /// a string where the schema expects that type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Constructor {
-    Ip = 0,
-    Decimal = 1,
-    Datetime = 2,
-    Duration = 3,
+    Ip,
+    Decimal,
+    Datetime,
+    Duration,
 }
+
+/// Each constructor, the extension type it makes and its function's name.
+const CONSTRUCTORS: [(Constructor, &str, &str); 4] = [
+    (Constructor::Ip, "ipaddr", "ip"),
+    (Constructor::Decimal, "decimal", "decimal"),
+    (Constructor::Datetime, "datetime", "datetime"),
+    (Constructor::Duration, "duration", "duration"),
+];
 
 impl Constructor {
     fn of_type(name: &str) -> Option<Self> {
-        Some(match name.strip_prefix("__cedar::").unwrap_or(name) {
-            "ipaddr" => Self::Ip,
-            "decimal" => Self::Decimal,
-            "datetime" => Self::Datetime,
-            "duration" => Self::Duration,
-            _ => return None,
-        })
+        let name = name.strip_prefix("__cedar::").unwrap_or(name);
+        CONSTRUCTORS.iter().find(|c| c.1 == name).map(|c| c.0)
     }
 
     /// By the function's name, as an `__extn` escape gives it.
     fn of_function(name: &str) -> Option<Self> {
-        Some(match name {
-            "ip" => Self::Ip,
-            "decimal" => Self::Decimal,
-            "datetime" => Self::Datetime,
-            "duration" => Self::Duration,
-            _ => return None,
-        })
+        CONSTRUCTORS.iter().find(|c| c.2 == name).map(|c| c.0)
     }
 
     fn call(self, arg: &str) -> RestrictedExpr {
         // Cedar's `new_ip` and the others parse the function's name on every
         // call, which costs more than the rest of a context; these are the
         // same names, parsed once.
-        static NAMES: LazyLock<Option<Vec<Name>>> = LazyLock::new(|| {
-            ["ip", "decimal", "datetime", "duration"]
-                .into_iter()
-                .map(|n| Name::parse_unqualified_name(n).ok())
+        static NAMES: LazyLock<Vec<(Constructor, Name)>> = LazyLock::new(|| {
+            CONSTRUCTORS
+                .iter()
+                .filter_map(|c| Some((c.0, Name::parse_unqualified_name(c.2).ok()?)))
                 .collect()
         });
-        if let Some(name) = NAMES.as_ref().and_then(|names| names.get(self as usize)) {
+        if let Some((_, name)) = NAMES.iter().find(|n| n.0 == self) {
             let arg = RestrictedExpr::val(arg);
             return RestrictedExpr::call_extension_fn(name.clone(), [arg]);
         }

@@ -331,19 +331,12 @@ pub fn authorize_cached(
             &sliced
         }
     };
-    // An empty context parses to the empty record; with a schema, only for
-    // an action the load found accepts it (otherwise the parse's own error).
-    let empty_ok = query.context.is_empty()
-        && schema.is_none_or(|_| snapshot.empty_context_actions.contains(&query.action));
-    // A context read by its schema type and accepted by the schema check is
-    // the one Cedar's parse gives, and Cedar's evaluator answers it over the
-    // candidates' prebuilt conditions. Anything else takes Cedar's parse and
-    // its public `Authorizer`, for Cedar's own answer or message.
-    let typed = if empty_ok {
-        Some(cedar_policy_core::ast::Context::empty())
-    } else {
-        snapshot.context_types.build(&query.action, &query.context)
-    };
+    // A context read by its schema type (an empty one included) and accepted
+    // by the schema check is the one Cedar's parse gives, and Cedar's
+    // evaluator answers it over the candidates' prebuilt conditions. Anything
+    // else takes Cedar's parse and its public `Authorizer`, for Cedar's own
+    // answer or message.
+    let typed = snapshot.context_types.build(&query.action, &query.context);
     let core = typed.and_then(|context| {
         let request = outcome::core_request(
             &query.principal,

@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use cedar_policy::{
-    Context, Entities, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator,
-};
+use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use miette::Diagnostic;
 
 use super::entity_json::EntityFileError;
@@ -177,7 +175,6 @@ pub fn build(
     let entity_count = entities.len();
     let index = indexed(&policies, &linked.windows)?;
     let dangling = super::entity_refs::dangling(&entities);
-    let empty_context_actions = empty_context_actions(schema.as_ref());
     let schema_file = schema.as_ref().and_then(|_| {
         sources
             .files
@@ -210,27 +207,10 @@ pub fn build(
         entities,
         dangling,
         stored_only_types: options.stored_only_types.clone(),
-        empty_context_actions,
         context_types,
         grants: linked.windows.into_values().collect(),
         warnings,
     })
-}
-
-/// The actions of `schema` for which Cedar accepts an empty context: found
-/// once per load by Cedar's own parse of `{}`, so the per-request shortcut
-/// gives exactly what that parse would.
-fn empty_context_actions(schema: Option<&Schema>) -> HashSet<EntityUid> {
-    let Some(schema) = schema else {
-        return HashSet::new();
-    };
-    schema
-        .actions()
-        .filter(|action| {
-            Context::from_json_value(serde_json::json!({}), Some((schema, action))).is_ok()
-        })
-        .cloned()
-        .collect()
 }
 
 /// The index of `policies`; a link that cannot be linked again fails the load.

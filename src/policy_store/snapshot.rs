@@ -48,10 +48,6 @@ pub struct Snapshot {
     pub dangling: HashSet<EntityUid>,
     /// Entity types no request may define (`validation.stored_only_types`).
     pub stored_only_types: HashSet<String>,
-    /// The schema's actions whose context type an empty context satisfies:
-    /// for them an empty context is `Context::empty()`, with no parse
-    /// against the schema (which copies the action's context type per call).
-    pub empty_context_actions: HashSet<EntityUid>,
     /// Per action, the context type requests are read by without Cedar's
     /// parse where they can be.
     pub context_types: crate::context_types::ContextTypes,
