@@ -17,20 +17,14 @@
 //! that passes the check is the one Cedar's parse gives.
 
 use std::collections::HashMap;
-use std::str::FromStr;
-use std::sync::LazyLock;
 
-use cedar_policy::{EntityId, EntityTypeName, EntityUid};
-use cedar_policy_core::ast::{Context, Name, RestrictedExpr};
+use cedar_policy::EntityUid;
+use cedar_policy_core::ast::{Context, RestrictedExpr};
 use cedar_policy_core::extensions::Extensions;
 use serde_json::{Map, Value as Json};
 use smol_str::SmolStr;
 
-use crate::type_names::type_name;
-
-/// Deepest common-type reference chain followed; Cedar rejects cycles, so
-/// this only guards the compile against a schema it did not check.
-const MAX_TYPE_DEPTH: usize = 32;
+use crate::schema_types::{Attr, Constructor, Resolved, Ty, uid};
 
 /// The context types of one policy set's actions.
 #[derive(Debug, Default)]
@@ -40,85 +34,6 @@ pub struct ContextTypes {
     /// Per action, its context record; an action missing here (one whose
     /// type this cannot read) takes Cedar's parse.
     by_action: HashMap<EntityUid, Ty>,
-}
-
-/// A schema type, as far as reading JSON needs it.
-#[derive(Debug)]
-enum Ty {
-    Bool,
-    Long,
-    String,
-    /// The entity type is not needed to read the uid; `Request::new` checks it.
-    Entity,
-    Extension(Constructor),
-    Set(Box<Ty>),
-    /// Closed: an attribute not listed declines.
-    Record(Box<[Attr]>),
-}
-
-#[derive(Debug)]
-struct Attr {
-    name: SmolStr,
-    ty: Ty,
-    required: bool,
-}
-
-/// The one-string constructor of an extension type, which Cedar applies to
-/// a string where the schema expects that type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Constructor {
-    Ip,
-    Decimal,
-    Datetime,
-    Duration,
-}
-
-/// Each constructor, the extension type it makes and its function's name.
-const CONSTRUCTORS: [(Constructor, &str, &str); 4] = [
-    (Constructor::Ip, "ipaddr", "ip"),
-    (Constructor::Decimal, "decimal", "decimal"),
-    (Constructor::Datetime, "datetime", "datetime"),
-    (Constructor::Duration, "duration", "duration"),
-];
-
-impl Constructor {
-    fn of_type(name: &str) -> Option<Self> {
-        let name = name.strip_prefix("__cedar::").unwrap_or(name);
-        CONSTRUCTORS.iter().find(|c| c.1 == name).map(|c| c.0)
-    }
-
-    /// By the function's name, as an `__extn` escape gives it.
-    fn of_function(name: &str) -> Option<Self> {
-        CONSTRUCTORS.iter().find(|c| c.2 == name).map(|c| c.0)
-    }
-
-    fn call(self, arg: &str) -> RestrictedExpr {
-        // Cedar's `new_ip` and the others parse the function's name on every
-        // call, which costs more than the rest of a context; these are the
-        // same names, parsed once.
-        static NAMES: LazyLock<Vec<(Constructor, Name)>> = LazyLock::new(|| {
-            CONSTRUCTORS
-                .iter()
-                .filter_map(|c| Some((c.0, Name::parse_unqualified_name(c.2).ok()?)))
-                .collect()
-        });
-        if let Some((_, name)) = NAMES.iter().find(|n| n.0 == self) {
-            let arg = RestrictedExpr::val(arg);
-            return RestrictedExpr::call_extension_fn(name.clone(), [arg]);
-        }
-        self.call_by_name(arg).as_ref().clone()
-    }
-
-    /// Through Cedar's public constructors.
-    fn call_by_name(self, arg: &str) -> cedar_policy::RestrictedExpression {
-        use cedar_policy::RestrictedExpression as Public;
-        match self {
-            Self::Ip => Public::new_ip(arg),
-            Self::Decimal => Public::new_decimal(arg),
-            Self::Datetime => Public::new_datetime(arg),
-            Self::Duration => Public::new_duration(arg),
-        }
-    }
 }
 
 impl ContextTypes {
@@ -134,21 +49,18 @@ impl ContextTypes {
     /// accepted. An action whose type cannot be read is left out; if the
     /// schema cannot be resolved at all, every action is.
     pub fn from_cedarschema(text: &str) -> Self {
-        let by_action = cedar_policy::schema_str_to_json_with_resolved_types(text)
-            .ok()
-            .and_then(|(json, _)| compile(&json))
-            .unwrap_or_default();
-        Self {
-            schemaless: false,
-            by_action,
-        }
+        Self::from_resolved(Resolved::cedarschema(text).as_ref())
     }
 
     /// The same, for a JSON-syntax schema.
     pub fn from_json_schema(text: &str) -> Self {
-        match cedar_policy::SchemaFragment::from_json_str(text).map(|f| f.to_cedarschema()) {
-            Ok(Ok(cedar)) => Self::from_cedarschema(&cedar),
-            _ => Self::default(),
+        Self::from_resolved(Resolved::json_schema(text).as_ref())
+    }
+
+    pub(crate) fn from_resolved(schema: Option<&Resolved>) -> Self {
+        Self {
+            schemaless: false,
+            by_action: schema.map(Resolved::action_contexts).unwrap_or_default(),
         }
     }
 
@@ -170,91 +82,6 @@ impl ContextTypes {
         };
         Context::from_pairs(attrs, Extensions::all_available()).ok()
     }
-}
-
-/// Per action, its context type, from Cedar's resolved JSON schema.
-fn compile(schema: &Json) -> Option<HashMap<EntityUid, Ty>> {
-    let namespaces = schema.as_object()?;
-    let mut common = HashMap::new();
-    for (ns, def) in namespaces {
-        for (name, ty) in def
-            .get("commonTypes")
-            .and_then(Json::as_object)
-            .into_iter()
-            .flatten()
-        {
-            common.insert(qualified(ns, name), ty);
-        }
-    }
-    let mut by_action = HashMap::new();
-    for (ns, def) in namespaces {
-        let Some(actions) = def.get("actions").and_then(Json::as_object) else {
-            continue;
-        };
-        let Ok(action_type) = EntityTypeName::from_str(&qualified(ns, "Action")) else {
-            continue;
-        };
-        for (name, action) in actions {
-            // Without `appliesTo` no request fits; Cedar's parse says why.
-            let Some(applies) = action.get("appliesTo").and_then(Json::as_object) else {
-                continue;
-            };
-            let ty = match applies.get("context") {
-                None => Some(Ty::Record(Box::new([]))),
-                Some(ty) => resolve(ty, &common, 0),
-            };
-            if let Some(ty @ Ty::Record(_)) = ty {
-                let uid =
-                    EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(name));
-                by_action.insert(uid, ty);
-            }
-        }
-    }
-    Some(by_action)
-}
-
-fn qualified(ns: &str, name: &str) -> String {
-    if ns.is_empty() {
-        name.to_string()
-    } else {
-        format!("{ns}::{name}")
-    }
-}
-
-/// One type of the resolved schema; `None` for one this does not read.
-fn resolve(ty: &Json, common: &HashMap<String, &Json>, depth: usize) -> Option<Ty> {
-    if depth > MAX_TYPE_DEPTH {
-        return None;
-    }
-    let name = ty.get("type")?.as_str()?;
-    // A common type may be named like a builtin; the resolved schema's own
-    // definitions come first, as in Cedar's resolution.
-    if let Some(def) = common.get(name) {
-        return resolve(def, common, depth + 1);
-    }
-    Some(match name {
-        "Record" => {
-            if ty.get("additionalAttributes").and_then(Json::as_bool) == Some(true) {
-                return None;
-            }
-            let mut attrs = Vec::new();
-            for (name, attr) in ty.get("attributes")?.as_object()? {
-                attrs.push(Attr {
-                    name: name.as_str().into(),
-                    ty: resolve(attr, common, depth + 1)?,
-                    required: attr.get("required").and_then(Json::as_bool).unwrap_or(true),
-                });
-            }
-            Ty::Record(attrs.into())
-        }
-        "Set" => Ty::Set(Box::new(resolve(ty.get("element")?, common, depth + 1)?)),
-        "Entity" => Ty::Entity,
-        "Extension" => Ty::Extension(Constructor::of_type(ty.get("name")?.as_str()?)?),
-        "String" | "__cedar::String" => Ty::String,
-        "Long" | "__cedar::Long" => Ty::Long,
-        "Bool" | "Boolean" | "__cedar::Bool" => Ty::Bool,
-        other => Ty::Extension(Constructor::of_type(other)?),
-    })
 }
 
 /// A closed record's attributes, each read by its type.
@@ -319,24 +146,13 @@ fn any_record(json: &Map<String, Json>) -> Option<Vec<(SmolStr, RestrictedExpr)>
         .collect()
 }
 
-/// `{"type": .., "id": ..}` and nothing else. A type spelled with only name
-/// characters is in the normal form Cedar's parse requires.
+/// `{"type": .., "id": ..}` and nothing else.
 fn entity(m: &Map<String, Json>) -> Option<RestrictedExpr> {
     let (Some(Json::String(t)), Some(Json::String(id)), 2) = (m.get("type"), m.get("id"), m.len())
     else {
         return None;
     };
-    if !t
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
-    {
-        return None;
-    }
-    let name = type_name(t).ok()?;
-    let uid = EntityUid::from_type_name_and_id(name, EntityId::new(id));
-    Some(RestrictedExpr::val(
-        cedar_policy_core::ast::EntityUID::from(uid),
-    ))
+    Some(RestrictedExpr::val(uid(t, id)?))
 }
 
 /// `{"__extn": {"fn": <constructor>, "arg": "<string>"}}` and nothing else;
@@ -356,6 +172,8 @@ fn extension(m: &Map<String, Json>) -> Option<RestrictedExpr> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
+    use std::str::FromStr;
+
     use super::*;
     use serde_json::json;
 

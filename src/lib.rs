@@ -29,8 +29,10 @@
 //! - [`tokens`]: JWTs verified against the configured issuers' JWKS files; a leaf.
 //! - [`error_chain`]: an error with its sources, as one line.
 //! - [`type_names`]: Cedar entity type names, parsed once per thread; a leaf.
+//! - [`schema_types`]: the schema's context and entity attribute types, as far as reading JSON
+//!   by them needs; a leaf.
 //! - [`context_types`]: the schema's context type per action, and Cedar contexts built from
-//!   JSON with it; a leaf.
+//!   JSON with it.
 
 #![warn(unreachable_pub)]
 
@@ -52,6 +54,7 @@ pub(crate) mod policy_format;
 pub mod policy_store;
 pub mod policy_tests;
 pub mod replay;
+pub(crate) mod schema_types;
 pub(crate) mod state_metrics;
 pub mod telemetry;
 pub mod tokens;

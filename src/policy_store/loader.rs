@@ -15,8 +15,10 @@ use super::index::{PolicyIndex, copy_policy};
 use super::links::{self, GrantState, Window};
 use super::reader::{FileKind, Sources};
 use super::snapshot::{ShadowSet, Snapshot};
+use super::typed_entity::EntityShapes;
 use crate::config::{Config, SchemaRequirement};
 use crate::context_types::ContextTypes;
+use crate::schema_types::Resolved;
 
 /// Options that change how a directory is turned into a snapshot.
 #[derive(Clone, Debug)]
@@ -128,10 +130,31 @@ pub fn build(
     // Entities need only the schema: parse them on a second thread while
     // this one parses and validates the policies. Each is about half of a
     // large reload.
+    let schema_file = schema.as_ref().and_then(|_| {
+        sources
+            .files
+            .iter()
+            .find(|f| matches!(f.kind, FileKind::CedarSchema | FileKind::JsonSchema))
+    });
+    // The schema's types, for reading contexts and stored entities by them.
+    let (context_types, entity_shapes) = match schema_file {
+        None => (ContextTypes::schemaless(), EntityShapes::schemaless()),
+        Some(f) => {
+            let resolved = if f.kind == FileKind::JsonSchema {
+                Resolved::json_schema(&f.text)
+            } else {
+                Resolved::cedarschema(&f.text)
+            };
+            (
+                ContextTypes::from_resolved(resolved.as_ref()),
+                EntityShapes::from_resolved(resolved.as_ref()),
+            )
+        }
+    };
     let (policies, origins, entities, linked) = std::thread::scope(|scope| {
         let entities = scope.spawn(|| {
             let mut found = Vec::new();
-            let entities = parse_entities(&sources, schema.as_ref(), &mut found);
+            let entities = parse_entities(&sources, schema.as_ref(), &entity_shapes, &mut found);
             (entities, found)
         });
         let (mut policies, mut origins) = parse_policies(&sources, &mut problems, &mut warnings);
@@ -175,21 +198,10 @@ pub fn build(
     let entity_count = entities.len();
     let index = indexed(&policies, &linked.windows)?;
     let dangling = super::entity_refs::dangling(&entities);
-    let schema_file = schema.as_ref().and_then(|_| {
-        sources
-            .files
-            .iter()
-            .find(|f| matches!(f.kind, FileKind::CedarSchema | FileKind::JsonSchema))
-    });
     let schema_digest = schema_file.map(|file| {
         let digest = <sha2::Sha256 as sha2::Digest>::digest(file.text.as_bytes());
         format!("sha256:{}", hex::encode(digest))
     });
-    let context_types = match schema_file {
-        None => ContextTypes::schemaless(),
-        Some(f) if f.kind == FileKind::JsonSchema => ContextTypes::from_json_schema(&f.text),
-        Some(f) => ContextTypes::from_cedarschema(&f.text),
-    };
     Ok(Snapshot {
         revision: sources.revision(),
         git_commit: sources.git.clone(),
@@ -672,6 +684,7 @@ fn validate(
 fn parse_entities(
     sources: &Sources,
     schema: Option<&Schema>,
+    shapes: &EntityShapes,
     problems: &mut Vec<SourceProblem>,
 ) -> Entities {
     let actions = match schema.map(Schema::action_entities) {
@@ -698,7 +711,7 @@ fn parse_entities(
         // The parse has already checked the entities against the schema, so
         // the merge does not check them again (a merge re-walks the whole
         // hierarchy, so the first file is not merged into the actions).
-        let added = match super::entity_json::parse(&file.text, schema) {
+        let added = match super::entity_json::parse(&file.text, schema, shapes) {
             Ok(parsed) => match &merged {
                 None => Ok(parsed),
                 Some(so_far) => so_far.clone().add_entities(parsed, None),

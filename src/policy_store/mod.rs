@@ -15,6 +15,7 @@ mod reader;
 mod snapshot;
 mod spread;
 mod test_gate;
+mod typed_entity;
 mod watcher;
 
 use std::collections::{HashMap, HashSet};

@@ -1,0 +1,679 @@
+//! One entity of an entities file, read straight from its JSON text into
+//! the `Entity` Cedar's parse builds.
+//!
+//! Cedar's `Entity::from_json_str` deserializes the entity into a tree of
+//! JSON values, then tries each attribute value as every escape and shape
+//! in turn (building a serde error for each miss), then builds expressions
+//! and evaluates them: 270 allocations for an entity of four attributes,
+//! and most of a large load. Here the text is read once, by the schema's
+//! type for each attribute (or Cedar's reading without a schema), into the
+//! same expressions, and Cedar's `Entity::new` evaluates them as its parse
+//! does. Anything else (an action, a type the schema does not declare or
+//! that is not read here, a missing or extra attribute, a key given twice,
+//! tags, any escape or shape not read here) is declined with `None`, and
+//! the caller takes Cedar's parse of that entity, so what is refused, and
+//! how, stays Cedar's.
+//!
+//! An entity read here is checked against the schema by the caller's
+//! `Entities::from_entities`, exactly as one from Cedar's parse is. For one
+//! JSON value and one schema type there is one value of that type.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use cedar_policy::{Entity, EntityTypeName};
+use cedar_policy_core::ast::{self, EntityUID, RestrictedExpr};
+use cedar_policy_core::extensions::Extensions;
+use serde::Deserializer as _;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use smol_str::SmolStr;
+
+use crate::schema_types::{Attr, Constructor, Resolved, Ty, uid};
+
+/// Each entity type's attributes, or Cedar's reading without a schema.
+#[derive(Debug)]
+pub(crate) struct EntityShapes {
+    /// `None`: no schema.
+    by_type: Option<HashMap<EntityTypeName, Box<[Attr]>>>,
+}
+
+impl EntityShapes {
+    pub(crate) fn schemaless() -> Self {
+        Self { by_type: None }
+    }
+
+    /// From a resolved schema; without one (a schema that did not resolve),
+    /// no entity is read here.
+    pub(crate) fn from_resolved(schema: Option<&Resolved>) -> Self {
+        Self {
+            by_type: Some(schema.map(Resolved::entity_shapes).unwrap_or_default()),
+        }
+    }
+
+    /// How `t`'s attributes are read, or `None` when they are Cedar's to read.
+    fn of(&self, t: &ast::EntityType) -> Option<Reading<'_>> {
+        if t.is_action() {
+            // Cedar checks action entities against the schema's own.
+            return None;
+        }
+        match &self.by_type {
+            None => Some(Reading::Any),
+            Some(by_type) => {
+                let public = EntityTypeName::from(t.clone());
+                Some(Reading::Record(by_type.get(&public)?))
+            }
+        }
+    }
+}
+
+/// One entity of `text` (a single JSON object), or `None` where Cedar's parse
+/// must read it.
+pub(crate) fn read(text: &str, shapes: &EntityShapes) -> Option<Entity> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let entity = de.deserialize_map(EntityVisitor(shapes)).ok()?;
+    de.end().ok()?;
+    Some(entity.into())
+}
+
+/// Any failure: the entity is declined, never refused here.
+fn decline<E: de::Error>() -> E {
+    E::custom("declined")
+}
+
+struct EntityVisitor<'a>(&'a EntityShapes);
+
+impl<'de> Visitor<'de> for EntityVisitor<'_> {
+    type Value = ast::Entity;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an entity")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut uid: Option<EntityUID> = None;
+        let mut attrs = None;
+        let mut parents = None;
+        while let Some(key) = map.next_key::<&str>()? {
+            match key {
+                "uid" if uid.is_none() => uid = Some(map.next_value_seed(UidSeed)?),
+                // The attributes' types come from the uid's type, so the uid
+                // comes first, as Cedar writes entities.
+                "attrs" if attrs.is_none() => {
+                    let t = uid.as_ref().ok_or_else(decline::<A::Error>)?.entity_type();
+                    let reading = self.0.of(t).ok_or_else(decline::<A::Error>)?;
+                    attrs = Some(map.next_value_seed(RecordSeed(reading))?);
+                }
+                "parents" if parents.is_none() => parents = Some(map.next_value_seed(UidsSeed)?),
+                // `tags`, a key given twice, or one Cedar ignores.
+                _ => return Err(decline()),
+            }
+        }
+        let (Some(uid), Some(attrs), Some(parents)) = (uid, attrs, parents) else {
+            return Err(decline());
+        };
+        ast::Entity::new(
+            uid,
+            attrs,
+            HashSet::new(),
+            parents,
+            std::iter::empty(),
+            Extensions::all_available(),
+        )
+        .map_err(|_| decline())
+    }
+}
+
+/// How a record's attributes are read.
+#[derive(Clone, Copy)]
+enum Reading<'a> {
+    /// Without a schema: Cedar's untyped reading.
+    Any,
+    /// These attributes, closed.
+    Record(&'a [Attr]),
+}
+
+/// How one value is read.
+#[derive(Clone, Copy)]
+enum ValueSeed<'a> {
+    Any,
+    Typed(&'a Ty),
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = RestrictedExpr;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_> {
+    type Value = RestrictedExpr;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Cedar value")
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+        match self {
+            Self::Any | Self::Typed(Ty::Bool) => Ok(RestrictedExpr::val(b)),
+            Self::Typed(_) => Err(decline()),
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+        match self {
+            Self::Any | Self::Typed(Ty::Long) => Ok(RestrictedExpr::val(n)),
+            Self::Typed(_) => Err(decline()),
+        }
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        self.visit_i64(i64::try_from(n).map_err(|_| decline::<E>())?)
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        match self {
+            Self::Any | Self::Typed(Ty::String) => Ok(RestrictedExpr::val(s)),
+            Self::Typed(Ty::Extension(c)) => Ok(c.call(s)),
+            Self::Typed(_) => Err(decline()),
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let element = match self {
+            Self::Any => Self::Any,
+            Self::Typed(Ty::Set(element)) => Self::Typed(element),
+            Self::Typed(_) => return Err(decline()),
+        };
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(v) = seq.next_element_seed(element)? {
+            items.push(v);
+        }
+        Ok(RestrictedExpr::set(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        match self {
+            Self::Typed(Ty::Record(attrs)) => {
+                record(&mut map, Reading::Record(attrs), None).and_then(record_expr)
+            }
+            Self::Typed(Ty::Entity) => {
+                let key = map.next_key::<&str>()?.ok_or_else(decline::<A::Error>)?;
+                Ok(RestrictedExpr::val(uid_map(key, &mut map, true)?))
+            }
+            Self::Typed(Ty::Extension(_)) => match map.next_key::<&str>()? {
+                Some("__extn") => extension(map),
+                _ => Err(decline()),
+            },
+            Self::Any => {
+                let first = map.next_key::<&str>()?.ok_or_else(decline::<A::Error>)?;
+                match first {
+                    "__entity" => {
+                        let uid = map.next_value_seed(PlainUidSeed)?;
+                        no_more_keys(&mut map)?;
+                        Ok(RestrictedExpr::val(uid))
+                    }
+                    "__extn" => extension(map),
+                    // `__expr` and other escapes are Cedar's to refuse.
+                    _ if first.starts_with("__") => Err(decline()),
+                    _ => record(&mut map, Reading::Any, Some(first)).and_then(record_expr),
+                }
+            }
+            Self::Typed(_) => Err(decline()),
+        }
+    }
+}
+
+fn record_expr<E: de::Error>(pairs: Vec<(SmolStr, RestrictedExpr)>) -> Result<RestrictedExpr, E> {
+    RestrictedExpr::record(pairs).map_err(|_| decline())
+}
+
+/// A record's attributes, each once; with `first`, its first key has been
+/// read already.
+fn record<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    reading: Reading<'_>,
+    first: Option<&'de str>,
+) -> Result<Vec<(SmolStr, RestrictedExpr)>, A::Error> {
+    let mut out: Vec<(SmolStr, RestrictedExpr)> = Vec::new();
+    let mut key = match first {
+        Some(k) => Some(k),
+        None => map.next_key::<&str>()?,
+    };
+    while let Some(k) = key {
+        // Cedar refuses a key given twice; a record has few keys.
+        if out.iter().any(|(seen, _)| seen == k) {
+            return Err(decline());
+        }
+        let (name, seed) = match reading {
+            Reading::Any if k.starts_with("__") => return Err(decline()),
+            Reading::Any => (SmolStr::new(k), ValueSeed::Any),
+            Reading::Record(attrs) => {
+                let attr = attrs
+                    .iter()
+                    .find(|a| a.name == k)
+                    .ok_or_else(decline::<A::Error>)?;
+                (attr.name.clone(), ValueSeed::Typed(&attr.ty))
+            }
+        };
+        out.push((name, map.next_value_seed(seed)?));
+        key = map.next_key::<&str>()?;
+    }
+    if let Reading::Record(attrs) = reading
+        && attrs
+            .iter()
+            .any(|a| a.required && !out.iter().any(|(k, _)| *k == a.name))
+    {
+        return Err(decline());
+    }
+    Ok(out)
+}
+
+/// The rest of `{"__extn": {"fn": <constructor>, "arg": "<string>"}}`.
+fn extension<'de, A: MapAccess<'de>>(mut map: A) -> Result<RestrictedExpr, A::Error> {
+    let call = map.next_value_seed(CallSeed)?;
+    no_more_keys(&mut map)?;
+    Ok(call)
+}
+
+fn no_more_keys<'de, A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> {
+    match map.next_key::<&str>()? {
+        None => Ok(()),
+        Some(_) => Err(decline()),
+    }
+}
+
+struct CallSeed;
+
+impl<'de> DeserializeSeed<'de> for CallSeed {
+    type Value = RestrictedExpr;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CallSeed {
+    type Value = RestrictedExpr;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an extension call")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut function, mut arg) = (None, None);
+        while let Some(k) = map.next_key::<&str>()? {
+            match k {
+                "fn" if function.is_none() => function = Some(map.next_value::<&str>()?),
+                "arg" if arg.is_none() => arg = Some(map.next_value::<&str>()?),
+                _ => return Err(decline()),
+            }
+        }
+        // `unknown` and other functions are Cedar's.
+        match (function.and_then(Constructor::of_function), arg) {
+            (Some(c), Some(arg)) => Ok(c.call(arg)),
+            _ => Err(decline()),
+        }
+    }
+}
+
+/// A uid: `{"type": .., "id": ..}` or `{"__entity": {"type": .., "id": ..}}`.
+struct UidSeed;
+
+impl<'de> DeserializeSeed<'de> for UidSeed {
+    type Value = EntityUID;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UidSeed {
+    type Value = EntityUID;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an entity uid")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let key = map.next_key::<&str>()?.ok_or_else(decline::<A::Error>)?;
+        uid_map(key, &mut map, true)
+    }
+}
+
+/// The rest of a uid object whose first key is `first`; `escape` allows
+/// the `__entity` form (once, not nested).
+fn uid_map<'de, A: MapAccess<'de>>(
+    first: &str,
+    map: &mut A,
+    escape: bool,
+) -> Result<EntityUID, A::Error> {
+    if first == "__entity" && escape {
+        let inner = map.next_value_seed(PlainUidSeed)?;
+        no_more_keys(map)?;
+        return Ok(inner);
+    }
+    let (mut t, mut id) = (None, None);
+    let mut key = Some(first);
+    while let Some(k) = key {
+        match k {
+            "type" if t.is_none() => t = Some(map.next_value::<&str>()?),
+            "id" if id.is_none() => id = Some(map.next_value::<&str>()?),
+            _ => return Err(decline()),
+        }
+        key = map.next_key::<&str>()?;
+    }
+    match (t, id) {
+        (Some(t), Some(id)) => uid(t, id).ok_or_else(decline),
+        _ => Err(decline()),
+    }
+}
+
+/// `{"type": .., "id": ..}` only: the inside of an `__entity` escape.
+struct PlainUidSeed;
+
+impl<'de> DeserializeSeed<'de> for PlainUidSeed {
+    type Value = EntityUID;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainUidSeed {
+    type Value = EntityUID;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a type and an id")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let key = map.next_key::<&str>()?.ok_or_else(decline::<A::Error>)?;
+        uid_map(key, &mut map, false)
+    }
+}
+
+/// An entity's parents: a list of uids.
+struct UidsSeed;
+
+impl<'de> DeserializeSeed<'de> for UidsSeed {
+    type Value = HashSet<EntityUID>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UidsSeed {
+    type Value = HashSet<EntityUID>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of uids")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = HashSet::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(u) = seq.next_element_seed(UidSeed)? {
+            out.insert(u);
+        }
+        Ok(out)
+    }
+}
+
+struct RecordSeed<'a>(Reading<'a>);
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = Vec<(SmolStr, RestrictedExpr)>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = Vec<(SmolStr, RestrictedExpr)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a record")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        record(&mut map, self.0, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+    use cedar_policy::{Entities, EvalResult, Schema};
+    use serde_json::{Value as Json, json};
+
+    use super::*;
+
+    const SCHEMA: &str = r#"
+        namespace App {
+          type Info = { labels: Set<String>, level?: Long, boss?: User };
+          entity Org { name: String };
+          entity User in [Org] {
+            name: String, age: Long, admin: Bool, ip: ipaddr, limit?: decimal,
+            since?: datetime, ttl?: duration, manager?: User, peers: Set<User>, info: Info
+          };
+          entity Doc in [Org] { owner: User } tags String;
+          entity Color enum ["red"];
+          action read appliesTo { principal: User, resource: Doc };
+        }
+    "#;
+
+    fn shapes() -> EntityShapes {
+        EntityShapes::from_resolved(Resolved::cedarschema(SCHEMA).as_ref())
+    }
+
+    /// One entity of each kind, written as a schema lets one write them
+    /// (`schema`) or with every escape spelled out.
+    fn sample(schema: bool) -> Vec<Json> {
+        let user = |id: &str| {
+            if schema {
+                json!({"type": "App::User", "id": id})
+            } else {
+                json!({"__entity": {"type": "App::User", "id": id}})
+            }
+        };
+        let ext = |f: &str, arg: &str| {
+            if schema {
+                json!(arg)
+            } else {
+                json!({"__extn": {"fn": f, "arg": arg}})
+            }
+        };
+        vec![
+            json!({"uid": {"type": "App::Org", "id": "o"}, "attrs": {"name": "O"}, "parents": []}),
+            json!({"uid": user("a"), "attrs": {
+                "name": "A", "age": 30, "admin": true, "ip": ext("ip", "10.0.0.0/8"),
+                "peers": [user("b")], "info": {"labels": ["x"]}
+            }, "parents": [{"type": "App::Org", "id": "o"}]}),
+            json!({"uid": {"__entity": {"type": "App::User", "id": "b"}}, "attrs": {
+                "name": "B", "age": -1, "admin": false, "ip": {"__extn": {"fn": "ip", "arg": "::1"}},
+                "limit": ext("decimal", "1.50"), "since": ext("datetime", "2026-12-03T10:00:00Z"),
+                "ttl": ext("duration", "1h30m"), "manager": user("a"), "peers": [],
+                "info": {"labels": [], "level": 2, "boss": user("a")}
+            }, "parents": [{"type": "App::Org", "id": "o"}, {"__entity": {"type": "App::Org", "id": "p"}}]}),
+            json!({"uid": {"type": "App::Doc", "id": "d"}, "attrs": {"owner": user("a")}, "parents": []}),
+            json!({"uid": {"type": "App::Doc", "id": "t"}, "attrs": {"owner": user("a")}, "parents": [], "tags": {"k": "v"}}),
+            json!({"uid": {"type": "App::Color", "id": "red"}, "attrs": {}, "parents": []}),
+            json!({"uid": {"type": "App::Action", "id": "read"}, "attrs": {}, "parents": []}),
+        ]
+    }
+
+    /// Ours against Cedar's per-entity parse: whatever is read here, Cedar
+    /// reads the same, or refuses and so does the schema check every read
+    /// entity meets in `Entities::from_entities`. Returns whether it was
+    /// read here.
+    fn agrees(text: &str, shapes: &EntityShapes, schema: Option<&Schema>) -> bool {
+        let Some(ours) = read(text, shapes) else {
+            return false;
+        };
+        match Entity::from_json_str(text, schema) {
+            Ok(cedar) => {
+                assert!(
+                    ours.as_ref().deep_eq(cedar.as_ref()),
+                    "{text}\n{ours}\n{cedar}"
+                );
+            }
+            Err(e) => assert!(
+                Entities::from_entities([ours], schema).is_err(),
+                "{text}: read here and checked, Cedar says {e}"
+            ),
+        }
+        true
+    }
+
+    #[test]
+    fn usual_entities_read_as_cedar_reads_them() {
+        let schema = Schema::from_cedarschema_str(SCHEMA).unwrap().0;
+        let typed = shapes();
+        let read_here: Vec<bool> = sample(true)
+            .iter()
+            .map(|e| agrees(&e.to_string(), &typed, Some(&schema)))
+            .collect();
+        // Tags, an enumerated type and an action are Cedar's.
+        assert_eq!(read_here, [true, true, true, true, false, false, false]);
+        let untyped = EntityShapes::schemaless();
+        let read_here: Vec<bool> = sample(false)
+            .iter()
+            .map(|e| agrees(&e.to_string(), &untyped, None))
+            .collect();
+        assert_eq!(read_here, [true, true, true, true, false, true, false]);
+        // Without a schema, an entity or extension needs its escape: the
+        // schema's shorthand reads as a string and a record, as in Cedar.
+        let a = &sample(true)[1];
+        assert!(agrees(&a.to_string(), &untyped, None));
+        let a = read(&a.to_string(), &untyped).unwrap();
+        assert!(matches!(a.attr("ip"), Some(Ok(EvalResult::String(_)))));
+        let Some(Ok(EvalResult::Set(peers))) = a.attr("peers") else {
+            panic!("{a}")
+        };
+        assert!(peers.iter().all(|p| matches!(p, EvalResult::Record(_))));
+        // A schema that did not resolve reads nothing.
+        let none = EntityShapes::from_resolved(None);
+        assert!(!agrees(&sample(true)[0].to_string(), &none, Some(&schema)));
+    }
+
+    /// Every path to a value inside `v`, as JSON pointers.
+    fn pointers(v: &Json, at: &str, out: &mut Vec<String>) {
+        let children: Vec<(String, &Json)> = match v {
+            Json::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
+            Json::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i.to_string(), v))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (step, child) in children {
+            let here = format!("{at}/{step}");
+            out.push(here.clone());
+            pointers(child, &here, out);
+        }
+    }
+
+    /// Each entity of the sample, with one value replaced by each shape
+    /// Cedar reads differently, removed, or given a sibling; and with a key
+    /// given twice. Whatever is read here must be what Cedar reads.
+    #[test]
+    fn broken_entities_read_as_cedar_reads_them() {
+        let replacements = [
+            json!(null),
+            json!(1),
+            json!(1.5),
+            json!(18_446_744_073_709_551_615_u64),
+            json!("s"),
+            json!("10.0.0.1"),
+            json!("1.50"),
+            json!("2026-12-03"),
+            json!("1h"),
+            json!(true),
+            json!([]),
+            json!(["a", 1]),
+            json!([{"type": "App::User", "id": "u"}]),
+            json!({}),
+            json!({"__extn": {"fn": "ip", "arg": "10.0.0.1"}}),
+            json!({"__extn": {"fn": "decimal", "arg": "1.5"}}),
+            json!({"__extn": {"fn": "unknown", "arg": "u"}}),
+            json!({"__extn": {"fn": "ip", "args": ["10.0.0.1"]}}),
+            json!({"__extn": {"fn": "ip", "arg": "10.0.0.1"}, "x": 1}),
+            json!({"fn": "ip", "arg": "10.0.0.1"}),
+            json!({"__entity": {"type": "App::User", "id": "u"}}),
+            json!({"__entity": {"type": "App::User", "id": "u"}, "x": 1}),
+            json!({"__entity": {"__entity": {"type": "App::User", "id": "u"}}}),
+            json!({"type": "App::User", "id": "u"}),
+            json!({"type": "App::Org", "id": "o"}),
+            json!({"type": "App :: User", "id": "u"}),
+            json!({"type": "App::User", "id": "u", "x": 1}),
+            json!({"type": "App::User"}),
+            json!({"__expr": "1"}),
+            json!({"labels": []}),
+            json!({"labels": ["x"], "level": 2, "boss": {"type": "App::User", "id": "u"}}),
+        ];
+        let schema = Schema::from_cedarschema_str(SCHEMA).unwrap().0;
+        let (typed, untyped) = (shapes(), EntityShapes::schemaless());
+        let (mut compared, mut read_here) = (0, 0);
+        let mut check = |text: &str| {
+            compared += 2;
+            read_here += usize::from(agrees(text, &typed, Some(&schema)));
+            read_here += usize::from(agrees(text, &untyped, None));
+        };
+        for entity in sample(true).into_iter().chain(sample(false)) {
+            check(&entity.to_string());
+            let mut all = Vec::new();
+            pointers(&entity, "", &mut all);
+            for pointer in &all {
+                for r in &replacements {
+                    let mut e = entity.clone();
+                    *e.pointer_mut(pointer).unwrap() = r.clone();
+                    check(&e.to_string());
+                }
+                let (parent, last) = pointer.rsplit_once('/').unwrap();
+                let mut e = entity.clone();
+                match e.pointer_mut(parent).unwrap() {
+                    Json::Object(m) => drop(m.remove(last)),
+                    Json::Array(items) => drop(items.remove(last.parse::<usize>().unwrap())),
+                    _ => unreachable!("a pointer ends in a key or an index"),
+                }
+                check(&e.to_string());
+                let mut e = entity.clone();
+                if let Some(Json::Object(m)) = e.pointer_mut(pointer) {
+                    m.insert("extra".into(), json!("x"));
+                    check(&e.to_string());
+                }
+            }
+            // A key given twice, which a JSON value cannot hold.
+            let text = entity.to_string();
+            for key in [
+                "\"uid\":",
+                "\"attrs\":",
+                "\"parents\":",
+                "\"name\":",
+                "\"labels\":",
+                "\"type\":",
+            ] {
+                if let Some(at) = text.find(key) {
+                    let twice = format!(
+                        "{}\"{}\":1,{}",
+                        &text[..at],
+                        &key[1..key.len() - 2],
+                        &text[at..]
+                    );
+                    check(&twice);
+                    assert!(
+                        read(&twice, &typed).is_none() && read(&twice, &untyped).is_none(),
+                        "{twice}"
+                    );
+                }
+            }
+        }
+        println!("{compared} compared, {read_here} read here");
+        assert!(compared > 3000, "{compared}");
+        assert!(read_here > 300, "{read_here}");
+    }
+}
