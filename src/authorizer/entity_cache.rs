@@ -27,7 +27,7 @@ use quick_cache::sync::Cache;
 use serde_json::Value as Json;
 
 use super::{AuthorizeError, parse_entities, request_entities};
-use crate::policy_store::Snapshot;
+use crate::policy_store::{Snapshot, read_entity};
 
 /// Entities whose JSON is larger than this are parsed every time: a key
 /// that size costs memory out of proportion to what it saves.
@@ -209,7 +209,14 @@ impl EntityCache {
                 continue;
             }
             lookups.misses += 1;
-            let Ok(entity) = Entity::from_json_value(Json::clone(value), schema) else {
+            // Read by type where it can be (the key holds the entity's JSON
+            // text), else by Cedar's parse, which also gives any error.
+            let typed = std::str::from_utf8(&set_key[start..end])
+                .ok()
+                .and_then(|text| read_entity(text, &snapshot.entity_shapes, schema));
+            let Some(entity) =
+                typed.or_else(|| Entity::from_json_value(Json::clone(value), schema).ok())
+            else {
                 return Err(entities);
             };
             self.cache.insert(key.clone(), Arc::new(entity.clone()));

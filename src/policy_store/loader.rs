@@ -220,6 +220,7 @@ pub fn build(
         dangling,
         stored_only_types: options.stored_only_types.clone(),
         context_types,
+        entity_shapes,
         grants: linked.windows.into_values().collect(),
         warnings,
     })

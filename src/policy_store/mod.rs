@@ -38,6 +38,8 @@ pub use reader::{
 };
 pub use snapshot::{ShadowSet, Snapshot};
 pub use test_gate::TestGate;
+pub use typed_entity::EntityShapes;
+pub(crate) use typed_entity::read_checked as read_entity;
 pub use watcher::{WatchOptions, spawn_watcher};
 
 /// The outcome of the most recent load attempt.

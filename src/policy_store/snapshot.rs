@@ -51,6 +51,8 @@ pub struct Snapshot {
     /// Per action, the context type requests are read by without Cedar's
     /// parse where they can be.
     pub context_types: crate::context_types::ContextTypes,
+    /// Each entity type's attributes, for reading entities by them.
+    pub entity_shapes: super::EntityShapes,
     /// The window of every template link (`*.links.json`), live or shadow.
     pub grants: Vec<Window>,
     /// Problems that do not stop the load: policies without `@id`, policies

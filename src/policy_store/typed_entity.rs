@@ -23,7 +23,9 @@ use std::fmt;
 
 use cedar_policy::{Entity, EntityTypeName};
 use cedar_policy_core::ast::{self, EntityUID, RestrictedExpr};
+use cedar_policy_core::entities::conformance::EntitySchemaConformanceChecker;
 use cedar_policy_core::extensions::Extensions;
+use cedar_policy_core::validator::CoreSchema;
 use serde::Deserializer as _;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use smol_str::SmolStr;
@@ -32,7 +34,7 @@ use crate::schema_types::{Attr, Constructor, Resolved, Ty, uid};
 
 /// Each entity type's attributes, or Cedar's reading without a schema.
 #[derive(Debug)]
-pub(crate) struct EntityShapes {
+pub struct EntityShapes {
     /// `None`: no schema.
     by_type: Option<HashMap<EntityTypeName, Box<[Attr]>>>,
 }
@@ -73,6 +75,24 @@ pub(crate) fn read(text: &str, shapes: &EntityShapes) -> Option<Entity> {
     let entity = de.deserialize_map(EntityVisitor(shapes)).ok()?;
     de.end().ok()?;
     Some(entity.into())
+}
+
+/// [`read`], then checked against `schema` as Cedar's `Entity::from_json_str`
+/// checks the one entity it parses: `Some` exactly where that gives the same
+/// entity, `None` where it must answer (or refuse).
+pub(crate) fn read_checked(
+    text: &str,
+    shapes: &EntityShapes,
+    schema: Option<&cedar_policy::Schema>,
+) -> Option<Entity> {
+    let entity = read(text, shapes)?;
+    if let Some(schema) = schema {
+        let schema = CoreSchema::new(schema.as_ref());
+        EntitySchemaConformanceChecker::new(&schema, Extensions::all_available())
+            .validate_entity(entity.as_ref())
+            .ok()?;
+    }
+    Some(entity)
 }
 
 /// Any failure: the entity is declined, never refused here.
@@ -507,23 +527,34 @@ mod tests {
 
     /// Ours against Cedar's per-entity parse: whatever is read here, Cedar
     /// reads the same, or refuses and so does the schema check every read
-    /// entity meets in `Entities::from_entities`. Returns whether it was
-    /// read here.
+    /// entity meets in `Entities::from_entities`. Checked, it is read here
+    /// exactly where Cedar's parse accepts it. Returns whether it was read
+    /// here.
     fn agrees(text: &str, shapes: &EntityShapes, schema: Option<&Schema>) -> bool {
+        let cedar = Entity::from_json_str(text, schema);
+        let checked = read_checked(text, shapes, schema);
         let Some(ours) = read(text, shapes) else {
+            assert!(checked.is_none());
             return false;
         };
-        match Entity::from_json_str(text, schema) {
+        match cedar {
             Ok(cedar) => {
                 assert!(
                     ours.as_ref().deep_eq(cedar.as_ref()),
                     "{text}\n{ours}\n{cedar}"
                 );
+                assert!(
+                    checked.is_some(),
+                    "{text}: Cedar accepts, the check refuses"
+                );
             }
-            Err(e) => assert!(
-                Entities::from_entities([ours], schema).is_err(),
-                "{text}: read here and checked, Cedar says {e}"
-            ),
+            Err(e) => {
+                assert!(
+                    Entities::from_entities([ours], schema).is_err(),
+                    "{text}: read here and checked, Cedar says {e}"
+                );
+                assert!(checked.is_none(), "{text}: Cedar says {e}");
+            }
         }
         true
     }
