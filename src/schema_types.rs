@@ -124,12 +124,7 @@ impl Resolved {
     fn common_types(&self) -> HashMap<String, &Json> {
         let mut common = HashMap::new();
         for (ns, def) in self.namespaces() {
-            for (name, ty) in def
-                .get("commonTypes")
-                .and_then(Json::as_object)
-                .into_iter()
-                .flatten()
-            {
+            for (name, ty) in members(def, "commonTypes") {
                 common.insert(qualified(ns, name), ty);
             }
         }
@@ -173,12 +168,7 @@ impl Resolved {
         let common = self.common_types();
         let mut by_type = HashMap::new();
         for (ns, def) in self.namespaces() {
-            for (name, entity) in def
-                .get("entityTypes")
-                .and_then(Json::as_object)
-                .into_iter()
-                .flatten()
-            {
+            for (name, entity) in members(def, "entityTypes") {
                 if entity.get("enum").is_some() {
                     continue;
                 }
@@ -195,6 +185,11 @@ impl Resolved {
         }
         by_type
     }
+}
+
+/// The named definitions under `key` of a namespace's JSON.
+fn members<'a>(def: &'a Json, key: &str) -> impl Iterator<Item = (&'a String, &'a Json)> {
+    def.get(key).and_then(Json::as_object).into_iter().flatten()
 }
 
 fn qualified(ns: &str, name: &str) -> String {

@@ -115,7 +115,9 @@ impl<'de> Visitor<'de> for EntityVisitor<'_> {
         let mut parents = None;
         while let Some(key) = map.next_key::<&str>()? {
             match key {
-                "uid" if uid.is_none() => uid = Some(map.next_value_seed(UidSeed)?),
+                "uid" if uid.is_none() => {
+                    uid = Some(map.next_value_seed(UidSeed { escape: true })?)
+                }
                 // The attributes' types come from the uid's type, so the uid
                 // comes first, as Cedar writes entities.
                 "attrs" if attrs.is_none() => {
@@ -230,7 +232,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
                 let first = map.next_key::<&str>()?.ok_or_else(decline::<A::Error>)?;
                 match first {
                     "__entity" => {
-                        let uid = map.next_value_seed(PlainUidSeed)?;
+                        let uid = map.next_value_seed(UidSeed { escape: false })?;
                         no_more_keys(&mut map)?;
                         Ok(RestrictedExpr::val(uid))
                     }
@@ -338,8 +340,12 @@ impl<'de> Visitor<'de> for CallSeed {
     }
 }
 
-/// A uid: `{"type": .., "id": ..}` or `{"__entity": {"type": .., "id": ..}}`.
-struct UidSeed;
+/// A uid: `{"type": .., "id": ..}`, or with `escape` also
+/// `{"__entity": {"type": .., "id": ..}}` (once, not nested).
+#[derive(Clone, Copy)]
+struct UidSeed {
+    escape: bool,
+}
 
 impl<'de> DeserializeSeed<'de> for UidSeed {
     type Value = EntityUID;
@@ -358,19 +364,18 @@ impl<'de> Visitor<'de> for UidSeed {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let key = map.next_key::<&str>()?.ok_or_else(decline::<A::Error>)?;
-        uid_map(key, &mut map, true)
+        uid_map(key, &mut map, self.escape)
     }
 }
 
-/// The rest of a uid object whose first key is `first`; `escape` allows
-/// the `__entity` form (once, not nested).
+/// The rest of a uid object whose first key is `first`; see [`UidSeed`].
 fn uid_map<'de, A: MapAccess<'de>>(
     first: &str,
     map: &mut A,
     escape: bool,
 ) -> Result<EntityUID, A::Error> {
     if first == "__entity" && escape {
-        let inner = map.next_value_seed(PlainUidSeed)?;
+        let inner = map.next_value_seed(UidSeed { escape: false })?;
         no_more_keys(map)?;
         return Ok(inner);
     }
@@ -387,30 +392,6 @@ fn uid_map<'de, A: MapAccess<'de>>(
     match (t, id) {
         (Some(t), Some(id)) => uid(t, id).ok_or_else(decline),
         _ => Err(decline()),
-    }
-}
-
-/// `{"type": .., "id": ..}` only: the inside of an `__entity` escape.
-struct PlainUidSeed;
-
-impl<'de> DeserializeSeed<'de> for PlainUidSeed {
-    type Value = EntityUID;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for PlainUidSeed {
-    type Value = EntityUID;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a type and an id")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let key = map.next_key::<&str>()?.ok_or_else(decline::<A::Error>)?;
-        uid_map(key, &mut map, false)
     }
 }
 
@@ -434,7 +415,7 @@ impl<'de> Visitor<'de> for UidsSeed {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = HashSet::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(u) = seq.next_element_seed(UidSeed)? {
+        while let Some(u) = seq.next_element_seed(UidSeed { escape: true })? {
             out.insert(u);
         }
         Ok(out)
