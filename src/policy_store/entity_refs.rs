@@ -4,29 +4,30 @@
 
 use std::collections::HashSet;
 
-use cedar_policy::{Entities, Entity, EntityUid, EvalResult};
+use cedar_policy::{Entities, Entity, EntityUid};
+use cedar_policy_core::ast::{EntityUID, Literal, PartialValue, Value, ValueKind};
 
 /// Pushes every entity `entity` points at: its ancestors (from `set`, where
-/// it lives) and the entities in its attribute and tag values.
+/// it lives) and the entities in its attribute and tag values. Values are
+/// walked in Cedar's own form: the public accessors copy each one.
 pub fn edges(set: &Entities, entity: &Entity, out: &mut Vec<EntityUid>) {
     let uid = entity.uid();
     out.extend(set.ancestors(&uid).into_iter().flatten().cloned());
+    let entity = entity.as_ref();
     for (_, value) in entity.attrs().chain(entity.tags()) {
-        if let Ok(value) = value {
-            value_refs(&value, out);
+        // A residual (a value with `unknown`) names no entity it could reach.
+        if let PartialValue::Value(value) = value {
+            value_refs(value, out);
         }
     }
 }
 
-fn value_refs(value: &EvalResult, out: &mut Vec<EntityUid>) {
-    match value {
-        EvalResult::EntityUid(uid) => out.push(uid.clone()),
-        EvalResult::Set(set) => set.iter().for_each(|v| value_refs(v, out)),
-        EvalResult::Record(record) => record.iter().for_each(|(_, v)| value_refs(v, out)),
-        EvalResult::Bool(_)
-        | EvalResult::Long(_)
-        | EvalResult::String(_)
-        | EvalResult::ExtensionValue(_) => {}
+fn value_refs(value: &Value, out: &mut Vec<EntityUid>) {
+    match &value.value {
+        ValueKind::Lit(Literal::EntityUID(uid)) => out.push(EntityUid::from(EntityUID::clone(uid))),
+        ValueKind::Set(set) => set.authoritative.iter().for_each(|v| value_refs(v, out)),
+        ValueKind::Record(record) => record.values().for_each(|v| value_refs(v, out)),
+        ValueKind::Lit(_) | ValueKind::ExtensionValue(_) => {}
     }
 }
 
