@@ -2,15 +2,18 @@
 //! builds, on every core: most of a large load is Cedar parsing one entity
 //! after another, and that part needs no other entity.
 //!
-//! Each entity is parsed (and checked against the schema) on its own with
-//! `Entity::from_json_str`, which is the per-entity step of Cedar's parse. One
-//! `Entities::from_entities` then does that parse's last step: it checks every
-//! entity against the schema, closes the hierarchy and adds the schema's
-//! actions. Where any entity fails, the whole file takes Cedar's own parse,
-//! so what is reported is exactly what it reports.
+//! Each entity is read on its own, by type where it can be
+//! ([`typed_entity`]) and otherwise with `Entity::from_json_str`, the
+//! per-entity step of Cedar's parse. The hierarchy is then closed on every
+//! core ([`super::closure`]), and one `Entities::from_entities` does the
+//! rest of that parse's last step: it checks every entity against the
+//! schema and adds the schema's actions. Where anything fails, the whole
+//! file takes Cedar's own parse, so what is reported is exactly what it
+//! reports.
 
 use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Entities, Entity, Schema};
+use cedar_policy_core::ast;
 use serde_json::value::RawValue;
 
 use super::typed_entity::{self, EntityShapes};
@@ -40,18 +43,11 @@ fn parse_on(
     let each = serde_json::from_str::<Vec<&RawValue>>(text)
         .ok()
         .and_then(|raw| each_entity(&raw, schema, shapes, threads));
-    match each {
-        // Cedar's parse would have reached this same call with these same
-        // entities, in this order, so its error too is Cedar's. Where some
-        // were read here, the whole-file parse reports it, to be sure of that.
-        Some((entities, typed)) => Entities::from_entities(entities, schema).or_else(|e| {
-            if typed > 0 {
-                cedar_parse(text, schema)
-            } else {
-                Err(EntityFileError::Cedar(Box::new(e)))
-            }
-        }),
-        None => cedar_parse(text, schema),
+    match each.and_then(|entities| super::closure::entities(entities, schema, threads)) {
+        Some(Ok(set)) => Ok(set),
+        // A bad entity, a cycle, a uid given twice, or a set the schema check
+        // refuses: Cedar's parse of the whole file says which, in its words.
+        _ => cedar_parse(text, schema),
     }
 }
 
@@ -62,39 +58,34 @@ fn cedar_parse(text: &str, schema: Option<&Schema>) -> Result<Entities, EntityFi
     Entities::from_json_value(json, schema).map_err(|e| EntityFileError::Cedar(Box::new(e)))
 }
 
-/// Every entity of `raw`, in order, and how many were read by
-/// [`typed_entity::read`] rather than Cedar's parse; `None` when any one
-/// fails.
+/// Every entity of `raw`, in order, in Cedar's own form; `None` when any
+/// one fails.
 fn each_entity(
     raw: &[&RawValue],
     schema: Option<&Schema>,
     shapes: &EntityShapes,
     threads: usize,
-) -> Option<(Vec<Entity>, usize)> {
-    let parse_all = |chunk: &[&RawValue]| -> Option<(Vec<Entity>, usize)> {
-        let mut typed = 0;
-        let entities = chunk
+) -> Option<Vec<ast::Entity>> {
+    let parse_all = |chunk: &[&RawValue]| -> Option<Vec<ast::Entity>> {
+        chunk
             .iter()
-            .map(|r| match typed_entity::read(r.get(), shapes) {
-                Some(e) => {
-                    typed += 1;
-                    Some(e)
-                }
-                None => Entity::from_json_str(r.get(), schema).ok(),
+            .map(|r| {
+                typed_entity::read_core(r.get(), shapes).or_else(|| {
+                    // Declined: Cedar's parse, copied out of its wrapper.
+                    Entity::from_json_str(r.get(), schema)
+                        .ok()
+                        .map(|e| e.as_ref().clone())
+                })
             })
-            .collect::<Option<Vec<Entity>>>()?;
-        Some((entities, typed))
+            .collect()
     };
     let mut all = Vec::with_capacity(raw.len());
-    let mut typed = 0;
     for part in super::spread::over(raw, threads, parse_all) {
         // A panic in Cedar's parse fails this path only: the whole-file
         // parse decides.
-        let (entities, n) = part??;
-        all.extend(entities);
-        typed += n;
+        all.extend(part??);
     }
-    Some((all, typed))
+    Some(all)
 }
 
 #[cfg(test)]
@@ -238,6 +229,81 @@ mod tests {
         );
     }
 
+    /// A hierarchy with long chains, diamonds and parents outside the set,
+    /// large enough to be closed on several threads: the set Cedar builds.
+    /// A cycle anywhere, or a uid given twice, gets Cedar's error.
+    #[test]
+    fn a_deep_hierarchy_is_closed_as_cedar_closes_it() {
+        let mut all = Vec::new();
+        for i in 0..6_000_usize {
+            let mut parents = vec![json!({"type": "Tenant", "id": format!("t{}", i / 100)})];
+            if i % 100 != 0 {
+                // A chain of 100 under each tenant, with a diamond every 7.
+                parents.push(json!({"type": "User", "id": format!("u{}", i - 1)}));
+                if i % 7 == 0 && i % 100 > 1 {
+                    parents.push(json!({"type": "User", "id": format!("u{}", i - 2)}));
+                }
+            }
+            if i % 50 == 0 {
+                // Defined nowhere in the file.
+                parents.push(json!({"type": "Tenant", "id": "outside"}));
+            }
+            all.push(json!({"uid": {"type": "User", "id": format!("u{i}")}, "attrs": {"name": "n"}, "parents": parents}));
+        }
+        for t in 0..60 {
+            all.push(
+                json!({"uid": {"type": "Tenant", "id": format!("t{t}")}, "attrs": {"name": "t"},
+                "parents": [{"type": "Tenant", "id": format!("t{}", t / 2)}]}),
+            );
+        }
+        // t0's parent is itself (0 / 2). Without that, a DAG.
+        let mut dag: Vec<serde_json::Value> = all.clone();
+        dag[6_000]["parents"] = json!([]);
+        let text = serde_json::Value::Array(dag.clone()).to_string();
+        let cedar = cedar_parse(&text, None).unwrap();
+        for threads in [1, 2, 8] {
+            let ours = parse_on(&text, None, &shapes(None), threads).unwrap();
+            assert!(ours.deep_eq(&cedar), "{threads} threads");
+        }
+        let u = EntityUid::from_str(r#"User::"u5999""#).unwrap();
+        let outside = EntityUid::from_str(r#"Tenant::"outside""#).unwrap();
+        assert!(cedar.is_ancestor_of(&outside, &u));
+
+        let mut cycle = dag.clone();
+        cycle[3_000]["parents"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "User", "id": "u3050"}));
+        let mut twice = dag;
+        twice.push(twice[10].clone());
+        let text = serde_json::Value::Array(all).to_string();
+        let cedar = error_of(cedar_parse(&text, None));
+        assert_eq!(error_of(parse_on(&text, None, &shapes(None), 2)), cedar);
+        // Cedar accepts an entity given twice alike, and refuses one given
+        // twice differently; either way this path leaves it to Cedar.
+        let text = serde_json::Value::Array(twice.clone()).to_string();
+        let cedar = cedar_parse(&text, None).unwrap();
+        assert!(
+            parse_on(&text, None, &shapes(None), 2)
+                .unwrap()
+                .deep_eq(&cedar)
+        );
+        twice.last_mut().unwrap()["attrs"]["name"] = json!("other");
+        let text = serde_json::Value::Array(twice).to_string();
+        let cedar = error_of(cedar_parse(&text, None));
+        assert_eq!(error_of(parse_on(&text, None, &shapes(None), 2)), cedar);
+        // Which vertex of a longer cycle Cedar names depends on its hash
+        // order, so two of its own parses may differ; the kind may not.
+        let text = serde_json::Value::Array(cycle).to_string();
+        for result in [
+            cedar_parse(&text, None),
+            parse_on(&text, None, &shapes(None), 2),
+        ] {
+            let err = error_of(result);
+            assert!(err.starts_with("cedar: TransitiveClosureError"), "{err}");
+        }
+    }
+
     /// Every entities file of Cedar's integration corpus, with its schema
     /// and without one: the set, or the error, is the one Cedar's parse gives.
     #[test]
@@ -263,10 +329,11 @@ mod tests {
                     _ => assert_eq!(error_of(ours), error_of(cedar), "{}", path.display()),
                 }
                 let raw = serde_json::from_str::<Vec<&RawValue>>(&text).unwrap();
-                if let Some((all, n)) = each_entity(&raw, schema, &shapes, 1) {
-                    entities += all.len();
-                    typed += n;
-                }
+                entities += raw.len();
+                typed += raw
+                    .iter()
+                    .filter(|r| typed_entity::read_core(r.get(), &shapes).is_some())
+                    .count();
             }
             files += 1;
         }

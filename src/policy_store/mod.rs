@@ -6,6 +6,7 @@
 //! A reload builds a new snapshot apart from the live one and swaps it in only
 //! when the whole directory is valid; on failure the last good one stays.
 
+mod closure;
 mod entity_json;
 mod entity_refs;
 mod index;

@@ -37,6 +37,33 @@ pub(super) fn over<T: Sync, R: Send>(
     })
 }
 
+/// `work` over consecutive parts of `items`, changed in place, with each
+/// part's offset in `items`; `false` when a part's thread panicked.
+pub(super) fn over_mut<T: Send>(
+    items: &mut [T],
+    threads: usize,
+    work: impl Fn(usize, &mut [T]) + Sync,
+) -> bool {
+    let threads = threads
+        .clamp(1, MAX_THREADS)
+        .min(items.len() / MIN_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        work(0, items);
+        return true;
+    }
+    let chunk = items.len().div_ceil(threads);
+    let work = &work;
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = items
+            .chunks_mut(chunk)
+            .enumerate()
+            .map(|(i, part)| scope.spawn(move || work(i * chunk, part)))
+            .collect();
+        parts.into_iter().all(|part| part.join().is_ok())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

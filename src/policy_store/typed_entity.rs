@@ -71,10 +71,15 @@ impl EntityShapes {
 /// One entity of `text` (a single JSON object), or `None` where Cedar's parse
 /// must read it.
 pub(crate) fn read(text: &str, shapes: &EntityShapes) -> Option<Entity> {
+    read_core(text, shapes).map(Entity::from)
+}
+
+/// [`read`], in Cedar's own form.
+pub(super) fn read_core(text: &str, shapes: &EntityShapes) -> Option<ast::Entity> {
     let mut de = serde_json::Deserializer::from_str(text);
     let entity = de.deserialize_map(EntityVisitor(shapes)).ok()?;
     de.end().ok()?;
-    Some(entity.into())
+    Some(entity)
 }
 
 /// [`read`], then checked against `schema` as Cedar's `Entity::from_json_str`
