@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
-use cedar_policy_core::ast::{EntityUID, Name, RestrictedExpr};
+use cedar_policy_core::ast::{EntityType, EntityUID, Name, RestrictedExpr};
 use serde_json::Value as Json;
 use smol_str::SmolStr;
 
@@ -24,7 +24,8 @@ pub(crate) enum Ty {
     Bool,
     Long,
     String,
-    /// The entity type is not needed to read the uid; `Request::new` checks it.
+    /// The entity type is not needed to read the uid; the schema check of
+    /// the request or the entity checks it.
     Entity,
     Extension(Constructor),
     Set(Box<Ty>),
@@ -164,7 +165,7 @@ impl Resolved {
 
     /// Per entity type, its attributes. Enumerated types, and types with an
     /// attribute whose type is not read here, are left out.
-    pub(crate) fn entity_shapes(&self) -> HashMap<EntityTypeName, Box<[Attr]>> {
+    pub(crate) fn entity_shapes(&self) -> HashMap<EntityType, Box<[Attr]>> {
         let common = self.common_types();
         let mut by_type = HashMap::new();
         for (ns, def) in self.namespaces() {
@@ -179,7 +180,7 @@ impl Resolved {
                 if let (Some(Ty::Record(attrs)), Ok(t)) =
                     (attrs, EntityTypeName::from_str(&qualified(ns, name)))
                 {
-                    by_type.insert(t, attrs);
+                    by_type.insert(t.as_ref().clone(), attrs);
                 }
             }
         }

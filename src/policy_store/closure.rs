@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 
-use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Entities, Schema};
 use cedar_policy_core::ast::{Entity, EntityUID};
 use cedar_policy_core::entities::TCComputation;
@@ -19,25 +18,23 @@ use cedar_policy_core::extensions::Extensions;
 use cedar_policy_core::validator::CoreSchema;
 
 /// `entities` as one set, as `cedar_policy::Entities::from_entities` builds
-/// it: `None` when the hierarchy has a cycle or a uid is given twice, which
-/// Cedar's own call must report; `Some(Err)` when Cedar's schema check
-/// refuses the set.
+/// it; `None` when the hierarchy has a cycle, a uid is given twice or
+/// Cedar's schema check refuses the set, which Cedar's own parse must report.
 pub(super) fn entities(
     mut entities: Vec<Entity>,
     schema: Option<&Schema>,
     threads: usize,
-) -> Option<Result<Entities, EntitiesError>> {
+) -> Option<Entities> {
     close(&mut entities, threads)?;
     let schema = schema.map(|s| CoreSchema::new(s.as_ref()));
-    Some(
-        cedar_policy_core::entities::Entities::from_entities(
-            entities,
-            schema.as_ref(),
-            TCComputation::AssumeAlreadyComputed,
-            Extensions::all_available(),
-        )
-        .map(Entities::from),
+    cedar_policy_core::entities::Entities::from_entities(
+        entities,
+        schema.as_ref(),
+        TCComputation::AssumeAlreadyComputed,
+        Extensions::all_available(),
     )
+    .ok()
+    .map(Entities::from)
 }
 
 /// Adds to each entity every ancestor it has through its parents;

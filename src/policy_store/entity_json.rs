@@ -44,10 +44,10 @@ fn parse_on(
         .ok()
         .and_then(|raw| each_entity(&raw, schema, shapes, threads));
     match each.and_then(|entities| super::closure::entities(entities, schema, threads)) {
-        Some(Ok(set)) => Ok(set),
+        Some(set) => Ok(set),
         // A bad entity, a cycle, a uid given twice, or a set the schema check
         // refuses: Cedar's parse of the whole file says which, in its words.
-        _ => cedar_parse(text, schema),
+        None => cedar_parse(text, schema),
     }
 }
 

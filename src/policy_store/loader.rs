@@ -127,9 +127,6 @@ pub fn build(
     if !sources.files.iter().any(|f| f.kind == FileKind::Policies) {
         return Err(LoadError::NoPolicies(sources.root));
     }
-    // Entities need only the schema: parse them on a second thread while
-    // this one parses and validates the policies. Each is about half of a
-    // large reload.
     let schema_file = schema.as_ref().and_then(|_| {
         sources
             .files
@@ -151,6 +148,9 @@ pub fn build(
             )
         }
     };
+    // Entities need only the schema: parse them on a second thread while
+    // this one parses and validates the policies. Each is about half of a
+    // large reload.
     let (policies, origins, entities, linked) = std::thread::scope(|scope| {
         let entities = scope.spawn(|| {
             let mut found = Vec::new();

@@ -13,6 +13,14 @@ pub(super) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
 }
 
+/// How many of `threads` `items` things are worth.
+fn threads_for(items: usize, threads: usize) -> usize {
+    threads
+        .clamp(1, MAX_THREADS)
+        .min(items / MIN_PER_THREAD)
+        .max(1)
+}
+
 /// `work` over consecutive parts of `items`, on up to `threads` threads (one
 /// per part), results in order; `None` for a part whose thread panicked.
 pub(super) fn over<T: Sync, R: Send>(
@@ -20,10 +28,7 @@ pub(super) fn over<T: Sync, R: Send>(
     threads: usize,
     work: impl Fn(&[T]) -> R + Sync,
 ) -> Vec<Option<R>> {
-    let threads = threads
-        .clamp(1, MAX_THREADS)
-        .min(items.len() / MIN_PER_THREAD)
-        .max(1);
+    let threads = threads_for(items.len(), threads);
     if threads == 1 {
         return vec![Some(work(items))];
     }
@@ -44,10 +49,7 @@ pub(super) fn over_mut<T: Send>(
     threads: usize,
     work: impl Fn(usize, &mut [T]) + Sync,
 ) -> bool {
-    let threads = threads
-        .clamp(1, MAX_THREADS)
-        .min(items.len() / MIN_PER_THREAD)
-        .max(1);
+    let threads = threads_for(items.len(), threads);
     if threads == 1 {
         work(0, items);
         return true;

@@ -21,7 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use cedar_policy::{Entity, EntityTypeName};
+use cedar_policy::Entity;
 use cedar_policy_core::ast::{self, EntityUID, RestrictedExpr};
 use cedar_policy_core::entities::conformance::EntitySchemaConformanceChecker;
 use cedar_policy_core::extensions::Extensions;
@@ -36,7 +36,7 @@ use crate::schema_types::{Attr, Constructor, Resolved, Ty, uid};
 #[derive(Debug)]
 pub struct EntityShapes {
     /// `None`: no schema.
-    by_type: Option<HashMap<EntityTypeName, Box<[Attr]>>>,
+    by_type: Option<HashMap<ast::EntityType, Box<[Attr]>>>,
 }
 
 impl EntityShapes {
@@ -60,10 +60,7 @@ impl EntityShapes {
         }
         match &self.by_type {
             None => Some(Reading::Any),
-            Some(by_type) => {
-                let public = EntityTypeName::from(t.clone());
-                Some(Reading::Record(by_type.get(&public)?))
-            }
+            Some(by_type) => Some(Reading::Record(by_type.get(t)?)),
         }
     }
 }
@@ -225,10 +222,9 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
             Self::Typed(Ty::Record(attrs)) => {
                 record(&mut map, Reading::Record(attrs), None).and_then(record_expr)
             }
-            Self::Typed(Ty::Entity) => {
-                let key = map.next_key::<&str>()?.ok_or_else(decline::<A::Error>)?;
-                Ok(RestrictedExpr::val(uid_map(key, &mut map, true)?))
-            }
+            Self::Typed(Ty::Entity) => Ok(RestrictedExpr::val(
+                UidSeed { escape: true }.visit_map(map)?,
+            )),
             Self::Typed(Ty::Extension(_)) => match map.next_key::<&str>()? {
                 Some("__extn") => extension(map),
                 _ => Err(decline()),
