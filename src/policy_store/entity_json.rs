@@ -67,10 +67,12 @@ fn each_entity(
     threads: usize,
 ) -> Option<Vec<ast::Entity>> {
     let parse_all = |chunk: &[&RawValue]| -> Option<Vec<ast::Entity>> {
+        // One pool per thread: equal values share within it, with no lock.
+        let mut pool = typed_entity::ValuePool::default();
         chunk
             .iter()
             .map(|r| {
-                typed_entity::read_core(r.get(), shapes).or_else(|| {
+                typed_entity::read_core(r.get(), shapes, &mut pool).or_else(|| {
                     // Declined: Cedar's parse, copied out of its wrapper.
                     Entity::from_json_str(r.get(), schema)
                         .ok()
@@ -332,7 +334,9 @@ mod tests {
                 entities += raw.len();
                 typed += raw
                     .iter()
-                    .filter(|r| typed_entity::read_core(r.get(), &shapes).is_some())
+                    .filter(|r| {
+                        typed_entity::read_core(r.get(), &shapes, &mut Default::default()).is_some()
+                    })
                     .count();
             }
             files += 1;

@@ -7,8 +7,9 @@
 //! and evaluates them: 270 allocations for an entity of four attributes,
 //! and most of a large load. Here the text is read once, by the schema's
 //! type for each attribute (or Cedar's reading without a schema), into the
-//! same expressions, and Cedar's `Entity::new` evaluates them as its parse
-//! does. Anything else (an action, a type the schema does not declare or
+//! same expressions, and Cedar's evaluator evaluates them as its parse
+//! does (equal sets and references of one load then share one value; see
+//! [`ValuePool`]). Anything else (an action, a type the schema does not declare or
 //! that is not read here, a missing or extra attribute, a key given twice,
 //! tags, any escape or shape not read here) is declined with `None`, and
 //! the caller takes Cedar's parse of that entity, so what is refused, and
@@ -18,12 +19,15 @@
 //! `Entities::from_entities`, exactly as one from Cedar's parse is. For one
 //! JSON value and one schema type there is one value of that type.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use cedar_policy::Entity;
-use cedar_policy_core::ast::{self, EntityUID, RestrictedExpr};
+use cedar_policy_core::ast::{
+    self, EntityUID, Literal, PartialValue, RestrictedExpr, Value, ValueKind,
+};
 use cedar_policy_core::entities::conformance::EntitySchemaConformanceChecker;
+use cedar_policy_core::evaluator::RestrictedEvaluator;
 use cedar_policy_core::extensions::Extensions;
 use cedar_policy_core::validator::CoreSchema;
 use serde::Deserializer as _;
@@ -65,16 +69,52 @@ impl EntityShapes {
     }
 }
 
+/// Equal attribute values of many entities, kept once.
+///
+/// A directory repeats its sets and references (the same roles, tags and
+/// owners on thousands of entities), and each set Cedar builds costs about
+/// 1 KB. Cedar's values are immutable and hold their contents behind an
+/// `Arc`, so equal ones can share one. Only sets of literals and entity
+/// references are shared: an extension value keeps the text it was written
+/// as, and two equal ones may have been written differently.
+#[derive(Debug, Default)]
+pub(super) struct ValuePool(BTreeSet<Value>);
+
+impl ValuePool {
+    fn share(&mut self, value: PartialValue) -> PartialValue {
+        let PartialValue::Value(value) = value else {
+            return value;
+        };
+        let shared = match &value.value {
+            ValueKind::Set(set) => set.fast.is_some(),
+            ValueKind::Lit(Literal::EntityUID(_)) => true,
+            _ => false,
+        };
+        if !shared {
+            return PartialValue::Value(value);
+        }
+        if let Some(kept) = self.0.get(&value) {
+            return PartialValue::Value(kept.clone());
+        }
+        self.0.insert(value.clone());
+        PartialValue::Value(value)
+    }
+}
+
 /// One entity of `text` (a single JSON object), or `None` where Cedar's parse
 /// must read it.
 pub(crate) fn read(text: &str, shapes: &EntityShapes) -> Option<Entity> {
-    read_core(text, shapes).map(Entity::from)
+    read_core(text, shapes, &mut ValuePool::default()).map(Entity::from)
 }
 
-/// [`read`], in Cedar's own form.
-pub(super) fn read_core(text: &str, shapes: &EntityShapes) -> Option<ast::Entity> {
+/// [`read`], in Cedar's own form, its values shared through `pool`.
+pub(super) fn read_core(
+    text: &str,
+    shapes: &EntityShapes,
+    pool: &mut ValuePool,
+) -> Option<ast::Entity> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let entity = de.deserialize_map(EntityVisitor(shapes)).ok()?;
+    let entity = de.deserialize_map(EntityVisitor { shapes, pool }).ok()?;
     de.end().ok()?;
     Some(entity)
 }
@@ -102,7 +142,10 @@ fn decline<E: de::Error>() -> E {
     E::custom("declined")
 }
 
-struct EntityVisitor<'a>(&'a EntityShapes);
+struct EntityVisitor<'a> {
+    shapes: &'a EntityShapes,
+    pool: &'a mut ValuePool,
+}
 
 impl<'de> Visitor<'de> for EntityVisitor<'_> {
     type Value = ast::Entity;
@@ -124,7 +167,7 @@ impl<'de> Visitor<'de> for EntityVisitor<'_> {
                 // comes first, as Cedar writes entities.
                 "attrs" if attrs.is_none() => {
                     let t = uid.as_ref().ok_or_else(decline::<A::Error>)?.entity_type();
-                    let reading = self.0.of(t).ok_or_else(decline::<A::Error>)?;
+                    let reading = self.shapes.of(t).ok_or_else(decline::<A::Error>)?;
                     attrs = Some(map.next_value_seed(RecordSeed(reading))?);
                 }
                 "parents" if parents.is_none() => parents = Some(map.next_value_seed(UidsSeed)?),
@@ -135,15 +178,24 @@ impl<'de> Visitor<'de> for EntityVisitor<'_> {
         let (Some(uid), Some(attrs), Some(parents)) = (uid, attrs, parents) else {
             return Err(decline());
         };
-        ast::Entity::new(
+        // Each value evaluated as Cedar's `Entity::new` evaluates it.
+        let eval = RestrictedEvaluator::new(Extensions::all_available());
+        let attrs = attrs
+            .into_iter()
+            .map(|(k, v): (SmolStr, RestrictedExpr)| {
+                let v = eval
+                    .partial_interpret(v.as_borrowed())
+                    .map_err(|_| decline())?;
+                Ok((k, self.pool.share(v)))
+            })
+            .collect::<Result<Vec<_>, A::Error>>()?;
+        Ok(ast::Entity::new_with_attr_partial_value(
             uid,
             attrs,
             HashSet::new(),
             parents,
             std::iter::empty(),
-            Extensions::all_available(),
-        )
-        .map_err(|_| decline())
+        ))
     }
 }
 
