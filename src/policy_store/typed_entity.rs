@@ -741,4 +741,81 @@ mod tests {
         assert!(compared > 3000, "{compared}");
         assert!(read_here > 300, "{read_here}");
     }
+
+    #[test]
+    fn equal_sets_and_references_are_kept_once_and_read_as_cedar_reads_them() {
+        let shapes = shapes();
+        let schema = Schema::from_cedarschema_str(SCHEMA).unwrap().0;
+        let user = |id: &str, labels: Json, ip: &str| {
+            json!({"uid": {"type": "App::User", "id": id}, "attrs": {
+                "name": id, "age": 1, "admin": false, "ip": ip,
+                "manager": {"type": "App::User", "id": "boss"},
+                "peers": [{"type": "App::User", "id": "boss"}], "info": {"labels": labels}
+            }, "parents": []})
+            .to_string()
+        };
+        let texts = [
+            user("a", json!(["x", "y"]), "10.0.0.1"),
+            user("b", json!(["y", "x"]), "10.0.0.1/32"),
+            user("c", json!(["z"]), "10.0.0.1"),
+        ];
+        let mut pool = ValuePool::default();
+        let read: Vec<ast::Entity> = texts
+            .iter()
+            .map(|t| read_core(t, &shapes, &mut pool).unwrap())
+            .collect();
+        for (text, ours) in texts.iter().zip(&read) {
+            let cedar = Entity::from_json_str(text, Some(&schema)).unwrap();
+            assert!(ours.deep_eq(cedar.as_ref()), "{text}");
+        }
+        let set = |e: &ast::Entity, attr: &str| match e.get(attr) {
+            Some(PartialValue::Value(Value {
+                value: ValueKind::Set(set),
+                ..
+            })) => set.authoritative.clone(),
+            other => panic!("{attr}: {other:?}"),
+        };
+        let labels = |e: &ast::Entity| match e.get("info") {
+            Some(PartialValue::Value(Value {
+                value: ValueKind::Record(r),
+                ..
+            })) => r.clone(),
+            other => panic!("info: {other:?}"),
+        };
+        let uid = |e: &ast::Entity| match e.get("manager") {
+            Some(PartialValue::Value(Value {
+                value: ValueKind::Lit(Literal::EntityUID(uid)),
+                ..
+            })) => uid.clone(),
+            other => panic!("manager: {other:?}"),
+        };
+        let ext = |e: &ast::Entity| match e.get("ip") {
+            Some(PartialValue::Value(Value {
+                value: ValueKind::ExtensionValue(v),
+                ..
+            })) => v.clone(),
+            other => panic!("ip: {other:?}"),
+        };
+        // A set of references and a reference, equal in all three: one each.
+        assert!(std::sync::Arc::ptr_eq(
+            &set(&read[0], "peers"),
+            &set(&read[2], "peers")
+        ));
+        assert!(std::sync::Arc::ptr_eq(&uid(&read[0]), &uid(&read[1])));
+        // Records, and the sets inside them, are not shared.
+        assert!(!std::sync::Arc::ptr_eq(
+            &labels(&read[0]),
+            &labels(&read[1])
+        ));
+        // Equal extension values written differently keep their own text.
+        assert_eq!(ext(&read[0]), ext(&read[1]));
+        assert!(!std::sync::Arc::ptr_eq(&ext(&read[0]), &ext(&read[1])));
+        assert!(!std::sync::Arc::ptr_eq(&ext(&read[0]), &ext(&read[2])));
+        // Without a shared pool, nothing is shared.
+        let alone = read_core(&texts[2], &shapes, &mut ValuePool::default()).unwrap();
+        assert!(!std::sync::Arc::ptr_eq(
+            &set(&read[0], "peers"),
+            &set(&alone, "peers")
+        ));
+    }
 }
