@@ -768,32 +768,24 @@ mod tests {
             let cedar = Entity::from_json_str(text, Some(&schema)).unwrap();
             assert!(ours.deep_eq(cedar.as_ref()), "{text}");
         }
-        let set = |e: &ast::Entity, attr: &str| match e.get(attr) {
-            Some(PartialValue::Value(Value {
-                value: ValueKind::Set(set),
-                ..
-            })) => set.authoritative.clone(),
+        let kind = |e: &ast::Entity, attr: &str| match e.get(attr) {
+            Some(PartialValue::Value(v)) => v.value.clone(),
             other => panic!("{attr}: {other:?}"),
         };
-        let labels = |e: &ast::Entity| match e.get("info") {
-            Some(PartialValue::Value(Value {
-                value: ValueKind::Record(r),
-                ..
-            })) => r.clone(),
+        let set = |e: &ast::Entity, attr: &str| match kind(e, attr) {
+            ValueKind::Set(set) => set.authoritative,
+            other => panic!("{attr}: {other:?}"),
+        };
+        let labels = |e: &ast::Entity| match kind(e, "info") {
+            ValueKind::Record(r) => r,
             other => panic!("info: {other:?}"),
         };
-        let uid = |e: &ast::Entity| match e.get("manager") {
-            Some(PartialValue::Value(Value {
-                value: ValueKind::Lit(Literal::EntityUID(uid)),
-                ..
-            })) => uid.clone(),
+        let uid = |e: &ast::Entity| match kind(e, "manager") {
+            ValueKind::Lit(Literal::EntityUID(uid)) => uid,
             other => panic!("manager: {other:?}"),
         };
-        let ext = |e: &ast::Entity| match e.get("ip") {
-            Some(PartialValue::Value(Value {
-                value: ValueKind::ExtensionValue(v),
-                ..
-            })) => v.clone(),
+        let ext = |e: &ast::Entity| match kind(e, "ip") {
+            ValueKind::ExtensionValue(v) => v,
             other => panic!("ip: {other:?}"),
         };
         // A set of references and a reference, equal in all three: one each.
