@@ -9,11 +9,11 @@
 //! type for each attribute (or Cedar's reading without a schema), into the
 //! same expressions, and Cedar's evaluator evaluates them as its parse
 //! does (equal sets and references of one load then share one value; see
-//! [`ValuePool`]). Anything else (an action, a type the schema does not declare or
-//! that is not read here, a missing or extra attribute, a key given twice,
-//! tags, any escape or shape not read here) is declined with `None`, and
-//! the caller takes Cedar's parse of that entity, so what is refused, and
-//! how, stays Cedar's.
+//! [`ValuePool`]). Anything else (an action, a type the schema does not
+//! declare or that is not read here, a missing or extra attribute, a key
+//! given twice, tags, any escape or shape not read here) is declined with
+//! `None`, and the caller takes Cedar's parse of that entity, so what is
+//! refused, and how, stays Cedar's.
 //!
 //! An entity read here is checked against the schema by the caller's
 //! `Entities::from_entities`, exactly as one from Cedar's parse is. For one
@@ -104,14 +104,15 @@ impl ValuePool {
 /// One entity of `text` (a single JSON object), or `None` where Cedar's parse
 /// must read it.
 pub(crate) fn read(text: &str, shapes: &EntityShapes) -> Option<Entity> {
-    read_core(text, shapes, &mut ValuePool::default()).map(Entity::from)
+    // One entity of a request: nothing to share its values with.
+    read_core(text, shapes, None).map(Entity::from)
 }
 
-/// [`read`], in Cedar's own form, its values shared through `pool`.
+/// [`read`], in Cedar's own form, its values shared through `pool` if any.
 pub(super) fn read_core(
     text: &str,
     shapes: &EntityShapes,
-    pool: &mut ValuePool,
+    pool: Option<&mut ValuePool>,
 ) -> Option<ast::Entity> {
     let mut de = serde_json::Deserializer::from_str(text);
     let entity = de.deserialize_map(EntityVisitor { shapes, pool }).ok()?;
@@ -144,7 +145,7 @@ fn decline<E: de::Error>() -> E {
 
 struct EntityVisitor<'a> {
     shapes: &'a EntityShapes,
-    pool: &'a mut ValuePool,
+    pool: Option<&'a mut ValuePool>,
 }
 
 impl<'de> Visitor<'de> for EntityVisitor<'_> {
@@ -180,13 +181,20 @@ impl<'de> Visitor<'de> for EntityVisitor<'_> {
         };
         // Each value evaluated as Cedar's `Entity::new` evaluates it.
         let eval = RestrictedEvaluator::new(Extensions::all_available());
+        let mut pool = self.pool;
         let attrs = attrs
             .into_iter()
             .map(|(k, v): (SmolStr, RestrictedExpr)| {
                 let v = eval
                     .partial_interpret(v.as_borrowed())
                     .map_err(|_| decline())?;
-                Ok((k, self.pool.share(v)))
+                Ok((
+                    k,
+                    match pool.as_deref_mut() {
+                        Some(pool) => pool.share(v),
+                        None => v,
+                    },
+                ))
             })
             .collect::<Result<Vec<_>, A::Error>>()?;
         Ok(ast::Entity::new_with_attr_partial_value(
@@ -762,7 +770,7 @@ mod tests {
         let mut pool = ValuePool::default();
         let read: Vec<ast::Entity> = texts
             .iter()
-            .map(|t| read_core(t, &shapes, &mut pool).unwrap())
+            .map(|t| read_core(t, &shapes, Some(&mut pool)).unwrap())
             .collect();
         for (text, ours) in texts.iter().zip(&read) {
             let cedar = Entity::from_json_str(text, Some(&schema)).unwrap();
@@ -804,7 +812,7 @@ mod tests {
         assert!(!std::sync::Arc::ptr_eq(&ext(&read[0]), &ext(&read[1])));
         assert!(!std::sync::Arc::ptr_eq(&ext(&read[0]), &ext(&read[2])));
         // Without a shared pool, nothing is shared.
-        let alone = read_core(&texts[2], &shapes, &mut ValuePool::default()).unwrap();
+        let alone = read_core(&texts[2], &shapes, None).unwrap();
         assert!(!std::sync::Arc::ptr_eq(
             &set(&read[0], "peers"),
             &set(&alone, "peers")
