@@ -18,10 +18,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cedar_pdp::authorizer;
 use cedar_pdp::config::{Config, LogSink, OnForbidError};
 use cedar_pdp::decision_log::chain::{Body, Chain, Head, Signer};
 use cedar_pdp::decision_log::{DecisionLog, DecisionRecord};
+use cedar_pdp::engine;
 use cedar_pdp::grpc::convert::decision_request;
 use cedar_pdp::grpc::proto;
 use cedar_pdp::metrics::Metrics;
@@ -162,16 +162,29 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     let shadowed = replay::load(&shadowed_dir, &LoadOptions::default()).unwrap();
     let query = || cedar_pdp::grpc::convert::query_from_request(req.clone(), &[]).unwrap();
-    let d = authorizer::authorize(&shadowed, query(), OnForbidError::Deny).unwrap();
+    let d = shadowed
+        .engine
+        .decide(query(), &mut engine::Scratch::new(OnForbidError::Deny))
+        .unwrap();
     assert!(
         d.allow && d.shadow.as_ref().is_some_and(|s| !s.allow),
         "{d:?}"
     );
     c.bench_function("shadow/decision_without", |b| {
-        b.iter(|| authorizer::authorize(&plain, query(), OnForbidError::Deny).unwrap());
+        b.iter(|| {
+            plain
+                .engine
+                .decide(query(), &mut engine::Scratch::new(OnForbidError::Deny))
+                .unwrap()
+        });
     });
     c.bench_function("shadow/decision_with_matching_shadow_forbid", |b| {
-        b.iter(|| authorizer::authorize(&shadowed, query(), OnForbidError::Deny).unwrap());
+        b.iter(|| {
+            shadowed
+                .engine
+                .decide(query(), &mut engine::Scratch::new(OnForbidError::Deny))
+                .unwrap()
+        });
     });
 }
 

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cedar_pdp::authorizer;
 use cedar_pdp::config::OnForbidError;
+use cedar_pdp::engine;
 use cedar_pdp::grpc::convert::decision_request;
 use cedar_pdp::grpc::convert::query_from_request;
 use cedar_pdp::grpc::proto;
@@ -43,14 +43,19 @@ fn bench(c: &mut Criterion) {
     };
     let q = query_from_request(example_req.clone(), &[]).unwrap();
     assert!(
-        authorizer::authorize(&example, q, OnForbidError::Deny)
+        example
+            .engine
+            .decide(q, &mut engine::Scratch::new(OnForbidError::Deny))
             .unwrap()
             .allow
     );
     c.bench_function("example_policies/call_same_namespace", |b| {
         b.iter(|| {
             let q = query_from_request(example_req.clone(), &[]).unwrap();
-            authorizer::authorize(&example, q, OnForbidError::Deny).unwrap()
+            example
+                .engine
+                .decide(q, &mut engine::Scratch::new(OnForbidError::Deny))
+                .unwrap()
         });
     });
 
@@ -91,36 +96,28 @@ fn bench(c: &mut Criterion) {
         };
         let q = query_from_request(peer_req.clone(), &[]).unwrap();
         assert!(
-            authorizer::authorize(&peer, q, OnForbidError::Deny)
+            peer.engine
+                .decide(q, &mut engine::Scratch::new(OnForbidError::Deny))
                 .unwrap()
                 .allow
         );
         c.bench_function("cerbos_equivalent/read_document", |b| {
             b.iter(|| {
                 let q = query_from_request(peer_req.clone(), &[]).unwrap();
-                authorizer::authorize(&peer, q, OnForbidError::Deny).unwrap()
+                peer.engine
+                    .decide(q, &mut engine::Scratch::new(OnForbidError::Deny))
+                    .unwrap()
             });
         });
         // The same, with the request's entities found in the entity cache
         // (what the server does by default when entities repeat).
-        let cache = authorizer::EntityCache::new(1 << 20).unwrap();
+        let cache = engine::EntityCache::new(1 << 20).unwrap();
         c.bench_function("cerbos_equivalent/read_document_entities_cached", |b| {
             b.iter(|| {
                 let q = query_from_request(peer_req.clone(), &[]).unwrap();
-                let mut lookups = authorizer::EntityLookups::default();
-                let parse = authorizer::Parse {
-                    cache: Some(&cache),
-                    lookups: &mut lookups,
-                };
-                let d = authorizer::authorize_cached(
-                    &peer,
-                    q,
-                    None,
-                    parse,
-                    OnForbidError::Deny,
-                    &cedar_pdp::policy_store::Clock::system(),
-                )
-                .unwrap();
+                let mut scratch = engine::Scratch::new(OnForbidError::Deny).cached(Some(&cache));
+                let d = peer.engine.decide(q, &mut scratch).unwrap();
+                let lookups = scratch.lookups();
                 assert!(d.allow && lookups.misses + lookups.hits == 2);
                 d
             });

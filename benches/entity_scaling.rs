@@ -15,8 +15,8 @@ mod tenants;
 use std::str::FromStr;
 use std::time::Duration;
 
-use cedar_pdp::authorizer::{self, Query};
 use cedar_pdp::config::OnForbidError;
+use cedar_pdp::engine::{self, Query};
 use cedar_pdp::policy_store::{LoadOptions, build, read_dir};
 use cedar_policy::{Context, Entities, EntityUid, Request};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         generated.write_to(dir.path());
         let snapshot = build(read_dir(dir.path()).unwrap(), &LoadOptions::default(), 1).unwrap();
-        assert_eq!(snapshot.entity_count, n);
+        assert_eq!(snapshot.engine.entity_count(), n);
         // A principal the store does not know, described by the request.
         let query = Query {
             principal: uid(r#"User::"visitor""#),
@@ -52,19 +52,34 @@ fn bench(c: &mut Criterion) {
             })],
             properties: Vec::new(),
         };
-        let decision =
-            authorizer::authorize(&snapshot, query.clone(), OnForbidError::Deny).unwrap();
+        let decision = snapshot
+            .engine
+            .decide(
+                query.clone(),
+                &mut engine::Scratch::new(OnForbidError::Deny),
+            )
+            .unwrap();
         assert!(decision.allow, "{decision:?}");
 
         group.bench_with_input(BenchmarkId::new("sliced", n), &query, |b, q| {
-            b.iter(|| authorizer::authorize(&snapshot, q.clone(), OnForbidError::Deny).unwrap());
+            b.iter(|| {
+                snapshot
+                    .engine
+                    .decide(q.clone(), &mut engine::Scratch::new(OnForbidError::Deny))
+                    .unwrap()
+            });
         });
         group.bench_with_input(BenchmarkId::new("whole_store_merge", n), &query, |b, q| {
             b.iter(|| {
                 let extra =
                     Entities::from_json_value(serde_json::Value::Array(q.entities.clone()), None)
                         .unwrap();
-                let merged = snapshot.entities.clone().add_entities(extra, None).unwrap();
+                let merged = snapshot
+                    .engine
+                    .entities()
+                    .clone()
+                    .add_entities(extra, None)
+                    .unwrap();
                 let request = Request::new(
                     q.principal.clone(),
                     q.action.clone(),
@@ -75,7 +90,7 @@ fn bench(c: &mut Criterion) {
                 .unwrap();
                 let r = cedar_policy::Authorizer::new().is_authorized(
                     &request,
-                    &snapshot.policies,
+                    snapshot.engine.policies(),
                     &merged,
                 );
                 assert_eq!(r.decision(), cedar_policy::Decision::Allow);

@@ -16,9 +16,10 @@ mod tenants;
 use std::str::FromStr;
 use std::time::Duration;
 
-use cedar_pdp::authorizer::{self, Query};
 use cedar_pdp::config::OnForbidError;
-use cedar_pdp::policy_store::{LoadOptions, PolicyIndex, Snapshot, build, read_dir};
+use cedar_pdp::engine::PolicyIndex;
+use cedar_pdp::engine::{self, Query};
+use cedar_pdp::policy_store::{LoadOptions, Snapshot, build, read_dir};
 use cedar_policy::{Context, EntityUid, Request};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
@@ -40,7 +41,7 @@ fn bench(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         generated.write_to(dir.path());
         let snapshot = load(dir.path());
-        assert_eq!(snapshot.policy_count, n);
+        assert_eq!(snapshot.engine.policy_count(), n);
         // A tenant in the middle, so no bucket is favoured by position.
         let t = n / tenants::SCALING_POLICIES_PER_TENANT / 2;
         let query = Query {
@@ -51,13 +52,23 @@ fn bench(c: &mut Criterion) {
             entities: Vec::new(),
             properties: Vec::new(),
         };
-        let decision =
-            authorizer::authorize(&snapshot, query.clone(), OnForbidError::Deny).unwrap();
+        let decision = snapshot
+            .engine
+            .decide(
+                query.clone(),
+                &mut engine::Scratch::new(OnForbidError::Deny),
+            )
+            .unwrap();
         assert!(decision.allow, "{decision:?}");
         assert_eq!(decision.determining_policies, [format!("t{t}-readers")]);
 
         group.bench_with_input(BenchmarkId::new("sliced", n), &query, |b, q| {
-            b.iter(|| authorizer::authorize(&snapshot, q.clone(), OnForbidError::Deny).unwrap());
+            b.iter(|| {
+                snapshot
+                    .engine
+                    .decide(q.clone(), &mut engine::Scratch::new(OnForbidError::Deny))
+                    .unwrap()
+            });
         });
         group.bench_with_input(BenchmarkId::new("whole_set", n), &query, |b, q| {
             b.iter(|| {
@@ -71,8 +82,8 @@ fn bench(c: &mut Criterion) {
                 .unwrap();
                 let r = cedar_policy::Authorizer::new().is_authorized(
                     &request,
-                    &snapshot.policies,
-                    &snapshot.entities,
+                    snapshot.engine.policies(),
+                    snapshot.engine.entities(),
                 );
                 assert_eq!(r.decision(), cedar_policy::Decision::Allow);
             });
@@ -112,7 +123,7 @@ fn bench(c: &mut Criterion) {
         let snapshot = load(dir.path());
         let windows = std::collections::HashMap::new();
         reload.bench_with_input(BenchmarkId::new("index_only", n), &snapshot, |b, s| {
-            b.iter(|| PolicyIndex::new(&s.policies, &windows).unwrap());
+            b.iter(|| PolicyIndex::new(s.engine.policies(), &windows).unwrap());
         });
     }
     reload.finish();

@@ -38,13 +38,12 @@
 
 pub(crate) mod admin;
 pub mod app;
-pub mod authorizer;
 pub mod authzen;
 pub(crate) mod bench;
 pub mod cmd;
 pub mod config;
-pub mod context_types;
 pub mod decision_log;
+pub mod engine;
 pub(crate) mod error_chain;
 pub mod grpc;
 pub mod identity;
@@ -54,9 +53,7 @@ pub(crate) mod policy_format;
 pub mod policy_store;
 pub mod policy_tests;
 pub mod replay;
-pub(crate) mod schema_types;
 pub(crate) mod state_metrics;
 pub mod telemetry;
 pub mod tokens;
 pub mod transport;
-pub(crate) mod type_names;

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use cedar_policy::PolicySet;
 use cedar_policy_formatter::{Config, policies_str_to_pretty};
 
-use crate::policy_store::{self, FileKind, LoadError, SourceFile, SourceProblem, read_dir};
+use crate::engine::{self, SourceProblem};
+use crate::policy_store::{FileKind, LoadError, SourceFile, read_dir};
 
 /// What formatting found, file by file (paths relative to the directory).
 #[derive(Debug, Default)]
@@ -87,7 +88,7 @@ fn unlocated(file: &SourceFile, message: String) -> SourceProblem {
 fn first_parse_error(text: &str) -> Option<SourceProblem> {
     let errors = text.parse::<PolicySet>().err()?;
     let first = errors.iter().next()?;
-    Some(policy_store::problem("", text, first))
+    Some(engine::problem("", text, first))
 }
 
 /// Write then rename, so a server watching the directory never reads half a
@@ -158,7 +159,7 @@ mod tests {
             .write(true)
             .open(&big)
             .unwrap()
-            .set_len(policy_store::MAX_FILE_BYTES + 1)
+            .set_len(crate::policy_store::MAX_FILE_BYTES + 1)
             .unwrap();
         let Err(LoadError::Io { path, source }) = format_dir(dir.path(), true, 80) else {
             panic!("a file over the limit was formatted");

@@ -20,10 +20,11 @@ use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use crate::authorizer::{self, Decision, Query, SharedEntities};
 use crate::config::OnForbidError;
 use crate::decision_log::{SIDE_DIR_SUFFIX, chain};
-use crate::policy_store::{Clock, LoadOptions, Snapshot, build, read_dir};
+use crate::engine::Clock;
+use crate::engine::{Decision, Query, Scratch, SharedEntities};
+use crate::policy_store::{LoadOptions, Snapshot, build, load_dir, read_dir};
 
 /// Why replay cannot run at all.
 #[derive(Debug, thiserror::Error)]
@@ -142,12 +143,10 @@ fn digest_of(revision: &str) -> &str {
 
 /// Loads the policy directory at `dir`.
 pub fn load(dir: &Path, load: &LoadOptions) -> Result<Snapshot, ReplayError> {
-    read_dir(dir)
-        .and_then(|sources| build(sources, load, 1))
-        .map_err(|e| ReplayError::Policies {
-            dir: dir.display().to_string(),
-            message: e.to_string(),
-        })
+    load_dir(dir, load).map_err(|e| ReplayError::Policies {
+        dir: dir.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 impl Replayer {
@@ -214,7 +213,10 @@ impl Replayer {
             None | Some(Json::Null) => None,
             Some(set) => {
                 let json = self.entities(set, log)?;
-                Some(SharedEntities::parse(&snapshot, json.as_ref().clone()))
+                Some(SharedEntities::parse(
+                    &snapshot.engine,
+                    json.as_ref().clone(),
+                ))
             }
         };
         // Time-bound template links are judged at the time the decision was
@@ -228,11 +230,15 @@ impl Replayer {
             Some(Ok(shared)) => Self::decide(
                 &snapshot,
                 query,
-                Some(&shared),
-                self.on_forbid_error,
-                &clock,
+                Scratch::new(self.on_forbid_error)
+                    .at(clock)
+                    .shared(Some(&shared)),
             ),
-            None => Self::decide(&snapshot, query, None, self.on_forbid_error, &clock),
+            None => Self::decide(
+                &snapshot,
+                query,
+                Scratch::new(self.on_forbid_error).at(clock),
+            ),
         };
         if new == old {
             return Ok(Replayed::Same);
@@ -248,14 +254,8 @@ impl Replayer {
         })))
     }
 
-    fn decide(
-        snapshot: &Snapshot,
-        query: Query,
-        shared: Option<&SharedEntities>,
-        on_forbid_error: OnForbidError,
-        clock: &Clock,
-    ) -> Verdict {
-        match authorizer::authorize_at(snapshot, query, shared, on_forbid_error, clock) {
+    fn decide(snapshot: &Snapshot, query: Query, mut scratch: Scratch<'_>) -> Verdict {
+        match snapshot.engine.decide(query, &mut scratch) {
             Ok(decision) => {
                 let mut v = Verdict::of(&decision);
                 v.errors.sort();
@@ -362,19 +362,13 @@ fn rebuild(
     };
     let tmp = tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
     checkout(dir, commit, &tmp.0).map_err(|e| format!("git commit `{commit}`: {e}"))?;
-    let snapshot = load_dir(&tmp.0, load)?;
+    let snapshot = load_dir(&tmp.0, load).map_err(|e| e.to_string())?;
     if digest_of(&snapshot.revision) != digest {
         return Err(format!(
             "git commit `{commit}` does not hash to revision `{digest}` (the files were changed from the commit)"
         ));
     }
     Ok(snapshot)
-}
-
-fn load_dir(dir: &Path, load: &LoadOptions) -> Result<Snapshot, String> {
-    read_dir(dir)
-        .and_then(|sources| build(sources, load, 1))
-        .map_err(|e| e.to_string())
 }
 
 /// A directory removed when dropped.

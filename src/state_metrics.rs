@@ -13,7 +13,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::decision_log::ExportCounters;
-use crate::policy_store::{GrantState, PolicyStore};
+use crate::engine::GrantState;
+use crate::policy_store::PolicyStore;
 
 /// Reads the store and the decision log's drop counter at scrape time.
 #[derive(Debug)]
@@ -43,7 +44,7 @@ impl Collector for StateCollector {
             ConstCounter::new(n).encode(reloads.encode_family(&labels)?)?;
         }
         let generation = snapshot.as_ref().map_or(0, |s| s.generation);
-        let count = snapshot.as_ref().map_or(0, |s| s.policy_count);
+        let count = snapshot.as_ref().map_or(0, |s| s.engine.policy_count());
         let last_success = status
             .last_success_at
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
@@ -69,7 +70,7 @@ impl Collector for StateCollector {
         // By the clock at scrape time: a link expires without a reload.
         let grants = snapshot
             .as_ref()
-            .map(|s| s.grant_counts(SystemTime::now()))
+            .map(|s| s.engine.grant_counts(SystemTime::now()))
             .unwrap_or_default();
         let mut family = encoder.encode_descriptor(
             "cedar_pdp_grants",

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use cedar_pdp::authorizer;
 use cedar_pdp::config::OnForbidError;
+use cedar_pdp::engine;
 use cedar_pdp::grpc::convert::query_from_request;
 use cedar_pdp::grpc::proto::{self, value::Value as V};
 use cedar_pdp::pipeline::limits::Limits;
@@ -342,7 +342,10 @@ fn check_one(req: proto::AuthorizeRequest, shared: &[Json]) -> Result<(), TestCa
         return Ok(());
     }
     for snapshot in snapshots() {
-        match authorizer::authorize(snapshot, query.clone(), OnForbidError::Skip) {
+        match snapshot.engine.decide(
+            query.clone(),
+            &mut engine::Scratch::new(OnForbidError::Skip),
+        ) {
             Ok(d) => {
                 prop_assert_eq!(d.allow, !d.determining_policies.is_empty() && d.allow);
             }

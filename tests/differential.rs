@@ -20,11 +20,11 @@ use crate::tenants;
 use std::path::Path;
 use std::str::FromStr;
 
-use cedar_pdp::authorizer::{
-    self, AuthorizeError, Decision, EntityCache, EntityLookups, PolicyError, Query,
-};
 use cedar_pdp::config::OnForbidError;
-use cedar_pdp::policy_store::{Clock, LoadOptions, Snapshot, Target, build, read_dir};
+use cedar_pdp::engine::{
+    AuthorizeError, Clock, Decision, Engine, EntityCache, PolicyError, Query, Scratch, Target,
+};
+use cedar_pdp::policy_store::{LoadOptions, build, read_dir};
 use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Context, Entities, EntityUid, Request};
 use common::shared_dir;
@@ -38,17 +38,17 @@ const REPORT_LIMIT: usize = 10;
 const MIN_CORPUS_REQUESTS: usize = 74 + 12_496;
 
 /// The answer with every policy and a full merge of the entities.
-fn reference(snapshot: &Snapshot, q: &Query) -> Result<Decision, AuthorizeError> {
-    let schema = snapshot.schema.as_ref();
+fn reference(snapshot: &Engine, q: &Query) -> Result<Decision, AuthorizeError> {
+    let schema = snapshot.schema();
     let entities = if q.entities.is_empty() {
-        snapshot.entities.clone()
+        snapshot.entities().clone()
     } else {
         let extra = Entities::from_json_value(Json::Array(q.entities.clone()), schema)
             .map_err(|e| AuthorizeError::Entities(Box::new(e)))?;
         // What a request may not define, whichever way it is evaluated.
         for e in extra.iter() {
             let uid = e.uid();
-            if snapshot.dangling.contains(&uid) {
+            if snapshot.dangling().contains(&uid) {
                 return Err(AuthorizeError::StoredReference(uid.to_string()));
             }
             if schema.is_none() && uid.type_name().basename() == "Action" {
@@ -56,7 +56,7 @@ fn reference(snapshot: &Snapshot, q: &Query) -> Result<Decision, AuthorizeError>
             }
         }
         snapshot
-            .entities
+            .entities()
             .clone()
             .add_entities(extra, schema)
             .map_err(|e| match e {
@@ -78,7 +78,7 @@ fn reference(snapshot: &Snapshot, q: &Query) -> Result<Decision, AuthorizeError>
     )
     .map_err(|e| AuthorizeError::Schema(Box::new(e)))?;
     let response =
-        cedar_policy::Authorizer::new().is_authorized(&request, &snapshot.policies, &entities);
+        cedar_policy::Authorizer::new().is_authorized(&request, snapshot.policies(), &entities);
     let mut determining_policies: Vec<String> = response
         .diagnostics()
         .reason()
@@ -132,9 +132,10 @@ static ENTITY_CACHE: std::sync::LazyLock<EntityCache> =
     std::sync::LazyLock::new(|| EntityCache::new(64 << 20).unwrap());
 
 impl Tally {
-    fn compare(&mut self, label: &str, snapshot: &Snapshot, q: &Query) {
+    fn compare(&mut self, label: &str, snapshot: &Engine, q: &Query) {
         let want: Answer = reference(snapshot, q).map_err(|e| e.to_string());
-        let got: Answer = authorizer::authorize(snapshot, q.clone(), OnForbidError::Skip)
+        let got: Answer = snapshot
+            .decide(q.clone(), &mut Scratch::new(OnForbidError::Skip))
             .map_err(|e| e.to_string());
         self.compared += 1;
         match &want {
@@ -156,20 +157,11 @@ impl Tally {
             self.mismatches.push(format!("{label}: {mismatch}"));
         }
         for pass in ["cold", "warm", "remembered"] {
-            let mut lookups = EntityLookups::default();
-            let parse = authorizer::Parse {
-                cache: Some(&ENTITY_CACHE),
-                lookups: &mut lookups,
-            };
-            let cached: Answer = authorizer::authorize_cached(
-                snapshot,
-                q.clone(),
-                None,
-                parse,
-                OnForbidError::Skip,
-                &Clock::system(),
-            )
-            .map_err(|e| e.to_string());
+            let mut scratch = Scratch::new(OnForbidError::Skip).cached(Some(&ENTITY_CACHE));
+            let cached: Answer = snapshot
+                .decide(q.clone(), &mut scratch)
+                .map_err(|e| e.to_string());
+            let lookups = scratch.lookups();
             self.entity_hits += lookups.hits;
             self.set_hits += lookups.set_hits;
             self.slice_hits += lookups.slice_hits;
@@ -184,12 +176,12 @@ impl Tally {
 
     /// Where the typed reading of the context is used, it must be the
     /// value Cedar's parse gives.
-    fn typed_context(&mut self, snapshot: &Snapshot, q: &Query) -> Option<String> {
+    fn typed_context(&mut self, snapshot: &Engine, q: &Query) -> Option<String> {
         if q.context.is_empty() {
             return None;
         }
-        let typed = snapshot.context_types.build(&q.action, &q.context)?;
-        let schema = snapshot.schema.as_ref();
+        let typed = snapshot.context_types().build(&q.action, &q.context)?;
+        let schema = snapshot.schema();
         let uid = |u: &EntityUid| (u.clone().into(), None);
         cedar_policy_core::ast::Request::new(
             uid(&q.principal),
@@ -244,7 +236,7 @@ impl Tally {
     }
 }
 
-fn load(dir: &Path) -> Result<Snapshot, String> {
+fn load(dir: &Path) -> Result<Engine, String> {
     let sources = read_dir(dir).map_err(|e| e.to_string())?;
     build(
         sources,
@@ -254,6 +246,7 @@ fn load(dir: &Path) -> Result<Snapshot, String> {
         },
         1,
     )
+    .map(|snapshot| snapshot.engine)
     .map_err(|e| e.to_string())
 }
 
@@ -385,20 +378,20 @@ fn generated_multi_tenant_answers_match_the_whole_set() {
         let dir = tempfile::tempdir().unwrap();
         generated.write_to(dir.path());
         let snapshot = load(dir.path()).unwrap();
-        assert_eq!(snapshot.policy_count, generated.policy_count);
+        assert_eq!(snapshot.policy_count(), generated.policy_count);
         for _ in 0..400 {
             let r = tenants::varied_request(&mut rng, tenants, &stored);
             let q = gen_query(&r);
             tally.compare(&format!("seed {seed}"), &snapshot, &q);
             let anc = |u: &EntityUid| -> Vec<EntityUid> {
                 snapshot
-                    .entities
+                    .entities()
                     .ancestors(u)
                     .map(|a| a.cloned().collect())
                     .unwrap_or_default()
             };
             let (pa, aa, ra) = (anc(&q.principal), anc(&q.action), anc(&q.resource));
-            let candidates = snapshot.index.candidates(
+            let candidates = snapshot.index().candidates(
                 Target {
                     uid: &q.principal,
                     ancestors: &pa,
@@ -413,7 +406,7 @@ fn generated_multi_tenant_answers_match_the_whole_set() {
                 },
                 &Clock::system(),
             );
-            if candidates.len() < snapshot.policy_count {
+            if candidates.len() < snapshot.policy_count() {
                 sliced += 1;
             }
         }

@@ -413,7 +413,8 @@ fn every_shipped_policy_determines_some_shipped_case() {
         .flatten()
         .collect();
     let ids: BTreeSet<String> = snapshot
-        .policies
+        .engine
+        .policies()
         .policies()
         .map(|p| p.id().to_string())
         .collect();

@@ -21,11 +21,11 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value as Json};
 
 use crate::config::AuthzenConfig;
+use crate::engine::type_name;
 use crate::pipeline::{
     Context, DELEGATION_KEY, DecisionRequest, DelegationHop, InvalidField, PURPOSE_KEY, Rejected,
     Submitted, Uid,
 };
-use crate::type_names::type_name;
 
 /// The context key action properties reach policies under.
 pub(super) const ACTION_KEY: &str = "action";

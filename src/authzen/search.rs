@@ -201,14 +201,15 @@ fn named_actions(value: &Json, action_type: &str, into: &mut BTreeSet<String>) {
 /// entities files name.
 fn candidates(kind: Kind, cedar_type: &str, snapshot: &Snapshot) -> Vec<String> {
     let mut ids: BTreeSet<String> = snapshot
-        .entities
+        .engine
+        .entities()
         .iter()
         .map(|e| e.uid())
         .filter(|uid| uid.type_name().to_string() == cedar_type)
         .map(|uid| uid.id().unescaped().to_string())
         .collect();
     if kind == Kind::Action {
-        match &snapshot.schema {
+        match snapshot.engine.schema() {
             Some(schema) => ids.extend(
                 schema
                     .actions()
@@ -216,7 +217,7 @@ fn candidates(kind: Kind, cedar_type: &str, snapshot: &Snapshot) -> Vec<String> 
                     .map(|uid| uid.id().unescaped().to_string()),
             ),
             None => {
-                for policy in snapshot.policies.policies() {
+                for policy in snapshot.engine.policies().policies() {
                     // A policy that has no JSON form names nothing we can list.
                     if let Ok(json) = policy.to_json() {
                         named_actions(&json, cedar_type, &mut ids);

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use crate::policy_store::{LoadError, SourceProblem};
+use crate::engine::SourceProblem;
+use crate::policy_store::LoadError;
 
 /// Whether a problem stops the load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

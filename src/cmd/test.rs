@@ -41,7 +41,7 @@ pub(super) fn run(args: TestArgs) -> Exit {
     // One read: the tests run against exactly the files that were loaded.
     let sources = match read_dir(dir) {
         Ok(sources) => sources,
-        Err(e) => return load_failed(dir, "the policy set does not load", &e),
+        Err(e) => return load_failed(dir, "the policy set does not load", &e.into()),
     };
     let mut tests = sources.tests();
     let snapshot = match build(sources, &options, 1) {

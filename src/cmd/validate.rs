@@ -7,7 +7,8 @@ use clap::Args;
 
 use super::Exit;
 use super::problems::{self, Severity};
-use crate::policy_store::{SourceProblem, build, read_dir};
+use crate::engine::SourceProblem;
+use crate::policy_store::load_dir;
 
 /// Flags of `validate`.
 #[derive(Debug, Args)]
@@ -41,7 +42,7 @@ pub(super) fn run(args: ValidateArgs) -> Exit {
         Err(e) => return super::usage(&e),
     };
     let dir = &args.policies;
-    let loaded = read_dir(dir).and_then(|sources| build(sources, &options, 1));
+    let loaded = load_dir(dir, &options);
     let (snapshot, errors) = match loaded {
         Ok(snapshot) => (Some(snapshot), Vec::new()),
         Err(e) => (None, problems::of_load_error(dir, &e)),
@@ -63,9 +64,9 @@ pub(super) fn run(args: ValidateArgs) -> Exit {
                 "ok": !failed,
                 "policies": dir.display().to_string(),
                 "revision": snapshot.as_ref().map(|s| s.revision.clone()),
-                "policy_count": snapshot.as_ref().map(|s| s.policy_count),
-                "entity_count": snapshot.as_ref().map(|s| s.entity_count),
-                "schema": snapshot.as_ref().map(|s| s.schema.is_some()),
+                "policy_count": snapshot.as_ref().map(|s| s.engine.policy_count()),
+                "entity_count": snapshot.as_ref().map(|s| s.engine.entity_count()),
+                "schema": snapshot.as_ref().map(|s| s.engine.schema().is_some()),
                 "errors": errors.iter().map(problem).collect::<Vec<_>>(),
                 "warnings": warnings.iter().map(problem).collect::<Vec<_>>(),
             });
@@ -77,9 +78,9 @@ pub(super) fn run(args: ValidateArgs) -> Exit {
             match &snapshot {
                 Some(s) => println!(
                     "ok: {} policies, {} entities, schema {}, revision {}, {} warning(s)",
-                    s.policy_count,
-                    s.entity_count,
-                    if s.schema.is_some() {
+                    s.engine.policy_count(),
+                    s.engine.entity_count(),
+                    if s.engine.schema().is_some() {
                         "loaded"
                     } else {
                         "absent"

@@ -6,7 +6,7 @@
 use serde_json::{Map, Value as Json, json};
 
 use super::proto;
-use crate::authorizer;
+use crate::engine;
 use crate::pipeline::{
     Answer, Context, DecisionRequest, DelegationHop, InvalidField, Outcome, Refusal, Rejected,
     Submitted, Uid, Workload,
@@ -130,7 +130,7 @@ pub fn decision_request(req: proto::AuthorizeRequest) -> Submitted {
 pub fn query_from_request(
     req: proto::AuthorizeRequest,
     shared: &[Json],
-) -> Result<authorizer::Query, InvalidField> {
+) -> Result<engine::Query, InvalidField> {
     decision_request(req)
         .map_err(|r| r.error)?
         .into_query(shared)
@@ -224,8 +224,8 @@ fn value_to_json(value: proto::Value, field: &str) -> Result<Json, InvalidField>
     })
 }
 
-impl From<authorizer::PolicyError> for proto::EvaluationError {
-    fn from(e: authorizer::PolicyError) -> Self {
+impl From<engine::PolicyError> for proto::EvaluationError {
+    fn from(e: engine::PolicyError) -> Self {
         Self {
             policy_id: e.policy_id,
             message: e.message,

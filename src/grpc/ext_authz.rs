@@ -149,7 +149,7 @@ impl Mapping {
         let mut entities = Vec::new();
         let known = |u: &Uid| {
             u.parse("")
-                .is_ok_and(|uid| snapshot.entities.get(&uid).is_some())
+                .is_ok_and(|uid| snapshot.engine.entities().get(&uid).is_some())
         };
 
         let source =

@@ -203,9 +203,9 @@ impl Authorizer for AuthorizerService {
             out.revision = snapshot.revision.clone();
             out.generation = snapshot.generation;
             out.loaded_at = Some(timestamp(snapshot.loaded_at));
-            out.policy_count = snapshot.policy_count as u64;
-            out.entity_count = snapshot.entity_count as u64;
-            out.schema_loaded = snapshot.schema.is_some();
+            out.policy_count = snapshot.engine.policy_count() as u64;
+            out.entity_count = snapshot.engine.entity_count() as u64;
+            out.schema_loaded = snapshot.engine.schema().is_some();
             if let Some(git) = &snapshot.git_commit {
                 out.git_commit = git.id.clone();
                 out.git_dirty = git.dirty;

@@ -18,7 +18,7 @@ use quick_cache::sync::Cache;
 use serde::Serialize;
 
 use super::request::{Context, DecisionRequest};
-use crate::authorizer::Decision;
+use crate::engine::Decision;
 use crate::identity::PeerFacts;
 
 /// Requests whose key is larger than this are not cached.

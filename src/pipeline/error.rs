@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::authorizer::AuthorizeError;
+use crate::engine::AuthorizeError;
 
 /// A request field that cannot be converted or breaks a limit.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

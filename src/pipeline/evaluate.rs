@@ -13,10 +13,11 @@ use super::error::DecisionError;
 use super::record::Subject;
 use super::request::DecisionRequest;
 use super::{PipelineOptions, Shared, delegation, server_context, token_claims};
-use crate::authorizer::{self, Decision, EntityCache, EntityLookups};
+use crate::engine::Clock;
+use crate::engine::{Decision, EntityCache, Scratch};
 use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
-use crate::policy_store::{Clock, Snapshot};
+use crate::policy_store::Snapshot;
 
 /// Decides admitted requests with `opts`, through `cache` when there is one.
 pub(super) struct Evaluator<'a> {
@@ -181,16 +182,14 @@ impl Evaluator<'_> {
         if let Some(hit) = screened.hit {
             return Ok((*hit).clone());
         }
-        let shared = shared.map(|s| &s.entities);
         let clock = screened.now.map_or_else(Clock::system, Clock::at);
-        let mut lookups = EntityLookups::default();
-        let parse = authorizer::Parse {
-            cache: self.entities.map(|(c, _)| c),
-            lookups: &mut lookups,
-        };
-        let decided =
-            authorizer::authorize_cached(snapshot, q, shared, parse, opts.on_forbid_error, &clock);
+        let mut scratch = Scratch::new(opts.on_forbid_error)
+            .at(clock)
+            .cached(self.entities.map(|(c, _)| c))
+            .shared(shared.map(|s| &s.entities));
+        let decided = snapshot.engine.decide(q, &mut scratch);
         if let Some((_, metrics)) = self.entities {
+            let lookups = scratch.lookups();
             metrics.entity_cache(lookups.hits, lookups.misses);
             metrics.entity_reuses(lookups.set_hits, lookups.slice_hits);
         }

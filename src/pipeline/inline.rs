@@ -79,7 +79,7 @@ impl InlineGate {
     /// Whether `req` is evaluated inline against `snapshot`.
     pub(super) fn admits(&self, snapshot: &Snapshot, req: &DecisionRequest) -> bool {
         self.max_bytes > 0
-            && self.barred.load(Ordering::Relaxed) != snapshot.uid
+            && self.barred.load(Ordering::Relaxed) != snapshot.engine.uid()
             && req.is_within(self.max_bytes)
             && !self.load.busy()
     }
@@ -95,12 +95,12 @@ impl InlineGate {
             .strikes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if strikes.0 != snapshot.uid {
-            *strikes = (snapshot.uid, 0);
+        if strikes.0 != snapshot.engine.uid() {
+            *strikes = (snapshot.engine.uid(), 0);
         }
         strikes.1 += 1;
         if strikes.1 == STRIKES {
-            self.barred.store(snapshot.uid, Ordering::Relaxed);
+            self.barred.store(snapshot.engine.uid(), Ordering::Relaxed);
             return Verdict::Barred;
         }
         Verdict::Fine
@@ -265,7 +265,7 @@ mod tests {
     fn a_snapshot_that_keeps_evaluating_slowly_goes_to_the_pool_and_a_new_one_does_not() {
         let (slow, fast) = (BUDGET * 2, BUDGET / 2);
         let (first, second) = (snapshot(), snapshot());
-        assert_ne!(first.uid, second.uid);
+        assert_ne!(first.engine.uid(), second.engine.uid());
         let req = DecisionRequest::default();
         let gate = InlineGate::new(4096);
         for _ in 0..100 {

@@ -5,8 +5,8 @@
 use serde_json::Value as Json;
 
 use super::error::InvalidField;
-use crate::authorizer::Query;
 use crate::config::LimitsConfig;
+use crate::engine::Query;
 
 mod closure;
 

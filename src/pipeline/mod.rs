@@ -42,9 +42,9 @@ use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Span;
 
-use crate::authorizer::{Decision, EntityCache, SharedEntities};
 use crate::config::{Config, OnForbidError};
 use crate::decision_log::{DecisionLog, EntitySet, Slots};
+use crate::engine::{Decision, EntityCache, SharedEntities};
 use crate::identity::PeerFacts;
 use crate::metrics::Metrics;
 use crate::policy_store::{PolicyStore, Snapshot};
@@ -602,7 +602,7 @@ impl Pipeline {
         let shared = if shared.is_empty() {
             None
         } else {
-            match SharedEntities::parse(snapshot, shared.clone()) {
+            match SharedEntities::parse(&snapshot.engine, shared.clone()) {
                 Ok(entities) => Some(Shared {
                     entities,
                     // Serialized (and digested) once for every item's record.

@@ -11,11 +11,11 @@ use super::delegation;
 use super::error::DecisionError;
 use super::request::{Call, DecisionRequest, Uid};
 use super::span;
-use crate::authorizer::Decision;
 use crate::decision_log::{
     Caller, DecisionRecord, EntityRef, EntitySet, RECORD_VERSION, RecordDroppedProperty,
     RecordError, RecordFailure, ShadowRecord,
 };
+use crate::engine::Decision;
 use crate::policy_store::Snapshot;
 
 /// `00-<trace-id>-<parent-id>-<flags>`; an all-zero trace id is invalid.

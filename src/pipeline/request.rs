@@ -14,9 +14,9 @@ use serde_json::{Map, Value as Json, json};
 use super::delegation::{self, DELEGATION_KEY, DelegationHop, PURPOSE_KEY};
 use super::error::{DecisionError, InvalidField, Reason};
 use super::token_claims::TOKEN_KEY;
-use crate::authorizer::Query;
+use crate::engine::Query;
+use crate::engine::type_name;
 use crate::identity::PeerFacts;
-use crate::type_names::type_name;
 
 /// The context key the `workload` field reaches policies under; no request
 /// may set it itself.

@@ -8,7 +8,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::error::DecisionError;
 use super::request::{DecisionRequest, Uid};
-use crate::authorizer::Decision;
+use crate::engine::Decision;
 use crate::identity::PeerFacts;
 use crate::telemetry::SPAN_TARGET;
 

@@ -1,22 +1,16 @@
 //! The policy store: the only reader of the policy directory (`reader.rs`
-//! holds the rules), and the owner of the live snapshot.
+//! holds the rules), and the owner of the live snapshot. It knows files,
+//! not Cedar: `load.rs` hands the texts to [`crate::engine::compile()`].
 //!
 //! It holds the live [`Snapshot`] behind an [`ArcSwapOption`], so a request
 //! takes one snapshot with a single atomic load and never sees a partial set.
 //! A reload builds a new snapshot apart from the live one and swaps it in only
 //! when the whole directory is valid; on failure the last good one stays.
 
-mod closure;
-mod entity_json;
-mod entity_refs;
-mod index;
-mod links;
-mod loader;
+mod load;
 mod reader;
 mod snapshot;
-mod spread;
 mod test_gate;
-mod typed_entity;
 mod watcher;
 
 use std::collections::{HashMap, HashSet};
@@ -28,19 +22,13 @@ use arc_swap::ArcSwapOption;
 use sha2::Digest;
 use tokio::sync::watch;
 
-pub use entity_refs::edges;
-pub use index::{Candidates, PolicyIndex, Target};
-pub use links::{Clock, GrantCounts, GrantState, Window};
-pub(crate) use loader::problem;
-pub use loader::{LoadError, LoadOptions, SourceProblem, build};
+pub use load::{LoadError, LoadOptions, build, load_dir};
 pub use reader::{
-    FileKind, GitCommit, MAX_DEPTH, MAX_FILE_BYTES, SourceFile, Sources, TestFiles, is_test_file,
-    read_dir, read_settled,
+    FileKind, GitCommit, MAX_DEPTH, MAX_FILE_BYTES, ReadError, SourceFile, Sources, TestFiles,
+    is_test_file, read_dir, read_settled,
 };
-pub use snapshot::{ShadowSet, Snapshot};
+pub use snapshot::Snapshot;
 pub use test_gate::TestGate;
-pub use typed_entity::EntityShapes;
-pub(crate) use typed_entity::read_checked as read_entity;
 pub use watcher::{WatchOptions, spawn_watcher};
 
 /// The outcome of the most recent load attempt.
@@ -228,7 +216,9 @@ impl PolicyStore {
     fn keeps_schema(&self, live: Option<&Snapshot>, next: &Snapshot) -> Result<(), LoadError> {
         match live {
             Some(live)
-                if self.options.keep_schema && live.schema.is_some() && next.schema.is_none() =>
+                if self.options.keep_schema
+                    && live.engine.schema().is_some()
+                    && next.engine.schema().is_none() =>
             {
                 Err(LoadError::SchemaRemoved {
                     live_revision: live.revision.clone(),

@@ -22,7 +22,16 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::loader::LoadError;
+/// Why the directory, or a file in it, could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read `{}`: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
 
 /// How deep the walk goes, symlinked folders included; guards against loops.
 pub const MAX_DEPTH: usize = 32;
@@ -213,7 +222,7 @@ impl TestFiles {
     /// read once. `None` when no such file is part of the directory: it is
     /// missing, not a file, hidden, deeper than [`MAX_DEPTH`], or `rel`
     /// climbs out of the directory.
-    pub fn fixture(&mut self, rel: &str) -> Result<Option<String>, LoadError> {
+    pub fn fixture(&mut self, rel: &str) -> Result<Option<String>, ReadError> {
         if let Some(text) = self.fixtures.get(rel) {
             return Ok(Some(text.clone()));
         }
@@ -241,7 +250,7 @@ impl TestFiles {
             {
                 return Ok(None);
             }
-            Err(source) => return Err(LoadError::Io { path, source }),
+            Err(source) => return Err(ReadError::Io { path, source }),
         };
         self.resolved.files.push((path, target));
         self.fixtures.insert(rel.to_string(), text.clone());
@@ -279,22 +288,22 @@ impl TestFiles {
 /// Reads every file the directory uses (policies, schema, entities, tests)
 /// under `root`, as one consistent version of the directory; see the module
 /// docs for the rules.
-pub fn read_dir(root: &Path) -> Result<Sources, LoadError> {
+pub fn read_dir(root: &Path) -> Result<Sources, ReadError> {
     let mut last = None;
     for _ in 0..READ_ATTEMPTS {
         match read_once(root) {
             Ok(sources) if sources.resolved.still_holds() => return Ok(sources),
             Ok(_) => {
-                last = Some(LoadError::Io {
+                last = Some(ReadError::Io {
                     path: root.to_path_buf(),
                     source: io::Error::other("directory changed while it was read"),
                 });
             }
-            Err(ReadError::Moved(e)) => last = Some(e),
-            Err(ReadError::Fatal(e)) => return Err(e),
+            Err(Attempt::Moved(e)) => last = Some(e),
+            Err(Attempt::Fatal(e)) => return Err(e),
         }
     }
-    Err(last.unwrap_or_else(|| LoadError::Io {
+    Err(last.unwrap_or_else(|| ReadError::Io {
         path: root.to_path_buf(),
         source: io::Error::other("directory kept changing while it was read"),
     }))
@@ -304,7 +313,7 @@ pub fn read_dir(root: &Path) -> Result<Sources, LoadError> {
 /// both reads hold the same files. A file cut off mid-write can still parse
 /// (a `.cedar` file cut after a `;` loses its trailing `forbid`s), so one
 /// read is not enough while something writes in place.
-pub fn read_settled(root: &Path, mut between: impl FnMut()) -> Result<Sources, LoadError> {
+pub fn read_settled(root: &Path, mut between: impl FnMut()) -> Result<Sources, ReadError> {
     for _ in 0..READ_ATTEMPTS {
         let first = read_dir(root)?;
         between();
@@ -319,7 +328,7 @@ pub fn read_settled(root: &Path, mut between: impl FnMut()) -> Result<Sources, L
             return Ok(second);
         }
     }
-    Err(LoadError::Io {
+    Err(ReadError::Io {
         path: root.to_path_buf(),
         source: io::Error::other(
             "files kept changing between two reads; deliver policies by an atomic swap (rename, ConfigMap, git-sync)",
@@ -327,10 +336,11 @@ pub fn read_settled(root: &Path, mut between: impl FnMut()) -> Result<Sources, L
     })
 }
 
-enum ReadError {
+/// One read's failure.
+enum Attempt {
     /// Something vanished mid-read: a symlink swap, worth a retry.
-    Moved(LoadError),
-    Fatal(LoadError),
+    Moved(ReadError),
+    Fatal(ReadError),
 }
 
 /// Where the root and every file resolved to during one read.
@@ -396,28 +406,28 @@ fn hash_file(hasher: &mut Sha256, rel: &str, text: &str) {
     hasher.update(text.as_bytes());
 }
 
-fn read_once(root: &Path) -> Result<Sources, ReadError> {
+fn read_once(root: &Path) -> Result<Sources, Attempt> {
     let io_error = |path: &Path, source: io::Error| {
         let moved = source.kind() == io::ErrorKind::NotFound;
-        let err = LoadError::Io {
+        let err = ReadError::Io {
             path: path.to_path_buf(),
             source,
         };
         if moved {
-            ReadError::Moved(err)
+            Attempt::Moved(err)
         } else {
-            ReadError::Fatal(err)
+            Attempt::Fatal(err)
         }
     };
     // A missing root is a configuration problem, not a swap in progress.
     let canonical_root = std::fs::canonicalize(root).map_err(|source| {
-        ReadError::Fatal(LoadError::Io {
+        Attempt::Fatal(ReadError::Io {
             path: root.to_path_buf(),
             source,
         })
     })?;
     if !canonical_root.is_dir() {
-        return Err(ReadError::Fatal(LoadError::Io {
+        return Err(Attempt::Fatal(ReadError::Io {
             path: root.to_path_buf(),
             source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
         }));
@@ -613,7 +623,7 @@ mod tests {
             "permit(principal, action, resource);",
         );
         symlink(".", dir.path().join("loop")).unwrap();
-        assert!(matches!(read_dir(dir.path()), Err(LoadError::Io { .. })));
+        assert!(matches!(read_dir(dir.path()), Err(ReadError::Io { .. })));
     }
 
     /// A writer finishing the file between the reads: the cut-off version
@@ -665,10 +675,10 @@ mod tests {
         let mut tests = read_dir(dir.path()).unwrap().tests();
         assert!(matches!(
             tests.fixture("big.fixture.json"),
-            Err(LoadError::Io { .. })
+            Err(ReadError::Io { .. })
         ));
         std::fs::rename(&big, dir.path().join("big.cedar")).unwrap();
-        let Err(LoadError::Io { path, source }) = read_dir(dir.path()) else {
+        let Err(ReadError::Io { path, source }) = read_dir(dir.path()) else {
             panic!("a file over the limit was read");
         };
         assert!(path.ends_with("big.cedar"), "{path:?}");

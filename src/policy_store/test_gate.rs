@@ -92,7 +92,7 @@ impl TestGate {
 
 /// A refusal of the gate as a whole.
 fn gate_error(message: String) -> LoadError {
-    LoadError::Invalid(vec![super::SourceProblem {
+    LoadError::Invalid(vec![crate::engine::SourceProblem {
         file: "<tests>".into(),
         line: 1,
         column: 1,
@@ -185,8 +185,9 @@ mod tests {
     use std::path::Path;
     use std::sync::atomic::AtomicUsize;
 
-    use super::super::{LoadOptions, Reloaded, SourceProblem};
+    use super::super::{LoadOptions, Reloaded};
     use super::*;
+    use crate::engine::SourceProblem;
 
     fn write(dir: &Path, rel: &str, text: &str) {
         std::fs::write(dir.join(rel), text).unwrap();

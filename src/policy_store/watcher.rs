@@ -87,8 +87,8 @@ async fn run(store: Arc<PolicyStore>, options: WatchOptions) {
             Ok(Ok(Reloaded::Swapped(snapshot))) => tracing::info!(
                 revision = %snapshot.revision,
                 generation = snapshot.generation,
-                policies = snapshot.policy_count,
-                entities = snapshot.entity_count,
+                policies = snapshot.engine.policy_count(),
+                entities = snapshot.engine.entity_count(),
                 "policy set reloaded"
             ),
             Ok(Ok(Reloaded::Unchanged)) => tracing::debug!("policy directory unchanged"),

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use crate::engine::SourceProblem;
 use crate::pipeline::PipelineOptions;
-use crate::policy_store::{LoadError, Snapshot, SourceProblem, TestFiles, TestGate};
+use crate::policy_store::{LoadError, Snapshot, TestFiles, TestGate};
 
 use super::{parse_suite, run};
 

@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::authorizer::Decision;
+use crate::engine::Decision;
+use crate::engine::SourceProblem;
 use crate::pipeline::{self, DecisionError, PipelineOptions};
-use crate::policy_store::{Snapshot, SourceProblem};
+use crate::policy_store::Snapshot;
 
 use super::spec::{Case, Expect, Suite};
 
@@ -196,7 +197,7 @@ fn compare(expect: &Expect, actual: &Decision) -> Vec<String> {
 mod tests {
     use super::super::spec::ExpectedError;
     use super::*;
-    use crate::authorizer::PolicyError;
+    use crate::engine::PolicyError;
 
     fn decision(allow: bool, policies: &[&str], errors: &[(&str, &str)]) -> Decision {
         Decision {

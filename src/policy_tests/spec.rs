@@ -18,9 +18,10 @@ use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
+use crate::engine::SourceProblem;
 use crate::identity::{PeerFacts, SpiffeId, UnixPeer};
 use crate::pipeline::{Context, DecisionRequest, DelegationHop, Reason, Uid, Workload};
-use crate::policy_store::{LoadError, SourceProblem, TestFiles, read_dir};
+use crate::policy_store::{LoadError, TestFiles, read_dir};
 
 /// Suffix a fixture must not have: the loader would also load it as the
 /// directory's own entities.
@@ -88,7 +89,7 @@ pub struct ExpectedError {
 
 impl ExpectedError {
     /// Whether `actual` is the error this entry describes.
-    pub fn matches(&self, actual: &crate::authorizer::PolicyError) -> bool {
+    pub fn matches(&self, actual: &crate::engine::PolicyError) -> bool {
         self.policy_id
             .as_ref()
             .is_none_or(|p| *p == actual.policy_id)

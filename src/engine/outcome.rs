@@ -15,7 +15,7 @@ use cedar_policy_core::ast::{self, Expr, Literal, Value, ValueKind};
 use cedar_policy_core::evaluator::{EvaluationError, Evaluator};
 use cedar_policy_core::extensions::Extensions;
 
-use super::PolicyError;
+use super::decision::PolicyError;
 
 /// Cedar's answer for one set of policies.
 #[derive(Debug, Default)]

@@ -1,4 +1,4 @@
-//! Request entities parsed once per snapshot, remembered by their JSON.
+//! Request entities parsed once per engine, remembered by their JSON.
 //!
 //! Real traffic repeats parts of requests: the same principal entity comes
 //! with many resources, the same resource with many callers. Cedar's entity
@@ -7,7 +7,7 @@
 //! checked once, and later requests that carry the same entity reuse it.
 //!
 //! The answer is the one the whole-array parse gives: the key is the
-//! snapshot's process-wide id and the entity's exact JSON, and Cedar's
+//! engine's process-wide id and the entity's exact JSON, and Cedar's
 //! parse of one entity against one schema is deterministic. Action
 //! entities are not remembered: Cedar checks them against the schema after
 //! the closure and then uses the schema's own, so they are only checked
@@ -26,8 +26,10 @@ use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 use serde_json::Value as Json;
 
-use super::{AuthorizeError, parse_entities, request_entities};
-use crate::policy_store::{Snapshot, read_entity};
+use super::Engine;
+use super::decision::AuthorizeError;
+use super::request_entities;
+use super::typed_entity::read_checked as read_entity;
 
 /// Entities whose JSON is larger than this are parsed every time: a key
 /// that size costs memory out of proportion to what it saves.
@@ -44,8 +46,8 @@ const SLICE_MARK: u8 = 0xFE;
 /// Slices that picked more stored entities than this are not remembered.
 const MAX_SLICE_PICKED: usize = 8;
 
-/// Parsed request entities by (snapshot id, entity JSON), and whole
-/// checked sets by (snapshot id, the entities' JSON in order); both
+/// Parsed request entities by (engine id, entity JSON), and whole
+/// checked sets by (engine id, the entities' JSON in order); both
 /// bounded by bytes. The same entities often come together (one caller,
 /// one resource, several actions), and a remembered set skips the closure
 /// and the claim checks too.
@@ -94,7 +96,7 @@ impl std::fmt::Debug for EntityCache {
 pub(super) struct Parsed {
     pub(super) set: Entities,
     /// The set's key in the cache: the same key is the same set, parsed
-    /// and checked against the same snapshot. `None` for the array parse.
+    /// and checked against the same engine. `None` for the array parse.
     pub(super) key: Option<Vec<u8>>,
 }
 
@@ -136,28 +138,28 @@ impl EntityCache {
         self.cache.is_empty()
     }
 
-    /// `entities` (Cedar JSON) parsed and checked against `snapshot`, as
+    /// `entities` (Cedar JSON) parsed and checked against `engine`, as
     /// [`parse_entities`] does, reusing entities seen before.
     pub(super) fn parse(
         &self,
-        snapshot: &Snapshot,
+        engine: &Engine,
         entities: Vec<Json>,
         lookups: &mut EntityLookups,
     ) -> Result<Parsed, AuthorizeError> {
-        self.parse_keyed(snapshot, entities, lookups)
+        self.parse_keyed(engine, entities, lookups)
             .or_else(|entities| {
-                parse_entities(snapshot, entities).map(|set| Parsed { set, key: None })
+                request_entities::parse(engine, entities).map(|set| Parsed { set, key: None })
             })
     }
 
     /// [`EntityCache::parse`], or the entities back for the array parse.
     fn parse_keyed(
         &self,
-        snapshot: &Snapshot,
+        engine: &Engine,
         entities: Vec<Json>,
         lookups: &mut EntityLookups,
     ) -> Result<Parsed, Vec<Json>> {
-        let schema = snapshot.schema.as_ref();
+        let schema = engine.schema.as_ref();
         let (actions, others): (Vec<&Json>, Vec<&Json>) =
             entities.iter().partition(|v| is_action(v));
         if !actions.is_empty() {
@@ -168,12 +170,12 @@ impl EntityCache {
             let actions = Json::Array(actions.into_iter().cloned().collect());
             let checked = Entities::from_json_value(actions, Some(schema));
             // The array parse gives the exact error.
-            if !checked.is_ok_and(|set| request_entities::check_claims(snapshot, &set).is_ok()) {
+            if !checked.is_ok_and(|set| request_entities::check_claims(engine, &set).is_ok()) {
                 return Err(entities);
             }
         }
-        let prefix = snapshot.uid.to_le_bytes();
-        // Each entity's JSON, one after another, after the snapshot's id.
+        let prefix = engine.uid.to_le_bytes();
+        // Each entity's JSON, one after another, after the engine's id.
         let mut set_key = Vec::with_capacity(256);
         set_key.extend_from_slice(&prefix);
         let mut ends = Vec::with_capacity(others.len());
@@ -189,7 +191,7 @@ impl EntityCache {
             set_key.push(SEPARATOR);
         }
         if let Some(set) = self.sets.get(set_key.as_slice()) {
-            // Checked against this snapshot when it was remembered.
+            // Checked against this engine when it was remembered.
             lookups.hits += others.len() as u64;
             lookups.set_hits += 1;
             return Ok(Parsed {
@@ -213,7 +215,7 @@ impl EntityCache {
             // text), else by Cedar's parse, which also gives any error.
             let typed = std::str::from_utf8(&set_key[start..end])
                 .ok()
-                .and_then(|text| read_entity(text, &snapshot.entity_shapes, schema));
+                .and_then(|text| read_entity(text, &engine.entity_shapes, schema));
             let Some(entity) =
                 typed.or_else(|| Entity::from_json_value(Json::clone(value), schema).ok())
             else {
@@ -227,7 +229,7 @@ impl EntityCache {
         let Ok(set) = Entities::from_entities(parsed, None) else {
             return Err(entities);
         };
-        if request_entities::check_claims(snapshot, &set).is_err() {
+        if request_entities::check_claims(engine, &set).is_err() {
             return Err(entities);
         }
         if set_key.len() <= MAX_SET_KEY_BYTES && self.second_sighting(&set_key) {
@@ -312,7 +314,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::authorizer::tests::snapshot;
+    use crate::engine::tests::compiled;
 
     fn user(id: &str, level: i64) -> Json {
         json!({"uid": {"type": "User", "id": id}, "attrs": {"level": level}, "parents": []})
@@ -320,13 +322,13 @@ mod tests {
 
     #[test]
     fn sets_and_entities_are_served_as_the_array_parse_gives_them() {
-        let s = snapshot(&[("p.cedar", "permit (principal, action, resource);")]);
+        let s = compiled(&[("p.cedar", "permit (principal, action, resource);")]);
         let cache = EntityCache::new(1 << 20).unwrap();
         // What one parse used of the cache; its set is the array parse's.
         let parse = |entities: Vec<Json>| {
             let mut lookups = EntityLookups::default();
             let got = cache.parse(&s, entities.clone(), &mut lookups).unwrap().set;
-            assert!(got.deep_eq(&parse_entities(&s, entities).unwrap()));
+            assert!(got.deep_eq(&request_entities::parse(&s, entities).unwrap()));
             (lookups.hits, lookups.misses, lookups.set_hits)
         };
         let ab = || vec![user("a", 1), user("b", 2)];
@@ -343,9 +345,9 @@ mod tests {
 
     #[test]
     fn a_set_remembered_for_one_snapshot_is_checked_again_for_another() {
-        let open = snapshot(&[("p.cedar", "permit (principal, action, resource);")]);
+        let open = compiled(&[("p.cedar", "permit (principal, action, resource);")]);
         // Here `User::"a"` is named by a stored entity that does not define it.
-        let strict = snapshot(&[
+        let strict = compiled(&[
             ("p.cedar", "permit (principal, action, resource);"),
             (
                 "e.entities.json",
@@ -369,7 +371,7 @@ mod tests {
 
     #[test]
     fn a_duplicate_is_an_error_every_time_and_never_remembered() {
-        let s = snapshot(&[("p.cedar", "permit (principal, action, resource);")]);
+        let s = compiled(&[("p.cedar", "permit (principal, action, resource);")]);
         let cache = EntityCache::new(1 << 20).unwrap();
         for _ in 0..3 {
             let mut lookups = EntityLookups::default();
@@ -377,7 +379,7 @@ mod tests {
             let err = cache.parse(&s, twice.clone(), &mut lookups).unwrap_err();
             assert_eq!(
                 err.to_string(),
-                parse_entities(&s, twice).unwrap_err().to_string()
+                request_entities::parse(&s, twice).unwrap_err().to_string()
             );
             assert_eq!(lookups.set_hits, 0);
         }

@@ -12,7 +12,7 @@ use cedar_policy_core::ast::{EntityType, EntityUID, Name, RestrictedExpr};
 use serde_json::Value as Json;
 use smol_str::SmolStr;
 
-use crate::type_names::type_name;
+use super::type_names::type_name;
 
 /// Deepest common-type reference chain followed; Cedar rejects cycles, so
 /// this only guards the compile against a schema it did not check.

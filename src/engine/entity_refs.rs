@@ -10,7 +10,7 @@ use cedar_policy_core::ast::{EntityUID, Literal, PartialValue, Value, ValueKind}
 /// Pushes every entity `entity` points at: its ancestors (from `set`, where
 /// it lives) and the entities in its attribute and tag values. Values are
 /// walked in Cedar's own form: the public accessors copy each one.
-pub fn edges(set: &Entities, entity: &Entity, out: &mut Vec<EntityUid>) {
+pub(super) fn edges(set: &Entities, entity: &Entity, out: &mut Vec<EntityUid>) {
     let uid = entity.uid();
     out.extend(set.ancestors(&uid).into_iter().flatten().cloned());
     let entity = entity.as_ref();

@@ -205,7 +205,7 @@ pub(super) fn parse_file(text: &str) -> (Vec<ParsedLink>, Vec<(LinkError, usize,
     for spec in specs {
         let (offset, after) = locate(text, &spec.id, search_from);
         search_from = after;
-        let (line, column) = super::loader::line_column(text, offset);
+        let (line, column) = super::source::line_column(text, offset);
         match check(spec) {
             Ok((id, template, slots, window)) => links.push(ParsedLink {
                 id,

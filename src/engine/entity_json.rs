@@ -99,7 +99,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::schema_types::Resolved;
+    use crate::engine::schema_types::Resolved;
 
     const SCHEMA: &str = r#"
         entity Tenant { name: String };

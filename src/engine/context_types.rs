@@ -24,7 +24,7 @@ use cedar_policy_core::extensions::Extensions;
 use serde_json::{Map, Value as Json};
 use smol_str::SmolStr;
 
-use crate::schema_types::{Attr, Constructor, Resolved, Ty, uid};
+use super::schema_types::{Attr, Constructor, Resolved, Ty, uid};
 
 /// The context types of one policy set's actions.
 #[derive(Debug, Default)]

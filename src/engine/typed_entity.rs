@@ -34,11 +34,11 @@ use serde::Deserializer as _;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use smol_str::SmolStr;
 
-use crate::schema_types::{Attr, Constructor, Resolved, Ty, uid};
+use super::schema_types::{Attr, Constructor, Resolved, Ty, uid};
 
 /// Each entity type's attributes, or Cedar's reading without a schema.
 #[derive(Debug)]
-pub struct EntityShapes {
+pub(crate) struct EntityShapes {
     /// `None`: no schema.
     by_type: Option<HashMap<ast::EntityType, Box<[Attr]>>>,
 }
