@@ -36,6 +36,7 @@ mod ext_authz;
 mod forbid_errors;
 mod git_provenance;
 mod inline_evaluation;
+mod layout;
 mod limits;
 mod links;
 mod mtls;
