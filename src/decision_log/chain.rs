@@ -28,6 +28,7 @@ use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 
 use super::canonical::{self, key_order};
+use super::fsync;
 use super::record::{DecisionRecord, EntitySet};
 
 /// The `prev_hash` of the first record of a chain.
@@ -443,7 +444,7 @@ pub(super) fn write_head(path: &Path, head: &Head) -> io::Result<()> {
         file.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
-    super::sink::sync_dir(path)
+    fsync::dir(path)
 }
 
 /// Where a resumed chain stands.

@@ -27,6 +27,7 @@
 mod canonical;
 pub mod chain;
 mod export;
+mod fsync;
 mod record;
 mod sink;
 pub mod verify;

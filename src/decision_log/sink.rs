@@ -24,6 +24,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::chain::{self, Body, Chain, Resumed, Signer};
 use super::export::Feed;
+use super::fsync;
 use super::{DecisionLogError, Queued};
 
 /// Where the writer puts lines; `sync` makes what was written durable.
@@ -101,7 +102,7 @@ impl RotatingFile {
     /// Syncs the full file, shifts the numbered ones up (dropping the
     /// oldest), and starts an empty one.
     fn shift(&mut self) -> io::Result<()> {
-        durable(&self.file)?;
+        fsync::file(&self.file)?;
         if self.max_files == 0 {
             std::fs::remove_file(&self.path)?;
         } else {
@@ -119,21 +120,12 @@ impl RotatingFile {
         }
         self.file = append(&self.path)?;
         self.written = 0;
-        sync_dir(&self.path)
+        fsync::dir(&self.path)
     }
 }
 
 fn append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
-}
-
-/// Makes renames and new files in `path`'s directory durable.
-pub(super) fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
 }
 
 impl Write for RotatingFile {
@@ -150,7 +142,7 @@ impl Write for RotatingFile {
 
 impl Sink for RotatingFile {
     fn sync(&mut self) -> io::Result<()> {
-        durable(&self.file)
+        fsync::file(&self.file)
     }
 
     fn is_full(&self, pending: usize) -> bool {
@@ -169,15 +161,6 @@ impl Sink for RotatingFile {
         let mut dir = self.path.as_os_str().to_os_string();
         dir.push(super::SIDE_DIR_SUFFIX);
         Some(PathBuf::from(dir))
-    }
-}
-
-/// fsync; a file that cannot be synced (a pipe, a character device)
-/// has nothing to make durable.
-fn durable(file: &File) -> io::Result<()> {
-    match file.sync_all() {
-        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
-        other => other,
     }
 }
 
@@ -314,7 +297,7 @@ impl Writer {
             file.write_all(bytes)?;
             file.sync_all()?;
             std::fs::rename(&tmp, &path)?;
-            sync_dir(&path)
+            fsync::dir(&path)
         })();
         match written {
             Ok(()) => {
