@@ -43,6 +43,13 @@ impl Collector for StateCollector {
             let labels = [("result", result)];
             ConstCounter::new(n).encode(reloads.encode_family(&labels)?)?;
         }
+        let rescans = encoder.encode_descriptor(
+            "cedar_pdp_policy_rescans",
+            "Periodic rescans that found the policy files unchanged, so read nothing",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        ConstCounter::new(status.rescans).encode(rescans)?;
         let generation = snapshot.as_ref().map_or(0, |s| s.generation);
         let count = snapshot.as_ref().map_or(0, |s| s.engine.policy_count());
         let last_success = status

@@ -22,7 +22,8 @@ use cedar_pdp::grpc::proto::{
     AuthorizeRequest, BatchAuthorizeRequest, Decision, GetPolicyStatusRequest, PolicyStatus,
 };
 use common::{
-    TestServer, eventually, request, wait_for_generation, wait_for_reload_error, write_atomic,
+    TestServer, eventually, metric, request, wait_for_generation, wait_for_reload_error,
+    write_atomic,
 };
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -1098,6 +1099,99 @@ async fn removing_the_schema_is_refused_once_one_is_loaded() {
                 assert!(resp.errors.iter().any(|e| e.policy_id == "quarantine"));
             }
         }
+        server.stop().await.unwrap();
+    }
+}
+
+/// Reads every file under `dir` the way a reader would: what `cat`, an
+/// editor's open or `cedar-pdp validate` beside the server does.
+fn read_everything(dir: &Path) {
+    for entry in walkdir_files(dir) {
+        let _ = std::fs::read(&entry);
+    }
+    let _ = cedar_pdp::policy_store::read_dir(dir);
+}
+
+fn walkdir_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// An idle server reloads nothing: past two periodic rescans, with every
+/// policy file read over and over meanwhile, no reload ran (not even one
+/// that found the files unchanged). A change still reloads. In the plain,
+/// ConfigMap and git-sync layouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_server_never_reloads_itself() {
+    for layout in ["plain", "configmap", "git-sync"] {
+        let dir = TempDir::new().unwrap();
+        let root = dir.path();
+        // Where a change is written, and what the server serves.
+        let (edit, served) = match layout {
+            "plain" => {
+                write_atomic(root, "main.cedar", ALLOW_ALICE);
+                (root.to_path_buf(), root.to_path_buf())
+            }
+            "configmap" => {
+                let v1 = "..2026_01_01_00_00_00.000000001";
+                configmap_version(root, v1, &[("main.cedar", ALLOW_ALICE)]);
+                symlink(v1, root.join("..data"));
+                symlink("..data/main.cedar", root.join("main.cedar"));
+                (root.join(v1), root.to_path_buf())
+            }
+            _ => {
+                let sha = "1111111111111111111111111111111111111111";
+                worktree(root, sha, ALLOW_ALICE);
+                symlink(format!(".worktrees/{sha}"), root.join("current"));
+                let tree = root.join(".worktrees").join(sha).join("policies");
+                (tree, root.join("current/policies"))
+            }
+        };
+        let server = TestServer::start(&served).await;
+        let admin = server.admin_addr;
+        let mut client = server.client().await;
+        assert_eq!(verdict(&mut client).await, Verdict::allow(&["allow-alice"]));
+
+        let rescans =
+            |admin| async move { metric(admin, "cedar_pdp_policy_rescans_total", &[]).await };
+        eventually(&format!("{layout}: two rescans"), DEADLINE, || {
+            read_everything(root);
+            async move { (rescans(admin).await >= 2.0).then_some(()) }
+        })
+        .await;
+        read_everything(root);
+        let reloads = |result: &'static str| async move {
+            metric(
+                admin,
+                "cedar_pdp_policy_reloads_total",
+                &[("result", result)],
+            )
+            .await
+        };
+        assert_eq!(reloads("unchanged").await, 0.0, "{layout}: a reload ran");
+        assert_eq!(reloads("error").await, 0.0, "{layout}");
+        assert_eq!(reloads("success").await, 1.0, "{layout}");
+        assert_eq!(status(&mut client).await.generation, 1, "{layout}");
+
+        // A real change still goes live.
+        write_atomic(&edit, "main.cedar", FORBID_ALICE);
+        wait_for_generation(&mut client, 1).await;
+        assert_eq!(
+            verdict(&mut client).await,
+            Verdict::deny(&["forbid-alice"]),
+            "{layout}"
+        );
         server.stop().await.unwrap();
     }
 }

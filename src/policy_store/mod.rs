@@ -25,7 +25,7 @@ use tokio::sync::watch;
 pub use load::{LoadError, LoadOptions, build, load_dir};
 pub use reader::{
     FileKind, GitCommit, MAX_DEPTH, MAX_FILE_BYTES, ReadError, SourceFile, Sources, TestFiles,
-    is_test_file, read_dir, read_settled,
+    fingerprint, is_test_file, read_dir, read_settled,
 };
 pub use snapshot::Snapshot;
 pub use test_gate::TestGate;
@@ -42,6 +42,8 @@ pub struct ReloadStatus {
     pub successes: u64,
     pub unchanged: u64,
     pub failures: u64,
+    /// Periodic rescans that found the files as they were: no read, no load.
+    pub rescans: u64,
 }
 
 /// What a successful [`PolicyStore::reload`] did.
@@ -73,6 +75,9 @@ pub struct PolicyStore {
     seen: Mutex<HashMap<String, (PathBuf, u64, String)>>,
     /// Files already warned about as written in place.
     warned: Mutex<HashSet<String>>,
+    /// The directory's [`fingerprint`] taken before the last read, whatever
+    /// that read's outcome: a rescan that finds it unchanged reads nothing.
+    fingerprint: Mutex<Option<String>>,
 }
 
 /// The pause between the two reads of a reload; see [`read_settled`].
@@ -93,6 +98,7 @@ impl PolicyStore {
             tested: Mutex::new(None),
             seen: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
+            fingerprint: Mutex::new(None),
         }
     }
 
@@ -133,7 +139,13 @@ impl PolicyStore {
             .reload_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // Taken before the read, so a change during it shows at the next rescan.
+        let fingerprint = fingerprint(&self.dir).ok();
         let built = self.build_if_changed();
+        *self
+            .fingerprint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = fingerprint;
         // The swap and the status change happen under one lock; see `state`.
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         status.last_attempt_at = Some(SystemTime::now());
@@ -158,6 +170,27 @@ impl PolicyStore {
         }
         self.generation.send_replace(snapshot.generation);
         Ok(Reloaded::Swapped(snapshot))
+    }
+
+    /// Whether the directory may have changed since the last read: what a
+    /// periodic rescan asks before it reloads. A walk and a `stat` per
+    /// file; an unreadable directory counts as changed, so the reload
+    /// reports why.
+    pub fn changed_since_last_read(&self) -> bool {
+        let now = fingerprint(&self.dir).ok();
+        let before = self
+            .fingerprint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let changed = now.is_none() || now != before;
+        if !changed {
+            self.status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .rescans += 1;
+        }
+        changed
     }
 
     /// The directory, read twice to settle (see [`read_settled`]); warns,

@@ -484,6 +484,57 @@ fn read_once(root: &Path) -> Result<Sources, Attempt> {
     })
 }
 
+/// What the directory's files are, without reading them: each file's
+/// path, the file it resolves to, and that file's inode, size, and change
+/// and modification times, walked by the rules a read follows. A periodic
+/// rescan compares it with the one taken before the last read, so an idle
+/// directory costs a walk and a `stat` per file, never a read.
+pub fn fingerprint(root: &Path) -> Result<String, ReadError> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |path: &Path, source: io::Error| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let canonical_root = std::fs::canonicalize(root).map_err(|e| io(root, e))?;
+    let walker = walkdir::WalkDir::new(&canonical_root)
+        .follow_links(true)
+        .max_depth(MAX_DEPTH)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !is_hidden(&e.file_name().to_string_lossy()));
+    let mut hasher = Sha256::new();
+    hasher.update(canonical_root.as_os_str().as_encoded_bytes());
+    for entry in walker {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(root).to_path_buf();
+            io(&path, e.into())
+        })?;
+        if !entry.file_type().is_file()
+            || FileKind::of(&entry.file_name().to_string_lossy()).is_none()
+        {
+            continue;
+        }
+        let path = entry.path();
+        let target = std::fs::canonicalize(path).map_err(|e| io(path, e))?;
+        let meta = std::fs::metadata(&target).map_err(|e| io(path, e))?;
+        hasher.update(relative(&canonical_root, path).as_bytes());
+        hasher.update([0]);
+        hasher.update(target.as_os_str().as_encoded_bytes());
+        hasher.update([0]);
+        for n in [
+            meta.ino(),
+            meta.size(),
+            meta.mtime().cast_unsigned(),
+            meta.mtime_nsec().cast_unsigned(),
+            meta.ctime().cast_unsigned(),
+            meta.ctime_nsec().cast_unsigned(),
+        ] {
+            hasher.update(n.to_le_bytes());
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// The `HEAD` commit of the git checkout holding `dir` (a resolved path, so
 /// git-sync's symlinked worktrees name their own commit), read with gix: no
 /// `git` binary. `None` outside a checkout or when the repository is unreadable.

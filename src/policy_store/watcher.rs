@@ -1,13 +1,19 @@
 //! Reloads the store when its directory changes: debounced filesystem events,
 //! plus a periodic rescan because inotify misses changes on some volumes
 //! (NFS, some FUSE and overlay mounts).
+//!
+//! Only events that can change what a read sees wake it: reads, opens and
+//! metadata changes (a reload's own reads, a `cat`, `validate` run beside
+//! the server, atime updates) do not. A rescan compares the directory's
+//! [`fingerprint`](super::fingerprint) with the one taken before the last
+//! read, and reloads only when it differs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{Debouncer, new_debouncer};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -42,16 +48,25 @@ pub fn spawn_watcher(store: Arc<PolicyStore>, options: WatchOptions) -> WatcherG
 
 async fn run(store: Arc<PolicyStore>, options: WatchOptions) {
     let changed = Arc::new(Notify::new());
-    let mut fs = FsWatch::start(store.dir(), options.debounce, Arc::clone(&changed));
+    let mut fs = FsWatch::start(store.dir(), Arc::clone(&changed));
     let period = options
         .rescan_interval
         .unwrap_or(Duration::from_secs(365 * 24 * 3600));
     let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            () = changed.notified() => {}
-            _ = rescan.tick(), if options.rescan_interval.is_some() => {}
+        let rescanned = tokio::select! {
+            () = changed.notified() => {
+                quiet(&changed, options.debounce).await;
+                false
+            }
+            _ = rescan.tick(), if options.rescan_interval.is_some() => true,
+        };
+        if rescanned {
+            let check = Arc::clone(&store);
+            if let Ok(false) = off_the_workers(move || check.changed_since_last_read()).await {
+                continue;
+            }
         }
         let reload_store = Arc::clone(&store);
         let span = tracing::info_span!(
@@ -101,6 +116,27 @@ async fn run(store: Arc<PolicyStore>, options: WatchOptions) {
         }
         // git-sync re-points a symlink at a new worktree; follow it.
         fs.follow(store.dir());
+    }
+}
+
+/// Returns once `debounce` passes with no new event.
+async fn quiet(changed: &Notify, debounce: Duration) {
+    loop {
+        tokio::select! {
+            () = changed.notified() => {}
+            () = tokio::time::sleep(debounce) => return,
+        }
+    }
+}
+
+/// Whether an event can change what a read of the directory sees. A file
+/// closed after writing can; one opened, read or closed after reading
+/// cannot, nor a change of its metadata (`touch`, `chmod`, atime).
+fn wakes(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        _ => true,
     }
 }
 
@@ -155,19 +191,17 @@ fn lower_priority() {
 /// The notify side: watches the directory (recursively) and its parent, so
 /// that swapping a symlinked directory is seen too.
 struct FsWatch {
-    debouncer: Option<Debouncer<RecommendedWatcher>>,
+    watcher: Option<RecommendedWatcher>,
     target: Option<PathBuf>,
     changed: Arc<Notify>,
-    debounce: Duration,
 }
 
 impl FsWatch {
-    fn start(dir: &Path, debounce: Duration, changed: Arc<Notify>) -> Self {
+    fn start(dir: &Path, changed: Arc<Notify>) -> Self {
         let mut this = Self {
-            debouncer: None,
+            watcher: None,
             target: None,
             changed,
-            debounce,
         };
         this.follow(dir);
         this
@@ -175,21 +209,25 @@ impl FsWatch {
 
     fn follow(&mut self, dir: &Path) {
         let target = std::fs::canonicalize(dir).ok();
-        if self.debouncer.is_some() && target == self.target {
+        if self.watcher.is_some() && target == self.target {
             return;
         }
         self.target = target;
         let changed = Arc::clone(&self.changed);
-        let mut debouncer = match new_debouncer(self.debounce, move |_events| changed.notify_one())
-        {
-            Ok(debouncer) => debouncer,
+        // An error from the watcher may hide a change: it wakes the loop too.
+        let handler = move |event: notify::Result<notify::Event>| {
+            if event.map_or(true, |e| wakes(&e.kind)) {
+                changed.notify_one();
+            }
+        };
+        let mut watcher = match notify::recommended_watcher(handler) {
+            Ok(watcher) => watcher,
             Err(err) => {
                 tracing::warn!("cannot watch policy directory, relying on rescans: {err}");
-                self.debouncer = None;
+                self.watcher = None;
                 return;
             }
         };
-        let watcher = debouncer.watcher();
         if let Err(err) = watcher.watch(dir, RecursiveMode::Recursive) {
             tracing::warn!(dir = %dir.display(), "cannot watch policy directory, relying on rescans: {err}");
         }
@@ -198,7 +236,7 @@ impl FsWatch {
         {
             tracing::debug!(dir = %parent.display(), "cannot watch parent directory: {err}");
         }
-        self.debouncer = Some(debouncer);
+        self.watcher = Some(watcher);
     }
 }
 
@@ -211,6 +249,31 @@ impl FsWatch {
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_and_metadata_do_not_wake_a_reload_and_writes_do() {
+        use notify::event::{CreateKind, DataChange, MetadataKind, RemoveKind, RenameMode};
+        for quiet in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+        ] {
+            assert!(!wakes(&quiet), "{quiet:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+            EventKind::Other,
+        ] {
+            assert!(wakes(&change), "{change:?}");
+        }
+    }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
