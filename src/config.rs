@@ -13,10 +13,22 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Context keys the pipeline sets from request fields (`token` only with a
-/// subject token), so no configured key may take them; config stays below
-/// the pipeline, so they are named here.
-const RESERVED_CONTEXT_KEYS: [&str; 4] = ["workload", "delegation", "purpose", "token"];
+/// `context.workload`: the `workload` field.
+pub(crate) const WORKLOAD_KEY: &str = "workload";
+/// `context.delegation`: the delegation chain, as the server held it.
+pub(crate) const DELEGATION_KEY: &str = "delegation";
+/// `context.purpose`: the declared purpose.
+pub(crate) const PURPOSE_KEY: &str = "purpose";
+/// `context.token`: the subject token's claims. Reserved only with a subject
+/// token: before tokens existed, callers could name a context key `token`.
+pub(crate) const TOKEN_KEY: &str = "token";
+
+/// The context keys the pipeline sets from request fields, in the order it
+/// holds a request's context to them: the one table of reserved keys. No
+/// configured key may take them either; config stays below the pipeline, so
+/// they are named here.
+pub(crate) const RESERVED_CONTEXT_KEYS: [&str; 4] =
+    [WORKLOAD_KEY, DELEGATION_KEY, PURPOSE_KEY, TOKEN_KEY];
 
 /// The whole configuration of `cedar-pdp serve`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]

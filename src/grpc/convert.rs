@@ -93,9 +93,6 @@ pub fn decision_request(req: proto::AuthorizeRequest) -> Submitted {
         purpose: req.purpose,
         subject_token: req.subject_token,
         actor_token: req.actor_token,
-        tokens: Vec::new(),
-        token_claims: None,
-        server_time: None,
         request_id: req.request_id,
     };
     match delegation(req.delegation) {

@@ -18,6 +18,7 @@ use quick_cache::sync::Cache;
 use serde::Serialize;
 
 use super::request::{Context, DecisionRequest};
+use super::verified::Verified;
 use crate::engine::Decision;
 use crate::identity::PeerFacts;
 
@@ -86,10 +87,12 @@ impl DecisionCache {
     }
 
     /// The key of `req` under `generation`: everything that decides except
-    /// the caller's own request id. `None` when too large to cache.
+    /// the caller's own request id, with what screening `verified` of it.
+    /// `None` when too large to cache.
     pub(super) fn key(
         generation: u64,
         req: &DecisionRequest,
+        verified: &Verified,
         caller: Option<&PeerFacts>,
     ) -> Option<Vec<u8>> {
         // One allocation of about the final size: the text fields dominate.
@@ -135,7 +138,7 @@ impl DecisionCache {
                 key.bytes(10, label.as_bytes());
             }
         }
-        for hop in &req.delegation {
+        for hop in verified.chain(req) {
             key.bytes(15, hop.delegator.type_name.as_bytes());
             key.bytes(16, hop.delegator.id.as_bytes());
             for scope in &hop.scopes {
@@ -151,10 +154,10 @@ impl DecisionCache {
         }
         key.bytes(21, req.purpose.as_bytes());
         // The policies see the time: an answer holds for its second only.
-        if let Some((_, now)) = &req.server_time {
+        if let Some((_, now)) = &verified.server_time {
             key.bytes(23, now.as_bytes());
         }
-        if let Some(claims) = &req.token_claims {
+        if let Some(claims) = &verified.claims {
             key.json(22, claims)?;
         }
         if let Some(peer) = caller {

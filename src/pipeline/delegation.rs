@@ -11,25 +11,7 @@ use cedar_policy::EntityUid;
 use serde_json::{Map, Value as Json, json};
 
 use super::error::{DecisionError, InvalidField};
-use super::request::Uid;
-
-/// The context key of the delegation record; no request may set it itself.
-pub(crate) const DELEGATION_KEY: &str = "delegation";
-/// The context key of the declared purpose; reserved likewise.
-pub(crate) const PURPOSE_KEY: &str = "purpose";
-
-/// One step of a delegation chain: `delegator` delegated to the next hop
-/// (the last one to the principal).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct DelegationHop {
-    pub delegator: Uid,
-    /// What this delegator allows onward; empty: no narrowing at this hop.
-    pub scopes: Vec<String>,
-    pub expires_at: Option<SystemTime>,
-    pub purpose: String,
-    /// Whether the hop came from a verified token rather than the caller.
-    pub verified: bool,
-}
+use super::request::DelegationHop;
 
 /// How the server bounds delegation chains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,7 +176,7 @@ mod tests {
     use std::str::FromStr;
 
     use super::*;
-    use crate::pipeline::Reason;
+    use crate::pipeline::{Reason, Uid};
 
     const RULES: DelegationRules = DelegationRules {
         max_depth: 3,

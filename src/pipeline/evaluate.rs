@@ -3,7 +3,8 @@
 //!
 //! Split in two so the pipeline can settle on the async side what costs no
 //! evaluation ([`Evaluator::screen`]: binding, limits, a cache hit) and send
-//! only the rest ([`Evaluator::finish`]) to the evaluation pool.
+//! only the rest ([`Evaluator::finish`]) to the evaluation pool. Screening
+//! returns what it proved ([`Verified`]) beside the request.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,6 +13,7 @@ use super::cache::DecisionCache;
 use super::error::DecisionError;
 use super::record::Subject;
 use super::request::DecisionRequest;
+use super::verified::Verified;
 use super::{PipelineOptions, Shared, delegation, server_context, token_claims};
 use crate::engine::Clock;
 use crate::engine::{Decision, EntityCache, Scratch};
@@ -34,9 +36,6 @@ pub(super) struct Evaluator<'a> {
 pub(super) struct Screened {
     key: Option<Vec<u8>>,
     hit: Option<Arc<Decision>>,
-    /// The time the request already read, if it read one: the links'
-    /// windows are judged at the same instant as its tokens and chain.
-    now: Option<SystemTime>,
 }
 
 impl Screened {
@@ -58,12 +57,13 @@ impl Evaluator<'_> {
         peer: &PeerFacts,
         subject: &mut Option<Subject>,
     ) -> Result<Decision, DecisionError> {
-        let screened = self.screen(snapshot, &mut req, invalid, shared.is_none(), peer)?;
-        self.finish(snapshot, req, screened, shared, peer, subject)
+        let (verified, screened) = self.screen(snapshot, &mut req, invalid, shared.is_none(), peer);
+        self.finish(snapshot, req, verified, screened?, shared, peer, subject)
     }
 
     /// Binding and limits first (a cached answer never skips them), then
-    /// the cache, for a request without shared entities.
+    /// the cache, for a request without shared entities. Returns what it
+    /// proved of the request, also when it refuses it, for the record.
     pub(super) fn screen(
         &self,
         snapshot: &Snapshot,
@@ -71,6 +71,21 @@ impl Evaluator<'_> {
         invalid: Option<DecisionError>,
         cacheable: bool,
         peer: &PeerFacts,
+    ) -> (Verified, Result<Screened, DecisionError>) {
+        let mut verified = Verified::NONE;
+        let screened = self.screen_into(snapshot, req, invalid, cacheable, peer, &mut verified);
+        (verified, screened)
+    }
+
+    /// [`Evaluator::screen`], proving into `verified` as it goes.
+    fn screen_into(
+        &self,
+        snapshot: &Snapshot,
+        req: &mut DecisionRequest,
+        invalid: Option<DecisionError>,
+        cacheable: bool,
+        peer: &PeerFacts,
+        verified: &mut Verified,
     ) -> Result<Screened, DecisionError> {
         let opts = self.opts;
         server_context::check_binding(opts.bind_workload, req, peer)?;
@@ -81,7 +96,9 @@ impl Evaluator<'_> {
             || !req.delegation.is_empty()
             || opts.server_time_key.is_some()
             || self.at.is_some();
-        let now = if timed { Some(self.timed(req)?) } else { None };
+        if timed {
+            self.timed(req, verified)?;
+        }
 
         opts.limits
             .check_request_id(&req.request_id)
@@ -98,10 +115,10 @@ impl Evaluator<'_> {
         let mut screened = Screened {
             key: None,
             hit: None,
-            now,
         };
         if let (Some((cache, metrics)), true) = (self.cache, cacheable) {
-            screened.key = DecisionCache::key(snapshot.generation, req, self.caller(peer));
+            screened.key =
+                DecisionCache::key(snapshot.generation, req, verified, self.caller(peer));
             // An answer that a time-bound link's window shaped holds only
             // until the window next changes; only such answers read the
             // clock here.
@@ -111,7 +128,7 @@ impl Evaluator<'_> {
                 .and_then(|k| cache.get(k))
                 .filter(|hit| {
                     hit.changes_at
-                        .is_none_or(|at| now.unwrap_or_else(SystemTime::now) < at)
+                        .is_none_or(|at| verified.now.unwrap_or_else(SystemTime::now) < at)
                 });
             if screened.key.is_some() {
                 metrics.decision_cache(screened.hit.is_some());
@@ -123,19 +140,20 @@ impl Evaluator<'_> {
     /// What depends on the server's clock, read once: tokens, the chain's
     /// expiry (before the cache, so an expired chain never gets an answer
     /// computed while it was valid) and the server's time for policies.
-    fn timed(&self, req: &mut DecisionRequest) -> Result<SystemTime, DecisionError> {
+    fn timed(&self, req: &DecisionRequest, verified: &mut Verified) -> Result<(), DecisionError> {
         let opts = self.opts;
         let now = self.at.unwrap_or_else(SystemTime::now);
-        token_claims::apply(opts.tokens.as_deref(), req, now)?;
-        delegation::check(&req.delegation, opts.delegation, now)?;
+        verified.now = Some(now);
+        token_claims::verify(opts.tokens.as_deref(), req, now, verified)?;
+        delegation::check(verified.chain(req), opts.delegation, now)?;
         if let Some(key) = &opts.server_time_key {
             let second = now
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let second = std::time::UNIX_EPOCH + std::time::Duration::from_secs(second);
-            req.server_time = Some((key.clone(), delegation::rfc3339(second)));
+            verified.server_time = Some((key.clone(), delegation::rfc3339(second)));
         }
-        Ok(now)
+        Ok(())
     }
 
     /// The caller facts policies see, when the config passes them on.
@@ -145,10 +163,12 @@ impl Evaluator<'_> {
 
     /// Conversion, the server's context and Cedar, for a screened request;
     /// a cache hit converts only to fill the record.
+    #[expect(clippy::too_many_arguments, reason = "one decision's whole state")]
     pub(super) fn finish(
         &self,
         snapshot: &Snapshot,
         req: DecisionRequest,
+        verified: Verified,
         screened: Screened,
         shared: Option<&Shared>,
         peer: &PeerFacts,
@@ -160,7 +180,8 @@ impl Evaluator<'_> {
             return Ok((**hit).clone());
         }
         let has_workload = req.workload.is_some();
-        let mut q = req.into_query(&[]).map_err(DecisionError::invalid)?;
+        let now = verified.now;
+        let mut q = server_context::query(req, verified, &[]).map_err(DecisionError::invalid)?;
         let shared_json = shared.map_or(&[][..], |s| &s.json);
         opts.limits
             .check_query(&q, shared_json)
@@ -182,7 +203,7 @@ impl Evaluator<'_> {
         if let Some(hit) = screened.hit {
             return Ok((*hit).clone());
         }
-        let clock = screened.now.map_or_else(Clock::system, Clock::at);
+        let clock = now.map_or_else(Clock::system, Clock::at);
         let mut scratch = Scratch::new(opts.on_forbid_error)
             .at(clock)
             .cached(self.entities.map(|(c, _)| c))

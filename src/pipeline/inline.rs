@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 
 use rustix::time::{ClockId, clock_gettime};
 
-use super::request::DecisionRequest;
+use serde_json::Value as Json;
+
+use super::request::{Context, DecisionRequest};
+use super::verified::Verified;
 use crate::policy_store::Snapshot;
 
 /// An inline evaluation slower than this is a strike against its snapshot.
@@ -77,10 +80,10 @@ impl InlineGate {
     }
 
     /// Whether `req` is evaluated inline against `snapshot`.
-    pub(super) fn admits(&self, snapshot: &Snapshot, req: &DecisionRequest) -> bool {
+    pub(super) fn admits<'a>(&self, snapshot: &Snapshot, req: impl Into<Measured<'a>>) -> bool {
         self.max_bytes > 0
             && self.barred.load(Ordering::Relaxed) != snapshot.engine.uid()
-            && req.is_within(self.max_bytes)
+            && req.into().is_within(self.max_bytes)
             && !self.load.busy()
     }
 
@@ -221,6 +224,119 @@ fn thread_cpu_time() -> Duration {
     let secs = u64::try_from(t.tv_sec).unwrap_or(0);
     let nanos = u32::try_from(t.tv_nsec).unwrap_or(0);
     Duration::new(secs, nanos)
+}
+
+/// Nothing verified, for a request measured as it was sent.
+static UNVERIFIED: Verified = Verified::NONE;
+
+/// A request as the gate measures it: with what screening verified of it
+/// (the chain the tokens made, the subject token's claims), since those
+/// reach the evaluation too.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Measured<'a> {
+    req: &'a DecisionRequest,
+    verified: &'a Verified,
+}
+
+impl<'a> From<(&'a DecisionRequest, &'a Verified)> for Measured<'a> {
+    fn from((req, verified): (&'a DecisionRequest, &'a Verified)) -> Self {
+        Self { req, verified }
+    }
+}
+
+impl<'a> From<&'a DecisionRequest> for Measured<'a> {
+    fn from(req: &'a DecisionRequest) -> Self {
+        Self {
+            req,
+            verified: &UNVERIFIED,
+        }
+    }
+}
+
+impl Measured<'_> {
+    /// Whether it comes to at most `max` bytes, counted roughly as JSON.
+    /// Counting stops once past `max`, so a large request costs no more to
+    /// judge than a small one.
+    fn is_within(&self, max: usize) -> bool {
+        let Self { req, verified } = *self;
+        let mut left = max;
+        let mut spend = |n: usize| match left.checked_sub(n) {
+            Some(rest) => {
+                left = rest;
+                true
+            }
+            None => false,
+        };
+        let uids = [&req.principal, &req.action, &req.resource];
+        let uid_bytes: usize = uids
+            .iter()
+            .flat_map(|u| u.iter())
+            .map(|u| u.type_name.len() + u.id.len())
+            .sum();
+        let strings = uid_bytes
+            + req.context_json().len()
+            + req.entities_json.len()
+            + req.purpose.len()
+            + req.subject_token.len()
+            + req.actor_token.len()
+            + req.request_id.len();
+        if !spend(strings) {
+            return false;
+        }
+        if let Some(w) = &req.workload {
+            let labels: usize = w.labels.iter().map(String::len).sum();
+            if !spend(w.spiffe_id.len() + w.namespace.len() + w.service_account.len() + labels) {
+                return false;
+            }
+        }
+        for hop in verified.chain(req) {
+            let scopes: usize = hop.scopes.iter().map(String::len).sum();
+            let ids = hop.delegator.type_name.len() + hop.delegator.id.len();
+            if !spend(ids + scopes + hop.purpose.len() + 32) {
+                return false;
+            }
+        }
+        if !spend(req.entities.len() * 2) {
+            return false;
+        }
+        let mut values: Vec<&Json> = req.entities.iter().collect();
+        if let Context::Record(map) = &req.context {
+            values.extend(map.values());
+            if !spend(map.keys().map(String::len).sum()) {
+                return false;
+            }
+        }
+        for (uid, attrs) in &req.properties {
+            values.extend(attrs.values());
+            let keys: usize = attrs.keys().map(String::len).sum();
+            if !spend(uid.type_name.len() + uid.id.len() + keys) {
+                return false;
+            }
+        }
+        if let Some(claims) = &verified.claims {
+            values.extend(claims.values());
+        }
+        // Depth-first with a stack of our own: no recursion on caller input,
+        // and a value is paid for before its children are stacked.
+        while let Some(v) = values.pop() {
+            let n = match v {
+                Json::String(s) => s.len() + 2,
+                Json::Array(items) => items.len() + 2,
+                Json::Object(map) => map.keys().map(|k| k.len() + 4).sum::<usize>() + 2,
+                Json::Number(_) => 8,
+                Json::Bool(_) | Json::Null => 5,
+            };
+            if !spend(n) {
+                return false;
+            }
+            match v {
+                Json::Array(items) => values.extend(items),
+                Json::Object(map) => values.extend(map.values()),
+                _ => {}
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@
 //! - [`error`]: stable reasons and the codes they map to.
 //! - [`limits`]: per-request bounds on what a caller may send.
 //! - [`cache`](mod@cache): exact decisions by snapshot generation and request.
-//! - `server_context`: caller binding and the verified caller facts.
+//! - `verified`: what screening proves of a request, beside it.
+//! - `server_context`: caller binding, the reserved context keys, the Cedar
+//!   query and the verified caller facts.
 //! - `delegation`: the chain's rules and what policies see of it.
 //! - `token_claims`: what verified tokens make of a request.
 //! - `record`, [`span`]: the decision record and the span fields.
@@ -34,6 +36,7 @@ mod request;
 mod server_context;
 pub(crate) mod span;
 mod token_claims;
+mod verified;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +46,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Span;
 
 use crate::config::{Config, OnForbidError};
+pub(crate) use crate::config::{DELEGATION_KEY, PURPOSE_KEY};
 use crate::decision_log::{DecisionLog, EntitySet, Slots};
 use crate::engine::{Decision, EntityCache, SharedEntities};
 use crate::identity::PeerFacts;
@@ -50,8 +54,7 @@ use crate::metrics::Metrics;
 use crate::policy_store::{PolicyStore, Snapshot};
 use crate::tokens::TokenVerifier;
 use cache::DecisionCache;
-pub(crate) use delegation::{DELEGATION_KEY, PURPOSE_KEY};
-pub use delegation::{DelegationHop, DelegationRules};
+pub use delegation::DelegationRules;
 pub use error::{Code, DecisionError, InvalidField, Reason};
 use evaluate::{Evaluator, Screened};
 use inline::InlineGate;
@@ -60,8 +63,10 @@ use pool::EvalPool;
 use record::Subject;
 pub(crate) use request::parse_entities_json;
 pub use request::{
-    Api, Call, Context, DecisionRequest, Rejected, Submitted, TokenFacts, Uid, Workload,
+    Api, Call, Context, DecisionRequest, DelegationHop, Rejected, Submitted, Uid, Workload,
 };
+pub use verified::TokenFacts;
+use verified::Verified;
 
 /// The HTTP response header that names a decision's id (ext_authz, AuthZEN),
 /// on allows, denies and refusals alike.
@@ -416,17 +421,18 @@ impl Pipeline {
         // pool's two thread hops (see `inline`). Only the rest waits for the
         // pool.
         let (mut req, invalid) = split(pending.take());
-        let screened = self
+        let (verified, screened) = self
             .evaluator()
             .screen(&snapshot, &mut req, invalid, true, &call.peer);
         let screened = match screened {
-            Ok(s) if !s.is_hit() && !self.inline.admits(&snapshot, &req) => s,
+            Ok(s) if !s.is_hit() && !self.inline.admits(&snapshot, (&req, &verified)) => s,
             screened => {
                 let evaluated = matches!(&screened, Ok(s) if !s.is_hit());
                 let started = evaluated.then(inline::Stopwatch::start);
                 let answer = self.settle(
                     &snapshot,
                     req,
+                    verified,
                     screened,
                     None,
                     call,
@@ -445,6 +451,7 @@ impl Pipeline {
             pipeline: self.clone(),
             snapshot,
             req: Some(req),
+            verified,
             screened: Some(screened),
             call: call.clone(),
             slots,
@@ -659,9 +666,21 @@ impl Pipeline {
             Ok(r) => r,
             Err(rejected) => rejected.request,
         };
+        self.refuse_screened(req, &Verified::NONE, error, at)
+    }
+
+    /// [`Pipeline::refuse`] for a screened request, recorded with what
+    /// screening `verified` of it.
+    fn refuse_screened(
+        &self,
+        req: DecisionRequest,
+        verified: &Verified,
+        error: DecisionError,
+        at: At<'_, '_>,
+    ) -> Box<Refusal> {
         span::record_request(at.span, &req);
         span::record_peer(at.span, &at.call.peer);
-        let subject = self.log.as_ref().map(|_| Subject::of(&req));
+        let subject = self.log.as_ref().map(|_| Subject::of(&req, verified));
         self.failed(subject, req.request_id, error, at)
     }
 
@@ -723,10 +742,10 @@ impl Pipeline {
         // A request that did not convert still faces binding first.
         let (mut req, invalid) = split(req);
         let cacheable = item.is_none_or(|i| i.shared.is_none());
-        let screened = self
+        let (verified, screened) = self
             .evaluator()
             .screen(snapshot, &mut req, invalid, cacheable, &call.peer);
-        self.settle(snapshot, req, screened, item, call, span, slots)
+        self.settle(snapshot, req, verified, screened, item, call, span, slots)
     }
 
     /// Finishes a screened request: evaluation (unless screening settled
@@ -736,6 +755,7 @@ impl Pipeline {
         &self,
         snapshot: &Snapshot,
         req: DecisionRequest,
+        verified: Verified,
         screened: Result<Screened, DecisionError>,
         item: Option<Item<'_>>,
         call: &Call,
@@ -747,12 +767,20 @@ impl Pipeline {
         let audit = self.log.is_some();
         let request_id = req.request_id.clone();
         let shared = item.and_then(|i| i.shared);
-        let mut subject =
-            audit.then(|| Subject::of(&req).with_shared(shared.and_then(|s| s.record.as_ref())));
+        let mut subject = audit.then(|| {
+            Subject::of(&req, &verified).with_shared(shared.and_then(|s| s.record.as_ref()))
+        });
         let decided = screened
             .and_then(|screened| {
-                self.evaluator()
-                    .finish(snapshot, req, screened, shared, &call.peer, &mut subject)
+                self.evaluator().finish(
+                    snapshot,
+                    req,
+                    verified,
+                    screened,
+                    shared,
+                    &call.peer,
+                    &mut subject,
+                )
             })
             .map_err(|e| match item {
                 Some(i) => e.in_item(i.index),
@@ -821,6 +849,7 @@ struct Job {
     pipeline: Pipeline,
     snapshot: Arc<Snapshot>,
     req: Option<DecisionRequest>,
+    verified: Verified,
     screened: Option<Screened>,
     call: Call,
     slots: Option<Slots>,
@@ -843,13 +872,15 @@ impl Job {
                 snapshot: Some(&self.snapshot),
                 slots: self.slots.as_mut(),
             };
-            Err(p.refuse(Ok(req), DecisionError::deadline(self.timeout), at))
+            let error = DecisionError::deadline(self.timeout);
+            Err(p.refuse_screened(req, &self.verified, error, at))
         } else {
             let span = &call.span;
             p.metrics.evaluation(false);
             p.settle(
                 &self.snapshot,
                 req,
+                std::mem::take(&mut self.verified),
                 Ok(screened),
                 None,
                 call,
@@ -876,7 +907,9 @@ impl Drop for Job {
             slots: self.slots.as_mut(),
         };
         let error = DecisionError::internal("evaluation did not complete");
-        let refusal = self.pipeline.refuse(Ok(req), error, at);
+        let refusal = self
+            .pipeline
+            .refuse_screened(req, &self.verified, error, at);
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(Err(refusal));
         }

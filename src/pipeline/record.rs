@@ -11,6 +11,8 @@ use super::delegation;
 use super::error::DecisionError;
 use super::request::{Call, DecisionRequest, Uid};
 use super::span;
+use super::verified::{TokenFacts, Verified};
+use crate::config::WORKLOAD_KEY;
 use crate::decision_log::{
     Caller, DecisionRecord, EntityRef, EntitySet, RECORD_VERSION, RecordDroppedProperty,
     RecordError, RecordFailure, ShadowRecord,
@@ -30,12 +32,12 @@ fn trace_id_of(traceparent: &str) -> Option<String> {
 }
 
 /// The verified tokens, as the record names them; `null` without any.
-fn tokens(req: &DecisionRequest) -> Json {
-    if req.tokens.is_empty() {
+fn tokens(tokens: &[TokenFacts]) -> Json {
+    if tokens.is_empty() {
         return Json::Null;
     }
     Json::Array(
-        req.tokens
+        tokens
             .iter()
             .map(|t| {
                 let mut facts = serde_json::json!({
@@ -76,8 +78,10 @@ fn entity_ref(uid: Option<&Uid>) -> EntityRef {
 }
 
 impl Subject {
-    /// The uids of `req`; the context is filled in once it is converted.
-    pub(super) fn of(req: &DecisionRequest) -> Self {
+    /// The uids of `req`, and what screening `verified` of it; the context
+    /// is filled in once it is converted.
+    pub(super) fn of(req: &DecisionRequest, verified: &Verified) -> Self {
+        let chain = verified.chain(req);
         Self {
             principal: entity_ref(req.principal.as_ref()),
             action: entity_ref(req.action.as_ref()),
@@ -85,13 +89,13 @@ impl Subject {
             request_id: req.request_id.clone(),
             context: Json::Object(Map::new()),
             workload: req.workload.as_ref().map_or(Json::Null, |w| w.to_json()),
-            delegation: if req.delegation.is_empty() {
+            delegation: if chain.is_empty() {
                 Json::Null
             } else {
-                delegation::record(&req.delegation)
+                delegation::record(chain)
             },
             purpose: req.purpose.clone(),
-            tokens: tokens(req),
+            tokens: tokens(&verified.tokens),
             properties: if req.properties.is_empty() {
                 Json::Null
             } else {
@@ -120,7 +124,7 @@ impl Subject {
         has_workload: bool,
     ) -> Self {
         if has_workload {
-            self.workload = context.get("workload").cloned().unwrap_or(Json::Null);
+            self.workload = context.get(WORKLOAD_KEY).cloned().unwrap_or(Json::Null);
         }
         self.context = Json::Object(context.clone());
         self.entities = Some(EntitySet::Inline(Arc::new(entities.to_vec())));

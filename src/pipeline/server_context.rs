@@ -1,11 +1,51 @@
 //! What the server adds to a request, and what it holds the request to:
-//! caller binding, and the verified caller facts under their reserved key.
+//! caller binding, the Cedar query with the server's context keys (from the
+//! request's fields and what screening verified), and the verified caller
+//! facts. A request's own context may set none of those keys: config's one
+//! table names the fields' keys, and [`Reserved`] says what each key is for.
 
-use serde_json::{Map, Value as Json};
+use cedar_policy::EntityUid;
+use serde_json::{Map, Value as Json, json};
 
+use super::delegation;
 use super::error::{DecisionError, InvalidField};
-use super::request::DecisionRequest;
+use super::request::{Context, DecisionRequest, Uid, parse_entities_json};
+use super::verified::Verified;
+use crate::engine::Query;
+use crate::config::{DELEGATION_KEY, PURPOSE_KEY, RESERVED_CONTEXT_KEYS, TOKEN_KEY, WORKLOAD_KEY};
 use crate::identity::PeerFacts;
+
+/// A context key the server sets, and which no request may set itself.
+#[derive(Clone, Copy, Debug)]
+enum Reserved<'a> {
+    /// The key of a request field (config's table): `workload`, ...
+    Field(&'a str),
+    /// `caller.context_key`: the verified caller facts.
+    Caller(&'a str),
+    /// `evaluation.server_time_key`: the server's time.
+    ServerTime(&'a str),
+}
+
+impl Reserved<'_> {
+    /// Refuses `context` when it sets the key.
+    fn check(self, context: &Map<String, Json>) -> Result<(), InvalidField> {
+        let (key, what) = match self {
+            Self::Field(key) => (key, format!("the `{key}` field")),
+            Self::Caller(key) => (key, "the verified caller (`caller.context_key`)".into()),
+            Self::ServerTime(key) => (
+                key,
+                "the server's time (`evaluation.server_time_key`)".into(),
+            ),
+        };
+        if !context.contains_key(key) {
+            return Ok(());
+        }
+        Err(InvalidField::new(
+            format!("context.{key}"),
+            format!("is reserved for {what}; rename the context key"),
+        ))
+    }
+}
 
 /// Caller binding: a workload may only speak for itself. A claimed
 /// `namespace` or `service_account` must agree with the verified SPIFFE ID,
@@ -74,14 +114,161 @@ pub(super) fn add_caller(
     let Some(key) = key else {
         return Ok(());
     };
-    if context.contains_key(key) {
-        return Err(DecisionError::invalid(InvalidField::new(
-            format!("context.{key}"),
-            "is reserved for the verified caller (`caller.context_key`); rename the context key",
-        )));
-    }
+    Reserved::Caller(key)
+        .check(context)
+        .map_err(DecisionError::invalid)?;
     if let Some(peer) = peer {
         context.insert(key.to_string(), peer.to_context());
     }
     Ok(())
+}
+
+fn uid(uid: Option<&Uid>, field: &str) -> Result<EntityUid, InvalidField> {
+    uid.ok_or_else(|| InvalidField::new(field, "is required"))?
+        .parse(field)
+}
+
+impl DecisionRequest {
+    /// The Cedar query: uids parsed, context JSON parsed, `context.workload`
+    /// set from `workload`, and `shared` (a batch's) entities appended. With
+    /// nothing verified: what conversion alone makes of a request.
+    pub fn into_query(self, shared: &[Json]) -> Result<Query, InvalidField> {
+        query(self, Verified::NONE, shared)
+    }
+}
+
+/// The Cedar query of `req`: uids parsed, context JSON parsed, the server's
+/// keys set from the request's fields and from what screening `verified`,
+/// and `shared` (a batch's) entities appended.
+pub(super) fn query(
+    req: DecisionRequest,
+    verified: Verified,
+    shared: &[Json],
+) -> Result<Query, InvalidField> {
+    let principal = uid(req.principal.as_ref(), "principal")?;
+    let action = uid(req.action.as_ref(), "action")?;
+    let resource = uid(req.resource.as_ref(), "resource")?;
+    let mut context = match req.context {
+        Context::Record(map) => map,
+        Context::Json(text) if text.trim().is_empty() => Map::new(),
+        Context::Json(text) => match serde_json::from_str::<Json>(&text) {
+            Ok(Json::Object(map)) => map,
+            Ok(_) => return Err(InvalidField::new("context_json", "must be a JSON object")),
+            Err(e) => {
+                return Err(InvalidField::new(
+                    "context_json",
+                    format!("invalid JSON: {e}"),
+                ));
+            }
+        },
+    };
+    // Reserved even without their fields: a `workload` record a caller
+    // forged in its context would otherwise pass for one binding had
+    // checked. `token` is the server's only with a subject token.
+    for key in RESERVED_CONTEXT_KEYS {
+        if key != TOKEN_KEY || verified.claims.is_some() {
+            Reserved::Field(key).check(&context)?;
+        }
+    }
+    if let Some(workload) = &req.workload {
+        context.insert(WORKLOAD_KEY.to_string(), workload.to_json());
+    }
+    let chain = verified.chain.unwrap_or(req.delegation);
+    if !chain.is_empty() {
+        let delegators = chain
+            .iter()
+            .enumerate()
+            .map(|(i, h)| h.delegator.parse(&format!("delegation[{i}].delegator")))
+            .collect::<Result<Vec<_>, _>>()?;
+        context.insert(
+            DELEGATION_KEY.to_string(),
+            delegation::context(&principal, &chain, &delegators),
+        );
+    }
+    if !req.purpose.is_empty() {
+        context.insert(PURPOSE_KEY.to_string(), Json::String(req.purpose));
+    }
+    if let Some(claims) = verified.claims {
+        context.insert(TOKEN_KEY.to_string(), Json::Object(claims));
+    }
+    if let Some((key, now)) = verified.server_time {
+        Reserved::ServerTime(&key).check(&context)?;
+        context.insert(key, json!({"__extn": {"fn": "datetime", "arg": now}}));
+    }
+    let mut entities = req.entities;
+    entities.extend(parse_entities_json(&req.entities_json, "entities_json")?);
+    entities.extend_from_slice(shared);
+    let properties = req
+        .properties
+        .into_iter()
+        .map(|(uid, attrs)| Ok((uid.parse("properties")?, attrs)))
+        .collect::<Result<_, InvalidField>>()?;
+    Ok(Query {
+        principal,
+        action,
+        resource,
+        context,
+        entities,
+        properties,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use crate::pipeline::Workload;
+
+    fn request() -> DecisionRequest {
+        DecisionRequest {
+            principal: Some(Uid::new("User", "alice")),
+            action: Some(Uid::new("Action", "read")),
+            resource: Some(Uid::new("Doc", "d")),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut req = request();
+        req.principal = Some(Uid::new("not a type", "x"));
+        assert_eq!(req.into_query(&[]).unwrap_err().field, "principal.type");
+        let mut req = request();
+        req.resource = None;
+        assert_eq!(req.into_query(&[]).unwrap_err().field, "resource");
+        let mut req = request();
+        req.context = Context::Json("[1]".into());
+        assert_eq!(req.into_query(&[]).unwrap_err().field, "context_json");
+        let mut req = request();
+        req.entities_json = "{}".into();
+        assert_eq!(req.into_query(&[]).unwrap_err().field, "entities_json");
+    }
+
+    #[test]
+    fn workload_reaches_context_and_reserves_its_key() {
+        let mut req = request();
+        req.workload = Some(Workload {
+            spiffe_id: "spiffe://td/ns/a/sa/b".into(),
+            labels: vec!["app=web".into()],
+            ..Workload::default()
+        });
+        let q = req.clone().into_query(&[]).unwrap();
+        assert_eq!(q.context["workload"]["labels"], json!(["app=web"]));
+        req.context = Context::Json(r#"{"workload": 1}"#.into());
+        assert_eq!(
+            req.clone().into_query(&[]).unwrap_err().field,
+            "context.workload"
+        );
+        // Without the field, a forged record is refused all the same.
+        req.workload = None;
+        req.context = Context::Json(r#"{"workload": {"spiffe_id": "spiffe://td/x"}}"#.into());
+        assert_eq!(
+            req.clone().into_query(&[]).unwrap_err().field,
+            "context.workload"
+        );
+        let mut forged = Map::new();
+        forged.insert("workload".into(), json!({"spiffe_id": "spiffe://td/x"}));
+        req.context = Context::Record(forged);
+        assert_eq!(req.into_query(&[]).unwrap_err().field, "context.workload");
+    }
 }

@@ -6,26 +6,23 @@
 
 use std::time::SystemTime;
 
-use super::delegation::DelegationHop;
 use super::error::{DecisionError, InvalidField};
-use super::request::{DecisionRequest, TokenFacts, Uid};
-use crate::tokens::{TokenVerifier, Verified};
+use super::request::{DecisionRequest, DelegationHop, Uid};
+use super::verified::{TokenFacts, Verified};
+use crate::tokens::{self, TokenVerifier};
 
-/// The context key of the subject token's claims; reserved.
-pub(crate) const TOKEN_KEY: &str = "token";
-
-fn verify(
+fn verify_one(
     verifier: &TokenVerifier,
     field: &'static str,
     token: &str,
     now: SystemTime,
-) -> Result<Verified, DecisionError> {
+) -> Result<tokens::Verified, DecisionError> {
     verifier
         .verify(token, now)
         .map_err(|e| DecisionError::token(field, e.to_string()))
 }
 
-fn facts(kind: &'static str, v: &Verified) -> TokenFacts {
+fn facts(kind: &'static str, v: &tokens::Verified) -> TokenFacts {
     TokenFacts {
         kind,
         issuer: v.issuer.clone(),
@@ -35,13 +32,15 @@ fn facts(kind: &'static str, v: &Verified) -> TokenFacts {
     }
 }
 
-/// Verifies the request's tokens and applies them to it. Without a
+/// Verifies the request's tokens into `verified`: the tokens, the subject
+/// token's claims, and the chain it makes of the request's own. Without a
 /// verifier any token is refused: nothing meant to be checked goes
 /// unchecked.
-pub(super) fn apply(
+pub(super) fn verify(
     verifier: Option<&TokenVerifier>,
-    req: &mut DecisionRequest,
+    req: &DecisionRequest,
     now: SystemTime,
+    verified: &mut Verified,
 ) -> Result<(), DecisionError> {
     if req.subject_token.is_empty() && req.actor_token.is_empty() {
         return Ok(());
@@ -63,7 +62,7 @@ pub(super) fn apply(
         .ok_or_else(|| DecisionError::invalid(InvalidField::new("principal", "is required")))?;
     let mut tokens = Vec::new();
     if !req.actor_token.is_empty() {
-        let actor = verify(verifier, "actor_token", &req.actor_token, now)?;
+        let actor = verify_one(verifier, "actor_token", &req.actor_token, now)?;
         let named = Uid::new(&actor.principal_type, &actor.subject);
         if named != principal {
             return Err(DecisionError::binding(
@@ -78,7 +77,7 @@ pub(super) fn apply(
         tokens.push(facts("actor", &actor));
     }
     if !req.subject_token.is_empty() {
-        let subject = verify(verifier, "subject_token", &req.subject_token, now)?;
+        let subject = verify_one(verifier, "subject_token", &req.subject_token, now)?;
         let actor_type = verifier
             .actor_type(&subject.issuer)
             .unwrap_or(&principal.type_name)
@@ -112,11 +111,19 @@ pub(super) fn apply(
         for earlier in subject.actors.iter().skip(1).rev() {
             chain.push(hop(Uid::new(&actor_type, earlier), Vec::new()));
         }
-        req.delegation = combine(chain, std::mem::take(&mut req.delegation))?;
-        req.token_claims = Some(subject.claims.clone());
+        match combine(chain, req.delegation.clone()) {
+            Ok(chain) => verified.chain = Some(chain),
+            Err(e) => {
+                // The sent chain contradicts the token's: the record names
+                // neither.
+                verified.chain = Some(Vec::new());
+                return Err(e);
+            }
+        }
+        verified.claims = Some(subject.claims.clone());
         tokens.push(facts("subject", &subject));
     }
-    req.tokens = tokens;
+    verified.tokens = tokens;
     Ok(())
 }
 
