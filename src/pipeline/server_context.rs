@@ -11,8 +11,8 @@ use super::delegation;
 use super::error::{DecisionError, InvalidField};
 use super::request::{Context, DecisionRequest, Uid, parse_entities_json};
 use super::verified::Verified;
-use crate::engine::Query;
 use crate::config::{DELEGATION_KEY, PURPOSE_KEY, RESERVED_CONTEXT_KEYS, TOKEN_KEY, WORKLOAD_KEY};
+use crate::engine::Query;
 use crate::identity::PeerFacts;
 
 /// A context key the server sets, and which no request may set itself.
