@@ -323,6 +323,23 @@ pub(super) fn parse<'a>(
                     PolicyId::new(id)
                 }
             };
+            // Any other value (`@shadow("false")`) would read as its opposite.
+            if let Some(value) = policy.annotation("shadow")
+                && !matches!(value, "" | "true")
+            {
+                let (line, column) = starts
+                    .get(index)
+                    .map_or((1, 1), |&o| line_column(file.text, o));
+                problems.push(SourceProblem {
+                    file: file.name.to_string(),
+                    line,
+                    column,
+                    message: format!(
+                        "policy `{id}`: `@shadow(\"{value}\")` is not a shadow marker; write `@shadow` (or `@shadow(\"true\")`) to make it a shadow policy, or remove the annotation to make it live"
+                    ),
+                });
+                continue;
+            }
             if let Some(first) = origins.get(&id) {
                 let (line, column) = find_id_annotation(file.text, id.as_ref());
                 problems.push(SourceProblem {
@@ -471,7 +488,34 @@ fn find_id_annotation(text: &str, id: &str) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
     use super::*;
+
+    #[test]
+    fn shadow_takes_no_value_but_true() {
+        let options = crate::engine::CompileOptions::default();
+        let load = |text: &str| {
+            crate::engine::compile(&crate::engine::test_inputs(&[("p.cedar", text)]), &options)
+        };
+        for marker in ["@shadow", "@shadow(\"true\")"] {
+            let text = format!("@id(\"a\") {marker} forbid (principal, action, resource);");
+            let compiled = load(&text).unwrap();
+            assert!(compiled.engine.shadow_policies().is_some(), "{marker}");
+            assert_eq!(compiled.engine.policy_count(), 0, "{marker}");
+        }
+        let text = "permit (principal, action, resource);\n@id(\"a\") @shadow(\"false\") forbid (principal, action, resource);";
+        let Err(crate::engine::CompileError(found)) = load(text) else {
+            panic!("`@shadow(\"false\")` loaded");
+        };
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].line, found[0].column), (2, 1), "{found:?}");
+        assert!(
+            found[0]
+                .message
+                .starts_with("policy `a`: `@shadow(\"false\")` is not a shadow marker"),
+            "{found:?}"
+        );
+    }
 
     #[test]
     fn finds_where_policies_start() {
