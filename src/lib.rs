@@ -7,11 +7,13 @@
 //! - [`cmd`]: the binary: command-line parsing, one file per subcommand, exit codes.
 //! - [`config`]: the TOML config file, merged with flags, then checked once into settings.
 //! - [`admin`]: the admin HTTP listener: metrics, liveness, readiness.
-//! - [`app`]: composition: config -> policy store -> gRPC services -> listener.
-//! - [`policy_store`]: the only reader of the policy directory; loads, watches and swaps snapshots.
+//! - [`app`]: composition: build every component, run the listeners, drain.
+//! - [`policy_store`]: the policy directory and nothing of Cedar: the one reader, loading
+//!   (texts handed to the engine), the test gate, the watcher and the swap.
+//! - [`engine`]: Cedar, and the only importer of `cedar_policy_core`: texts compiled into an
+//!   [`engine::Engine`] once per load, and its one [`engine::Engine::decide`].
 //! - [`policy_tests`]: policy test files, run by `cedar-pdp test` and the reload gate.
 //! - [`policy_format`]: formatting policy files with the Cedar project's formatter.
-//! - [`authorizer`]: pure evaluation of one request against one snapshot.
 //! - [`pipeline`]: the one decision path behind every front-end: admission, binding, limits,
 //!   cache, server context, evaluation, spans, metrics and the decision record.
 //! - [`grpc`]: generated code, thin Authorizer and ext_authz adapters, the one Status mapping.
@@ -28,11 +30,6 @@
 //! - [`identity`]: SPIFFE IDs and the caller facts handed to policies.
 //! - [`tokens`]: JWTs verified against the configured issuers' JWKS files; a leaf.
 //! - [`error_chain`]: an error with its sources, as one line.
-//! - [`type_names`]: Cedar entity type names, parsed once per thread; a leaf.
-//! - [`schema_types`]: the schema's context and entity attribute types, as far as reading JSON
-//!   by them needs; a leaf.
-//! - [`context_types`]: the schema's context type per action, and Cedar contexts built from
-//!   JSON with it.
 
 #![warn(unreachable_pub)]
 

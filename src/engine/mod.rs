@@ -1,11 +1,11 @@
 //! The engine: the one owner of Cedar. It compiles a policy set's texts
-//! into Cedar values once per load ([`compile()`]), and decides requests
+//! into Cedar values once per load ([`compile()`](compile::compile)), and decides requests
 //! against them ([`Engine::decide`]). It knows no file system and no
 //! transport, and it is the only module that imports `cedar_policy_core`,
 //! so a Cedar upgrade is a one-folder job.
 //!
 //! # Layout
-//! - [`compile`]: texts -> [`Engine`], one file per Cedar artifact.
+//! - [`mod@compile`]: texts -> [`Engine`], one file per Cedar artifact.
 //! - `source`: problems located at `file:line:column`.
 //! - `schema_types`, `type_names`, [`context_types`], `typed_entity`:
 //!   the schema's types, and contexts and entities read by them.

@@ -4,7 +4,7 @@
 //! `cedar-pdp test` runs them against a directory loaded exactly as the
 //! server loads it; with `reload.require_tests`, the policy store runs them
 //! (through the [`gate`]) on every new set before it goes live. Both
-//! evaluate each case through [`crate::engine::authorize`], the path
+//! evaluate each case through the decision pipeline, the path
 //! every server request takes.
 //!
 //! - [`spec`]: the file format, and parsing a directory's test files.

@@ -2,8 +2,8 @@
 //! All or nothing: every problem is reported, not just the first, and a
 //! set with any problem yields no engine.
 //!
-//! One file per Cedar artifact: [`schema`], [`policies`] (with template
-//! links and the shadow split) and [`entities`].
+//! One file per Cedar artifact: `schema`, `policies` (with template
+//! links and the shadow split) and `entities`.
 
 mod entities;
 mod policies;
