@@ -293,6 +293,11 @@ pub struct AuthzenConfig {
     /// AuthZEN type strings that are not Cedar names (`todo-list`), mapped
     /// to Cedar entity types (full names, not put under `namespace`).
     pub types: BTreeMap<String, String>,
+    /// Per Cedar entity type (full name), the attributes a request's
+    /// `properties` may add to a stored entity of that type, where it lacks
+    /// them. Empty: stored entities are closed, and every property offered
+    /// for one is dropped (`stored_entity`).
+    pub open_properties: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for AuthzenConfig {
@@ -305,6 +310,7 @@ impl Default for AuthzenConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: 1_024,
             types: BTreeMap::new(),
+            open_properties: BTreeMap::new(),
         }
     }
 }
@@ -1258,6 +1264,15 @@ impl Config {
             if from.is_empty() || cedar_policy::EntityTypeName::from_str(to).is_err() {
                 problems.push(format!(
                     "`authzen.types`: `{from}` = `{to}` must map a non-empty type to a Cedar entity type"
+                ));
+            }
+        }
+        for (ty, attrs) in &a.open_properties {
+            if cedar_policy::EntityTypeName::from_str(ty).is_err()
+                || attrs.iter().any(String::is_empty)
+            {
+                problems.push(format!(
+                    "`authzen.open_properties`: `{ty}` must be a Cedar entity type (full name) with a list of attribute names"
                 ));
             }
         }

@@ -339,9 +339,6 @@ fn decision(answer: &Answer, reasons: bool) -> Json {
                     "errors": outcome.decision.errors.iter()
                         .map(|e| json!({"policy_id": e.policy_id, "message": e.message}))
                         .collect::<Vec<_>>(),
-                    "dropped_properties": outcome.decision.dropped_properties.iter()
-                        .map(|d| json!({"entity": d.entity, "property": d.property, "why": d.why.as_str()}))
-                        .collect::<Vec<_>>(),
                 },
             },
         }),

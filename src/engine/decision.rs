@@ -38,6 +38,9 @@ pub struct DroppedProperty {
 pub enum DropReason {
     /// The stored entity has this attribute; the directory's value stands.
     StoredAttribute,
+    /// The stored entity lacks it, and its type's attributes are closed
+    /// to offered properties (`authzen.open_properties`).
+    StoredEntity,
     /// The schema does not declare it for the entity's type, or declares
     /// another type for it.
     NotInSchema,
@@ -51,6 +54,7 @@ impl DropReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::StoredAttribute => "stored_attribute",
+            Self::StoredEntity => "stored_entity",
             Self::NotInSchema => "not_in_schema",
             Self::NamedByStore => "named_by_store",
         }

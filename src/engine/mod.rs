@@ -17,7 +17,7 @@
 //! - `outcome`: Cedar's evaluators over the candidates' conditions.
 //! - `decide`: [`Engine::decide`], the one entry point.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
@@ -76,6 +76,9 @@ pub struct Engine {
     dangling: HashSet<EntityUid>,
     /// Entity types no request may define (`validation.stored_only_types`).
     stored_only_types: HashSet<String>,
+    /// Per entity type, the attributes offered properties may add to a
+    /// stored entity; the others are closed.
+    open_properties: HashMap<String, HashSet<String>>,
     /// Per action, the context type requests are read by without Cedar's
     /// parse where they can be.
     context_types: ContextTypes,

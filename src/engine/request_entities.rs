@@ -131,11 +131,12 @@ fn entities_error(e: EntitiesError) -> AuthorizeError {
     AuthorizeError::Entities(Box::new(e))
 }
 
-/// Sorts `offered` out against `snapshot`: the directory is the source of
+/// Sorts `offered` out against `engine`: the directory is the source of
 /// truth for what it stores, so a stored attribute (or parent) is never
-/// overridden; a property the stored entity lacks is added for this
-/// request, if the schema (when there is one) declares it; an entity a
-/// stored one only names gets nothing. Only a property that is not valid
+/// overridden, and a stored entity is closed: a property it lacks is added
+/// for this request only where its type's attributes are open to offers
+/// (`authzen.open_properties`) and the schema (when there is one) declares
+/// it; an entity a stored one only names gets nothing. Only a property that is not valid
 /// Cedar JSON at all is an error, as in any request entity.
 pub(super) fn apply_properties(
     engine: &Engine,
@@ -168,12 +169,17 @@ pub(super) fn apply_properties(
             out.unstored.push(Json::Object(entity));
             continue;
         };
+        let open = engine.open_properties.get(&uid.type_name().to_string());
         let base = stored.to_json_value().map_err(entities_error)?;
         let mut merged = base.clone();
         let mut added = false;
         for (name, value) in props {
             if base["attrs"].get(&name).is_some() {
                 drop(&name, DropReason::StoredAttribute);
+                continue;
+            }
+            if !open.is_some_and(|attrs| attrs.contains(&name)) {
+                drop(&name, DropReason::StoredEntity);
                 continue;
             }
             if schema.is_some() {
@@ -234,7 +240,19 @@ mod tests {
             .to_string(),
         )
         .unwrap();
-        let snapshot = build(read_dir(dir.path()).unwrap(), &LoadOptions::default(), 1)
+        // `Doc`'s `label` and `friend` are open to offers; nothing else is.
+        let open = LoadOptions {
+            open_properties: [(
+                "Doc".to_string(),
+                ["label", "friend"].map(String::from).into_iter().collect(),
+            )]
+            .into(),
+            ..LoadOptions::default()
+        };
+        let closed = build(read_dir(dir.path()).unwrap(), &LoadOptions::default(), 1)
+            .unwrap()
+            .engine;
+        let snapshot = build(read_dir(dir.path()).unwrap(), &open, 1)
             .unwrap()
             .engine;
         let attrs = |v: serde_json::Value| v.as_object().unwrap().clone();
@@ -276,7 +294,7 @@ mod tests {
         };
         let d = snapshot
             .decide(
-                query(offered),
+                query(offered.clone()),
                 &mut super::super::Scratch::new(OnForbidError::Deny),
             )
             .unwrap();
@@ -290,5 +308,29 @@ mod tests {
             .unwrap();
         assert!(!d.allow, "{d:?}");
         assert!(d.dropped_properties.is_empty());
+
+        // By default a stored entity is closed: what it lacks is dropped too.
+        let d = closed
+            .decide(
+                query(offered.clone()),
+                &mut super::super::Scratch::new(OnForbidError::Deny),
+            )
+            .unwrap();
+        assert!(!d.allow, "{d:?}");
+        let mut why: Vec<(&str, &str)> = d
+            .dropped_properties
+            .iter()
+            .map(|d| (d.property.as_str(), d.why.as_str()))
+            .collect();
+        why.sort_unstable();
+        assert_eq!(
+            why,
+            [
+                ("friend", "stored_entity"),
+                ("label", "stored_entity"),
+                ("name", "named_by_store"),
+                ("owner", "stored_attribute"),
+            ]
+        );
     }
 }

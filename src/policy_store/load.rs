@@ -2,7 +2,7 @@
 //! result wrapped with its provenance as a [`Snapshot`]. Loading is all or
 //! nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -22,6 +22,9 @@ pub struct LoadOptions {
     pub keep_schema: bool,
     /// Entity types (full names) no request may define.
     pub stored_only_types: HashSet<String>,
+    /// Per entity type (full name), the attributes offered properties may
+    /// add to a stored entity (`authzen.open_properties`).
+    pub open_properties: HashMap<String, HashSet<String>>,
 }
 
 impl LoadOptions {
@@ -36,6 +39,12 @@ impl LoadOptions {
                 .iter()
                 .cloned()
                 .collect(),
+            open_properties: config
+                .authzen
+                .open_properties
+                .iter()
+                .map(|(ty, attrs)| (ty.clone(), attrs.iter().cloned().collect()))
+                .collect(),
         }
     }
 
@@ -43,6 +52,7 @@ impl LoadOptions {
         CompileOptions {
             validate_policies: self.validate_policies,
             stored_only_types: self.stored_only_types.clone(),
+            open_properties: self.open_properties.clone(),
         }
     }
 }

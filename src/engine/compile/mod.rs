@@ -53,6 +53,10 @@ pub struct CompileOptions {
     pub validate_policies: bool,
     /// Entity types (full names) no request may define.
     pub stored_only_types: HashSet<String>,
+    /// Per entity type (full name), the attributes a query's offered
+    /// properties may add to a stored entity; other stored entities are
+    /// closed.
+    pub open_properties: HashMap<String, HashSet<String>>,
 }
 
 /// Why inputs did not compile: every problem found.
@@ -135,6 +139,7 @@ pub fn compile(inputs: &Inputs<'_>, options: &CompileOptions) -> Result<Compiled
         entities,
         dangling,
         stored_only_types: options.stored_only_types.clone(),
+        open_properties: options.open_properties.clone(),
         context_types,
         entity_shapes,
         grants: linked.windows.into_values().collect(),
