@@ -332,3 +332,71 @@ async fn authzen_takes_the_chain_from_its_context() {
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["error"], "delegation_invalid");
 }
+
+/// A hop that expires after the year 9999 is refused at conversion, with its
+/// field and a record, in a unary call and in a batch (where only that item
+/// is refused): the chain's RFC 3339 form cannot hold it, and writing it
+/// once panicked while the record was built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_past_the_year_9999_is_refused_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.log");
+    let (server, _policies) = start(|c| {
+        c.decision_log.enabled = true;
+        c.decision_log.sink = LogSink::File;
+        c.decision_log.path = log.clone();
+    })
+    .await;
+    let far = || {
+        let mut h = alice();
+        h.expires_at = Some(prost_types::Timestamp {
+            seconds: 253_402_300_800 + 86_400,
+            nanos: 0,
+        });
+        h
+    };
+    let mut req = read(vec![far()], "summarize");
+    req.request_id = "far".into();
+    refused(
+        decide(&server, req).await,
+        tonic::Code::InvalidArgument,
+        "delegation[0].expires_at",
+    );
+
+    let mut client = server.client().await;
+    let batch = client
+        .batch_authorize(proto::BatchAuthorizeRequest {
+            requests: vec![
+                read(vec![far()], "summarize"),
+                read(vec![alice()], "summarize"),
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("the batch is answered")
+        .into_inner();
+    assert_eq!(batch.responses.len(), 2, "{batch:?}");
+    assert_eq!(
+        batch.responses[1].decision,
+        proto::Decision::Allow as i32,
+        "{batch:?}"
+    );
+    assert_ne!(
+        batch.responses[0].decision,
+        proto::Decision::Allow as i32,
+        "{batch:?}"
+    );
+
+    let record = eventually("the refusal's record", Duration::from_secs(10), || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|r| r["request_id"] == "far")
+        }
+    })
+    .await;
+    assert_eq!(record["decision"], "deny", "{record}");
+    server.stop().await.unwrap();
+}

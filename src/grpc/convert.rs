@@ -57,8 +57,15 @@ fn delegation(hops: Vec<proto::DelegationHop>) -> Result<Vec<DelegationHop>, Inv
     hops.into_iter()
         .enumerate()
         .map(|(i, hop)| {
+            // RFC 3339, which the chain is written in, ends with the year 9999.
             let expires_at = match hop.expires_at {
                 None => None,
+                Some(t) if t.seconds >= 253_402_300_800 => {
+                    return Err(InvalidField::new(
+                        format!("delegation[{i}].expires_at"),
+                        "must be before the year 10000",
+                    ));
+                }
                 Some(t) => Some(std::time::SystemTime::try_from(t).map_err(|_| {
                     InvalidField::new(
                         format!("delegation[{i}].expires_at"),

@@ -26,10 +26,20 @@ fn invalid(field: String, message: impl Into<String>) -> DecisionError {
     DecisionError::delegation(InvalidField::new(field, message))
 }
 
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z): later times
+/// are written as it, never passed to the formatter, which panics on them.
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+
 /// RFC 3339 in UTC, seconds and (when not whole) milliseconds, as Cedar's
-/// `datetime` parses it.
+/// `datetime` parses it. A time past the year 9999 is written as its last
+/// second.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let since = if since.as_secs() > LAST_RFC3339_SECOND {
+        Duration::from_secs(LAST_RFC3339_SECOND)
+    } else {
+        since
+    };
     let stamp =
         humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(since.as_secs()));
     match since.subsec_millis() {
@@ -203,6 +213,14 @@ mod tests {
         let e = r.unwrap_err();
         assert_eq!(e.reason, Reason::DelegationInvalid);
         e.field.unwrap()
+    }
+
+    #[test]
+    fn a_time_past_the_year_9999_is_written_as_its_last_second() {
+        let far = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59Z");
+        let ms = UNIX_EPOCH + Duration::from_millis(1_500);
+        assert_eq!(rfc3339(ms), "1970-01-01T00:00:01.500Z");
     }
 
     #[test]
