@@ -22,7 +22,10 @@
 //! - `delegation`: the chain's rules and what policies see of it.
 //! - `token_claims`: what verified tokens make of a request.
 //! - `record`, [`span`]: the decision record and the span fields.
-//! - `pool`: the threads evaluation runs on, off the async workers.
+//! - `schedule`: where a screened request is evaluated (inline or on the
+//!   pool), and the guards that record calls dropped on the way.
+//! - `inline`, `pool`: the gate that keeps small evaluations on the async
+//!   worker, and the threads the rest runs on.
 
 mod cache;
 mod delegation;
@@ -33,6 +36,7 @@ pub mod limits;
 mod pool;
 mod record;
 mod request;
+mod schedule;
 mod server_context;
 pub(crate) mod span;
 mod token_claims;
@@ -65,6 +69,7 @@ pub(crate) use request::parse_entities_json;
 pub use request::{
     Api, Call, Context, DecisionRequest, DelegationHop, Rejected, Submitted, Uid, Workload,
 };
+use schedule::{Pending, Ready};
 pub use verified::TokenFacts;
 use verified::Verified;
 
@@ -395,11 +400,7 @@ impl Pipeline {
         call: &Call,
         admission: Admission,
     ) -> Answer {
-        let mut pending = Pending {
-            pipeline: self,
-            call,
-            req: Some(req),
-        };
+        let mut pending = Pending::new(self, call, req);
         let (permit, timeout) = match admission {
             Admission::Acquire { timeout } => match self.admit() {
                 Ok(p) => (Some(p), timeout),
@@ -410,82 +411,29 @@ impl Pipeline {
             return Err(pending.refuse(DecisionError::not_ready(), None));
         };
         let deadline = call.started + timeout;
-        let mut slots = match self.reserve(1, deadline).await {
+        let slots = match self.reserve(1, deadline).await {
             Ok(slots) => slots,
             Err(()) => {
                 return Err(pending.refuse(DecisionError::deadline(timeout), Some(&snapshot)));
             }
         };
-        // Settled here: what needs no evaluation (binding, limits, a cache
-        // hit), and a small request, whose evaluation costs less than the
-        // pool's two thread hops (see `inline`). Only the rest waits for the
-        // pool.
         let (mut req, invalid) = split(pending.take());
         let (verified, screened) = self
             .evaluator()
             .screen(&snapshot, &mut req, invalid, true, &call.peer);
-        let screened = match screened {
-            Ok(s) if !s.is_hit() && !self.inline.admits(&snapshot, (&req, &verified)) => s,
-            screened => {
-                let evaluated = matches!(&screened, Ok(s) if !s.is_hit());
-                let started = evaluated.then(inline::Stopwatch::start);
-                let answer = self.settle(
-                    &snapshot,
-                    req,
-                    verified,
-                    screened,
-                    None,
-                    call,
-                    &call.span,
-                    slots.as_mut(),
-                );
-                if let Some(started) = started {
-                    self.evaluated_inline(&snapshot, started.took());
-                }
-                drop(permit);
-                return answer;
-            }
-        };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = Job {
-            pipeline: self.clone(),
+        let ready = Ready {
             snapshot,
-            req: Some(req),
+            req,
             verified,
-            screened: Some(screened),
-            call: call.clone(),
+            screened,
             slots,
             deadline,
             timeout,
-            reply: Some(reply),
         };
-        // A job the pool cannot take is dropped, and records its refusal.
-        let _ = self.pool.spawn(Box::new(move || job.run()));
-        let answer = answer.await.unwrap_or_else(|_| {
-            Err(Box::new(Refusal {
-                error: DecisionError::internal("evaluation stopped before it answered"),
-                decision_id: new_decision_id(),
-                policy_revision: String::new(),
-                request_id: String::new(),
-            }))
-        });
+        // On this worker or on the pool: `schedule` says which.
+        let answer = self.schedule(ready, call).await;
         drop(permit);
         answer
-    }
-
-    /// Counts an inline evaluation, and warns when its time sends the rest
-    /// of its snapshot's evaluations to the pool.
-    fn evaluated_inline(&self, snapshot: &Snapshot, took: Duration) {
-        self.metrics.evaluation(true);
-        if self.inline.account(snapshot, took) == inline::Verdict::Barred {
-            tracing::warn!(
-                revision = %snapshot.revision,
-                "{} evaluations on the async workers took over {:?} of CPU; this policy set's \
-                 evaluations now all run on the evaluation threads",
-                inline::STRIKES,
-                inline::BUDGET,
-            );
-        }
     }
 
     /// A batch against one snapshot: each item is decided, or refused on its
@@ -561,36 +509,16 @@ impl Pipeline {
                 return Err(refuse_all(items, e, Some(&snapshot)));
             }
         };
-        // A batch runs on the evaluation pool, as one job. The work owns its
-        // slot and its records, so a call abandoned by its client still
-        // counts and records until it ends.
+        // A batch runs on the evaluation pool, as one job.
         let this = self.clone();
         let work_call = call.clone();
-        let work = self.pool.run(move || {
+        let work = move || {
             let _permit = permit;
             this.decide_batch(
                 &snapshot, items, shared, &work_call, deadline, timeout, slots, stop,
             )
-        });
-        match tokio::time::timeout_at(deadline.into(), work).await {
-            Ok(Ok(Ok(answers))) => Ok(answers),
-            // The shared entities did not parse: every item was recorded.
-            Ok(Ok(Err(e))) => {
-                span::record_failure(&call.span, &e);
-                Err(e)
-            }
-            Ok(Err(e)) => {
-                let e = DecisionError::internal(format!("batch evaluation failed: {e}"));
-                span::record_failure(&call.span, &e);
-                Err(e)
-            }
-            // The remaining items are recorded as past their deadline.
-            Err(_) => {
-                let e = DecisionError::deadline(timeout);
-                span::record_failure(&call.span, &e);
-                Err(e)
-            }
-        }
+        };
+        self.on_pool(work, call, deadline, timeout).await
     }
 
     /// Parses the shared entities once, then decides each item in order.
@@ -658,75 +586,6 @@ impl Pipeline {
             }
         }
         Ok(answers)
-    }
-
-    /// Records and counts a request that got no decision.
-    fn refuse(&self, req: Submitted, error: DecisionError, at: At<'_, '_>) -> Box<Refusal> {
-        let req = match req {
-            Ok(r) => r,
-            Err(rejected) => rejected.request,
-        };
-        self.refuse_screened(req, &Verified::NONE, error, at)
-    }
-
-    /// [`Pipeline::refuse`] for a screened request, recorded with what
-    /// screening `verified` of it.
-    fn refuse_screened(
-        &self,
-        req: DecisionRequest,
-        verified: &Verified,
-        error: DecisionError,
-        at: At<'_, '_>,
-    ) -> Box<Refusal> {
-        span::record_request(at.span, &req);
-        span::record_peer(at.span, &at.call.peer);
-        let subject = self.log.as_ref().map(|_| Subject::of(&req, verified));
-        self.failed(subject, req.request_id, error, at)
-    }
-
-    fn failed(
-        &self,
-        subject: Option<Subject>,
-        request_id: String,
-        error: DecisionError,
-        at: At<'_, '_>,
-    ) -> Box<Refusal> {
-        let decision_id = new_decision_id();
-        self.metrics.request_error(
-            at.call.api.as_str(),
-            error.code().label(),
-            error.reason.as_str(),
-        );
-        let Some((log, subject)) = self.log.as_ref().zip(subject) else {
-            span::record_failure(at.span, &error);
-            return self.refusal(error, decision_id, request_id, at.snapshot);
-        };
-        let mut record = subject.failed(&error, &decision_id, at.call, at.span, at.snapshot);
-        // The span gets the message as masked for the record: Cedar quotes
-        // values in its errors, and traces leave the host too.
-        log.mask(&mut record);
-        let message = record.error.as_ref().map(|e| e.message.as_str());
-        span::record_failure_as(at.span, &error, message.unwrap_or(&error.message));
-        match at.slots {
-            Some(slots) => slots.submit(record),
-            None => log.submit_refusal(record),
-        }
-        self.refusal(error, decision_id, request_id, at.snapshot)
-    }
-
-    fn refusal(
-        &self,
-        error: DecisionError,
-        decision_id: String,
-        request_id: String,
-        snapshot: Option<&Snapshot>,
-    ) -> Box<Refusal> {
-        Box::new(Refusal {
-            error,
-            decision_id,
-            policy_revision: snapshot.map(|s| s.revision.clone()).unwrap_or_default(),
-            request_id,
-        })
     }
 
     /// Decides one admitted request against `snapshot`, and records it.
@@ -821,6 +680,75 @@ impl Pipeline {
             }
         }
     }
+
+    /// Records and counts a request that got no decision.
+    fn refuse(&self, req: Submitted, error: DecisionError, at: At<'_, '_>) -> Box<Refusal> {
+        let req = match req {
+            Ok(r) => r,
+            Err(rejected) => rejected.request,
+        };
+        self.refuse_screened(req, &Verified::NONE, error, at)
+    }
+
+    /// [`Pipeline::refuse`] for a screened request, recorded with what
+    /// screening `verified` of it.
+    fn refuse_screened(
+        &self,
+        req: DecisionRequest,
+        verified: &Verified,
+        error: DecisionError,
+        at: At<'_, '_>,
+    ) -> Box<Refusal> {
+        span::record_request(at.span, &req);
+        span::record_peer(at.span, &at.call.peer);
+        let subject = self.log.as_ref().map(|_| Subject::of(&req, verified));
+        self.failed(subject, req.request_id, error, at)
+    }
+
+    fn failed(
+        &self,
+        subject: Option<Subject>,
+        request_id: String,
+        error: DecisionError,
+        at: At<'_, '_>,
+    ) -> Box<Refusal> {
+        let decision_id = new_decision_id();
+        self.metrics.request_error(
+            at.call.api.as_str(),
+            error.code().label(),
+            error.reason.as_str(),
+        );
+        let Some((log, subject)) = self.log.as_ref().zip(subject) else {
+            span::record_failure(at.span, &error);
+            return self.refusal(error, decision_id, request_id, at.snapshot);
+        };
+        let mut record = subject.failed(&error, &decision_id, at.call, at.span, at.snapshot);
+        // The span gets the message as masked for the record: Cedar quotes
+        // values in its errors, and traces leave the host too.
+        log.mask(&mut record);
+        let message = record.error.as_ref().map(|e| e.message.as_str());
+        span::record_failure_as(at.span, &error, message.unwrap_or(&error.message));
+        match at.slots {
+            Some(slots) => slots.submit(record),
+            None => log.submit_refusal(record),
+        }
+        self.refusal(error, decision_id, request_id, at.snapshot)
+    }
+
+    fn refusal(
+        &self,
+        error: DecisionError,
+        decision_id: String,
+        request_id: String,
+        snapshot: Option<&Snapshot>,
+    ) -> Box<Refusal> {
+        Box::new(Refusal {
+            error,
+            decision_id,
+            policy_revision: snapshot.map(|s| s.revision.clone()).unwrap_or_default(),
+            request_id,
+        })
+    }
 }
 
 /// The request, and why it did not convert if it did not.
@@ -840,80 +768,6 @@ struct Shared {
     entities: SharedEntities,
     json: Vec<Json>,
     record: Option<EntitySet>,
-}
-
-/// One decision's work on the pool. It owns the request and its log room:
-/// run, it decides and records; dropped unrun (the queue could not take
-/// it), it records the refusal. Either way it replies.
-struct Job {
-    pipeline: Pipeline,
-    snapshot: Arc<Snapshot>,
-    req: Option<DecisionRequest>,
-    verified: Verified,
-    screened: Option<Screened>,
-    call: Call,
-    slots: Option<Slots>,
-    deadline: Instant,
-    timeout: Duration,
-    reply: Option<tokio::sync::oneshot::Sender<Answer>>,
-}
-
-impl Job {
-    fn run(mut self) {
-        let (Some(req), Some(screened)) = (self.req.take(), self.screened.take()) else {
-            return;
-        };
-        let (p, call) = (&self.pipeline, &self.call);
-        // Work that waited past its deadline is refused, not evaluated.
-        let answer = if Instant::now() >= self.deadline {
-            let at = At {
-                call,
-                span: &call.span,
-                snapshot: Some(&self.snapshot),
-                slots: self.slots.as_mut(),
-            };
-            let error = DecisionError::deadline(self.timeout);
-            Err(p.refuse_screened(req, &self.verified, error, at))
-        } else {
-            let span = &call.span;
-            p.metrics.evaluation(false);
-            p.settle(
-                &self.snapshot,
-                req,
-                std::mem::take(&mut self.verified),
-                Ok(screened),
-                None,
-                call,
-                span,
-                self.slots.as_mut(),
-            )
-        };
-        if let Some(reply) = self.reply.take() {
-            // The client may have gone; the outcome is recorded either way.
-            let _ = reply.send(answer);
-        }
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        let Some(req) = self.req.take() else {
-            return;
-        };
-        let at = At {
-            call: &self.call,
-            span: &self.call.span,
-            snapshot: Some(&self.snapshot),
-            slots: self.slots.as_mut(),
-        };
-        let error = DecisionError::internal("evaluation did not complete");
-        let refusal = self
-            .pipeline
-            .refuse_screened(req, &self.verified, error, at);
-        if let Some(reply) = self.reply.take() {
-            let _ = reply.send(Err(refusal));
-        }
-    }
 }
 
 /// Closes the open streams of a pipeline; see [`Pipeline::stream_closer`].
@@ -954,36 +808,4 @@ impl<'a> At<'a, '_> {
 struct Item<'a> {
     shared: Option<&'a Shared>,
     index: usize,
-}
-
-/// A request admitted but not yet decided. Dropped with the request still
-/// inside (the call's future was dropped), it records the call as cancelled.
-struct Pending<'a> {
-    pipeline: &'a Pipeline,
-    call: &'a Call,
-    req: Option<Submitted>,
-}
-
-impl Pending<'_> {
-    /// The request, disarming the guard. It is taken once; an empty request
-    /// stands in should that ever not hold, so nothing is ever allowed.
-    fn take(&mut self) -> Submitted {
-        self.req
-            .take()
-            .unwrap_or_else(|| Ok(DecisionRequest::default()))
-    }
-
-    fn refuse(&mut self, error: DecisionError, snapshot: Option<&Snapshot>) -> Box<Refusal> {
-        let req = self.take();
-        let at = At::refused(self.call, &self.call.span, snapshot);
-        self.pipeline.refuse(req, error, at)
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        if self.req.is_some() {
-            self.refuse(DecisionError::cancelled(), None);
-        }
-    }
 }
