@@ -72,6 +72,25 @@ async fn start(configure: impl FnOnce(&mut Config)) -> (TestServer, tempfile::Te
     (TestServer::start_with(config).await, dir)
 }
 
+/// [`start`] with the decision log written to a file: the server, its
+/// policies, the log's path and the folder holding it.
+async fn start_logged() -> (
+    TestServer,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.log");
+    let (server, policies) = start(|c| {
+        c.decision_log.enabled = true;
+        c.decision_log.sink = LogSink::File;
+        c.decision_log.path = log.clone();
+    })
+    .await;
+    (server, policies, log, dir)
+}
+
 fn hop(who: (&str, &str), scopes: &[&str], expires_in: Option<Duration>) -> DelegationHop {
     DelegationHop {
         delegator: uid(who.0, who.1),
@@ -111,14 +130,7 @@ fn refused(result: Result<bool, tonic::Status>, code: tonic::Code, field: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_holds_the_chain_to_its_rules_and_policies_see_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("decisions.log");
-    let (server, _policies) = start(|c| {
-        c.decision_log.enabled = true;
-        c.decision_log.sink = LogSink::File;
-        c.decision_log.path = log.clone();
-    })
-    .await;
+    let (server, _policies, log, _dir) = start_logged().await;
 
     // Alice reads the plan; her agent may, for her, with a purpose.
     let mut allowed = read(vec![alice()], "summarize");
@@ -339,14 +351,7 @@ async fn authzen_takes_the_chain_from_its_context() {
 /// once panicked while the record was built.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hop_past_the_year_9999_is_refused_not_a_panic() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("decisions.log");
-    let (server, _policies) = start(|c| {
-        c.decision_log.enabled = true;
-        c.decision_log.sink = LogSink::File;
-        c.decision_log.path = log.clone();
-    })
-    .await;
+    let (server, _policies, log, _dir) = start_logged().await;
     let far = || {
         let mut h = alice();
         h.expires_at = Some(prost_types::Timestamp {

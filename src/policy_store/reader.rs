@@ -406,6 +406,18 @@ fn hash_file(hasher: &mut Sha256, rel: &str, text: &str) {
     hasher.update(text.as_bytes());
 }
 
+/// The directory's entries by the reading rules: symlinks followed, at
+/// most [`MAX_DEPTH`] deep, hidden entries below the root skipped, in name
+/// order.
+fn walk(canonical_root: &Path) -> impl Iterator<Item = walkdir::Result<walkdir::DirEntry>> {
+    walkdir::WalkDir::new(canonical_root)
+        .follow_links(true)
+        .max_depth(MAX_DEPTH)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !is_hidden(&e.file_name().to_string_lossy()))
+}
+
 fn read_once(root: &Path) -> Result<Sources, Attempt> {
     let io_error = |path: &Path, source: io::Error| {
         let moved = source.kind() == io::ErrorKind::NotFound;
@@ -432,12 +444,7 @@ fn read_once(root: &Path) -> Result<Sources, Attempt> {
             source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
         }));
     }
-    let walker = walkdir::WalkDir::new(&canonical_root)
-        .follow_links(true)
-        .max_depth(MAX_DEPTH)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !is_hidden(&e.file_name().to_string_lossy()));
+    let walker = walk(&canonical_root);
     let mut files = Vec::new();
     let mut resolved = Vec::new();
     for entry in walker {
@@ -496,12 +503,7 @@ pub fn fingerprint(root: &Path) -> Result<String, ReadError> {
         source,
     };
     let canonical_root = std::fs::canonicalize(root).map_err(|e| io(root, e))?;
-    let walker = walkdir::WalkDir::new(&canonical_root)
-        .follow_links(true)
-        .max_depth(MAX_DEPTH)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !is_hidden(&e.file_name().to_string_lossy()));
+    let walker = walk(&canonical_root);
     let mut hasher = Sha256::new();
     hasher.update(canonical_root.as_os_str().as_encoded_bytes());
     for entry in walker {
