@@ -7,7 +7,7 @@
 //! - [`cmd`]: the binary: command-line parsing, one file per subcommand, exit codes.
 //! - [`config`]: the TOML config file, merged with flags, then checked once into settings.
 //! - [`admin`]: the admin HTTP listener: metrics, liveness, readiness.
-//! - [`app`]: composition: config -> policy store -> gRPC services -> listener.
+//! - [`app`]: composition: build every component, run them on the listeners, drain in order.
 //! - [`policy_store`]: the only reader of the policy directory; loads, watches and swaps snapshots.
 //! - [`policy_tests`]: policy test files, run by `cedar-pdp test` and the reload gate.
 //! - [`policy_format`]: formatting policy files with the Cedar project's formatter.
