@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cedar_pdp::app::App;
+use cedar_pdp::app::{App, Listeners};
 use cedar_pdp::config::{Config, LogFormat, LogSink, OtelConfig};
 use cedar_pdp::grpc::proto::{self, authorizer_client::AuthorizerClient};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -55,7 +55,7 @@ async fn serve(config: Config) -> AuthorizerClient<Channel> {
     let app = App::build(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(app.run(listener, std::future::pending()));
+    tokio::spawn(app.serve(Listeners::new(listener), std::future::pending()));
     AuthorizerClient::connect(format!("http://{addr}"))
         .await
         .unwrap()

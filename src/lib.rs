@@ -7,7 +7,7 @@
 //! - [`cmd`]: the binary: command-line parsing, one file per subcommand, exit codes.
 //! - [`config`]: the TOML config file, merged with flags, then checked once into settings.
 //! - [`admin`]: the admin HTTP listener: metrics, liveness, readiness.
-//! - [`app`]: composition: build every component, run the listeners, drain.
+//! - [`app`]: composition: build every component, run them on the listeners, drain in order.
 //! - [`policy_store`]: the policy directory and nothing of Cedar: the one reader, loading
 //!   (texts handed to the engine), the test gate, the watcher and the swap.
 //! - [`engine`]: Cedar, and the only importer of `cedar_policy_core`: texts compiled into an

@@ -302,7 +302,8 @@ async fn decision_spans_continue_the_callers_trace_with_their_attributes() {
     let socket = cedar_pdp::transport::UnixSocket::bind(&sock, 0o600).unwrap();
     let app = cedar_pdp::app::App::build(config).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let uds = tokio::spawn(app.run(socket, async move {
+    let listeners = cedar_pdp::app::Listeners::new(socket);
+    let uds = tokio::spawn(app.serve(listeners, async move {
         let _ = stopped.await;
     }));
     let channel = tonic::transport::Endpoint::from_shared(format!("unix://{}", sock.display()))

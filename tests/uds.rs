@@ -14,7 +14,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cedar_pdp::app::App;
+use cedar_pdp::app::{App, Listeners};
 use cedar_pdp::config::{Config, LogSink};
 use cedar_pdp::grpc::proto::authorizer_client::AuthorizerClient;
 use cedar_pdp::grpc::proto::{AuthorizeRequest, Decision};
@@ -27,7 +27,7 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
 
-/// A server on a Unix socket, through the production `App::run`.
+/// A server on a Unix socket, through the production `App::serve`.
 struct UdsServer {
     path: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
@@ -50,7 +50,7 @@ impl UdsServer {
         let path = socket.path().to_path_buf();
         let app = App::build(config).expect("policy directory loads");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run(socket, async move {
+        let task = tokio::spawn(app.serve(Listeners::new(socket), async move {
             let _ = rx.await;
         }));
         Self {

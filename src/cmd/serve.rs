@@ -1,12 +1,14 @@
 //! `cedar-pdp serve` (and no subcommand): flags over the config file, checked
 //! once into settings, then the server until SIGTERM or SIGINT.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use tokio::net::TcpListener;
 
 use super::Exit;
-use crate::app::App;
+use crate::app::{App, Listeners};
 use crate::config::{Config, ConfigError, ListenAddr, LogFormat, Settings};
 use crate::telemetry;
 use crate::transport::{Listener, UnixSocket};
@@ -106,44 +108,26 @@ pub(super) fn run(args: ServeArgs) -> Exit {
         App::build(config)
     };
     let app = match built {
-        Ok(app) => app,
+        Ok(app) => app.with_telemetry(telemetry),
         Err(e) => {
             eprintln!("cedar-pdp: {e}");
             return Exit::Failure;
         }
     };
     let result = runtime.block_on(async move {
-        let listener: Listener = match &listen {
-            ListenAddr::Tcp(a) => tokio::net::TcpListener::bind(a)
+        let bound = bind(&listen, unix_socket_mode, admin_listen, authzen_listen).await;
+        match bound {
+            Ok(listeners) => app
+                .serve(listeners, shutdown_signal())
                 .await
-                .map_err(|e| format!("cannot listen on `{a}`: {e}"))?
-                .into(),
-            ListenAddr::Unix(path) => UnixSocket::bind(path, unix_socket_mode)
-                .map_err(|e| format!("cannot listen on a Unix socket: {e}"))?
-                .into(),
-        };
-        let app = match admin_listen {
-            Some(admin) => app.with_admin_listener(
-                tokio::net::TcpListener::bind(admin)
-                    .await
-                    .map_err(|e| format!("cannot listen on `{admin}` (admin_listen): {e}"))?,
-            ),
-            None => app,
-        };
-        let app = match authzen_listen {
-            Some(addr) => app.with_authzen_listener(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| format!("cannot listen on `{addr}` (authzen_listen): {e}"))?,
-            ),
-            None => app,
-        };
-        app.run(listener, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string()),
+            // Nothing served: the drain only flushes the log and the tracer.
+            Err(e) => {
+                let _ = app.drain().await;
+                Err(e)
+            }
+        }
     });
-    // After the drain: flush buffered spans last.
-    telemetry.shutdown();
     match result {
         Ok(()) => Exit::Success,
         Err(e) => {
@@ -152,6 +136,38 @@ pub(super) fn run(args: ServeArgs) -> Exit {
             Exit::Failure
         }
     }
+}
+
+/// The listeners the settings name, bound.
+async fn bind(
+    listen: &ListenAddr,
+    unix_socket_mode: u32,
+    admin: Option<SocketAddr>,
+    authzen: Option<SocketAddr>,
+) -> Result<Listeners, String> {
+    let grpc: Listener = match listen {
+        ListenAddr::Tcp(a) => TcpListener::bind(a)
+            .await
+            .map_err(|e| format!("cannot listen on `{a}`: {e}"))?
+            .into(),
+        ListenAddr::Unix(path) => UnixSocket::bind(path, unix_socket_mode)
+            .map_err(|e| format!("cannot listen on a Unix socket: {e}"))?
+            .into(),
+    };
+    let mut listeners = Listeners::new(grpc);
+    if let Some(addr) = admin {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on `{addr}` (admin_listen): {e}"))?;
+        listeners = listeners.with_admin(listener);
+    }
+    if let Some(addr) = authzen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on `{addr}` (authzen_listen): {e}"))?;
+        listeners = listeners.with_authzen(listener);
+    }
+    Ok(listeners)
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -29,7 +29,7 @@ pub use reader::{
 };
 pub use snapshot::Snapshot;
 pub use test_gate::TestGate;
-pub use watcher::{WatchOptions, spawn_watcher};
+pub use watcher::{WatchOptions, WatcherGuard, spawn_watcher};
 
 /// The outcome of the most recent load attempt.
 #[derive(Clone, Debug, Default)]

@@ -1,5 +1,5 @@
 //! Shared harness: starts the real server on an ephemeral loopback port, with
-//! the production `App::run`, and hands out generated tonic clients.
+//! the production `App::serve`, and hands out generated tonic clients.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cedar_pdp::app::App;
+use cedar_pdp::app::{App, Listeners};
 use cedar_pdp::config::Config;
 use cedar_pdp::grpc::proto::authorizer_client::AuthorizerClient;
 use cedar_pdp::grpc::proto::{self, GetPolicyStatusRequest, PolicyStatus};
@@ -61,11 +61,11 @@ impl TestServer {
         let admin_addr = admin.local_addr().unwrap();
         let authzen = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authzen_addr = authzen.local_addr().unwrap();
-        let app = app
-            .with_admin_listener(admin)
-            .with_authzen_listener(authzen);
+        let listeners = Listeners::new(listener)
+            .with_admin(admin)
+            .with_authzen(authzen);
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run(listener, async move {
+        let task = tokio::spawn(app.serve(listeners, async move {
             let _ = rx.await;
         }));
         Self {
