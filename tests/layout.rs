@@ -106,7 +106,13 @@ fn only_the_engine_imports_cedar_core_and_the_store_no_cedar() {
     let store = root().join("src/policy_store");
     let mut wrong = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).expect("source file");
+        // Code only: docs may name the crate.
+        let text: String = std::fs::read_to_string(&file)
+            .expect("source file")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
         if !file.starts_with(&engine) && text.contains("cedar_policy_core") {
             wrong.push(format!("{} names cedar_policy_core", file.display()));
         }

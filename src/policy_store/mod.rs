@@ -172,11 +172,20 @@ impl PolicyStore {
         Ok(Reloaded::Swapped(snapshot))
     }
 
-    /// Whether the directory may have changed since the last read: what a
-    /// periodic rescan asks before it reloads. A walk and a `stat` per
-    /// file; an unreadable directory counts as changed, so the reload
-    /// reports why.
+    /// Whether a periodic rescan should reload: the directory may have
+    /// changed since the last read (a walk and a `stat` per file), or the
+    /// last attempt failed and is retried once a rescan. An unreadable
+    /// directory counts as changed, so the reload reports why.
     pub fn changed_since_last_read(&self) -> bool {
+        let failed = self
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_error
+            .is_some();
+        if failed {
+            return true;
+        }
         let now = fingerprint(&self.dir).ok();
         let before = self
             .fingerprint

@@ -215,8 +215,20 @@ impl FsWatch {
         self.target = target;
         let changed = Arc::clone(&self.changed);
         // An error from the watcher may hide a change: it wakes the loop too.
+        // The parent is watched for a swap of the directory itself; its
+        // other entries' events are not this store's.
+        let watched: Vec<PathBuf> = std::iter::once(dir.to_path_buf())
+            .chain(self.target.clone())
+            .collect();
         let handler = move |event: notify::Result<notify::Event>| {
-            if event.map_or(true, |e| wakes(&e.kind)) {
+            let wake = event.map_or(true, |e| {
+                wakes(&e.kind)
+                    && (e.paths.is_empty()
+                        || e.paths
+                            .iter()
+                            .any(|p| watched.iter().any(|w| p.starts_with(w))))
+            });
+            if wake {
                 changed.notify_one();
             }
         };
