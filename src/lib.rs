@@ -10,7 +10,7 @@
 //! - [`app`]: composition: build every component, run them on the listeners, drain in order.
 //! - [`policy_store`]: the policy directory and nothing of Cedar: the one reader, loading
 //!   (texts handed to the engine), the test gate, the watcher and the swap.
-//! - [`engine`]: Cedar, and the only importer of `cedar_policy_core`: texts compiled into an
+//! - [`engine`]: Cedar, and the only importer of Cedar's core crate: texts compiled into an
 //!   [`engine::Engine`] once per load, and its one [`engine::Engine::decide`].
 //! - [`policy_tests`]: policy test files, run by `cedar-pdp test` and the reload gate.
 //! - [`policy_format`]: formatting policy files with the Cedar project's formatter.
