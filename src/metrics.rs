@@ -49,6 +49,13 @@ struct ThreadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+    cedar: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -99,6 +106,20 @@ impl Metrics {
         let tls_handshake_failures = Counter::default();
         let shadow_disagreements = Family::<ShadowLabels, Counter>::default();
         let mut registry = Registry::default();
+        // Set by build.rs; read here so this module stays a leaf.
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: env!("CEDAR_PDP_GIT_COMMIT"),
+                cedar: env!("CEDAR_PDP_CEDAR_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "cedar_pdp_build_info",
+            "Always 1: the build's version, the git commit it was built from (unknown outside a checkout) and its cedar-policy version",
+            build_info,
+        );
         registry.register(
             "cedar_pdp_decisions",
             "Decisions made, by API and decision",

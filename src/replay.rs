@@ -105,6 +105,82 @@ pub struct Difference {
     pub new: Verdict,
 }
 
+/// How a decision changed, flips first: a reviewer reads those before the
+/// changes of reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Allowed then, denied (or refused) now.
+    AllowToDeny,
+    /// Denied then, allowed now.
+    DenyToAllow,
+    /// The same decision, for other reasons: other determining policies,
+    /// other errors, or a refusal where there was a deny.
+    ReasonOnly,
+}
+
+impl Difference {
+    /// Whether the decision flipped, or only its reasons changed.
+    pub fn change(&self) -> Change {
+        match (self.old.decision.as_str(), self.new.decision.as_str()) {
+            ("allow", "deny") => Change::AllowToDeny,
+            ("deny", "allow") => Change::DenyToAllow,
+            _ => Change::ReasonOnly,
+        }
+    }
+}
+
+/// The counts of a replay, in the order a summary gives them: flips, then
+/// changes of reason only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    /// Records read.
+    pub replayed: u64,
+    /// Allowed then, denied or refused now.
+    pub allow_to_deny: u64,
+    /// Denied then, allowed now.
+    pub deny_to_allow: u64,
+    /// The same decision, with other determining policies or errors.
+    pub reason_only: u64,
+    /// Every difference: the flips and the reason-only changes.
+    pub differ: u64,
+    /// Records that cannot be evaluated again (refusals, masked values, a
+    /// revision that cannot be rebuilt).
+    pub not_replayable: u64,
+}
+
+impl Tally {
+    /// Counts one replayed record.
+    pub fn count(&mut self, replayed: &Replayed) {
+        self.replayed += 1;
+        match replayed {
+            Replayed::Same => {}
+            Replayed::Differs(d) => {
+                self.differ += 1;
+                match d.change() {
+                    Change::AllowToDeny => self.allow_to_deny += 1,
+                    Change::DenyToAllow => self.deny_to_allow += 1,
+                    Change::ReasonOnly => self.reason_only += 1,
+                }
+            }
+            Replayed::NotReplayable(_) => self.not_replayable += 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "replayed {} decisions: {} allow -> deny, {} deny -> allow, {} reason only, {} not replayable",
+            self.replayed,
+            self.allow_to_deny,
+            self.deny_to_allow,
+            self.reason_only,
+            self.not_replayable
+        )
+    }
+}
+
 /// What replaying one record gave.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Replayed {
@@ -570,5 +646,63 @@ mod tests {
             unreachable!("an allow after expiry replays as a deny");
         };
         assert_eq!(d.new.decision, "deny");
+    }
+
+    fn verdict(decision: &str, policies: &[&str], failure: Option<&str>) -> Verdict {
+        Verdict {
+            decision: decision.to_string(),
+            determining_policies: policies.iter().map(ToString::to_string).collect(),
+            errors: Vec::new(),
+            failure: failure.map(str::to_string),
+        }
+    }
+
+    fn differs(old: Verdict, new: Verdict) -> Replayed {
+        Replayed::Differs(Box::new(Difference {
+            decision_id: "d".to_string(),
+            seq: None,
+            old,
+            new,
+        }))
+    }
+
+    #[test]
+    fn a_summary_counts_flips_apart_from_reason_only_changes() {
+        let mut tally = Tally::default();
+        let allow = |p: &[&str]| verdict("allow", p, None);
+        let deny = |p: &[&str]| verdict("deny", p, None);
+        for replayed in [
+            Replayed::Same,
+            differs(allow(&["a"]), deny(&["f"])),
+            // A refusal now is a deny now.
+            differs(allow(&["a"]), verdict("deny", &[], Some("bad"))),
+            differs(deny(&[]), allow(&["a"])),
+            differs(deny(&[]), deny(&["f"])),
+            differs(allow(&["a"]), allow(&["b"])),
+            differs(deny(&["f"]), verdict("deny", &[], Some("bad"))),
+            Replayed::NotReplayable("masked".to_string()),
+        ] {
+            tally.count(&replayed);
+        }
+        assert_eq!(
+            tally,
+            Tally {
+                replayed: 8,
+                allow_to_deny: 2,
+                deny_to_allow: 1,
+                reason_only: 3,
+                differ: 6,
+                not_replayable: 1,
+            }
+        );
+        assert_eq!(
+            tally.to_string(),
+            "replayed 8 decisions: 2 allow -> deny, 1 deny -> allow, 3 reason only, 1 not replayable"
+        );
+        // JSON keeps the same order: flips first.
+        let json = serde_json::to_string(&tally).unwrap();
+        let at = |key: &str| json.find(key).unwrap();
+        assert!(at("allow_to_deny") < at("deny_to_allow"), "{json}");
+        assert!(at("deny_to_allow") < at("reason_only"), "{json}");
     }
 }

@@ -98,6 +98,21 @@ async fn metrics_count_known_traffic_and_failed_reloads() {
         .unwrap()
             > 1.7e9
     );
+    // The build: version, commit and Cedar version, always 1.
+    let (commit, cedar) = common::expected_build();
+    assert_eq!(
+        sample(
+            &scrape,
+            "cedar_pdp_build_info",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", &commit),
+                ("cedar", &cedar)
+            ]
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
     let revision = client
         .get_policy_status(cedar_pdp::grpc::proto::GetPolicyStatusRequest {})
         .await

@@ -246,7 +246,9 @@ async fn a_log_written_under_load_across_rotation_and_restart_verifies() {
     );
     assert_eq!(
         replayed.stdout.trim(),
-        format!("replayed {records} decisions: 0 differ, 0 not replayable")
+        format!(
+            "replayed {records} decisions: 0 allow -> deny, 0 deny -> allow, 0 reason only, 0 not replayable"
+        )
     );
 
     // A restart continues the chain: seq and prev_hash follow on.

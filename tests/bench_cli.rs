@@ -1,5 +1,5 @@
-//! `cedar-pdp bench` against a real server: counts, summary, error
-//! counting, and the h2load body it emits.
+//! `cedar-pdp bench` against a real server: counts, summary, refusals
+//! counted and failing the run, and the h2load body it emits.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -123,10 +123,12 @@ async fn unary_and_batch_runs_report_every_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejected_calls_count_as_errors() {
+async fn refused_items_fail_the_run_in_every_mode_and_read_plainly() {
     let server = TestServer::start(&peer_dir()).await;
+    let addr = server.addr.to_string();
     let dir = tempfile::tempdir().unwrap();
-    // `fly` is not an action in the schema: every call is INVALID_ARGUMENT.
+    // `fly` is not an action in the schema: every item is refused
+    // (INVALID_ARGUMENT), in a unary status or as a batch or stream item.
     let request = dir.path().join("bad.json");
     std::fs::write(
         &request,
@@ -135,19 +137,73 @@ async fn rejected_calls_count_as_errors() {
             "resource": {"type": "Document", "id": "d"}}"#,
     )
     .unwrap();
+    // Per mode: its flags, the items sent, and how its first error begins.
+    let modes: [(&[&str], u64, &str); 3] = [
+        (&["--requests", "7"], 7, "first error: INVALID_ARGUMENT: "),
+        (
+            &["--mode", "batch", "--batch-size", "3", "--requests", "2"],
+            6,
+            "first error: refused: ",
+        ),
+        (
+            &["--mode", "stream", "--concurrency", "2", "--requests", "5"],
+            5,
+            "first error: INVALID_ARGUMENT: ",
+        ),
+    ];
+    for (extra, items, first) in modes {
+        let ran = bench(args(&addr, &request, extra)).await;
+        assert_eq!(ran.code(), Some(1), "{ran:?}");
+        let calls = figure(&ran.stdout, "calls:");
+        assert!(
+            ran.stdout
+                .contains(&format!("calls: {calls}, errors: {calls}")),
+            "every call is an error: {ran:?}"
+        );
+        assert!(
+            ran.stdout.contains(&format!(
+                "decisions: 0, allowed: 0, refused: {items} (100.0%)"
+            )),
+            "{ran:?}"
+        );
+        // The reason as a person reads it: the status name, the message
+        // decoded, no Rust debug output.
+        let line = ran
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("first error: "))
+            .unwrap_or_else(|| panic!("no first error: {ran:?}"));
+        assert!(line.starts_with(first), "{line}");
+        assert!(line.contains("`Action::\"fly\"`"), "{line}");
+        for noise in ["%20", "%60", "EvaluationError", "InvalidArgument", "\\\""] {
+            assert!(!line.contains(noise), "`{noise}` in {line}");
+        }
+        assert!(
+            ran.stderr.contains(&format!(
+                "{items} of {items} items got an error instead of a decision (100.0%), more than --max-error-rate 0"
+            )),
+            "{ran:?}"
+        );
+    }
+
+    // A stated share lets a run with that many errors pass, and not more.
     let ran = bench(args(
-        &server.addr.to_string(),
+        &addr,
         &request,
-        &["--requests", "7"],
+        &["--requests", "3", "--max-error-rate", "1"],
+    ))
+    .await;
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    let ran = bench(args(
+        &addr,
+        &request,
+        &["--requests", "3", "--max-error-rate", "0.99"],
     ))
     .await;
     assert_eq!(ran.code(), Some(1), "{ran:?}");
-    assert!(ran.stdout.contains("calls: 7, errors: 7"), "{ran:?}");
-    // The reason is shown, with the status the server gave.
-    assert!(
-        ran.stdout.contains("first error: gRPC status 3: "),
-        "{ran:?}"
-    );
+    let ran = bench(args(&addr, &request, &["--max-error-rate", "2"])).await;
+    assert_eq!(ran.code(), Some(64), "{ran:?}");
+    assert!(ran.stderr.contains("not a share from 0 to 1"), "{ran:?}");
     server.stop().await.unwrap();
 }
 
@@ -288,7 +344,7 @@ async fn a_corpus_is_sent_in_turn_and_its_decisions_counted() {
         // Every request is sent ten times, whatever the order.
         assert!(
             ran.stdout
-                .contains("decisions: 30, allowed: 20, corpus size: 3"),
+                .contains("decisions: 30, allowed: 20, refused: 0 (0.0%), corpus size: 3"),
             "{ran:?}"
         );
     }

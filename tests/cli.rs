@@ -1,5 +1,5 @@
-//! The real binary: `validate`, `serve` (and no subcommand), `authorize`,
-//! exit codes, config errors, JSON logs and SIGTERM.
+//! The real binary: `--version`, `validate`, `serve` (and no subcommand),
+//! `authorize`, exit codes, config errors, JSON logs and SIGTERM.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -70,6 +70,25 @@ fn the_binary_allocates_with_mimalloc() {
     let ran = run(cmd);
     assert_eq!(ran.code(), Some(0), "{ran:?}");
     assert!(ran.stderr.contains("mimalloc: "), "{ran:?}");
+}
+
+/// `--version` names the commit the binary was built from and the Cedar
+/// version it evaluates with.
+#[test]
+fn version_names_the_commit_and_the_cedar_version() {
+    let mut cmd = bin();
+    cmd.arg("--version");
+    let ran = run(cmd);
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    let (commit, cedar) = common::expected_build();
+    assert_eq!(
+        ran.stdout.trim(),
+        format!(
+            "cedar-pdp {} (commit {commit}, cedar-policy {cedar})",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "{ran:?}"
+    );
 }
 
 #[test]

@@ -205,18 +205,23 @@ async fn replay_reproduces_every_decision_and_names_exactly_what_a_change_alters
     assert_eq!(ran.code(), Some(0), "{}{}", ran.stdout, ran.stderr);
     assert_eq!(
         summary(&ran),
-        format!("replayed {records} decisions: 0 differ, 2 not replayable"),
+        format!(
+            "replayed {records} decisions: 0 allow -> deny, 0 deny -> allow, 0 reason only, 2 not replayable"
+        ),
         "{}",
         ran.stdout
     );
     assert!(ran.stderr.contains("records/s"), "{}", ran.stderr);
 
-    // A candidate: the late forbid starts at 10 instead of 20.
+    // A candidate: the late forbid starts at 10 instead of 20 (allows
+    // flip to denies, default denies become the forbid's), and bob may
+    // write (denies flip to allows).
     let candidate = work.path().join("candidate");
     std::fs::create_dir(&candidate).unwrap();
     std::fs::write(
         candidate.join("p.cedar"),
-        POLICIES.replace("context.hour > 20", "context.hour > 10"),
+        POLICIES.replace("context.hour > 20", "context.hour > 10")
+            + r#"@id("bob_writes") permit (principal == User::"bob", action == Action::"write", resource);"#,
     )
     .unwrap();
     // Direct evaluation: the same requests against a server on the candidate.
@@ -234,6 +239,21 @@ async fn replay_reproduces_every_decision_and_names_exactly_what_a_change_alters
         .collect();
     assert!(!changed.is_empty(), "the change alters some decisions");
     assert!(changed.len() < decided.len(), "and not all of them");
+    // Flips, by the servers' own answers, and changes of reason alone.
+    let flips = |from: proto::Decision, to: proto::Decision| {
+        decided
+            .iter()
+            .zip(&direct)
+            .filter(|(a, b)| a.1.0 == from as i32 && b.1.0 == to as i32)
+            .count()
+    };
+    let allow_to_deny = flips(proto::Decision::Allow, proto::Decision::Deny);
+    let deny_to_allow = flips(proto::Decision::Deny, proto::Decision::Allow);
+    let reason_only = changed.len() - allow_to_deny - deny_to_allow;
+    assert!(
+        allow_to_deny > 0 && deny_to_allow > 0 && reason_only > 0,
+        "the candidate makes every kind of change: {allow_to_deny} {deny_to_allow} {reason_only}"
+    );
 
     let ran = replay(&["--policies", candidate.to_str().unwrap()], &log);
     assert_eq!(ran.code(), Some(1), "{}{}", ran.stdout, ran.stderr);
@@ -244,11 +264,12 @@ async fn replay_reproduces_every_decision_and_names_exactly_what_a_change_alters
         .map(|l| l.split(':').next().unwrap().to_string())
         .collect();
     assert_eq!(reported, changed, "{}", ran.stdout);
+    // The summary leads with the flips, then the changes of reason alone.
     assert_eq!(
         summary(&ran),
         format!(
-            "replayed {records} decisions: {} differ, 2 not replayable",
-            changed.len()
+            "replayed {records} decisions: {allow_to_deny} allow -> deny, \
+             {deny_to_allow} deny -> allow, {reason_only} reason only, 2 not replayable"
         )
     );
     // The line names old and new decision and determining policies.
@@ -283,8 +304,18 @@ async fn replay_reproduces_every_decision_and_names_exactly_what_a_change_alters
         .collect();
     assert_eq!(ids, changed);
     let last = lines.last().unwrap();
+    assert_eq!(last["summary"]["allow_to_deny"], allow_to_deny);
+    assert_eq!(last["summary"]["deny_to_allow"], deny_to_allow);
+    assert_eq!(last["summary"]["reason_only"], reason_only);
     assert_eq!(last["summary"]["differ"], changed.len());
     assert_eq!(last["summary"]["not_replayable"], 2);
+    // In that order, flips first.
+    let text = ran.stdout.lines().last().unwrap();
+    let at = |key: &str| text.find(key).unwrap_or_else(|| panic!("{key}: {text}"));
+    assert!(at("\"replayed\"") < at("\"allow_to_deny\""), "{text}");
+    assert!(at("\"allow_to_deny\"") < at("\"deny_to_allow\""), "{text}");
+    assert!(at("\"deny_to_allow\"") < at("\"reason_only\""), "{text}");
+    assert!(at("\"reason_only\"") < at("\"not_replayable\""), "{text}");
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert_eq!(xml.matches("<failure").count(), changed.len(), "{xml}");
     assert_eq!(xml.matches("<skipped").count(), 2, "{xml}");
@@ -310,6 +341,8 @@ async fn replay_reproduces_every_decision_and_names_exactly_what_a_change_alters
     assert_eq!(ran.code(), Some(0), "{}", ran.stdout);
     assert_eq!(
         summary(&ran),
-        format!("replayed {records} decisions: 0 differ, {records} not replayable")
+        format!(
+            "replayed {records} decisions: 0 allow -> deny, 0 deny -> allow, 0 reason only, {records} not replayable"
+        )
     );
 }

@@ -286,18 +286,36 @@ pub(crate) fn grpc_frame(request: &proto::AuthorizeRequest) -> Vec<u8> {
 #[derive(Debug)]
 pub(crate) struct Summary {
     pub calls: u64,
+    /// Calls that failed, or answered an item with an error.
     pub errors: u64,
-    /// Why the first failed call failed.
+    /// Why the first failed call or refused item failed, as a person reads
+    /// it: `INVALID_ARGUMENT: ...`.
     pub first_error: Option<String>,
     pub decisions_per_call: u64,
     /// Decisions answered ALLOW, and answered at all (ALLOW or DENY).
     pub allowed: u64,
     pub decided: u64,
+    /// Items that got an error instead of ALLOW or DENY: a unary call's
+    /// status, a batch or stream item the server refused, and each item of a
+    /// call that failed as a whole.
+    pub refused: u64,
     /// Requests sent in turn: 1 unless a corpus.
     pub distinct: usize,
     pub elapsed: Duration,
     /// Latency of successful calls, in microseconds.
     pub latency: Histogram<u64>,
+}
+
+impl Summary {
+    /// The share of items refused, from 0 to 1; 0 when nothing was sent.
+    pub(crate) fn error_rate(&self) -> f64 {
+        let items = self.decided + self.refused;
+        if items == 0 {
+            0.0
+        } else {
+            self.refused as f64 / items as f64
+        }
+    }
 }
 
 impl std::fmt::Display for Summary {
@@ -316,8 +334,12 @@ impl std::fmt::Display for Summary {
         writeln!(f, "requests/s: {rate:.1}")?;
         writeln!(
             f,
-            "decisions: {}, allowed: {}, corpus size: {}",
-            self.decided, self.allowed, self.distinct
+            "decisions: {}, allowed: {}, refused: {} ({:.1}%), corpus size: {}",
+            self.decided,
+            self.allowed,
+            self.refused,
+            self.error_rate() * 100.0,
+            self.distinct
         )?;
         if self.decisions_per_call > 1 {
             writeln!(
@@ -438,6 +460,7 @@ pub(crate) async fn run(spec: &LoadSpec, corpus: Arc<Corpus>) -> Result<Summary,
         decisions_per_call: u64::from(batch_size),
         allowed: 0,
         decided: 0,
+        refused: 0,
         distinct: corpus.len(),
         elapsed: Duration::ZERO,
         latency: new_histogram(),
@@ -449,6 +472,7 @@ pub(crate) async fn run(spec: &LoadSpec, corpus: Arc<Corpus>) -> Result<Summary,
             summary.errors += tally.errors;
             summary.allowed += tally.allowed;
             summary.decided += tally.decided;
+            summary.refused += tally.refused;
             if summary.first_error.is_none() {
                 summary.first_error = tally.first_error;
             }
@@ -536,6 +560,7 @@ struct Tally {
     first_error: Option<String>,
     allowed: u64,
     decided: u64,
+    refused: u64,
     latency: Histogram<u64>,
 }
 
@@ -547,32 +572,137 @@ impl Tally {
             first_error: None,
             allowed: 0,
             decided: 0,
+            refused: 0,
             latency: new_histogram(),
         }
     }
 
-    /// Counts one answered decision.
-    fn decision(&mut self, response: &proto::AuthorizeResponse) {
-        self.decided += 1;
-        if response.decision == proto::Decision::Allow as i32 {
-            self.allowed += 1;
+    /// Counts one answered item: a decision, or a refusal, whose reason it
+    /// returns (put into words only when it is the first).
+    fn item(&mut self, response: &proto::AuthorizeResponse) -> Result<(), Failure> {
+        match refusal(response) {
+            None => {
+                self.decided += 1;
+                if response.decision == proto::Decision::Allow as i32 {
+                    self.allowed += 1;
+                }
+                Ok(())
+            }
+            Some(message) => {
+                self.refused += 1;
+                Err(Failure::Refused(message.to_owned()))
+            }
         }
     }
 
-    /// Counts one call: its latency when it succeeded, its error when not
-    /// (put into words only for the first).
-    fn call(&mut self, start: Instant, outcome: Result<(), impl std::fmt::Display>) {
+    /// Counts one call: its latency when every item was decided; an error
+    /// when not, with the first reason kept.
+    fn call(&mut self, start: Instant, outcome: Result<(), Failure>) {
         self.calls += 1;
         match outcome {
             Ok(()) => {
                 let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
                 self.latency.saturating_record(micros.max(1));
             }
-            Err(e) => {
+            Err(failure) => {
                 self.errors += 1;
-                self.first_error.get_or_insert_with(|| e.to_string());
+                if let Failure::Call { items, .. } = &failure {
+                    self.refused += items;
+                }
+                if self.first_error.is_none() {
+                    self.first_error = Some(failure.to_string());
+                }
             }
         }
+    }
+}
+
+/// Why a call counts as an error.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The call failed as a whole: none of its `items` got an answer.
+    #[error("{reason}")]
+    Call { reason: String, items: u64 },
+    /// The server answered, and refused an item (already counted): the
+    /// refusal's message, with its status name when the server gave one.
+    #[error("{}", readable_refusal(.0))]
+    Refused(String),
+}
+
+impl Failure {
+    fn call(reason: impl std::fmt::Display, items: u64) -> Self {
+        Self::Call {
+            reason: reason.to_string(),
+            items,
+        }
+    }
+}
+
+/// The message of a refused batch or stream item: the server answers one
+/// with a DENY whose error names no policy (evaluation errors always name
+/// theirs). `None` for a decision.
+fn refusal(response: &proto::AuthorizeResponse) -> Option<&str> {
+    response
+        .errors
+        .iter()
+        .find(|e| e.policy_id.is_empty())
+        .map(|e| e.message.as_str())
+}
+
+/// A refused item's message as a person reads it. A stream item's starts
+/// with the status code's Rust name (`InvalidArgument: ...`), shown as its
+/// gRPC name; a batch item's carries no code, so it is marked refused.
+fn readable_refusal(message: &str) -> String {
+    ALL_CODES
+        .iter()
+        .find_map(|&code| {
+            let rest = message.strip_prefix(&format!("{code:?}: "))?;
+            Some(format!("{}: {rest}", code_name(code)))
+        })
+        .unwrap_or_else(|| format!("refused: {message}"))
+}
+
+/// Every gRPC status code but OK.
+const ALL_CODES: [tonic::Code; 16] = [
+    tonic::Code::Cancelled,
+    tonic::Code::Unknown,
+    tonic::Code::InvalidArgument,
+    tonic::Code::DeadlineExceeded,
+    tonic::Code::NotFound,
+    tonic::Code::AlreadyExists,
+    tonic::Code::PermissionDenied,
+    tonic::Code::ResourceExhausted,
+    tonic::Code::FailedPrecondition,
+    tonic::Code::Aborted,
+    tonic::Code::OutOfRange,
+    tonic::Code::Unimplemented,
+    tonic::Code::Internal,
+    tonic::Code::Unavailable,
+    tonic::Code::DataLoss,
+    tonic::Code::Unauthenticated,
+];
+
+/// A status code's name in the gRPC specification, as grpcurl and the docs
+/// print it: `INVALID_ARGUMENT`.
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -588,24 +718,49 @@ impl Worker {
                 return tally;
             }
             // Built before the clock starts: the copy is the client's cost.
-            let batch = self.batch.map(|n| self.corpus.next_batch(n));
+            let batch = self.batch.map(|n| (n, self.corpus.next_batch(n)));
             let start = Instant::now();
             let outcome = match batch {
                 None => {
                     let body = self.corpus.next();
-                    wire::unary::<proto::AuthorizeResponse>(&mut self.send, &self.uri, body)
+                    match wire::unary::<proto::AuthorizeResponse>(&mut self.send, &self.uri, body)
                         .await
-                        .map(|r| tally.decision(&r))
+                    {
+                        Ok(r) => tally.item(&r),
+                        Err(e) => Err(Failure::call(e, 1)),
+                    }
                 }
-                Some(body) => {
-                    wire::unary::<proto::BatchAuthorizeResponse>(&mut self.send, &self.uri, body)
-                        .await
-                        .map(|r| r.responses.iter().for_each(|r| tally.decision(r)))
+                Some((n, body)) => {
+                    match wire::unary::<proto::BatchAuthorizeResponse>(
+                        &mut self.send,
+                        &self.uri,
+                        body,
+                    )
+                    .await
+                    {
+                        // Every item is counted; the first refusal is the reason.
+                        Ok(r) => {
+                            let mut outcome = Ok(());
+                            for item in &r.responses {
+                                let counted = tally.item(item);
+                                if outcome.is_ok() {
+                                    outcome = counted;
+                                }
+                            }
+                            outcome
+                        }
+                        Err(e) => Err(Failure::call(e, n as u64)),
+                    }
                 }
             };
             tally.call(start, outcome);
         }
     }
+}
+
+/// A status as a person reads it: its gRPC name and its message.
+fn readable(status: &Status) -> String {
+    format!("{}: {}", code_name(status.code()), status.message())
 }
 
 /// One `AuthorizeStream` call: a sender keeps up to `window` requests
@@ -663,23 +818,16 @@ async fn stream_worker(
         Ok(response) => response.into_inner(),
         Err(status) => {
             sender.abort();
-            tally.call(Instant::now(), Err(status));
+            tally.call(Instant::now(), Err(Failure::call(readable(&status), 1)));
             return tally;
         }
     };
     while let Some(sent_at) = sent_rx.recv().await {
-        // An answer with errors fails one call; a broken stream ends the run.
+        // A refused item fails one call; a broken stream ends the run.
         let (outcome, ended) = match answers.message().await {
-            Ok(Some(resp)) if resp.errors.is_empty() => {
-                tally.decision(&resp);
-                (Ok(()), false)
-            }
-            Ok(Some(resp)) => (
-                Err(format!("answered with errors: {:?}", resp.errors)),
-                false,
-            ),
-            Ok(None) => (Err("the stream ended early".to_owned()), true),
-            Err(status) => (Err(status.to_string()), true),
+            Ok(Some(resp)) => (tally.item(&resp), false),
+            Ok(None) => (Err(Failure::call("the stream ended early", 1)), true),
+            Err(status) => (Err(Failure::call(readable(&status), 1)), true),
         };
         tally.call(sent_at, outcome);
         if ended {
@@ -689,4 +837,88 @@ async fn stream_worker(
     }
     sender.abort();
     tally
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn answer(policy_id: &str, message: &str) -> proto::AuthorizeResponse {
+        proto::AuthorizeResponse {
+            decision: proto::Decision::Deny as i32,
+            errors: vec![proto::EvaluationError {
+                policy_id: policy_id.to_owned(),
+                message: message.to_owned(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn code_names_are_the_specifications() {
+        for code in ALL_CODES {
+            // `InvalidArgument` -> `INVALID_ARGUMENT`.
+            let mut upper = String::new();
+            for (i, c) in format!("{code:?}").chars().enumerate() {
+                if i > 0 && c.is_uppercase() {
+                    upper.push('_');
+                }
+                upper.push(c.to_ascii_uppercase());
+            }
+            assert_eq!(code_name(code), upper);
+        }
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+    }
+
+    #[test]
+    fn a_refusal_is_an_error_naming_no_policy_and_reads_with_its_code() {
+        let mut tally = Tally::new();
+        // An evaluation error names its policy: still a decision.
+        assert!(tally.item(&answer("p1", "overflow")).is_ok());
+        let stream = tally
+            .item(&answer("", "InvalidArgument: `Action::\"fly\"` is unknown"))
+            .unwrap_err();
+        assert_eq!(
+            stream.to_string(),
+            "INVALID_ARGUMENT: `Action::\"fly\"` is unknown"
+        );
+        // A batch item carries no code.
+        let batch = tally.item(&answer("", "`principal`: is required"));
+        assert_eq!(
+            batch.unwrap_err().to_string(),
+            "refused: `principal`: is required"
+        );
+        assert_eq!((tally.decided, tally.refused), (1, 2));
+        tally.call(Instant::now(), Err(stream));
+        tally.call(Instant::now(), Err(Failure::call("HTTP/2: reset", 4)));
+        assert_eq!((tally.calls, tally.errors, tally.refused), (2, 2, 6));
+        assert_eq!(
+            tally.first_error.as_deref(),
+            Some("INVALID_ARGUMENT: `Action::\"fly\"` is unknown")
+        );
+    }
+
+    #[test]
+    fn the_error_rate_is_refused_items_over_items() {
+        let summary = |decided, refused| Summary {
+            calls: 0,
+            errors: 0,
+            first_error: None,
+            decisions_per_call: 1,
+            allowed: 0,
+            decided,
+            refused,
+            distinct: 1,
+            elapsed: Duration::ZERO,
+            latency: new_histogram(),
+        };
+        assert!(summary(0, 0).error_rate().abs() < f64::EPSILON);
+        assert!((summary(3, 1).error_rate() - 0.25).abs() < f64::EPSILON);
+        let text = summary(0, 7).to_string();
+        assert!(
+            text.contains("decisions: 0, allowed: 0, refused: 7 (100.0%), corpus size: 1"),
+            "{text}"
+        );
+    }
 }

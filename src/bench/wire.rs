@@ -40,8 +40,14 @@ pub(crate) enum CallError {
     H2(#[from] h2::Error),
     #[error("HTTP status {0}")]
     HttpStatus(http::StatusCode),
-    #[error("gRPC status {code}: {message}")]
-    Grpc { code: String, message: String },
+    /// A status other than OK, as a person reads it: `INVALID_ARGUMENT: ...`,
+    /// the message percent-decoded.
+    #[error("{code}: {message}")]
+    Grpc {
+        /// The code's name in the gRPC specification.
+        code: &'static str,
+        message: String,
+    },
     #[error("no gRPC status in the answer")]
     NoStatus,
     #[error("answer larger than {MAX_ANSWER} bytes")]
@@ -169,20 +175,49 @@ pub(crate) async fn unary<U: Message + Default>(
     Ok(U::decode(message)?)
 }
 
+/// The call's gRPC status. Read here rather than with
+/// `tonic::Status::from_header_map`, which panics on a malformed details
+/// header and copies the map on every call.
 fn check_status(headers: &HeaderMap) -> Result<(), CallError> {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    let Some(code) = headers.get("grpc-status") else {
+        return Err(CallError::NoStatus);
     };
-    match text("grpc-status") {
-        Some(code) if code == "0" => Ok(()),
-        Some(code) => Err(CallError::Grpc {
-            code,
-            message: text("grpc-message").unwrap_or_default(),
+    match tonic::Code::from_bytes(code.as_bytes()) {
+        tonic::Code::Ok => Ok(()),
+        code => Err(CallError::Grpc {
+            code: super::code_name(code),
+            message: headers
+                .get("grpc-message")
+                .map(|v| percent_decode(v.as_bytes()))
+                .unwrap_or_default(),
         }),
-        None => Err(CallError::NoStatus),
     }
+}
+
+/// `grpc-message` as sent: UTF-8 with `%XX` escapes (the gRPC HTTP/2
+/// protocol's percent-encoding); an escape that is not one stays as it is.
+fn percent_decode(bytes: &[u8]) -> String {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', hi, lo]) => hex(*hi).zip(hex(*lo)),
+            _ => None,
+        };
+        match escaped {
+            // Two hex digits: at most 0xff, so the cast keeps every bit.
+            Some((hi, lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -214,15 +249,26 @@ mod tests {
     }
 
     #[test]
-    fn a_status_other_than_ok_is_an_error_with_its_message() {
+    fn a_status_other_than_ok_is_an_error_with_its_name_and_decoded_message() {
         let mut h = HeaderMap::new();
         assert!(matches!(check_status(&h), Err(CallError::NoStatus)));
         h.insert("grpc-status", HeaderValue::from_static("8"));
-        h.insert("grpc-message", HeaderValue::from_static("too%20many"));
+        h.insert(
+            "grpc-message",
+            HeaderValue::from_static("too%20many%20%60calls%60%0A"),
+        );
         let e = check_status(&h).unwrap_err().to_string();
-        assert_eq!(e, "gRPC status 8: too%20many");
+        assert_eq!(e, "RESOURCE_EXHAUSTED: too many `calls`\n");
         h.insert("grpc-status", HeaderValue::from_static("0"));
         assert!(check_status(&h).is_ok());
+    }
+
+    #[test]
+    fn messages_are_percent_decoded_and_bad_escapes_kept() {
+        assert_eq!(percent_decode(b"a%20b%25c"), "a b%c");
+        assert_eq!(percent_decode(b"%E2%9C%93 ok"), "\u{2713} ok");
+        assert_eq!(percent_decode(b"100%"), "100%");
+        assert_eq!(percent_decode(b"%zz%4"), "%zz%4");
     }
 
     #[test]

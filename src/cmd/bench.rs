@@ -52,20 +52,41 @@ pub(super) struct BenchArgs {
     /// to a server on the same host.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     threads: u32,
+    /// The largest share of items, from 0 to 1, that may get an error
+    /// instead of ALLOW or DENY before the run fails: 0 fails on any.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    max_error_rate: f64,
     /// Write the request as a gRPC-framed `AuthorizeRequest` body for h2load
     /// to FILE, and exit without sending anything.
     #[arg(long, value_name = "FILE")]
     emit_h2load_body: Option<PathBuf>,
 }
 
-/// Runs the bench: 0 when every call succeeded, 1 otherwise.
+/// A share from 0 to 1.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("`{text}` is not a share from 0 to 1, such as 0.01")),
+    }
+}
+
+/// Runs the bench: 0 when no more than `--max-error-rate` of the items got
+/// an error, 1 otherwise.
 pub(super) fn run(args: BenchArgs) -> Exit {
+    let max_error_rate = args.max_error_rate;
     match send(args) {
         Ok(Some(summary)) => {
             println!("{summary}");
-            if summary.errors == 0 {
+            let rate = summary.error_rate();
+            if rate <= max_error_rate {
                 Exit::Success
             } else {
+                eprintln!(
+                    "cedar-pdp: {} of {} items got an error instead of a decision ({:.1}%), more than --max-error-rate {max_error_rate}",
+                    summary.refused,
+                    summary.refused + summary.decided,
+                    rate * 100.0
+                );
                 Exit::Failure
             }
         }

@@ -59,9 +59,21 @@ impl From<Exit> for std::process::ExitCode {
     }
 }
 
+/// What `--version` prints after the name: the crate version, the git
+/// commit it was built from (`unknown` outside a checkout) and the Cedar
+/// version it evaluates with, both read by `build.rs`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CEDAR_PDP_GIT_COMMIT"),
+    ", cedar-policy ",
+    env!("CEDAR_PDP_CEDAR_VERSION"),
+    ")"
+);
+
 /// cedar-pdp: a Cedar policy decision point sidecar.
 #[derive(Debug, Parser)]
-#[command(name = "cedar-pdp", version, args_conflicts_with_subcommands = true)]
+#[command(name = "cedar-pdp", version = VERSION, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

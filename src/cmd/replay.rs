@@ -12,7 +12,7 @@ use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
 
 use super::Exit;
 use crate::policy_store::LoadOptions;
-use crate::replay::{self, Difference, PolicySource, Replayed, Replayer};
+use crate::replay::{self, Difference, PolicySource, Replayed, Replayer, Tally};
 
 /// Flags of `replay`.
 #[derive(Debug, Args)]
@@ -71,6 +71,20 @@ fn print_difference(format: Format, d: &Difference, out: &mut impl std::io::Writ
     };
 }
 
+/// The last line of `--format json`: `{"summary": {...}}`.
+#[derive(Debug, serde::Serialize)]
+struct JsonSummaryLine<'a> {
+    summary: JsonSummary<'a>,
+}
+
+/// The JSON summary: the tally's counts in its order, then the rate.
+#[derive(Debug, serde::Serialize)]
+struct JsonSummary<'a> {
+    #[serde(flatten)]
+    tally: &'a Tally,
+    records_per_second: f64,
+}
+
 /// 0 when every replayable decision reproduces, 1 when one differs, 2 when
 /// the input is unusable.
 pub(super) fn run(args: ReplayArgs) -> Exit {
@@ -100,7 +114,7 @@ pub(super) fn run(args: ReplayArgs) -> Exit {
     };
     let mut replayer = Replayer::new(source, config.evaluation.on_forbid_error);
     let started = Instant::now();
-    let (mut replayed, mut differ, mut not_replayable) = (0u64, 0u64, 0u64);
+    let mut tally = Tally::default();
     let mut differences = Vec::new();
     let mut skipped = Vec::new();
     let stdout = std::io::stdout();
@@ -114,18 +128,17 @@ pub(super) fn run(args: ReplayArgs) -> Exit {
                 return Exit::Unusable;
             }
         };
-        replayed += 1;
-        match replayer.replay(&entry.record, &entry.file) {
+        let replayed = replayer.replay(&entry.record, &entry.file);
+        tally.count(&replayed);
+        match replayed {
             Replayed::Same => {}
             Replayed::Differs(d) => {
-                differ += 1;
                 print_difference(args.format, &d, &mut out);
                 if args.junit.is_some() {
                     differences.push(*d);
                 }
             }
             Replayed::NotReplayable(reason) => {
-                not_replayable += 1;
                 if args.junit.is_some() {
                     let id = entry.record["decision_id"].as_str().unwrap_or_default();
                     skipped.push((id.to_string(), reason));
@@ -133,28 +146,32 @@ pub(super) fn run(args: ReplayArgs) -> Exit {
             }
         }
     }
-    let rate = replayed as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    let summary =
-        format!("replayed {replayed} decisions: {differ} differ, {not_replayable} not replayable");
+    let rate = tally.replayed as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    // Flips first, then reason-only changes, in both formats.
     let _ = match args.format {
-        Format::Text => writeln!(out, "{summary}"),
+        Format::Text => writeln!(out, "{tally}"),
+        // Serialized straight from the structs, which keep their field
+        // order (a `serde_json::Value` would sort the keys).
         Format::Json => writeln!(
             out,
             "{}",
-            serde_json::json!({"summary": {
-                "replayed": replayed, "differ": differ, "not_replayable": not_replayable,
-                "records_per_second": rate.round(),
-            }})
+            serde_json::to_string(&JsonSummaryLine {
+                summary: JsonSummary {
+                    tally: &tally,
+                    records_per_second: rate.round(),
+                },
+            })
+            .unwrap_or_default()
         ),
     };
     let _ = out.flush();
     eprintln!("replayed at {rate:.0} records/s");
-    if replayed == 0 {
+    if tally.replayed == 0 {
         eprintln!("cedar-pdp: no decision records in the files given");
         return Exit::Unusable;
     }
     if let Some(path) = &args.junit {
-        let xml = junit(&differences, &skipped, replayed);
+        let xml = junit(&differences, &skipped, tally.replayed);
         let written = xml
             .map_err(|e| e.to_string())
             .and_then(|xml| std::fs::write(path, xml).map_err(|e| e.to_string()));
@@ -163,7 +180,7 @@ pub(super) fn run(args: ReplayArgs) -> Exit {
             return Exit::Unusable;
         }
     }
-    if differ > 0 {
+    if tally.differ > 0 {
         Exit::Failure
     } else {
         Exit::Success

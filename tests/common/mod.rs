@@ -227,6 +227,36 @@ pub fn shared_dir() -> PathBuf {
     dir
 }
 
+/// What the build should report, found another way than `build.rs` does:
+/// the commit from the `git` CLI (`unknown` outside a checkout or without
+/// git), and cedar-policy's version from `Cargo.lock` by a TOML parser.
+pub fn expected_build() -> (String, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map_or_else(
+            || "unknown".to_string(),
+            |out| String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        );
+    let lock: toml::Table = std::fs::read_to_string(root.join("Cargo.lock"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cedar = lock["package"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some("cedar-policy"))
+        .and_then(|p| p["version"].as_str())
+        .expect("Cargo.lock pins cedar-policy")
+        .to_string();
+    (commit, cedar)
+}
+
 /// The value of `name` with `labels` in a Prometheus scrape.
 pub fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let lines = scrape.lines().map(|l| Ok(l.to_string()));
