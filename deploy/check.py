@@ -111,8 +111,11 @@ def registered_metrics(metrics_rs: Path) -> dict[str, str]:
         stmt = src[m.start() : end if end != -1 else len(src)]
         kind = _metric_type(stmt)
         if kind is None:
-            # `decisions.clone()` / `counter.metric_type()`: type of the binding.
-            for ident in re.findall(r"\b([a-z_][a-z0-9_]*)\.(?:clone|metric_type)\(\)", stmt):
+            # `decisions.clone()` / `counter.metric_type()`, or the binding
+            # itself as the last argument: type of the binding.
+            idents = re.findall(r"\b([a-z_][a-z0-9_]*)\.(?:clone|metric_type)\(\)", stmt)
+            idents += re.findall(r",\s*([a-z_][a-z0-9_]*)\s*,?\s*\)\s*$", stmt)
+            for ident in idents:
                 binding = re.search(rf"let\s+(?:mut\s+)?{ident}\s*=\s*([^;]*);", src)
                 if binding:
                     kind = _metric_type(binding.group(1))
