@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cedar_pdp::config::OnForbidError;
+use cedar_pdp::engine::CompileOptions;
 use cedar_pdp::grpc::proto::{self, Decision};
 use cedar_pdp::policy_store::{LoadOptions, build, read_dir};
 use cedar_policy::{PolicySet, Schema, ValidationMode, ValidationWarning, Validator};
@@ -429,7 +430,10 @@ async fn load_result(dir: &Path, validate_policies: bool) -> Result<(), String> 
         build(
             sources,
             &LoadOptions {
-                validate_policies,
+                compile: CompileOptions {
+                    validate_policies,
+                    ..LoadOptions::default().compile
+                },
                 ..LoadOptions::default()
             },
             1,

@@ -22,7 +22,8 @@ use std::str::FromStr;
 
 use cedar_pdp::config::OnForbidError;
 use cedar_pdp::engine::{
-    AuthorizeError, Clock, Decision, Engine, EntityCache, PolicyError, Query, Scratch, Target,
+    AuthorizeError, Clock, CompileOptions, Decision, Engine, EntityCache, PolicyError, Query,
+    Scratch, Target,
 };
 use cedar_pdp::policy_store::{LoadOptions, build, read_dir};
 use cedar_policy::entities_errors::EntitiesError;
@@ -241,7 +242,10 @@ fn load(dir: &Path) -> Result<Engine, String> {
     build(
         sources,
         &LoadOptions {
-            validate_policies: false,
+            compile: CompileOptions {
+                validate_policies: false,
+                ..LoadOptions::default().compile
+            },
             ..LoadOptions::default()
         },
         1,

@@ -241,14 +241,12 @@ mod tests {
         )
         .unwrap();
         // `Doc`'s `label` and `friend` are open to offers; nothing else is.
-        let open = LoadOptions {
-            open_properties: [(
-                "Doc".to_string(),
-                ["label", "friend"].map(String::from).into_iter().collect(),
-            )]
-            .into(),
-            ..LoadOptions::default()
-        };
+        let mut open = LoadOptions::default();
+        open.compile.open_properties = [(
+            "Doc".to_string(),
+            ["label", "friend"].map(String::from).into_iter().collect(),
+        )]
+        .into();
         let closed = build(read_dir(dir.path()).unwrap(), &LoadOptions::default(), 1)
             .unwrap()
             .engine;

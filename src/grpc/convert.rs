@@ -8,8 +8,8 @@ use serde_json::{Map, Value as Json, json};
 use super::proto;
 use crate::engine;
 use crate::pipeline::{
-    Answer, Context, DecisionRequest, DelegationHop, InvalidField, Outcome, Refusal, Rejected,
-    Submitted, Uid, Workload,
+    Answer, Context, DecisionRequest, DelegationHop, InvalidField, LAST_RFC3339_SECOND, Outcome,
+    Refusal, Rejected, Submitted, Uid, Workload,
 };
 
 /// The Cedar extension constructors a typed `ExtensionValue` may name.
@@ -60,7 +60,7 @@ fn delegation(hops: Vec<proto::DelegationHop>) -> Result<Vec<DelegationHop>, Inv
             // RFC 3339, which the chain is written in, ends with the year 9999.
             let expires_at = match hop.expires_at {
                 None => None,
-                Some(t) if t.seconds >= 253_402_300_800 => {
+                Some(t) if u64::try_from(t.seconds).is_ok_and(|s| s > LAST_RFC3339_SECOND) => {
                     return Err(InvalidField::new(
                         format!("delegation[{i}].expires_at"),
                         "must be before the year 10000",

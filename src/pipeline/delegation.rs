@@ -28,7 +28,7 @@ fn invalid(field: String, message: impl Into<String>) -> DecisionError {
 
 /// The last second RFC 3339 can write (9999-12-31T23:59:59Z): later times
 /// are written as it, never passed to the formatter, which panics on them.
-const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+pub(crate) const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
 
 /// RFC 3339 in UTC, seconds and (when not whole) milliseconds, as Cedar's
 /// `datetime` parses it. A time past the year 9999 is written as its last

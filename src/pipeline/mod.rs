@@ -59,6 +59,7 @@ use crate::policy_store::{PolicyStore, Snapshot};
 use crate::tokens::TokenVerifier;
 use cache::DecisionCache;
 pub use delegation::DelegationRules;
+pub(crate) use delegation::LAST_RFC3339_SECOND;
 pub use error::{Code, DecisionError, InvalidField, Reason};
 use evaluate::{Evaluator, Screened};
 use inline::InlineGate;

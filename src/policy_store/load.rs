@@ -2,7 +2,6 @@
 //! result wrapped with its provenance as a [`Snapshot`]. Loading is all or
 //! nothing.
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -16,43 +15,33 @@ use crate::engine::{
 /// Options that change how a directory is turned into a snapshot.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Validate policies strictly against the schema when one is present.
-    pub validate_policies: bool,
+    /// How the texts compile: strict validation, the types only the
+    /// directory may define, the attributes open to offered properties.
+    pub compile: CompileOptions,
     /// Refuse a reload that drops the live set's schema.
     pub keep_schema: bool,
-    /// Entity types (full names) no request may define.
-    pub stored_only_types: HashSet<String>,
-    /// Per entity type (full name), the attributes offered properties may
-    /// add to a stored entity (`authzen.open_properties`).
-    pub open_properties: HashMap<String, HashSet<String>>,
 }
 
 impl LoadOptions {
     /// The options `config` asks for.
     pub fn from_config(config: &Config) -> Self {
         Self {
-            validate_policies: config.validation.policies,
+            compile: CompileOptions {
+                validate_policies: config.validation.policies,
+                stored_only_types: config
+                    .validation
+                    .stored_only_types
+                    .iter()
+                    .cloned()
+                    .collect(),
+                open_properties: config
+                    .authzen
+                    .open_properties
+                    .iter()
+                    .map(|(ty, attrs)| (ty.clone(), attrs.iter().cloned().collect()))
+                    .collect(),
+            },
             keep_schema: config.validation.schema == SchemaRequirement::RequiredOnceLoaded,
-            stored_only_types: config
-                .validation
-                .stored_only_types
-                .iter()
-                .cloned()
-                .collect(),
-            open_properties: config
-                .authzen
-                .open_properties
-                .iter()
-                .map(|(ty, attrs)| (ty.clone(), attrs.iter().cloned().collect()))
-                .collect(),
-        }
-    }
-
-    fn compile(&self) -> CompileOptions {
-        CompileOptions {
-            validate_policies: self.validate_policies,
-            stored_only_types: self.stored_only_types.clone(),
-            open_properties: self.open_properties.clone(),
         }
     }
 }
@@ -128,7 +117,7 @@ pub fn build(
             FileKind::Tests => {}
         }
     }
-    let compiled = engine::compile(&inputs, &options.compile())?;
+    let compiled = engine::compile(&inputs, &options.compile)?;
     let schema_digest = compiled
         .engine
         .schema()
