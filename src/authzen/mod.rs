@@ -75,7 +75,7 @@ impl Authzen {
     pub(crate) fn new(pipeline: Pipeline, config: &Config) -> Self {
         Self {
             pipeline,
-            mapping: Arc::new(Mapping::from(&config.authzen)),
+            mapping: Arc::new(Mapping::new(&config.authzen, &config.context_keys)),
             max_body_bytes: config.limits.max_message_bytes,
             base_url: Some(config.authzen.base_url.as_str())
                 .filter(|u| !u.is_empty())

@@ -181,13 +181,19 @@ impl Evaluator<'_> {
         }
         let has_workload = req.workload.is_some();
         let now = verified.now;
-        let mut q = server_context::query(req, verified, &[]).map_err(DecisionError::invalid)?;
+        let keys = server_context::ServerKeys {
+            names: &opts.context_keys,
+            tokens: opts.tokens.is_some(),
+        };
+        let mut q =
+            server_context::query(req, verified, &[], keys).map_err(DecisionError::invalid)?;
         let shared_json = shared.map_or(&[][..], |s| &s.json);
         opts.limits
             .check_query(&q, shared_json)
             .map_err(DecisionError::limit)?;
         if let Some(s) = subject.take() {
-            *subject = Some(s.with_query(&q.context, &q.entities, has_workload));
+            let workload_key = has_workload.then_some(opts.context_keys.workload.as_str());
+            *subject = Some(s.with_query(&q.context, &q.entities, workload_key));
         }
         server_context::add_caller(
             opts.caller_key.as_deref(),

@@ -49,8 +49,7 @@ use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Span;
 
-use crate::config::{Config, OnForbidError};
-pub(crate) use crate::config::{DELEGATION_KEY, PURPOSE_KEY};
+use crate::config::{Config, ContextKeysConfig, OnForbidError};
 use crate::decision_log::{DecisionLog, EntitySet, Slots};
 use crate::engine::{Decision, EntityCache, SharedEntities};
 use crate::identity::PeerFacts;
@@ -107,6 +106,8 @@ pub struct PipelineOptions {
     pub tokens: Option<Arc<TokenVerifier>>,
     /// Context key for the server's time; `None`: not given.
     pub server_time_key: Option<String>,
+    /// The context keys the server sets from fields and tokens.
+    pub context_keys: ContextKeysConfig,
 }
 
 impl PipelineOptions {
@@ -136,6 +137,7 @@ impl PipelineOptions {
             tokens: None,
             server_time_key: Some(config.evaluation.server_time_key.clone())
                 .filter(|k| !k.is_empty()),
+            context_keys: config.context_keys.clone(),
         }
     }
 }

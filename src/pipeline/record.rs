@@ -12,7 +12,6 @@ use super::error::DecisionError;
 use super::request::{Call, DecisionRequest, Uid};
 use super::span;
 use super::verified::{TokenFacts, Verified};
-use crate::config::WORKLOAD_KEY;
 use crate::decision_log::{
     Caller, DecisionRecord, EntityRef, EntitySet, RECORD_VERSION, RecordDroppedProperty,
     RecordError, RecordFailure, ShadowRecord,
@@ -45,6 +44,12 @@ fn tokens(tokens: &[TokenFacts]) -> Json {
                 });
                 if let Some(jti) = &t.jti {
                     facts["jti"] = Json::String(jti.clone());
+                }
+                if let Some(scopes) = &t.scopes {
+                    facts["scopes"] = serde_json::json!(scopes);
+                }
+                if let Some(binding) = t.binding {
+                    facts["binding"] = Json::String(binding.name().into());
                 }
                 facts
             })
@@ -115,16 +120,16 @@ impl Subject {
         }
     }
 
-    /// Records the converted query: its context (`context.workload` is also
+    /// Records the converted query: its context (the workload's key is also
     /// the record's own `workload` field) and its entities.
     pub(super) fn with_query(
         mut self,
         context: &Map<String, Json>,
         entities: &[Json],
-        has_workload: bool,
+        workload_key: Option<&str>,
     ) -> Self {
-        if has_workload {
-            self.workload = context.get(WORKLOAD_KEY).cloned().unwrap_or(Json::Null);
+        if let Some(key) = workload_key {
+            self.workload = context.get(key).cloned().unwrap_or(Json::Null);
         }
         self.context = Json::Object(context.clone());
         self.entities = Some(EntitySet::Inline(Arc::new(entities.to_vec())));
