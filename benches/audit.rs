@@ -131,7 +131,7 @@ fn bench(c: &mut Criterion) {
     let signer = Signer::from_pem_file(&key_path).unwrap();
     let head = chain.head().clone();
     c.bench_function("write_path/checkpoint_signature", |b| {
-        b.iter(|| signer.checkpoint(&head, "2026-12-02T00:00:00.000000Z"));
+        b.iter(|| signer.checkpoint(&head, "2026-12-02T00:00:00.000000Z", "bench"));
     });
 
     let snapshot = replay::load(&policies, &LoadOptions::default()).unwrap();

@@ -587,6 +587,10 @@ pub struct DecisionLogConfig {
     /// Entity sets whose canonical JSON is larger are stored once, by
     /// SHA-256, in a side file beside the log (`sink = "file"`).
     pub max_inline_entities_bytes: usize,
+    /// The log's instance id, which every start line and checkpoint names,
+    /// so that `log verify --instance` tells replicas apart; empty: made
+    /// up when the log begins, and kept in its files and `.head` file.
+    pub instance_id: String,
     /// Also ship each record (and checkpoint), as written, as an
     /// OpenTelemetry log record: `none` or `otlp` (to `[otel]`'s endpoint
     /// and protocol, with `OTEL_EXPORTER_OTLP_LOGS_*` honoured). Best
@@ -665,6 +669,7 @@ impl Default for DecisionLogConfig {
             signing_key: PathBuf::new(),
             checkpoint_interval: Duration::from_secs(10),
             max_inline_entities_bytes: 16 * 1024,
+            instance_id: String::new(),
             export: LogExport::None,
             export_queue_capacity: 2048,
         }

@@ -35,6 +35,7 @@ fn read_records(path: &Path) -> Vec<Json> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
+        .filter(|l| !common::is_mark(l))
         .map(|l| serde_json::from_str(l).expect("each line is one JSON record"))
         .collect()
 }
@@ -332,4 +333,77 @@ async fn the_file_sink_rotates_by_size() {
     let newest = read_records(&log);
     let last = newest.last().unwrap();
     assert_eq!(last["decision_id"], ids.last().unwrap().as_str());
+}
+
+/// Side files rotate with the log files that name them: their bytes count
+/// against the file, and those no kept file names are pruned, so the log
+/// and its side files stay within (max_files + 1) files' worth. Every side
+/// file a kept record names is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_files_rotate_and_are_pruned_with_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"@id("any") permit (principal, action, resource);"#,
+    )
+    .unwrap();
+    let log = dir.path().join("decisions.log");
+    let mut config = logging_config(dir.path(), &log);
+    config.decision_log.max_inline_entities_bytes = 1024;
+    config.decision_log.max_file_bytes = 32 * 1024;
+    config.decision_log.max_files = 1;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    for n in 0..60 {
+        // A set of its own for every request, about 7 KiB.
+        let set: Vec<Json> = (0..100)
+            .map(|i| serde_json::json!({"uid": {"type": "User", "id": format!("u{n}-{i}")}, "attrs": {}, "parents": []}))
+            .collect();
+        let mut req = request(
+            ("User", &format!("u{n}-0")),
+            ("Action", "read"),
+            ("Doc", "d"),
+        );
+        req.entities_json = Json::Array(set).to_string();
+        client.authorize(req).await.unwrap();
+    }
+    drop(client);
+    server.stop().await.unwrap();
+
+    let side_dir = dir.path().join("decisions.log.entities");
+    let side: Vec<(String, u64)> = std::fs::read_dir(&side_dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    let side_bytes: u64 = side.iter().map(|(_, len)| len).sum();
+    assert!(
+        side_bytes <= 3 * 32 * 1024,
+        "{} side files, {side_bytes} bytes, beside a log of two 32 KiB files",
+        side.len()
+    );
+    assert!(
+        side.len() < 60,
+        "old side files were pruned: {}",
+        side.len()
+    );
+    let mut kept = read_records(&log);
+    kept.extend(read_records(&dir.path().join("decisions.log.1")));
+    let named: Vec<&str> = kept
+        .iter()
+        .filter_map(|r| r["entities"]["sha256"].as_str())
+        .collect();
+    assert!(!named.is_empty(), "the kept records name side files");
+    for digest in named {
+        assert!(
+            side.iter()
+                .any(|(name, _)| *name == format!("{digest}.json")),
+            "{digest}, named by a kept record, was pruned"
+        );
+    }
 }
