@@ -591,6 +591,10 @@ pub struct DecisionLogConfig {
     /// so that `log verify --instance` tells replicas apart; empty: made
     /// up when the log begins, and kept in its files and `.head` file.
     pub instance_id: String,
+    /// The log is part of the service: while it drops records, `/readyz`
+    /// and gRPC health say not ready, so traffic moves to replicas that
+    /// keep their evidence.
+    pub required: bool,
     /// Also ship each record (and checkpoint), as written, as an
     /// OpenTelemetry log record: `none` or `otlp` (to `[otel]`'s endpoint
     /// and protocol, with `OTEL_EXPORTER_OTLP_LOGS_*` honoured). Best
@@ -670,6 +674,7 @@ impl Default for DecisionLogConfig {
             checkpoint_interval: Duration::from_secs(10),
             max_inline_entities_bytes: 16 * 1024,
             instance_id: String::new(),
+            required: false,
             export: LogExport::None,
             export_queue_capacity: 2048,
         }

@@ -407,3 +407,74 @@ async fn side_files_rotate_and_are_pruned_with_the_log() {
         );
     }
 }
+
+/// With `decision_log.required`, a server whose log drops records says it
+/// is not ready, so traffic moves to replicas that keep their evidence;
+/// once drops stop, it is ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_log_that_drops_records_makes_the_server_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"@id("any") permit (principal, action, resource);"#,
+    )
+    .unwrap();
+    let log = dir.path().join("decisions.log");
+    let mut config = logging_config(dir.path(), &log);
+    config.decision_log.required = true;
+    config.decision_log.on_full = cedar_pdp::config::OnFull::Drop;
+    config.decision_log.queue_capacity = 1;
+    // Each record's own large set costs the writer a synced side file.
+    config.decision_log.max_inline_entities_bytes = 512;
+    let server = TestServer::start_with(config).await;
+    assert_eq!(common::http_get(server.admin_addr, "/readyz").await.0, 200);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8 {
+        let url = server.url();
+        tasks.spawn(async move {
+            let mut client =
+                proto::authorizer_client::AuthorizerClient::connect(url).await.unwrap();
+            for n in 0..40 {
+                let set: Vec<Json> = (0..40)
+                    .map(|i| serde_json::json!({"uid": {"type": "User", "id": format!("u{t}-{n}-{i}")}, "attrs": {}, "parents": []}))
+                    .collect();
+                let mut req = request(("User", "alice"), ("Action", "read"), ("Doc", "d"));
+                req.entities_json = Json::Array(set).to_string();
+                client.authorize(req).await.unwrap();
+            }
+        });
+    }
+    let (status, body) = common::eventually(
+        "not ready while dropping",
+        std::time::Duration::from_secs(60),
+        || {
+            let admin = server.admin_addr;
+            async move {
+                let (status, body) = common::http_get(admin, "/readyz").await;
+                (status == 503).then_some((status, body))
+            }
+        },
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(body.contains("dropping records"), "{body}");
+    while tasks.join_next().await.is_some() {}
+    assert!(
+        common::metric(
+            server.admin_addr,
+            "cedar_pdp_decision_log_dropped_total",
+            &[]
+        )
+        .await
+            > 0.0
+    );
+    common::eventually(
+        "ready once drops stop",
+        std::time::Duration::from_secs(40),
+        || {
+            let admin = server.admin_addr;
+            async move { (common::http_get(admin, "/readyz").await.0 == 200).then_some(()) }
+        },
+    )
+    .await;
+}
