@@ -127,8 +127,9 @@ impl Evaluator<'_> {
                 .as_deref()
                 .and_then(|k| cache.get(k))
                 .filter(|hit| {
+                    // The instant read here is the one the record names.
                     hit.changes_at
-                        .is_none_or(|at| verified.now.unwrap_or_else(SystemTime::now) < at)
+                        .is_none_or(|at| *verified.now.get_or_insert_with(SystemTime::now) < at)
                 });
             if screened.key.is_some() {
                 metrics.decision_cache(screened.hit.is_some());
@@ -215,6 +216,9 @@ impl Evaluator<'_> {
             .cached(self.entities.map(|(c, _)| c))
             .shared(shared.map(|s| &s.entities));
         let decided = snapshot.engine.decide(q, &mut scratch);
+        if let Some(s) = subject.as_mut() {
+            s.judged(scratch.judged_at());
+        }
         if let Some((_, metrics)) = self.entities {
             let lookups = scratch.lookups();
             metrics.entity_cache(lookups.hits, lookups.misses);

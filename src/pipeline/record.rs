@@ -72,6 +72,10 @@ pub(super) struct Subject {
     properties: Json,
     entities: Option<EntitySet>,
     shared: Option<EntitySet>,
+    /// The instant the request's tokens, chain and grants were judged at:
+    /// the record's timestamp, so that an allow is never stamped after the
+    /// grant that allowed it expired.
+    judged_at: Option<SystemTime>,
 }
 
 fn entity_ref(uid: Option<&Uid>) -> EntityRef {
@@ -117,6 +121,7 @@ impl Subject {
             },
             entities: None,
             shared: None,
+            judged_at: verified.now,
         }
     }
 
@@ -134,6 +139,12 @@ impl Subject {
         self.context = Json::Object(context.clone());
         self.entities = Some(EntitySet::Inline(Arc::new(entities.to_vec())));
         self
+    }
+
+    /// The instant evaluation judged time-bound links at, when the request
+    /// had not read the clock before.
+    pub(super) fn judged(&mut self, at: Option<SystemTime>) {
+        self.judged_at = self.judged_at.or(at);
     }
 
     /// Adds a key the server put in the context after conversion.
@@ -170,7 +181,10 @@ impl Subject {
         DecisionRecord {
             record_version: RECORD_VERSION,
             decision_id,
-            timestamp: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            timestamp: humantime::format_rfc3339_micros(
+                self.judged_at.unwrap_or_else(SystemTime::now),
+            )
+            .to_string(),
             trace_id,
             span_id,
             request_id: self.request_id,
