@@ -455,15 +455,12 @@ async fn evaluations(State(az): State<Arc<Authzen>>, request: Request) -> Respon
     // a batch over `limits.max_batch_size` as a whole.
     let submitted: Vec<Submitted> = items
         .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let prefix = format!("evaluations[{i}]");
-            match item {
-                Json::Object(item) => az.convert(Parts::take(item).or(&defaults), &http, &prefix),
-                _ => {
-                    let e = InvalidField::new(prefix, "must be a JSON object");
-                    http.rejected(e, Reason::InvalidRequest)
-                }
+        // The pipeline names each item's errors `evaluations[i]`.
+        .map(|item| match item {
+            Json::Object(item) => az.convert(Parts::take(item).or(&defaults), &http, ""),
+            _ => {
+                let e = InvalidField::new("", "must be a JSON object");
+                http.rejected(e, Reason::InvalidRequest)
             }
         })
         .collect();

@@ -472,7 +472,7 @@ impl Pipeline {
                 let span = span::authorize(Some(&call.span));
                 self.refuse(
                     item,
-                    e.clone().in_item(i),
+                    e.clone().in_item(i, call.api.items()),
                     At::refused(call, &span, snapshot),
                 );
             }
@@ -557,7 +557,7 @@ impl Pipeline {
                             snapshot: Some(snapshot),
                             slots: slots.as_mut(),
                         };
-                        self.refuse(item, e.clone().in_item(i), at);
+                        self.refuse(item, e.clone().in_item(i, call.api.items()), at);
                     }
                     return Err(e);
                 }
@@ -567,7 +567,7 @@ impl Pipeline {
         for (i, item) in items.into_iter().enumerate() {
             let span = span::authorize(Some(&call.span));
             let answer = if Instant::now() >= deadline {
-                let e = DecisionError::deadline(timeout).in_item(i);
+                let e = DecisionError::deadline(timeout).in_item(i, call.api.items());
                 let at = At {
                     call,
                     span: &span,
@@ -645,7 +645,7 @@ impl Pipeline {
                 )
             })
             .map_err(|e| match item {
-                Some(i) => e.in_item(i.index),
+                Some(i) => e.in_item(i.index, call.api.items()),
                 None => e,
             });
         match decided {

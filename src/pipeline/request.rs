@@ -223,6 +223,14 @@ impl Api {
             Self::Authzen => "authzen",
         }
     }
+    /// What a batch's items are called on this API's wire, for error paths:
+    /// gRPC's `requests[i]`, AuthZEN's `evaluations[i]`.
+    pub fn items(self) -> &'static str {
+        match self {
+            Self::Grpc => "requests",
+            Self::Authzen => "evaluations",
+        }
+    }
 }
 
 /// What the transport knows about one call, shared by its decisions.
