@@ -656,6 +656,14 @@ fn first_start(path: &Path) -> io::Result<Option<String>> {
 /// The first line of the file at `path`, understood; `None` when it is
 /// missing or empty.
 fn start_of(path: &Path) -> io::Result<Option<Line>> {
+    // A pipe or a device has no first line to read back (and opening a
+    // FIFO to read would wait for a writer).
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
     let mut line = Vec::new();
     match File::open(path) {
         Ok(f) => {
