@@ -213,6 +213,7 @@ fn record_of(json: &serde_json::Value) -> DecisionRecord {
         purpose: String::new(),
         tokens: serde_json::Value::Null,
         properties: serde_json::Value::Null,
+        search: serde_json::Value::Null,
         entities: Some(cedar_pdp::decision_log::EntitySet::Inline(Arc::new(
             entities,
         ))),

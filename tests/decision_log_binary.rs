@@ -234,6 +234,7 @@ fn record(n: u64) -> DecisionRecord {
         purpose: String::new(),
         tokens: serde_json::Value::Null,
         properties: serde_json::Value::Null,
+        search: serde_json::Value::Null,
         entities: None,
         shared_entities: None,
         schema_digest: None,

@@ -331,6 +331,43 @@ impl Pipeline {
             .map_err(|_| DecisionError::overloaded(self.opts.max_in_flight))
     }
 
+    /// The one record of a call whose decisions were not recorded each
+    /// ([`Call::summarized`]): `req` is its query, `allow` its outcome, and
+    /// `summary` what it found, under the record's `search`. Returns the
+    /// record's decision id; `None` without a decision log.
+    pub async fn record_summary(
+        &self,
+        req: &DecisionRequest,
+        call: &Call,
+        snapshot: &Snapshot,
+        allow: bool,
+        summary: Json,
+    ) -> Option<String> {
+        let log = self.log.as_ref()?;
+        let decision_id = new_decision_id();
+        let decision = Decision {
+            allow,
+            determining_policies: Vec::new(),
+            errors: Vec::new(),
+            dropped_properties: Vec::new(),
+            shadow: None,
+            changes_at: None,
+        };
+        let context = match &req.context {
+            request::Context::Record(map) => map.clone(),
+            request::Context::Json(text) => serde_json::from_str(text).unwrap_or_default(),
+        };
+        let subject = Subject::of(req, &Verified::NONE).with_query(&context, &[], None);
+        let mut record = subject.decided(&decision, &decision_id, call, &call.span, snapshot);
+        record.search = summary;
+        // Replay decides one request; a search is many.
+        record.replayable = false;
+        log.mask(&mut record);
+        let mut slots = log.reserve(1).await;
+        slots.submit(record);
+        Some(decision_id)
+    }
+
     /// Room in the decision log for `n` records, waited for until `deadline`.
     async fn reserve(&self, n: usize, deadline: Instant) -> Result<Option<Slots>, ()> {
         match &self.log {
@@ -505,7 +542,8 @@ impl Pipeline {
             Err(e) => return Err(refuse_all(items, e, Some(&snapshot))),
         };
         let deadline = call.started + timeout;
-        let slots = match self.reserve(items.len(), deadline).await {
+        let recorded = if call.records_each { items.len() } else { 0 };
+        let slots = match self.reserve(recorded, deadline).await {
             Ok(slots) => slots,
             Err(()) => {
                 let e = DecisionError::deadline(timeout);
@@ -626,7 +664,7 @@ impl Pipeline {
     ) -> Answer {
         span::record_request(span, &req);
         span::record_peer(span, &call.peer);
-        let audit = self.log.is_some();
+        let audit = self.log.is_some() && call.records_each;
         let request_id = req.request_id.clone();
         let shared = item.and_then(|i| i.shared);
         let mut subject = audit.then(|| {
@@ -704,7 +742,11 @@ impl Pipeline {
     ) -> Box<Refusal> {
         span::record_request(at.span, &req);
         span::record_peer(at.span, &at.call.peer);
-        let subject = self.log.as_ref().map(|_| Subject::of(&req, verified));
+        let subject = self
+            .log
+            .as_ref()
+            .filter(|_| at.call.records_each)
+            .map(|_| Subject::of(&req, verified));
         self.failed(subject, req.request_id, error, at)
     }
 

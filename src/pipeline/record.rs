@@ -205,6 +205,7 @@ impl Subject {
             purpose: self.purpose,
             tokens: self.tokens,
             properties: self.properties,
+            search: Json::Null,
             entities: self.entities,
             shared_entities: self.shared,
             schema_digest: snapshot.and_then(|s| s.schema_digest.clone()),

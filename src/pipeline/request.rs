@@ -245,6 +245,9 @@ pub struct Call {
     /// The span the call's decisions are recorded on.
     pub span: tracing::Span,
     pub started: Instant,
+    /// Whether each decision gets its own record. A search decides many
+    /// candidates and records them once, as one summary.
+    pub records_each: bool,
 }
 
 impl Call {
@@ -256,12 +259,20 @@ impl Call {
             traceparent,
             span,
             started: Instant::now(),
+            records_each: true,
         }
     }
 
     /// The same call, as having come through `api`.
     pub fn through(mut self, api: Api) -> Self {
         self.api = api;
+        self
+    }
+
+    /// The same call, its decisions recorded by the caller as one summary
+    /// ([`crate::pipeline::Pipeline::record_summary`]), not each on its own.
+    pub fn summarized(mut self) -> Self {
+        self.records_each = false;
         self
     }
 }
