@@ -106,6 +106,29 @@ impl Drop for TestServer {
     }
 }
 
+/// POSTs `body` to the AuthZEN `/access/v1/evaluation` at `addr`: the
+/// status and the body's text.
+pub async fn authzen_evaluation(addr: SocketAddr, body: &serde_json::Value) -> (u16, String) {
+    let answer = reqwest::Client::new()
+        .post(format!("http://{addr}/access/v1/evaluation"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.text().await.unwrap())
+}
+
+/// The decision records in a log file's text, past its marks.
+pub fn records_in(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !is_mark(l))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a record ({e}): {l}")))
+        .collect()
+}
+
 /// Whether a decision-log line is a mark (a file's start, a gap, a
 /// checkpoint) rather than a record.
 pub fn is_mark(line: &str) -> bool {
