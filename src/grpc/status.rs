@@ -20,18 +20,23 @@ pub(crate) fn grpc_code(code: Code) -> tonic::Code {
     }
 }
 
-/// The status of `err`, with the offending field as a `BadRequest`
-/// violation when there is one.
+/// The domain of the `ErrorInfo` every error status carries.
+pub(crate) const ERROR_DOMAIN: &str = "cedar-pdp";
+
+/// The status of `err`: its message, a `google.rpc.ErrorInfo` with the
+/// stable reason (the record's `error.reason`) and [`ERROR_DOMAIN`], and
+/// the offending field as a `BadRequest` violation when there is one.
 pub(crate) fn status(err: DecisionError) -> Status {
     let code = grpc_code(err.code());
-    match err.field {
-        Some(field) => Status::with_error_details(
-            code,
-            err.message.clone(),
-            ErrorDetails::with_bad_request_violation(field, err.message),
-        ),
-        None => Status::new(code, err.message),
+    let mut metadata = std::collections::HashMap::new();
+    if let Some(field) = &err.field {
+        metadata.insert("field".to_string(), field.clone());
     }
+    let mut details = ErrorDetails::with_error_info(err.reason.as_str(), ERROR_DOMAIN, metadata);
+    if let Some(field) = err.field {
+        details.add_bad_request_violation(field, err.message.clone());
+    }
+    Status::with_error_details(code, err.message, details)
 }
 
 #[cfg(test)]
