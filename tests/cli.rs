@@ -404,6 +404,92 @@ fn serve_answers_authorize_and_stops_on_sigterm() {
     assert!(served.log().contains("stopped"), "{}", served.log());
 }
 
+/// `authorize --policies DIR` decides with no server, through the same
+/// pipeline: the same answers as the server gives on the README's calls and
+/// `policies/README.md`'s, in text and in JSON.
+#[test]
+fn offline_authorize_answers_as_the_server_does() {
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut served = Served::start(&policies, &[], DEADLINE);
+    let frontend = r#"Mesh::Workload::"spiffe://example.org/ns/shop/sa/frontend""#;
+    let calls: [(&str, &str, &str, &str); 3] = [
+        (
+            frontend,
+            r#"Mesh::Action::"call""#,
+            r#"Mesh::Service::"shop/checkout""#,
+            r#"{"source_ip": "10.0.1.7"}"#,
+        ),
+        (
+            frontend,
+            r#"Mesh::Action::"call""#,
+            r#"Mesh::Service::"shop/checkout""#,
+            r#"{"source_ip": "203.0.113.9"}"#,
+        ),
+        (
+            r#"Mesh::Workload::"spiffe://example.org/ns/other/sa/x""#,
+            r#"Mesh::Action::"call""#,
+            r#"Mesh::Service::"shop/checkout""#,
+            r#"{"source_ip": "10.0.1.7"}"#,
+        ),
+    ];
+    let mut codes = Vec::new();
+    for (principal, action, resource, context) in calls {
+        let mut flags = who(principal, action, resource);
+        flags.extend(["--context".to_string(), context.to_string()]);
+        let online = served.authorize(&args(&flags));
+        let mut cmd = bin();
+        cmd.arg("authorize")
+            .arg("--policies")
+            .arg(&policies)
+            .args(&flags);
+        let offline = run(cmd);
+        assert_eq!(offline.code(), online.code(), "{offline:?}\n{online:?}");
+        // The same answer, policies and revision; only the decision id,
+        // which an offline decision does not have, differs.
+        let strip = |ran: &Ran| -> Vec<String> {
+            ran.stdout
+                .lines()
+                .filter(|l| !l.starts_with("decision id:"))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(strip(&offline), strip(&online), "{offline:?}\n{online:?}");
+        assert!(offline.stdout.contains("decided offline"), "{offline:?}");
+        let mut cmd = bin();
+        cmd.arg("authorize")
+            .arg("--policies")
+            .arg(&policies)
+            .args(&flags)
+            .args(["--format", "json"]);
+        let json = run(cmd);
+        let answer: serde_json::Value =
+            serde_json::from_str(json.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {json:?}"));
+        let word = if offline.code() == Some(0) {
+            "allow"
+        } else {
+            "deny"
+        };
+        assert_eq!(answer["decision"], word, "{answer}");
+        codes.push(offline.code());
+    }
+    assert!(
+        codes.contains(&Some(0)) && codes.contains(&Some(2)),
+        "{codes:?}"
+    );
+    // A directory that does not load is a failure, not a deny.
+    let broken = TempDir::new().unwrap();
+    std::fs::write(broken.path().join("p.cedar"), "permit (").unwrap();
+    let mut cmd = bin();
+    cmd.arg("authorize")
+        .arg("--policies")
+        .arg(broken.path())
+        .args(who("User::\"alice\"", "Action::\"view\"", "Photo::\"p\""));
+    let ran = run(cmd);
+    assert_eq!(ran.code(), Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("does not load"), "{ran:?}");
+    served.terminate();
+}
+
 #[test]
 fn authorize_without_a_server_fails_with_exit_1() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

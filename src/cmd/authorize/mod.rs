@@ -1,8 +1,10 @@
 //! `cedar-pdp authorize`: a small client that asks a running server for one
 //! decision and prints it, over gRPC or (with `--authzen URL`) over the
-//! AuthZEN API, so the two front-ends can be compared from the shell.
+//! AuthZEN API, so the two front-ends can be compared from the shell; or,
+//! with `--policies DIR`, decides it offline, with no server.
 
 mod authzen;
+mod offline;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -40,10 +42,25 @@ pub(super) struct AuthorizeArgs {
     /// listener, e.g. `http://127.0.0.1:8180`. `--addr` is then unused.
     #[arg(long, value_name = "URL")]
     authzen: Option<String>,
-    /// The server's config file, whose `[authzen]` mapping (namespace,
-    /// action type, types) turns the Cedar names into AuthZEN ones.
-    #[arg(long, value_name = "FILE", requires = "authzen")]
+    /// Decide offline, with no server: load this policy directory as the
+    /// server would, and evaluate through the same pipeline.
+    #[arg(long, value_name = "DIR", conflicts_with = "authzen")]
+    policies: Option<PathBuf>,
+    /// How to print the answer.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// The server's config file: with `--authzen`, its `[authzen]` mapping
+    /// (namespace, action type, types) turns the Cedar names into AuthZEN
+    /// ones; with `--policies`, its load and limit settings apply.
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+/// How `authorize` prints its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
 }
 
 /// A decision, whichever API it came through.
@@ -86,28 +103,31 @@ pub(super) fn run(args: AuthorizeArgs) -> Exit {
             return Exit::Failure;
         }
     };
-    let answer = match args.authzen.clone() {
-        Some(url) => {
+    if args.config.is_some() && args.authzen.is_none() && args.policies.is_none() {
+        eprintln!("cedar-pdp: `--config` applies with `--authzen` or `--policies`");
+        return Exit::Usage;
+    }
+    let format = args.format;
+    let answer = match (args.authzen.clone(), args.policies.clone()) {
+        (Some(url), _) => {
             let config = match super::checked_config(args.config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => return super::usage(&e),
             };
             runtime.block_on(authzen::call(&url, &config.authzen, args))
         }
-        None => runtime.block_on(call(args)).map(Answer::from),
+        (None, Some(dir)) => {
+            let config = match super::checked_config(args.config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return super::usage(&e),
+            };
+            request(args).and_then(|r| offline::decide(&dir, &config, r))
+        }
+        (None, None) => runtime.block_on(call(args)).map(Answer::from),
     };
     match answer {
         Ok(answer) => {
-            println!("{}", if answer.allow { "ALLOW" } else { "DENY" });
-            println!(
-                "determining policies: {}",
-                list_or_none(&answer.determining_policies)
-            );
-            for (policy_id, message) in &answer.errors {
-                println!("error in `{policy_id}`: {message}");
-            }
-            println!("decision id: {}", answer.decision_id);
-            println!("policy revision: {}", answer.policy_revision);
+            print(&answer, format);
             if answer.allow {
                 Exit::Success
             } else {
@@ -121,6 +141,44 @@ pub(super) fn run(args: AuthorizeArgs) -> Exit {
     }
 }
 
+fn print(answer: &Answer, format: Format) {
+    match format {
+        Format::Text => {
+            println!("{}", if answer.allow { "ALLOW" } else { "DENY" });
+            println!(
+                "determining policies: {}",
+                list_or_none(&answer.determining_policies)
+            );
+            for (policy_id, message) in &answer.errors {
+                println!("error in `{policy_id}`: {message}");
+            }
+            if answer.decision_id.is_empty() {
+                println!("decision id: (none: decided offline, not recorded)");
+            } else {
+                println!("decision id: {}", answer.decision_id);
+            }
+            println!("policy revision: {}", answer.policy_revision);
+        }
+        Format::Json => {
+            let errors: Vec<serde_json::Value> = answer
+                .errors
+                .iter()
+                .map(|(policy_id, message)| {
+                    serde_json::json!({"policy_id": policy_id, "message": message})
+                })
+                .collect();
+            let json = serde_json::json!({
+                "decision": if answer.allow { "allow" } else { "deny" },
+                "determining_policies": answer.determining_policies,
+                "errors": errors,
+                "decision_id": answer.decision_id,
+                "policy_revision": answer.policy_revision,
+            });
+            println!("{json}");
+        }
+    }
+}
+
 fn list_or_none(items: &[String]) -> String {
     if items.is_empty() {
         "(none)".to_string()
@@ -129,8 +187,9 @@ fn list_or_none(items: &[String]) -> String {
     }
 }
 
-async fn call(args: AuthorizeArgs) -> Result<proto::AuthorizeResponse, String> {
-    let request = proto::AuthorizeRequest {
+/// The request the flags describe.
+fn request(args: AuthorizeArgs) -> Result<proto::AuthorizeRequest, String> {
+    Ok(proto::AuthorizeRequest {
         principal: Some(parse_uid("--principal", &args.principal)?),
         action: Some(parse_uid("--action", &args.action)?),
         resource: Some(parse_uid("--resource", &args.resource)?),
@@ -142,12 +201,16 @@ async fn call(args: AuthorizeArgs) -> Result<proto::AuthorizeResponse, String> {
         },
         request_id: args.request_id,
         ..Default::default()
-    };
+    })
+}
+
+async fn call(args: AuthorizeArgs) -> Result<proto::AuthorizeResponse, String> {
     let url = if args.addr.contains("://") {
-        args.addr
+        args.addr.clone()
     } else {
         format!("http://{}", args.addr)
     };
+    let request = request(args)?;
     let mut client = AuthorizerClient::connect(url.clone())
         .await
         .map_err(|e| format!("cannot connect to `{url}`: {e}"))?;
