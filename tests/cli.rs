@@ -348,6 +348,10 @@ fn serve_answers_authorize_and_stops_on_sigterm() {
             .starts_with("DENY\ndetermining policies: (none)\n"),
         "{deny:?}"
     );
+    assert!(
+        deny.stdout.contains("\nwhy: no permit matched\n"),
+        "{deny:?}"
+    );
 
     // --context: the policy needs `context.mfa`.
     let edit = who("User::\"alice\"", "Action::\"edit\"", "Photo::\"p\"");

@@ -104,6 +104,7 @@ fn reference(snapshot: &Engine, q: &Query) -> Result<Decision, AuthorizeError> {
         dropped_properties: Vec::new(),
         shadow: None,
         changes_at: None,
+        inactive_grants: Vec::new(),
     })
 }
 

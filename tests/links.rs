@@ -149,6 +149,13 @@ async fn links_expire_and_start_on_time_with_no_reload_and_no_stale_cache() {
     let early = ask(&mut client, "planner", "q3-plan").await;
     assert!(!allowed(&early), "{early:?}");
     assert!(early.determining_policies.is_empty(), "{early:?}");
+    // The deny says why: no permit matched, and the grant is pending.
+    assert!(
+        early
+            .why
+            .starts_with("no permit matched; grant `grant-later` is pending until "),
+        "{early:?}"
+    );
     assert!(
         SystemTime::now() < not_before,
         "the test started too slowly"
@@ -167,6 +174,14 @@ async fn links_expire_and_start_on_time_with_no_reload_and_no_stale_cache() {
     .await;
     assert!(SystemTime::now() >= expires_at, "denied before it expired");
     assert!(denied.determining_policies.is_empty(), "{denied:?}");
+    assert_eq!(
+        denied.why,
+        format!(
+            "no permit matched; grant `grant-7f3a` expired at {}",
+            rfc3339(expires_at)
+        ),
+        "{denied:?}"
+    );
     // And the pending one starts at `not_before`.
     let started = eventually(
         "the pending grant to start",

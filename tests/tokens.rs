@@ -363,7 +363,13 @@ async fn every_check_of_a_token_is_enforced_and_named() {
         scopes: vec!["docs:read".into()],
         ..Default::default()
     }];
-    assert!(!decide(server, asserted).await.unwrap());
+    let mut client = server.client().await;
+    let answer = client.authorize(asserted).await.unwrap().into_inner();
+    assert_eq!(answer.decision, proto::Decision::Deny as i32);
+    assert!(
+        answer.why.ends_with("the delegation chain is not verified"),
+        "{answer:?}"
+    );
 
     // The actor token (the agent's own, from SPIRE) must name the principal.
     let agent = |sub: &str| {

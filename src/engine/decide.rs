@@ -143,7 +143,8 @@ impl Engine {
             )
         };
         let (p, a, r) = targets();
-        let candidates = self.index.candidates(p, a, r, clock);
+        let mut candidates = self.index.candidates(p, a, r, clock);
+        let inactive_grants = candidates.take_inactive();
         // Only the shadow policies whose scope matches are evaluated; most
         // requests have none, and pay nothing more.
         let shadow_candidates = self.shadow.as_ref().map(|shadow| {
@@ -273,6 +274,7 @@ impl Engine {
             errors,
             dropped_properties: offered.dropped,
             shadow,
+            inactive_grants,
             changes_at,
         })
     }

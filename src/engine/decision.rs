@@ -86,6 +86,19 @@ pub struct Decision {
     /// so nothing may reuse this answer past it. `None` when no such link
     /// can change.
     pub changes_at: Option<std::time::SystemTime>,
+    /// Time-bound grants whose scope matched outside their window: why a
+    /// deny may be one. Sorted by policy id.
+    pub inactive_grants: Vec<InactiveGrant>,
+}
+
+/// A time-bound grant whose scope matched a request outside its window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InactiveGrant {
+    pub policy_id: String,
+    /// `Pending` or `Expired`.
+    pub state: super::links::GrantState,
+    /// When it starts (pending) or ended (expired).
+    pub at: Option<std::time::SystemTime>,
 }
 
 /// The answer of the live set plus the shadow policies.

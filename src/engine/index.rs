@@ -52,6 +52,7 @@ use cedar_policy::{
     PrincipalConstraint, ResourceConstraint, Template,
 };
 
+use super::decision::InactiveGrant;
 use super::links::{Clock, GrantState, Window};
 
 /// A principal or resource scope.
@@ -385,6 +386,7 @@ impl PolicyIndex {
         let buckets = parts.into_iter().min_by_key(size).unwrap_or_default();
         let mut changes_at: Option<SystemTime> = None;
         let mut slots: Vec<u32> = Vec::new();
+        let mut inactive: Vec<InactiveGrant> = Vec::new();
         for &slot in buckets.into_iter().flatten() {
             let p = &self.policies[slot as usize];
             // Buckets key `is .. in` by entity only, so every part is
@@ -400,7 +402,17 @@ impl PolicyIndex {
                 if let Some(next) = window.next_change(now) {
                     changes_at = Some(changes_at.map_or(next, |c| c.min(next)));
                 }
-                if window.state(now) != GrantState::Active {
+                let state = window.state(now);
+                if state != GrantState::Active {
+                    // Why a deny may be one: a grant that would match.
+                    inactive.push(InactiveGrant {
+                        policy_id: p.policy.id().to_string(),
+                        state,
+                        at: match state {
+                            GrantState::Pending => window.not_before,
+                            _ => window.expires_at,
+                        },
+                    });
                     continue;
                 }
             }
@@ -408,10 +420,13 @@ impl PolicyIndex {
         }
         slots.sort_unstable();
         slots.dedup();
+        inactive.sort_by(|a, b| a.policy_id.cmp(&b.policy_id));
+        inactive.dedup();
         Candidates {
             index: self,
             slots,
             changes_at,
+            inactive,
         }
     }
 }
@@ -442,6 +457,7 @@ pub struct Candidates<'a> {
     index: &'a PolicyIndex,
     slots: Vec<u32>,
     changes_at: Option<SystemTime>,
+    inactive: Vec<InactiveGrant>,
 }
 
 impl<'a> Candidates<'a> {
@@ -460,6 +476,11 @@ impl<'a> Candidates<'a> {
     /// when no such link can change.
     pub fn changes_at(&self) -> Option<SystemTime> {
         self.changes_at
+    }
+
+    /// The grants whose scope matched outside their window.
+    pub fn take_inactive(&mut self) -> Vec<InactiveGrant> {
+        std::mem::take(&mut self.inactive)
     }
 
     /// The matching policies.

@@ -44,7 +44,8 @@ mod typed_entity;
 pub use compile::{CompileError, CompileOptions, Compiled, Input, Inputs, SchemaFormat, compile};
 pub use decide::Scratch;
 pub use decision::{
-    AuthorizeError, Decision, DropReason, DroppedProperty, PolicyError, Query, ShadowDecision,
+    AuthorizeError, Decision, DropReason, DroppedProperty, InactiveGrant, PolicyError, Query,
+    ShadowDecision,
 };
 pub use entity_cache::{EntityCache, EntityLookups};
 pub use index::{Candidates, PolicyIndex, Target};

@@ -251,6 +251,7 @@ impl From<Outcome> for proto::AuthorizeResponse {
             decision_id: o.decision_id,
             policy_revision: o.policy_revision,
             request_id: o.request_id,
+            why: o.why,
         }
     }
 }
@@ -265,11 +266,12 @@ impl Refusal {
             determining_policies: Vec::new(),
             errors: vec![proto::EvaluationError {
                 policy_id: String::new(),
-                message,
+                message: message.clone(),
             }],
             decision_id: self.decision_id,
             policy_revision: self.policy_revision,
             request_id: self.request_id,
+            why: message,
         }
     }
 }

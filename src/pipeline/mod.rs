@@ -41,6 +41,7 @@ mod server_context;
 pub(crate) mod span;
 mod token_claims;
 mod verified;
+pub(crate) mod why;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -197,6 +198,8 @@ pub struct Outcome {
     pub decision_id: String,
     pub policy_revision: String,
     pub request_id: String,
+    /// Why a deny is one, in words; empty for an allow.
+    pub why: String,
 }
 
 /// A request that got no decision, identified as a decision is: the caller
@@ -352,6 +355,7 @@ impl Pipeline {
             dropped_properties: Vec::new(),
             shadow: None,
             changes_at: None,
+            inactive_grants: Vec::new(),
         };
         let context = match &req.context {
             request::Context::Record(map) => map.clone(),
@@ -670,6 +674,14 @@ impl Pipeline {
         let mut subject = audit.then(|| {
             Subject::of(&req, &verified).with_shared(shared.and_then(|s| s.record.as_ref()))
         });
+        let unverified_chain = {
+            let chain = verified.chain(&req);
+            let bound = verified
+                .token_chain
+                .as_ref()
+                .is_none_or(|t| t.binding.holds());
+            !chain.is_empty() && !(bound && chain.iter().all(|h| h.verified))
+        };
         let decided = screened
             .and_then(|screened| {
                 self.evaluator().finish(
@@ -704,6 +716,7 @@ impl Pipeline {
                     slots.submit(subject.decided(&decision, &decision_id, call, span, snapshot));
                 }
                 Ok(Outcome {
+                    why: why::why(&decision, unverified_chain),
                     decision,
                     decision_id,
                     policy_revision: snapshot.revision.clone(),

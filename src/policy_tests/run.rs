@@ -213,6 +213,7 @@ mod tests {
             dropped_properties: Vec::new(),
             shadow: None,
             changes_at: None,
+            inactive_grants: Vec::new(),
         }
     }
 

@@ -207,6 +207,7 @@ pub(super) async fn call(
         errors,
         decision_id,
         policy_revision,
+        why: reasons["why"].as_str().unwrap_or_default().to_string(),
     })
 }
 

@@ -72,6 +72,8 @@ struct Answer {
     errors: Vec<(String, String)>,
     decision_id: String,
     policy_revision: String,
+    /// Why a deny is one; empty for an allow.
+    why: String,
 }
 
 impl From<proto::AuthorizeResponse> for Answer {
@@ -86,6 +88,7 @@ impl From<proto::AuthorizeResponse> for Answer {
                 .collect(),
             decision_id: r.decision_id,
             policy_revision: r.policy_revision,
+            why: r.why,
         }
     }
 }
@@ -149,6 +152,9 @@ fn print(answer: &Answer, format: Format) {
                 "determining policies: {}",
                 list_or_none(&answer.determining_policies)
             );
+            if !answer.why.is_empty() {
+                println!("why: {}", answer.why);
+            }
             for (policy_id, message) in &answer.errors {
                 println!("error in `{policy_id}`: {message}");
             }
@@ -171,6 +177,7 @@ fn print(answer: &Answer, format: Format) {
                 "decision": if answer.allow { "allow" } else { "deny" },
                 "determining_policies": answer.determining_policies,
                 "errors": errors,
+                "why": answer.why,
                 "decision_id": answer.decision_id,
                 "policy_revision": answer.policy_revision,
             });

@@ -25,7 +25,10 @@ pub(super) fn decide(
     let opts = PipelineOptions::from_config(config);
     let decision = pipeline::judge_at(&opts, &snapshot, req, &PeerFacts::default(), None)
         .map_err(|e| format!("refused ({}): {}", e.reason.as_str(), e.message))?;
+    // The flags carry no delegation chain to be unverified.
+    let why = pipeline::why::why(&decision, false);
     Ok(Answer {
+        why,
         allow: decision.allow,
         determining_policies: decision.determining_policies,
         errors: decision
