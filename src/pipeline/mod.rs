@@ -680,7 +680,8 @@ impl Pipeline {
                 .token_chain
                 .as_ref()
                 .is_none_or(|t| t.binding.holds());
-            !chain.is_empty() && !(bound && chain.iter().all(|h| h.verified))
+            let verified_chain = bound && chain.iter().all(|h| h.verified);
+            !chain.is_empty() && !verified_chain
         };
         let decided = screened
             .and_then(|screened| {
