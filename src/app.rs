@@ -34,6 +34,7 @@ use crate::policy_tests;
 use crate::state_metrics::StateCollector;
 use crate::telemetry::{self, Telemetry, TelemetryError};
 use crate::tokens::{JwksError, TokenVerifier};
+use crate::transport::conns::{ConnTimeouts, Registry};
 use crate::transport::http::HttpLimits;
 use crate::transport::{self, Listener, ReloadingTls, TlsAccept, TlsError};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -135,6 +136,7 @@ pub struct App {
 struct Services {
     grpc: Router,
     grpc_tls: Option<TlsAccept>,
+    grpc_conns: Arc<Registry>,
     ext_authz: bool,
     authzen: Authzen,
     authzen_limits: HttpLimits,
@@ -307,6 +309,13 @@ impl App {
         let services = Services {
             grpc,
             grpc_tls: tls.as_ref().map(accept),
+            grpc_conns: Registry::new(
+                l.max_connections,
+                ConnTimeouts {
+                    first_request: l.first_request_timeout,
+                    idle: l.connection_idle_timeout,
+                },
+            ),
             ext_authz: ext_authz_on,
             authzen,
             authzen_limits: HttpLimits {
@@ -412,7 +421,7 @@ impl App {
                 .reloads
                 .push(tls.clone().spawn_watcher(*interval, self.metrics.clone()));
         }
-        let incoming = transport::incoming(listeners.grpc, services.grpc_tls);
+        let incoming = transport::incoming(listeners.grpc, services.grpc_tls, services.grpc_conns);
         running.admin = listeners.admin.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin listener: /metrics /healthz /readyz");

@@ -24,6 +24,7 @@ mod authzen_tls;
 mod bench_cli;
 mod cli;
 mod conformance;
+mod connections;
 mod convert_props;
 mod decision_cache;
 mod decision_log;
