@@ -18,13 +18,14 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower_layer::{Identity, Stack};
 
 use crate::admin::{self, Readiness};
 use crate::authzen::{self, Authzen};
 use crate::config::{Config, LogExport};
 use crate::decision_log::{DecisionLog, DecisionLogError, FinishError, LogWriter, warn_on_drops};
 use crate::grpc::proto::{self, authorizer_server::AuthorizerServer};
-use crate::grpc::{AuthorizerService, ExtAuthzService};
+use crate::grpc::{AuthorizerService, BudgetLayer, ExtAuthzService};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineOptions, StreamCloser};
 use crate::policy_store::{
@@ -34,6 +35,7 @@ use crate::policy_tests;
 use crate::state_metrics::StateCollector;
 use crate::telemetry::{self, Telemetry, TelemetryError};
 use crate::tokens::{JwksError, TokenVerifier};
+use crate::transport::budget::BufferBudget;
 use crate::transport::conns::{ConnTimeouts, Registry};
 use crate::transport::http::HttpLimits;
 use crate::transport::{self, Listener, ReloadingTls, TlsAccept, TlsError};
@@ -134,7 +136,7 @@ pub struct App {
 /// The services `run` serves, with how each listener accepts.
 #[derive(Debug)]
 struct Services {
-    grpc: Router,
+    grpc: Router<Stack<BudgetLayer, Identity>>,
     grpc_tls: Option<TlsAccept>,
     grpc_conns: Arc<Registry>,
     ext_authz: bool,
@@ -278,7 +280,8 @@ impl App {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit)
         });
-        let authzen = Authzen::new(pipeline.clone(), &config);
+        let budget = BufferBudget::new(config.limits.max_buffered_bytes);
+        let authzen = Authzen::new(pipeline.clone(), &config, Arc::clone(&budget));
         let authorizer = AuthorizerServer::new(AuthorizerService::over(pipeline))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
@@ -290,6 +293,10 @@ impl App {
         // drains its open calls, which `request_timeout` and
         // `stream_max_age` bound.
         let grpc = Server::builder()
+            .layer(BudgetLayer::new(budget, metrics.clone(), l.request_timeout))
+            // Bytes received ahead of the budget, per stream and connection.
+            .initial_stream_window_size(transport::H2_STREAM_WINDOW)
+            .initial_connection_window_size(transport::H2_CONNECTION_WINDOW)
             .max_concurrent_streams(l.max_concurrent_streams_per_connection)
             .http2_keepalive_interval(Some(l.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(l.http2_keepalive_timeout))

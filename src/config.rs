@@ -752,7 +752,7 @@ impl Default for LimitsConfig {
             request_timeout: Duration::from_secs(5),
             decision_cache_bytes: 32 * 1024 * 1024,
             entity_cache_bytes: 16 * 1024 * 1024,
-            max_buffered_bytes: 64 * 1024 * 1024,
+            max_buffered_bytes: 32 * 1024 * 1024,
             max_connections: 4_096,
             first_request_timeout: Duration::from_secs(10),
             connection_idle_timeout: Duration::from_secs(5 * 60),
@@ -1176,10 +1176,10 @@ impl Config {
             }
         }
         // A request of the largest size allowed must fit in the budget.
-        let largest = l.max_message_bytes.max(self.authzen.max_body_bytes);
+        let largest = (l.max_message_bytes + 5).max(self.authzen.max_body_bytes);
         if l.max_buffered_bytes < largest || l.max_buffered_bytes > 64 * 1024 * 1024 * 1024 {
             problems.push(format!(
-                "`limits.max_buffered_bytes`: must be between {largest} (the largest of `limits.max_message_bytes` and `authzen.max_body_bytes`) and 64 GiB"
+                "`limits.max_buffered_bytes`: must be between {largest} (`limits.max_message_bytes` and a gRPC message header, or `authzen.max_body_bytes`) and 64 GiB"
             ));
         }
         for (key, value) in [

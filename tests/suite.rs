@@ -40,6 +40,7 @@ mod inline_evaluation;
 mod layout;
 mod limits;
 mod links;
+mod memory;
 mod mtls;
 mod outcomes;
 mod policy_tests;

@@ -42,6 +42,10 @@ pub struct HttpLimits {
     pub name: &'static str,
 }
 
+/// The most an HTTP/1.1 connection reads ahead: its headers, or a body's
+/// next bytes before the handler charges them to the buffer budget.
+const H1_READ_BUFFER: usize = 64 * 1024;
+
 /// The answer to a connection over the cap, written without waiting.
 const BUSY: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
@@ -157,12 +161,16 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             builder
                 .http2()
                 .timer(TokioTimer::new())
+                .initial_stream_window_size(super::H2_STREAM_WINDOW)
+                .initial_connection_window_size(super::H2_CONNECTION_WINDOW)
                 .max_concurrent_streams(streams);
         }
     }
     builder
         .http1()
         .timer(TokioTimer::new())
+        // What one connection reads ahead of its handler (headers included).
+        .max_buf_size(H1_READ_BUFFER)
         .header_read_timeout(limits.header_read_timeout);
     let conn = builder.serve_connection(io, TowerToHyperService::new(router));
     let mut conn = std::pin::pin!(conn);

@@ -6,6 +6,7 @@
 //! cap that evicts the idlest. [`http`] serves the admin and AuthZEN
 //! endpoints.
 
+pub mod budget;
 pub mod conns;
 pub mod fds;
 mod h2_frames;
@@ -31,6 +32,13 @@ use crate::metrics::Metrics;
 use conns::{Closed, Registration, Registry};
 use h2_frames::StreamCounter;
 pub use tls::{ReloadingTls, SvidError, TlsError};
+
+/// The HTTP/2 flow-control windows of every listener: how much a client
+/// may send ahead of what the server has taken (and charged to the buffer
+/// budget). Small, since clients are near: the budget bounds the rest.
+pub const H2_STREAM_WINDOW: u32 = 64 * 1024;
+/// See [`H2_STREAM_WINDOW`].
+pub const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
 
 /// Where the gRPC server accepts connections.
 #[derive(Debug)]

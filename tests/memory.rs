@@ -1,0 +1,245 @@
+//! Memory is bounded before bodies are read, on the real binary: 100
+//! clients (50 over gRPC, 50 over AuthZEN) each send all but the last byte
+//! of a large body and hold, and the server's own peak RSS (`VmHWM` in
+//! `/proc/<pid>/status`) stays within its RSS at start plus
+//! `limits.max_buffered_bytes` (32 MiB) plus [`SLACK`]. The clients past
+//! the budget are refused, and counted. Before the budget, the same run
+//! peaked near 300 MiB.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use crate::common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use common::binary::{Served, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const MIB: u64 = 1024 * 1024;
+/// Under the default `limits.max_message_bytes` (4 MiB).
+const GRPC_BODY: usize = 4 * 1024 * 1024 - 64;
+/// The default `authzen.max_body_bytes` (1 MiB).
+const AUTHZEN_BODY: usize = 1024 * 1024;
+const CLIENTS: usize = 50;
+/// The default `limits.max_buffered_bytes`.
+const BUDGET: u64 = 32 * MIB;
+/// Room beyond the budget: the allocator's retained pages, and the HTTP/1
+/// read buffers and HTTP/2 windows of 100 connections (64 KiB and 256 KiB
+/// each). Measured: about 12 MiB.
+const SLACK: u64 = 32 * MIB;
+
+/// `VmRSS` and `VmHWM` of `pid`, in bytes.
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .map(|v| v.trim().parse::<u64>().unwrap() * 1024)
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// How a client's body ended: held (all but its last byte sent), or
+/// refused with this HTTP status or gRPC code.
+#[derive(Debug, PartialEq, Eq)]
+enum Held {
+    Held,
+    Refused(String),
+}
+
+/// A gRPC `Authorize` whose message lacks its last byte; the connection
+/// is kept in the returned handle.
+async fn grpc_client(addr: SocketAddr, payload: Bytes) -> (Held, Box<dyn Send>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let request =
+        axum::http::Request::post(format!("http://{addr}/cedar_pdp.v1.Authorizer/Authorize"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+    let (response, mut body) = send.send_request(request, false).unwrap();
+    let mut response = Box::pin(response);
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&u32::try_from(GRPC_BODY).unwrap().to_be_bytes());
+    let mut rest = Bytes::from(prefix);
+    let mut left = payload.slice(..GRPC_BODY - 1);
+    let sending = async {
+        // Only what the server's window takes: nothing waits in this process.
+        loop {
+            if rest.is_empty() {
+                if left.is_empty() {
+                    return;
+                }
+                rest = left.split_to(left.len().min(64 * 1024));
+            }
+            body.reserve_capacity(rest.len());
+            match std::future::poll_fn(|cx| body.poll_capacity(cx)).await {
+                Some(Ok(n)) if n > 0 => {
+                    let chunk = rest.split_to(n.min(rest.len()));
+                    if body.send_data(chunk, false).is_err() {
+                        return std::future::pending().await;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return std::future::pending().await,
+            }
+        }
+    };
+    let held = tokio::select! {
+        () = sending => Held::Held,
+        answered = &mut response => {
+            let code = answered
+                .ok()
+                .and_then(|r| r.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_string()))
+                .unwrap_or_else(|| "reset".into());
+            Held::Refused(format!("grpc-status {code}"))
+        }
+    };
+    (held, Box::new((send, body, response)))
+}
+
+/// An AuthZEN evaluation whose body lacks its last byte.
+async fn authzen_client(addr: SocketAddr, payload: Bytes) -> (Held, Box<dyn Send>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = tcp.into_split();
+    let head = format!(
+        "POST /access/v1/evaluation HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {AUTHZEN_BODY}\r\n\r\n"
+    );
+    let sending = async {
+        write.write_all(head.as_bytes()).await?;
+        write.write_all(&payload[..AUTHZEN_BODY - 1]).await
+    };
+    let mut answer = [0u8; 12];
+    let held = tokio::select! {
+        sent = sending => match sent {
+            Ok(()) => Held::Held,
+            Err(e) => Held::Refused(format!("write: {e}")),
+        },
+        read = read.read_exact(&mut answer) => match read {
+            Ok(_) => Held::Refused(String::from_utf8_lossy(&answer[9..12]).to_string()),
+            Err(e) => Held::Refused(format!("read: {e}")),
+        },
+    };
+    (held, Box::new((read, write)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withheld_bodies_hold_at_most_the_buffer_budget() {
+    let work = tempfile::tempdir().unwrap();
+    let policies = work.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("p.cedar"),
+        "permit (principal, action, resource);",
+    )
+    .unwrap();
+    let authzen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // Every key here is one the server had before the budget; the long
+    // timeout keeps the bodies held while the test measures.
+    let config = format!(
+        "policies = \"{}\"\nauthzen_listen = \"{authzen}\"\nadmin_listen = \"{admin}\"\n[limits]\nrequest_timeout = \"60s\"\n",
+        policies.display()
+    );
+    let server = Served::start_with_config(work.path(), &config, Duration::from_secs(60)).await;
+    let grpc: SocketAddr = server.addr.parse().unwrap();
+    let pid = server.pid();
+    let (start_rss, _) = rss(pid);
+
+    let payload = Bytes::from(vec![b' '; GRPC_BODY]);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let p = payload.clone();
+        clients.spawn(async move {
+            let (h, c) = grpc_client(grpc, p).await;
+            eprintln!("grpc {h:?}");
+            (h, c)
+        });
+        let p = payload.clone();
+        clients.spawn(async move {
+            let (h, c) = authzen_client(authzen, p).await;
+            eprintln!("authzen {h:?}");
+            (h, c)
+        });
+    }
+    let mut outcomes = Vec::new();
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut peak = 0;
+    while !clients.is_empty() {
+        let joined = tokio::time::timeout_at(
+            deadline.into(),
+            tokio::time::timeout(Duration::from_millis(100), clients.join_next()),
+        )
+        .await
+        .expect("every client sent its body or was refused within 120s");
+        peak = peak.max(rss(pid).1);
+        if let Ok(Some(joined)) = joined {
+            let (outcome, connection) = joined.unwrap();
+            outcomes.push(outcome);
+            held.push(connection);
+        }
+    }
+    // The server reads what is in flight; its RSS settles.
+    let mut last = rss(pid).0;
+    let mut steady_since = Instant::now();
+    while steady_since.elapsed() < Duration::from_secs(2) {
+        assert!(Instant::now() < deadline, "the server's RSS never settled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (now, hwm) = rss(pid);
+        peak = peak.max(hwm);
+        if now > last + MIB {
+            steady_since = Instant::now();
+        }
+        last = last.max(now);
+    }
+    let bound = start_rss + BUDGET + SLACK;
+    eprintln!(
+        "RSS at start {} MiB, peak {} MiB, bound {} MiB; outcomes: {} held, {} refused",
+        start_rss / MIB,
+        peak / MIB,
+        bound / MIB,
+        outcomes.iter().filter(|o| **o == Held::Held).count(),
+        outcomes.iter().filter(|o| **o != Held::Held).count(),
+    );
+    assert!(
+        peak <= bound,
+        "peak RSS {} MiB is over {} MiB (RSS at start {} MiB + the 32 MiB budget + {} MiB)",
+        peak / MIB,
+        bound / MIB,
+        start_rss / MIB,
+        SLACK / MIB
+    );
+    // The clients past the budget were refused as such, and counted.
+    for outcome in &outcomes {
+        if let Held::Refused(how) = outcome {
+            assert!(
+                how == "429" || how == "grpc-status 8",
+                "refused otherwise than for the budget: {how}"
+            );
+        }
+    }
+    let refused = common::metric(
+        admin,
+        "cedar_pdp_request_errors_total",
+        &[("reason", "buffer_budget")],
+    )
+    .await;
+    assert!(refused > 0.0, "no refusal was counted");
+    drop(held);
+}
