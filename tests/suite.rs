@@ -43,6 +43,7 @@ mod links;
 mod memory;
 mod mtls;
 mod outcomes;
+mod pipeline_props;
 mod policy_tests;
 mod reflection;
 mod reload;
