@@ -322,6 +322,8 @@ impl App {
                     first_request: l.first_request_timeout,
                     idle: l.connection_idle_timeout,
                 },
+                "grpc",
+                metrics.clone(),
             ),
             ext_authz: ext_authz_on,
             authzen,
@@ -397,6 +399,7 @@ impl App {
         if let Some(log) = self.log.take() {
             running.drop_warnings = Some(tokio::spawn(warn_on_drops(log, Duration::from_secs(10))));
         }
+        let metrics = self.metrics.clone();
         running.authzen = listeners.authzen.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, tls = services.authzen_tls.is_some(), "AuthZEN listener: /access/v1/evaluation(s)");
@@ -407,6 +410,7 @@ impl App {
                     services.authzen_limits,
                     services.authzen,
                     services.authzen_tls,
+                    metrics,
                     stopping,
                 )
             })

@@ -107,6 +107,14 @@ async fn silent_connections_do_not_stop_health_answers() {
         assert_eq!(status, 200, "{path} with 40 silent connections open");
         assert!(started.elapsed() < Duration::from_secs(2), "{path} waited");
     }
+    let labels = [("listener", "admin"), ("reason", "evicted")];
+    let evicted = common::metric(
+        server.admin_addr,
+        "cedar_pdp_connections_closed_total",
+        &labels,
+    )
+    .await;
+    assert!(evicted >= 5.0, "{evicted} evictions counted");
 }
 
 /// A gRPC connection that never finishes the HTTP/2 preface, or finishes

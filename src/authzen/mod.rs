@@ -37,6 +37,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::Config;
 use crate::identity::PeerFacts;
+use crate::metrics::Metrics;
 use crate::pipeline::{
     Admission, Answer, Api, BatchStop, Call, DecisionError, DecisionRequest, InvalidField,
     Pipeline, Reason, Rejected, Submitted, span,
@@ -117,9 +118,10 @@ pub(crate) async fn serve(
     limits: HttpLimits,
     authzen: Authzen,
     tls: Option<TlsAccept>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    http::serve(listener, authzen.router(), limits, tls, shutdown).await;
+    http::serve(listener, authzen.router(), limits, tls, metrics, shutdown).await;
 }
 
 struct Headers<'a>(&'a HeaderMap);

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::metrics::Metrics;
+
 /// How long a connection may do nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnTimeouts {
@@ -48,6 +50,9 @@ impl Closed {
 pub struct Registry {
     max: usize,
     timeouts: ConnTimeouts,
+    /// `grpc`, `authzen`, `admin`: the metric label.
+    listener: &'static str,
+    metrics: Arc<Metrics>,
     open: Mutex<Open>,
 }
 
@@ -58,11 +63,19 @@ struct Open {
 }
 
 impl Registry {
-    /// Room for `max` connections, each bounded by `timeouts`.
-    pub fn new(max: usize, timeouts: ConnTimeouts) -> Arc<Self> {
+    /// Room for `max` connections of `listener`, each bounded by
+    /// `timeouts`; what is closed or refused is counted in `metrics`.
+    pub fn new(
+        max: usize,
+        timeouts: ConnTimeouts,
+        listener: &'static str,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             max: max.max(1),
             timeouts,
+            listener,
+            metrics,
             open: Mutex::new(Open::default()),
         })
     }
@@ -80,7 +93,11 @@ impl Registry {
                 .filter(|(_, a)| a.active.load(Ordering::Acquire) == 0)
                 // Idle longest; of equals, the oldest.
                 .max_by_key(|(id, a)| (now.saturating_duration_since(a.last()), Reverse(**id)))
-                .map(|(id, _)| *id)?;
+                .map(|(id, _)| *id);
+            let Some(victim) = victim else {
+                self.metrics.connection_closed(self.listener, "refused");
+                return None;
+            };
             if let Some(evicted) = open.conns.remove(&victim) {
                 evicted.evict();
             }
@@ -124,6 +141,13 @@ impl Registration {
     /// What the connection's requests report to.
     pub fn activity(&self) -> &Arc<Activity> {
         &self.activity
+    }
+
+    /// Counts the connection as closed by the server, for `why`.
+    pub fn closed(&self, why: Closed) {
+        self.registry
+            .metrics
+            .connection_closed(self.registry.listener, why.as_str());
     }
 }
 
@@ -283,7 +307,7 @@ mod tests {
 
     #[test]
     fn at_the_cap_the_idlest_goes_and_busy_ones_stay() {
-        let registry = Registry::new(2, T);
+        let registry = Registry::new(2, T, "test", Arc::new(Metrics::new()));
         let a = registry.admit().unwrap();
         let b = registry.admit().unwrap();
         let _busy = a.activity().request();
@@ -298,7 +322,7 @@ mod tests {
 
     #[test]
     fn a_silent_connection_has_the_first_request_timeout() {
-        let registry = Registry::new(4, T);
+        let registry = Registry::new(4, T, "test", Arc::new(Metrics::new()));
         let r = registry.admit().unwrap();
         let a = r.activity();
         let later = Instant::now() + Duration::from_secs(6);

@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use super::TlsAccept;
 use super::conns::{Activity, ConnTimeouts, Registration, Registry};
 use crate::identity::PeerFacts;
+use crate::metrics::Metrics;
 
 /// What one client may cost the server.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +59,7 @@ pub async fn serve(
     router: Router,
     limits: HttpLimits,
     tls: Option<TlsAccept>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let registry = Registry::new(
@@ -66,6 +68,8 @@ pub async fn serve(
             first_request: limits.header_read_timeout,
             idle: limits.idle_timeout,
         },
+        limits.name,
+        metrics,
     );
     let (stop, stopping) = watch::channel(());
     let mut connections = JoinSet::new();
@@ -186,6 +190,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             // Dropping the connection closes the socket.
             closed = activity.closing() => {
                 tracing::debug!(listener = limits.name, reason = closed.as_str(), "connection closed by the server");
+                slot.closed(closed);
                 return;
             }
             _ = stopping.changed(), if !draining => {

@@ -182,6 +182,7 @@ impl AsyncRead for Conn {
             && let Poll::Ready(closed) = this.closing.as_mut().poll(cx)
         {
             tracing::debug!(peer = ?this.facts.addr, reason = closed.as_str(), "gRPC connection closed by the server");
+            this.slot.closed(closed);
             this.closed = Some(closed);
         }
         if let Some(closed) = this.closed {
