@@ -243,3 +243,137 @@ async fn withheld_bodies_hold_at_most_the_buffer_budget() {
     assert!(refused > 0.0, "no refusal was counted");
     drop(held);
 }
+
+/// Past the budget, an AuthZEN body is refused before it is read (429
+/// `buffer_budget`), recorded and counted; a gRPC message is refused with
+/// `RESOURCE_EXHAUSTED`, naming the setting. Smaller requests go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_budget_requests_are_refused_recorded_and_counted() {
+    use cedar_pdp::config::LogSink;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        "permit (principal, action, resource);",
+    )
+    .unwrap();
+    let log = dir.path().join("decisions.log");
+    let mut config = common::test_config(dir.path());
+    config.decision_log.enabled = true;
+    config.decision_log.sink = LogSink::File;
+    config.decision_log.path = log.clone();
+    // Below what `settings()` allows, to reach the budget with small bodies.
+    config.limits.max_buffered_bytes = 16 * 1024;
+    let server = common::TestServer::start_with(config).await;
+
+    let big = serde_json::json!({
+        "subject": {"type": "User", "id": "alice"},
+        "action": {"name": "read"},
+        "resource": {"type": "Doc", "id": "d"},
+        "context": {"pad": "x".repeat(32 * 1024)},
+    });
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/access/v1/evaluation", server.authzen_addr);
+    let post = |body: String, id: &'static str| {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-request-id", id)
+            .body(body)
+            .send()
+    };
+    let refused = post(big.to_string(), "too-big").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "buffer_budget", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_buffered_bytes"),
+        "{body}"
+    );
+    let mut small = big.clone();
+    small["context"] = serde_json::json!({});
+    let served = post(small.to_string(), "small").await.unwrap();
+    assert_eq!(served.status(), 200);
+
+    let mut grpc = server.client().await;
+    let mut request = common::request(("User", "alice"), ("Action", "read"), ("Doc", "d"));
+    request.context_json = serde_json::json!({"pad": "x".repeat(32 * 1024)}).to_string();
+    let status = grpc.authorize(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("limits.max_buffered_bytes"),
+        "{status:?}"
+    );
+
+    let record = common::eventually("the refusal's record", Duration::from_secs(10), || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|r| r["request_id"] == "too-big")
+        }
+    })
+    .await;
+    assert_eq!(record["error"]["reason"], "buffer_budget", "{record}");
+    for api in ["authzen", "grpc"] {
+        let labels = [("api", api), ("reason", "buffer_budget")];
+        let counted =
+            common::metric(server.admin_addr, "cedar_pdp_request_errors_total", &labels).await;
+        assert_eq!(counted, 1.0, "{api}");
+    }
+}
+
+/// A gRPC message must arrive whole within `limits.request_timeout` of its
+/// first byte: a client that withholds its end does not keep its share of
+/// the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withheld_grpc_message_is_refused_at_the_request_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        "permit (principal, action, resource);",
+    )
+    .unwrap();
+    let mut config = common::test_config(dir.path());
+    config.limits.request_timeout = Duration::from_millis(500);
+    let server = common::TestServer::start_with(config).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let request = axum::http::Request::post(format!(
+        "http://{}/cedar_pdp.v1.Authorizer/Authorize",
+        server.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let started = Instant::now();
+    let (response, mut body) = send.send_request(request, false).unwrap();
+    // A message of 1000 bytes, of which 10 come.
+    let mut partial = vec![0u8, 0, 0, 0x03, 0xe8];
+    partial.extend_from_slice(&[b' '; 10]);
+    body.send_data(Bytes::from(partial), false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("refused within 10s")
+        .unwrap();
+    let took = started.elapsed();
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(
+        status.as_deref(),
+        Some("4"),
+        "DEADLINE_EXCEEDED: {response:?}"
+    );
+    assert!(took >= Duration::from_millis(400), "refused after {took:?}");
+    drop(body);
+}

@@ -169,4 +169,48 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn streams_open_with_headers_and_close_with_the_answer_not_with_pings() {
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+
+        use crate::metrics::Metrics;
+        use crate::transport::conns::{Closed, ConnTimeouts, Registry};
+        let timeouts = ConnTimeouts {
+            first_request: Duration::from_secs(5),
+            idle: Duration::from_secs(60),
+        };
+        let registry = Registry::new(1, timeouts, "test", Arc::new(Metrics::new()));
+        let slot = registry.admit().unwrap();
+        let activity = slot.activity();
+        let later = Instant::now() + Duration::from_secs(6);
+        let mut counter = StreamCounter::default();
+        let mut client = PREFACE.to_vec();
+        client.extend(frame(0x4, 0, 0, 6));
+        client.extend(frame(0x6, 0, 0, 8));
+        counter.read(&client, activity);
+        assert_eq!(
+            activity.verdict(later),
+            Err(Closed::NoRequest),
+            "PINGs are no request"
+        );
+        counter.read(&frame(HEADERS, 0x4, 1, 20), activity);
+        assert!(
+            activity.verdict(later + Duration::from_secs(600)).is_ok(),
+            "a call is open"
+        );
+        counter.written(&frame(HEADERS, 0x4, 1, 20), activity);
+        counter.written(&frame(0x6, 0x1, 0, 8), activity);
+        assert!(
+            activity.verdict(later + Duration::from_secs(600)).is_ok(),
+            "not answered yet"
+        );
+        counter.written(&frame(HEADERS, 0x5, 1, 10), activity);
+        assert_eq!(
+            activity.verdict(Instant::now() + Duration::from_secs(61)),
+            Err(Closed::Idle),
+            "answered: idle again"
+        );
+    }
 }
