@@ -377,3 +377,63 @@ async fn a_withheld_grpc_message_is_refused_at_the_request_timeout() {
     assert!(took >= Duration::from_millis(400), "refused after {took:?}");
     drop(body);
 }
+
+/// `Max open files` of `pid`: (soft, hard).
+fn open_files(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_string(), fields[4].to_string())
+}
+
+/// Every connection is a file: started with a soft open-file limit of 256,
+/// the server raises it to the hard limit, and logs both.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        "permit (principal, action, resource);",
+    )
+    .unwrap();
+    let stderr = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -S -n 256 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_cedar-pdp"))
+        .args(["serve", "--policies"])
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-listen", "", "--authzen-listen", ""])
+        .env_remove("RUST_LOG")
+        .env_remove("CEDAR_PDP_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = loop {
+        let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+        if log.contains("RLIMIT_NOFILE") {
+            break log;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the server exited:\n{log}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no RLIMIT_NOFILE line in 60s:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (soft, hard) = open_files(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(soft, hard, "{log}");
+    assert!(log.contains("Some(256)"), "the limit it was raised from: {log}");
+}
