@@ -435,5 +435,8 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(soft, hard, "{log}");
-    assert!(log.contains("Some(256)"), "the limit it was raised from: {log}");
+    assert!(
+        log.contains("Some(256)"),
+        "the limit it was raised from: {log}"
+    );
 }

@@ -779,19 +779,24 @@ impl Pipeline {
         at: At<'_, '_>,
     ) -> Box<Refusal> {
         let decision_id = new_decision_id();
+        // The record is built before the count: should it panic, the guard
+        // counts the request once.
+        let logged = self.log.as_ref().zip(subject).map(|(log, subject)| {
+            let mut record = subject.failed(&error, &decision_id, at.call, at.span, at.snapshot);
+            // The span gets the message as masked for the record: Cedar
+            // quotes values in its errors, and traces leave the host too.
+            log.mask(&mut record);
+            (log, record)
+        });
         self.metrics.request_error(
             at.call.api.as_str(),
             error.code().label(),
             error.reason.as_str(),
         );
-        let Some((log, subject)) = self.log.as_ref().zip(subject) else {
+        let Some((log, record)) = logged else {
             span::record_failure(at.span, &error);
             return self.refusal(error, decision_id, request_id, at.snapshot);
         };
-        let mut record = subject.failed(&error, &decision_id, at.call, at.span, at.snapshot);
-        // The span gets the message as masked for the record: Cedar quotes
-        // values in its errors, and traces leave the host too.
-        log.mask(&mut record);
         let message = record.error.as_ref().map(|e| e.message.as_str());
         span::record_failure_as(at.span, &error, message.unwrap_or(&error.message));
         match at.slots {
