@@ -185,7 +185,7 @@ impl Metrics {
         );
         registry.register(
             "cedar_pdp_connections_closed",
-            "Connections the server closed or refused, by listener (grpc, authzen, admin) and reason: no_request (none within the first-request timeout), idle (none open for the idle timeout; PINGs do not count), evicted (the idlest, for a new one at the cap), refused (at the cap with every connection busy)",
+            "Connections the server closed or refused, by listener (grpc, authzen, admin) and reason: no_request (none within the first-request timeout), idle (none open for the idle timeout, PINGs aside), evicted (the idlest, for a new one at the cap), refused (at the cap with every connection busy)",
             connections_closed.clone(),
         );
         registry.register(

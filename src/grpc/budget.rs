@@ -90,8 +90,8 @@ where
     }
 }
 
-/// A request body that holds, of the budget, the bytes of its message not
-/// yet complete.
+/// A request body that holds, of the budget, what tonic holds of its
+/// message not yet complete (see [`Message::reserved`]).
 struct Charged {
     inner: tonic::body::Body,
     charge: Charge,
