@@ -131,7 +131,7 @@ fn bench(c: &mut Criterion) {
     let signer = Signer::from_pem_file(&key_path).unwrap();
     let head = chain.head().clone();
     c.bench_function("write_path/checkpoint_signature", |b| {
-        b.iter(|| signer.checkpoint(&head, "2026-12-02T00:00:00.000000Z"));
+        b.iter(|| signer.checkpoint(&head, "2026-12-02T00:00:00.000000Z", "bench"));
     });
 
     let snapshot = replay::load(&policies, &LoadOptions::default()).unwrap();
@@ -213,6 +213,7 @@ fn record_of(json: &serde_json::Value) -> DecisionRecord {
         purpose: String::new(),
         tokens: serde_json::Value::Null,
         properties: serde_json::Value::Null,
+        search: serde_json::Value::Null,
         entities: Some(cedar_pdp::decision_log::EntitySet::Inline(Arc::new(
             entities,
         ))),

@@ -4,8 +4,9 @@
 //! port is unauthenticated, and reload errors quote files and policy text.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::extract::State;
@@ -24,6 +25,20 @@ pub(crate) struct Readiness {
     store: Arc<PolicyStore>,
     /// Zero disables the staleness check.
     max_policy_age: Duration,
+    /// With `decision_log.required`: the log's drop count, and when it
+    /// last grew.
+    log: Option<Arc<LogDrops>>,
+}
+
+/// How long after the last dropped record a required log keeps the server
+/// not ready: long enough for probes (every 10 s by default) to see it.
+pub(crate) const DROP_WINDOW: Duration = Duration::from_secs(15);
+
+#[derive(Debug)]
+struct LogDrops {
+    dropped: Arc<AtomicU64>,
+    /// The count last seen, and when it last grew.
+    seen: Mutex<(u64, Option<Instant>)>,
 }
 
 impl Readiness {
@@ -32,7 +47,35 @@ impl Readiness {
         Self {
             store,
             max_policy_age,
+            log: None,
         }
+    }
+
+    /// Not ready while the decision log drops records (`dropped`, its
+    /// counter): for a log the config says is required.
+    pub(crate) fn requiring_log(mut self, dropped: Arc<AtomicU64>) -> Self {
+        let seen = dropped.load(Ordering::Relaxed);
+        self.log = Some(Arc::new(LogDrops {
+            dropped,
+            seen: Mutex::new((seen, None)),
+        }));
+        self
+    }
+
+    /// Whether a required log dropped a record in the last [`DROP_WINDOW`].
+    fn dropping(&self) -> bool {
+        let Some(log) = &self.log else {
+            return false;
+        };
+        let now = log.dropped.load(Ordering::Relaxed);
+        let Ok(mut seen) = log.seen.lock() else {
+            // A poisoned lock: say not ready rather than guess.
+            return true;
+        };
+        if now > seen.0 {
+            *seen = (now, Some(Instant::now()));
+        }
+        seen.1.is_some_and(|at| at.elapsed() < DROP_WINDOW)
     }
 
     /// The store whose readiness this is.
@@ -45,6 +88,9 @@ impl Readiness {
         let (snapshot, status) = self.store.state();
         if snapshot.is_none() {
             return Err(NotReady::NoPolicySet);
+        }
+        if self.dropping() {
+            return Err(NotReady::LogDropping);
         }
         if self.max_policy_age.is_zero() {
             return Ok(());
@@ -71,6 +117,9 @@ impl Readiness {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum NotReady {
     NoPolicySet,
+    /// `decision_log.required`, and records were dropped in the last
+    /// [`DROP_WINDOW`].
+    LogDropping,
     Stale {
         age: Duration,
         max: Duration,
@@ -83,7 +132,7 @@ impl NotReady {
     /// The full reload error, when there is one.
     pub(crate) fn reload_error(&self) -> Option<&str> {
         match self {
-            Self::NoPolicySet => None,
+            Self::NoPolicySet | Self::LogDropping => None,
             Self::Stale { error, .. } => Some(error),
         }
     }
@@ -93,6 +142,9 @@ impl std::fmt::Display for NotReady {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NoPolicySet => f.write_str("no policy set is loaded yet"),
+            Self::LogDropping => f.write_str(
+                "the decision log is dropping records, and `decision_log.required` is on",
+            ),
             Self::Stale { age, max, .. } => write!(
                 f,
                 "policy set is stale: reloads fail, and the last good load was {}s ago (`reload.max_policy_age` {}s)",

@@ -243,11 +243,12 @@ impl App {
             None
         };
         let (log, writer) = log.unzip();
+        let log_for_readiness = log.as_ref().map(DecisionLog::dropped_counter);
 
         let mut metrics = Metrics::new();
         metrics.register_collector(Box::new(StateCollector {
             store: store.clone(),
-            log_dropped: log.as_ref().map(DecisionLog::dropped_counter),
+            log_dropped: log_for_readiness.clone(),
             log_export: log.as_ref().and_then(DecisionLog::export_counters),
         }));
         let metrics = Arc::new(metrics);
@@ -343,8 +344,14 @@ impl App {
                 name: "admin",
             },
         };
+        let mut readiness = Readiness::new(store.clone(), config.reload.max_policy_age);
+        if config.decision_log.required
+            && let Some(log) = &log_for_readiness
+        {
+            readiness = readiness.requiring_log(Arc::clone(log));
+        }
         Ok(Self {
-            readiness: Readiness::new(store.clone(), config.reload.max_policy_age),
+            readiness,
             store,
             watch,
             metrics,

@@ -13,22 +13,46 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// `context.workload`: the `workload` field.
-pub(crate) const WORKLOAD_KEY: &str = "workload";
-/// `context.delegation`: the delegation chain, as the server held it.
-pub(crate) const DELEGATION_KEY: &str = "delegation";
-/// `context.purpose`: the declared purpose.
-pub(crate) const PURPOSE_KEY: &str = "purpose";
-/// `context.token`: the subject token's claims. Reserved only with a subject
-/// token: before tokens existed, callers could name a context key `token`.
-pub(crate) const TOKEN_KEY: &str = "token";
+/// `[context_keys]`: the context keys the server sets from request fields
+/// and verified tokens. Each can be renamed, so that a schema written with a
+/// key of its own keeps it (docs/security.md, "Context keys").
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContextKeysConfig {
+    /// The `workload` field; always the server's.
+    pub workload: String,
+    /// The delegation chain, as the server held it; always the server's.
+    pub delegation: String,
+    /// The `purpose` field. The caller declares it, so the server does not
+    /// take the key: a request may set it in its context instead.
+    pub purpose: String,
+    /// The subject token's claims; the server's once `[[tokens.issuers]]`
+    /// are configured.
+    pub token: String,
+}
 
-/// The context keys the pipeline sets from request fields, in the order it
-/// holds a request's context to them: the one table of reserved keys. No
-/// configured key may take them either; config stays below the pipeline, so
-/// they are named here.
-pub(crate) const RESERVED_CONTEXT_KEYS: [&str; 4] =
-    [WORKLOAD_KEY, DELEGATION_KEY, PURPOSE_KEY, TOKEN_KEY];
+impl Default for ContextKeysConfig {
+    fn default() -> Self {
+        Self {
+            workload: "workload".into(),
+            delegation: "delegation".into(),
+            purpose: "purpose".into(),
+            token: "token".into(),
+        }
+    }
+}
+
+impl ContextKeysConfig {
+    /// Each key with its config name.
+    pub fn named(&self) -> [(&'static str, &str); 4] {
+        [
+            ("workload", &self.workload),
+            ("delegation", &self.delegation),
+            ("purpose", &self.purpose),
+            ("token", &self.token),
+        ]
+    }
+}
 
 /// The whole configuration of `cedar-pdp serve`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -57,6 +81,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub caller: CallerConfig,
     pub ext_authz: ExtAuthzConfig,
+    pub context_keys: ContextKeysConfig,
 }
 
 /// Where the gRPC server listens.
@@ -585,6 +610,14 @@ pub struct DecisionLogConfig {
     /// Entity sets whose canonical JSON is larger are stored once, by
     /// SHA-256, in a side file beside the log (`sink = "file"`).
     pub max_inline_entities_bytes: usize,
+    /// The log's instance id, which every start line and checkpoint names,
+    /// so that `log verify --instance` tells replicas apart; empty: made
+    /// up when the log begins, and kept in its files and `.head` file.
+    pub instance_id: String,
+    /// The log is part of the service: while it drops records, `/readyz`
+    /// and gRPC health say not ready, so traffic moves to replicas that
+    /// keep their evidence.
+    pub required: bool,
     /// Also ship each record (and checkpoint), as written, as an
     /// OpenTelemetry log record: `none` or `otlp` (to `[otel]`'s endpoint
     /// and protocol, with `OTEL_EXPORTER_OTLP_LOGS_*` honoured). Best
@@ -663,6 +696,8 @@ impl Default for DecisionLogConfig {
             signing_key: PathBuf::new(),
             checkpoint_interval: Duration::from_secs(10),
             max_inline_entities_bytes: 16 * 1024,
+            instance_id: String::new(),
+            required: false,
             export: LogExport::None,
             export_queue_capacity: 2048,
         }
@@ -691,6 +726,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             caller: CallerConfig::default(),
             ext_authz: ExtAuthzConfig::default(),
+            context_keys: ContextKeysConfig::default(),
         }
     }
 }
@@ -899,10 +935,21 @@ impl Config {
         if let Err(p) = self.unix_socket_mode() {
             problems.push(p);
         }
-        for key in RESERVED_CONTEXT_KEYS {
-            if self.caller.context_key == key {
+        let keys = self.context_keys.named();
+        for (i, (name, key)) in keys.iter().enumerate() {
+            if key.is_empty() || key.contains(char::is_whitespace) {
                 problems.push(format!(
-                    "`caller.context_key`: `{key}` is reserved for the `{key}` field"
+                    "`context_keys.{name}`: `{key}` is not a context key (empty or with spaces)"
+                ));
+            }
+            if let Some((other, _)) = keys[..i].iter().find(|(_, k)| k == key) {
+                problems.push(format!(
+                    "`context_keys.{name}`: `{key}` is also `context_keys.{other}`"
+                ));
+            }
+            if self.caller.context_key == *key {
+                problems.push(format!(
+                    "`caller.context_key`: `{key}` is the server's `context_keys.{name}`"
                 ));
             }
         }
@@ -947,7 +994,7 @@ impl Config {
             }
         }
         let time_key = &self.evaluation.server_time_key;
-        if RESERVED_CONTEXT_KEYS.contains(&time_key.as_str())
+        if keys.iter().any(|(_, k)| *k == time_key)
             || (!time_key.is_empty() && *time_key == self.caller.context_key)
         {
             problems.push(format!(

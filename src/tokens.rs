@@ -72,6 +72,8 @@ pub struct Verified {
     pub expires_at: SystemTime,
     /// RFC 8693 `act`, outermost (the current actor) first.
     pub actors: Vec<String>,
+    /// RFC 8693 `may_act.sub`: whom the subject lets act for it.
+    pub may_act: Option<String>,
     /// `scope` (space-separated) as a list; `None` when absent.
     pub scopes: Option<Vec<String>>,
     /// The claims `tokens.claims` lets policies see.
@@ -246,6 +248,18 @@ fn actors(claims: &Map<String, Json>) -> Result<Vec<String>, TokenError> {
         next = act.get("act");
     }
     Ok(out)
+}
+
+/// `may_act.sub`, when the token names whom it lets act for its subject.
+fn may_act(claims: &Map<String, Json>) -> Result<Option<String>, TokenError> {
+    match claims.get("may_act") {
+        None | Some(Json::Null) => Ok(None),
+        Some(may) => may
+            .get("sub")
+            .and_then(Json::as_str)
+            .map(|s| Some(s.to_string()))
+            .ok_or_else(|| TokenError::ClaimFormat("may_act.sub".into())),
+    }
 }
 
 /// `scope` as a list: a space-separated string, or an array of strings.
@@ -499,6 +513,7 @@ impl TokenVerifier {
             kid,
             expires_at: UNIX_EPOCH + Duration::from_secs(exp),
             actors: actors(&claims)?,
+            may_act: may_act(&claims)?,
             scopes,
             claims: visible,
         };

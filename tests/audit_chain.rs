@@ -147,7 +147,7 @@ fn verified(ran: &Ran) -> (u64, u64) {
     );
     let words: Vec<&str> = ran.stdout.split_whitespace().collect();
     assert_eq!(
-        (words[0], words[2], words[4]),
+        (words[0], words[2], words[4].trim_end_matches(',')),
         ("verified", "records,", "checkpoints"),
         "{}",
         ran.stdout
@@ -287,8 +287,8 @@ async fn a_log_written_under_load_across_rotation_and_restart_verifies() {
     verified(&audit.verify(&with_head, &[]));
 }
 
-/// A log of 20 decisions in one file: lines 1-20 are seq 1-20, line 21 the
-/// shutdown checkpoint.
+/// A log of 20 decisions in one file: line 1 its start, lines 2-21 seq
+/// 1-20, line 22 the shutdown checkpoint.
 async fn small_log(audit: &Audit) -> Vec<String> {
     let mut served = audit.serve("").await;
     decide(&served, 20).await;
@@ -296,8 +296,10 @@ async fn small_log(audit: &Audit) -> Vec<String> {
     assert_eq!(served.wait_exit(DEADLINE).await.code(), Some(0));
     let text = std::fs::read_to_string(audit.log()).unwrap();
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
-    assert_eq!(lines.len(), 21, "{text}");
-    for (i, line) in lines[..20].iter().enumerate() {
+    assert_eq!(lines.len(), 22, "{text}");
+    let start: Json = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(start["start"]["prev_seq"], 0, "{text}");
+    for (i, line) in lines[1..21].iter().enumerate() {
         let v: Json = serde_json::from_str(line).unwrap();
         assert_eq!(v["seq"], i as u64 + 1);
     }
@@ -334,81 +336,81 @@ async fn each_kind_of_tampering_is_named_with_its_seq_and_line() {
     edited[deny] = edited[deny].replace("\"decision\":\"deny\"", "\"decision\":\"allow\"");
     let out = tampered(&audit, "edited.log", &edited);
     assert!(
-        out.contains(&format!("edited.log:{}: seq {}:", deny + 1, deny + 1))
+        out.contains(&format!("edited.log:{}: seq {}:", deny + 1, deny))
             && out.contains("(edited)"),
         "{out}"
     );
 
     // Deleted: seq 8 removed.
     let mut deleted = lines.clone();
-    deleted.remove(7);
+    deleted.remove(8);
     let out = tampered(&audit, "deleted.log", &deleted);
     assert!(
-        out.contains("deleted.log:8: seq 9: seq 8 is missing"),
+        out.contains("deleted.log:9: seq 9: seq 8 is missing"),
         "{out}"
     );
     assert!(out.contains("(deleted)"), "{out}");
 
     // Reordered: seq 5 and 6 swapped.
     let mut reordered = lines.clone();
-    reordered.swap(4, 5);
+    reordered.swap(5, 6);
     let out = tampered(&audit, "reordered.log", &reordered);
     assert!(
-        out.contains("reordered.log:5: seq 6: out of order: seq 5 comes after it, at "),
+        out.contains("reordered.log:6: seq 6: out of order: seq 5 comes after it, at "),
         "{out}"
     );
-    assert!(out.contains("reordered.log:6 (reordered)"), "{out}");
+    assert!(out.contains("reordered.log:7 (reordered)"), "{out}");
 
     // Inserted: a copy of seq 10 with another decision id, after it.
     let mut copied = lines.clone();
-    let v: Json = serde_json::from_str(&lines[9]).unwrap();
-    let forged = lines[9].replace(
+    let v: Json = serde_json::from_str(&lines[10]).unwrap();
+    let forged = lines[10].replace(
         v["decision_id"].as_str().unwrap(),
         "0190aaaa-0000-7000-8000-000000000000",
     );
-    copied.insert(10, forged);
+    copied.insert(11, forged);
     let out = tampered(&audit, "copied.log", &copied);
     assert!(
-        out.contains("copied.log:11: seq 10: seq 10 already appeared (at "),
+        out.contains("copied.log:12: seq 10: seq 10 already appeared (at "),
         "{out}"
     );
-    assert!(out.contains("copied.log:10)"), "{out}");
+    assert!(out.contains("copied.log:11)"), "{out}");
     assert!(out.contains("(inserted)"), "{out}");
 
     // Inserted: a record typed by hand, with no chain members.
     let mut by_hand = lines.clone();
     by_hand.insert(
-        3,
+        4,
         r#"{"decision_id":"x","decision":"allow","principal":{"type":"User","id":"mallory"}}"#
             .to_string(),
     );
     let out = tampered(&audit, "by_hand.log", &by_hand);
     assert!(
-        out.contains("by_hand.log:4: seq 4:") && out.contains("(inserted)"),
+        out.contains("by_hand.log:5: seq 4:") && out.contains("(inserted)"),
         "{out}"
     );
 
     // Inserted with a valid hash and a fresh seq: it links to nothing.
     let mut spliced = lines.clone();
-    let seq3: Json = serde_json::from_str(&lines[2]).unwrap();
+    let seq3: Json = serde_json::from_str(&lines[3]).unwrap();
     let mut fake = seq3.clone();
     fake["seq"] = Json::from(999u64);
     fake["prev_hash"] = Json::from("ab".repeat(32));
-    spliced.insert(3, rehash(fake));
+    spliced.insert(4, rehash(fake));
     let out = tampered(&audit, "spliced.log", &spliced);
     assert!(
-        out.contains("spliced.log:4: seq 999: not part of the chain") && out.contains("(inserted)"),
+        out.contains("spliced.log:5: seq 999: not part of the chain") && out.contains("(inserted)"),
         "{out}"
     );
 
     // A forged checkpoint: signed hash changed.
     let mut forged = lines.clone();
-    let mut cp: Json = serde_json::from_str(&lines[20]).unwrap();
+    let mut cp: Json = serde_json::from_str(&lines[21]).unwrap();
     cp["checkpoint"]["hash"] = Json::from("cd".repeat(32));
-    forged[20] = cp.to_string();
+    forged[21] = cp.to_string();
     let out = tampered(&audit, "forged.log", &forged);
     assert!(
-        out.contains("forged.log:21: seq 20: the signature does not verify"),
+        out.contains("forged.log:22: seq 20: the signature of the checkpoint does not verify"),
         "{out}"
     );
 
@@ -427,6 +429,108 @@ async fn each_kind_of_tampering_is_named_with_its_seq_and_line() {
         "{}",
         ran.stdout
     );
+}
+
+/// The instance a log's start line names.
+fn instance_of(log: &Path) -> String {
+    lines(log)[0]["start"]["instance"]
+        .as_str()
+        .expect("the log starts with a start line naming its instance")
+        .to_string()
+}
+
+/// A log proves its own edges: its oldest records cannot be deleted
+/// unseen (a file must start with a signed line naming the record before
+/// it), a log rotated away must be said to be, and one replica's log,
+/// signed with the same key, does not pass for another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_proves_its_own_edges() {
+    let audit = Audit::new();
+    let lines = small_log(&audit).await;
+    let head = PathBuf::from(format!("{}.head", audit.log().display()));
+    // The oldest records deleted, with the start line: even with the head
+    // file and the key, that is a deletion.
+    let cut = audit.work.path().join("cut.log");
+    std::fs::write(&cut, lines[4..].join("\n") + "\n").unwrap();
+    let ran = audit.verify(&[cut.clone(), head.clone()], &[]);
+    assert_eq!(ran.code(), Some(1), "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.contains("cut.log:1:")
+            && ran.stdout.contains("does not begin with a start line")
+            && ran.stdout.contains("(deleted)"),
+        "{}",
+        ran.stdout
+    );
+    // Told the beginning was rotated away, the rest verifies.
+    let ran = audit.verify(&[cut], &["--start-rotated"]);
+    assert_eq!(ran.code(), Some(0), "{}{}", ran.stdout, ran.stderr);
+    // A start line that was edited does not verify.
+    let mut restarted = lines.clone();
+    restarted[0] = restarted[0].replace("\"prev_seq\":0", "\"prev_seq\":7");
+    let out = tampered(&audit, "restarted.log", &restarted);
+    assert!(
+        out.contains("restarted.log:1:")
+            && out.contains("signature of the start line does not verify"),
+        "{out}"
+    );
+
+    // Another replica, signing with the same key.
+    let other = Audit::new();
+    for name in ["signing.pem", "signing.pub.pem"] {
+        std::fs::copy(audit.work.path().join(name), other.work.path().join(name)).unwrap();
+    }
+    small_log(&other).await;
+    let ours = instance_of(&audit.log());
+    assert_ne!(
+        ours,
+        instance_of(&other.log()),
+        "each log has its own instance"
+    );
+    assert_eq!(
+        verified(&audit.verify(&[audit.log()], &["--instance", &ours])),
+        (20, 1)
+    );
+    let ran = audit.verify(&[other.log()], &["--instance", &ours]);
+    assert_eq!(ran.code(), Some(1), "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout
+            .contains(&format!("the log of instance `{ours}`")),
+        "{}",
+        ran.stdout
+    );
+    // Our head file beside their log says whose log it should be.
+    let ran = audit.verify(&[other.log(), head], &[]);
+    assert_eq!(ran.code(), Some(1), "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.contains("the log is another replica's"),
+        "{}",
+        ran.stdout
+    );
+
+    // Rotation that drops the oldest file: each kept file starts where the
+    // one before it ended; the first names where the log was cut.
+    let rotating = Audit::new();
+    let mut served = rotating
+        .serve("max_file_bytes = 4096\nmax_files = 2\ncheckpoint_interval = \"100ms\"\n")
+        .await;
+    decide(&served, 60).await;
+    served.send_sigterm();
+    assert_eq!(served.wait_exit(DEADLINE).await.code(), Some(0));
+    let files = rotating.files();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let ran = rotating.verify(&files, &[]);
+    assert_eq!(ran.code(), Some(1), "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.contains("the log begins after seq") && ran.stdout.contains("--start-rotated"),
+        "{}",
+        ran.stdout
+    );
+    let (records, _) = verified(&rotating.verify(&files, &["--start-rotated"]));
+    assert!(records > 0 && records < 60, "{records}");
+    // A middle file removed: the next one's start names what is missing.
+    let ran = rotating.verify(&[files[0].clone(), files[2].clone()], &["--start-rotated"]);
+    assert_eq!(ran.code(), Some(1), "{}{}", ran.stdout, ran.stderr);
+    assert!(ran.stdout.contains("(deleted)"), "{}", ran.stdout);
 }
 
 /// `value`'s line as the writer would write it: canonical, hashed.
@@ -470,14 +574,14 @@ async fn a_cut_tail_fails_unless_allowed_and_the_next_run_repairs_it() {
     let text = std::fs::read_to_string(audit.log()).unwrap();
 
     // Cut mid-record, as a crash or a truncation would.
-    let cut_at = lines[..15].iter().map(|l| l.len() + 1).sum::<usize>() + 30;
+    let cut_at = lines[..16].iter().map(|l| l.len() + 1).sum::<usize>() + 30;
     std::fs::write(audit.log(), &text[..cut_at]).unwrap();
     let ran = audit.verify(&[audit.log()], &[]);
     assert_eq!(ran.code(), Some(1), "{}{}", ran.stdout, ran.stderr);
     assert!(
         ran.stdout
             .contains("does not end with a signed checkpoint: 15 records follow the start")
-            && ran.stdout.contains("decisions.log:16, is cut off"),
+            && ran.stdout.contains("decisions.log:17, is cut off"),
         "{}",
         ran.stdout
     );
@@ -490,7 +594,7 @@ async fn a_cut_tail_fails_unless_allowed_and_the_next_run_repairs_it() {
     );
 
     // Whole lines cut: the checkpoint is gone.
-    let whole = lines[..18].join("\n") + "\n";
+    let whole = lines[..19].join("\n") + "\n";
     std::fs::write(audit.log(), &whole).unwrap();
     let ran = audit.verify(&[audit.log()], &[]);
     assert_eq!(ran.code(), Some(1));
@@ -501,7 +605,7 @@ async fn a_cut_tail_fails_unless_allowed_and_the_next_run_repairs_it() {
     let ran = audit.verify(&[audit.log(), head.clone()], &["--allow-unsigned-tail"]);
     assert_eq!(ran.code(), Some(1));
     assert!(
-        ran.stdout.contains("decisions.log:18: seq 19:")
+        ran.stdout.contains("decisions.log:19: seq 19:")
             && ran.stdout.contains("seqs 19 to 20 are missing"),
         "{}",
         ran.stdout
@@ -515,12 +619,12 @@ async fn a_cut_tail_fails_unless_allowed_and_the_next_run_repairs_it() {
     served.send_sigterm();
     assert_eq!(served.wait_exit(DEADLINE).await.code(), Some(0));
     let after = lines_of(&audit.log());
-    assert_eq!(after[15]["seq"], 21, "continues after the synced head");
+    assert_eq!(after[16]["seq"], 21, "continues after the synced head");
     let ran = audit.verify(&[audit.log()], &[]);
     assert_eq!(ran.code(), Some(1));
     assert!(
         ran.stdout
-            .contains("decisions.log:16: seq 21: seqs 16 to 20 are missing"),
+            .contains("decisions.log:17: seq 21: seqs 16 to 20 are missing"),
         "{}",
         ran.stdout
     );

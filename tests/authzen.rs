@@ -375,6 +375,7 @@ async fn records_and_metrics_name_the_api_and_the_request_id() {
             let text = std::fs::read_to_string(&log).ok()?;
             let records: Vec<Json> = text
                 .lines()
+                .filter(|l| !common::is_mark(l))
                 .map(|l| serde_json::from_str(l).unwrap())
                 .collect();
             (records.len() >= 2).then_some(records)
@@ -451,8 +452,35 @@ async fn batches_take_defaults_semantics_and_item_errors() {
     assert_eq!(got[1]["decision"], false);
     assert_eq!(got[1]["context"]["error"]["status"], 400);
     let message = got[1]["context"]["error"]["message"].as_str().unwrap();
-    assert!(message.contains("evaluations[1].resource.id"), "{message}");
+    assert!(
+        message.starts_with("`evaluations[1].resource.id`"),
+        "{message}"
+    );
     assert_eq!(got[2], t);
+    // Errors the pipeline finds name the AuthZEN path too, as do items
+    // that are not objects.
+    let mut body = batch(None, &[doc("a")]);
+    body["evaluations"].as_array_mut().unwrap().extend([
+        json!({"resource": doc("b"), "context": {"workload": {"spiffe_id": "spiffe://td/x"}}}),
+        json!(7),
+    ]);
+    let got = evaluations(post(&server, "/access/v1/evaluations", &body).await);
+    let message = |i: usize| {
+        got[i]["context"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        message(1).starts_with("`evaluations[1].context.workload`"),
+        "{}",
+        message(1)
+    );
+    assert!(
+        message(2).starts_with("`evaluations[2]`: must be a JSON object"),
+        "{}",
+        message(2)
+    );
 
     // Semantics: all, up to the first deny, up to the first permit.
     let items = [doc("a"), json!({"type": "Doc"}), doc("c")];
@@ -712,6 +740,7 @@ when {
             let text = std::fs::read_to_string(&log).ok()?;
             let records: Vec<Json> = text
                 .lines()
+                .filter(|l| !common::is_mark(l))
                 .map(|l| serde_json::from_str(l).unwrap())
                 .collect();
             (records.len() >= 3).then_some(records)

@@ -365,3 +365,70 @@ async fn unknown_types_and_ids_find_nothing_and_bad_input_is_a_400() {
         assert_eq!(got, count, "{kind} {outcome}");
     }
 }
+
+/// A search is one record, whatever its number of candidates: its query,
+/// revision and results. So searches cannot rotate an earlier decision out
+/// of a small retained log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_is_one_record_and_rotates_nothing_out() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["todo.cedar", "users.entities.json"] {
+        std::fs::copy(example().join(name), dir.path().join(name)).unwrap();
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("decisions.log");
+    let mut config = test_config(dir.path());
+    config.decision_log.enabled = true;
+    config.decision_log.sink = cedar_pdp::config::LogSink::File;
+    config.decision_log.path = log.clone();
+    config.decision_log.max_file_bytes = 16 * 1024;
+    config.decision_log.max_files = 1;
+    let server = TestServer::start_with(config).await;
+    let first = json!({"subject": {"type": "user", "id": RICK},
+                       "action": {"name": "can_read_todos"}, "resource": todo()});
+    allowed(&server, &first).await;
+    let users = users();
+    let body = json!({"subject": {"type": "user"}, "action": {"name": "can_read_todos"},
+                      "resource": todo()});
+    for _ in 0..3 {
+        let (status, answer) = post(&server, "/access/v1/search/subject", &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    server.stop().await.unwrap();
+
+    let mut records = Vec::new();
+    for file in [log.clone(), logs.path().join("decisions.log.1")] {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            records.extend(
+                text.lines()
+                    .filter(|l| !common::is_mark(l))
+                    .map(|l| serde_json::from_str::<Json>(l).unwrap()),
+            );
+        }
+    }
+    assert_eq!(
+        records.len(),
+        4,
+        "one evaluation and three searches: {records:?}"
+    );
+    assert!(records[0]["search"].is_null(), "{}", records[0]);
+    for r in &records[1..] {
+        let search = &r["search"];
+        assert_eq!(search["kind"], "subject", "{r}");
+        assert_eq!(search["candidates"], users.len(), "{r}");
+        assert_eq!(search["refused"], 0, "{r}");
+        let found = search["results"]["ids"].as_array().unwrap();
+        assert_eq!(search["results"]["count"], found.len(), "{r}");
+        assert_eq!(r["api"], "authzen");
+        assert_eq!(
+            r["replayable"], false,
+            "replay decides one request, not a search"
+        );
+        assert!(
+            r["policy_revision"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:")
+        );
+    }
+}

@@ -35,6 +35,7 @@ fn read_records(path: &Path) -> Vec<Json> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
+        .filter(|l| !common::is_mark(l))
         .map(|l| serde_json::from_str(l).expect("each line is one JSON record"))
         .collect()
 }
@@ -332,4 +333,148 @@ async fn the_file_sink_rotates_by_size() {
     let newest = read_records(&log);
     let last = newest.last().unwrap();
     assert_eq!(last["decision_id"], ids.last().unwrap().as_str());
+}
+
+/// Side files rotate with the log files that name them: their bytes count
+/// against the file, and those no kept file names are pruned, so the log
+/// and its side files stay within (max_files + 1) files' worth. Every side
+/// file a kept record names is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_files_rotate_and_are_pruned_with_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"@id("any") permit (principal, action, resource);"#,
+    )
+    .unwrap();
+    let log = dir.path().join("decisions.log");
+    let mut config = logging_config(dir.path(), &log);
+    config.decision_log.max_inline_entities_bytes = 1024;
+    config.decision_log.max_file_bytes = 32 * 1024;
+    config.decision_log.max_files = 1;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    for n in 0..60 {
+        // A set of its own for every request, about 7 KiB.
+        let set: Vec<Json> = (0..100)
+            .map(|i| serde_json::json!({"uid": {"type": "User", "id": format!("u{n}-{i}")}, "attrs": {}, "parents": []}))
+            .collect();
+        let mut req = request(
+            ("User", &format!("u{n}-0")),
+            ("Action", "read"),
+            ("Doc", "d"),
+        );
+        req.entities_json = Json::Array(set).to_string();
+        client.authorize(req).await.unwrap();
+    }
+    drop(client);
+    server.stop().await.unwrap();
+
+    let side_dir = dir.path().join("decisions.log.entities");
+    let side: Vec<(String, u64)> = std::fs::read_dir(&side_dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    let side_bytes: u64 = side.iter().map(|(_, len)| len).sum();
+    assert!(
+        side_bytes <= 3 * 32 * 1024,
+        "{} side files, {side_bytes} bytes, beside a log of two 32 KiB files",
+        side.len()
+    );
+    assert!(
+        side.len() < 60,
+        "old side files were pruned: {}",
+        side.len()
+    );
+    let mut kept = read_records(&log);
+    kept.extend(read_records(&dir.path().join("decisions.log.1")));
+    let named: Vec<&str> = kept
+        .iter()
+        .filter_map(|r| r["entities"]["sha256"].as_str())
+        .collect();
+    assert!(!named.is_empty(), "the kept records name side files");
+    for digest in named {
+        assert!(
+            side.iter()
+                .any(|(name, _)| *name == format!("{digest}.json")),
+            "{digest}, named by a kept record, was pruned"
+        );
+    }
+}
+
+/// With `decision_log.required`, a server whose log drops records says it
+/// is not ready, so traffic moves to replicas that keep their evidence;
+/// once drops stop, it is ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_log_that_drops_records_makes_the_server_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"@id("any") permit (principal, action, resource);"#,
+    )
+    .unwrap();
+    let log = dir.path().join("decisions.log");
+    let mut config = logging_config(dir.path(), &log);
+    config.decision_log.required = true;
+    config.decision_log.on_full = cedar_pdp::config::OnFull::Drop;
+    config.decision_log.queue_capacity = 1;
+    // Each record's own large set costs the writer a synced side file.
+    config.decision_log.max_inline_entities_bytes = 512;
+    let server = TestServer::start_with(config).await;
+    assert_eq!(common::http_get(server.admin_addr, "/readyz").await.0, 200);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8 {
+        let url = server.url();
+        tasks.spawn(async move {
+            let mut client =
+                proto::authorizer_client::AuthorizerClient::connect(url).await.unwrap();
+            for n in 0..40 {
+                let set: Vec<Json> = (0..40)
+                    .map(|i| serde_json::json!({"uid": {"type": "User", "id": format!("u{t}-{n}-{i}")}, "attrs": {}, "parents": []}))
+                    .collect();
+                let mut req = request(("User", "alice"), ("Action", "read"), ("Doc", "d"));
+                req.entities_json = Json::Array(set).to_string();
+                client.authorize(req).await.unwrap();
+            }
+        });
+    }
+    let (status, body) = common::eventually(
+        "not ready while dropping",
+        std::time::Duration::from_secs(60),
+        || {
+            let admin = server.admin_addr;
+            async move {
+                let (status, body) = common::http_get(admin, "/readyz").await;
+                (status == 503).then_some((status, body))
+            }
+        },
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(body.contains("dropping records"), "{body}");
+    while tasks.join_next().await.is_some() {}
+    assert!(
+        common::metric(
+            server.admin_addr,
+            "cedar_pdp_decision_log_dropped_total",
+            &[]
+        )
+        .await
+            > 0.0
+    );
+    common::eventually(
+        "ready once drops stop",
+        std::time::Duration::from_secs(40),
+        || {
+            let admin = server.admin_addr;
+            async move { (common::http_get(admin, "/readyz").await.0 == 200).then_some(()) }
+        },
+    )
+    .await;
 }

@@ -195,14 +195,19 @@ async fn the_server_holds_the_chain_to_its_rules_and_policies_see_it() {
         tonic::Code::InvalidArgument,
         "delegation.max_depth",
     );
-    // The keys are the server's: a context may not forge them.
-    let mut forged = read(Vec::new(), "");
-    forged.context_json = r#"{"purpose": "audit"}"#.into();
+    // The chain's key is the server's: a context may not forge it.
+    let mut forged = read(Vec::new(), "summarize");
+    forged.context_json = r#"{"delegation": {"depth": 1, "verified": true}}"#.into();
     refused(
         decide(&server, forged).await,
         tonic::Code::InvalidArgument,
-        "context.purpose",
+        "context.delegation",
     );
+    // A purpose is only declared, so a context may say it, as callers did
+    // before the field existed: here without a chain, a deny.
+    let mut own_purpose = read(Vec::new(), "");
+    own_purpose.context_json = r#"{"purpose": "summarize"}"#.into();
+    assert!(!decide(&server, own_purpose).await.unwrap());
     // A token with no issuer to verify it against is refused, not ignored.
     let mut token = read(vec![alice()], "summarize");
     token.subject_token = "eyJhbGciOiJub25lIn0.e30.".into();
@@ -229,6 +234,7 @@ async fn the_server_holds_the_chain_to_its_rules_and_policies_see_it() {
             let text = std::fs::read_to_string(&log).ok()?;
             let records: Vec<Json> = text
                 .lines()
+                .filter(|l| !common::is_mark(l))
                 .map(|l| serde_json::from_str(l).unwrap())
                 .collect();
             (records.len() >= 12).then_some(records)

@@ -216,6 +216,7 @@ async fn git_sync_swaps_carry_the_commit_into_status_responses_and_the_log() {
     let records = std::fs::read_to_string(&log_file).unwrap();
     let commits: Vec<String> = records
         .lines()
+        .filter(|l| !common::is_mark(l))
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .map(|r| r["policy_commit"].as_str().unwrap().to_string())
         .collect();

@@ -802,7 +802,7 @@ fn records(bytes: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8(bytes.to_vec())
         .unwrap()
         .lines()
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.is_empty() && !common::is_mark(l))
         .map(|l| serde_json::from_str(l).expect("each line is one JSON record"))
         .collect()
 }

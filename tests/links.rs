@@ -202,6 +202,91 @@ async fn links_expire_and_start_on_time_with_no_reload_and_no_stale_cache() {
     assert_eq!(grants(server.admin_addr).await, [1.0, 0.0, 2.0]);
 }
 
+/// A decision is recorded at the instant its grants were judged: an allow
+/// is never stamped after the grant that allowed it expired, so `replay`
+/// of calls made right across the expiry finds no difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_stamped_when_their_grants_were_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("grants.cedar"), TEMPLATE).unwrap();
+    std::fs::write(dir.path().join("schema.cedarschema"), SCHEMA).unwrap();
+    let expires_at = ceil_second(SystemTime::now() + Duration::from_secs(3));
+    let mut expiring = link("grant-7f3a", "summarizer", "q3-plan");
+    expiring["expires_at"] = json!(rfc3339(expires_at));
+    std::fs::write(
+        dir.path().join("agents.links.json"),
+        serde_json::to_string(&json!([expiring])).unwrap(),
+    )
+    .unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("decisions.log");
+    let mut config = test_config(dir.path());
+    // Every call evaluated, none answered from the cache.
+    config.limits.decision_cache_bytes = 0;
+    config.decision_log.enabled = true;
+    config.decision_log.sink = cedar_pdp::config::LogSink::File;
+    config.decision_log.path = log.clone();
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    // Back to back, across the expiry, on four connections.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let mut client = client.clone();
+        tasks.spawn(async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                let r = ask(&mut client, "summarizer", "q3-plan").await;
+                let past = SystemTime::now() > expires_at + Duration::from_millis(300);
+                if (past && !allowed(&r)) || std::time::Instant::now() > deadline {
+                    return;
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    assert!(!allowed(&ask(&mut client, "summarizer", "q3-plan").await));
+    drop(client);
+    server.stop().await.unwrap();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !common::is_mark(l))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut allows = 0;
+    for r in &records {
+        let at = humantime::parse_rfc3339(r["timestamp"].as_str().unwrap()).unwrap();
+        if r["decision"] == "allow" {
+            allows += 1;
+            assert!(
+                at < expires_at,
+                "an allow stamped at or after the expiry: {r}"
+            );
+        } else {
+            assert!(at >= expires_at, "a deny stamped inside the window: {r}");
+        }
+    }
+    assert!(
+        allows > 0 && allows < records.len(),
+        "{allows} of {}",
+        records.len()
+    );
+    let mut replay = bin();
+    replay
+        .args(["replay", "--source"])
+        .arg(dir.path())
+        .arg("--log")
+        .arg(&log);
+    let ran = binary::run(replay, Duration::from_secs(60));
+    assert_eq!(ran.code(), Some(0), "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.contains("0 allow -> deny, 0 deny -> allow"),
+        "{}",
+        ran.stdout
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_links_file_never_replaces_a_good_set() {
     let dir = tempfile::tempdir().unwrap();

@@ -184,10 +184,12 @@ async fn counter(server: &TestServer, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no `{name}` in {scrape}"))
 }
 
+/// The log's lines after its start line.
 fn log_lines(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("decisions.log"))
         .unwrap()
         .lines()
+        .filter(|l| !l.starts_with("{\"start\":"))
         .map(str::to_string)
         .collect()
 }
@@ -392,9 +394,10 @@ async fn records_export_over_http_protobuf() {
     assert_eq!(at["cedar.decision"], "allow");
     let line: serde_json::Value = serde_json::from_str(&body(&got.record)).unwrap();
     assert_eq!(line["decision_id"], allow.decision_id.as_str());
+    // The file's start line, then the record.
     assert_eq!(
         counter(&server, "cedar_pdp_decision_log_exported_total").await,
-        1
+        2
     );
     drop(client);
     server.stop().await.unwrap();
@@ -493,8 +496,9 @@ async fn an_unreachable_collector_counts_failed_exports() {
     common::eventually("counted failures", Duration::from_secs(30), || {
         let server = &server;
         async move {
+            // The file's start line and the five records.
             let n = counter(server, "cedar_pdp_decision_log_export_failed_total").await;
-            (n == 5).then_some(())
+            (n == 6).then_some(())
         }
     })
     .await;
@@ -594,5 +598,7 @@ async fn the_binary_ships_records_and_its_last_checkpoint() {
         .map(str::to_string)
         .collect();
     assert_eq!(lines.last(), Some(&body(&checkpoint.record)));
-    assert_eq!(lines.first(), Some(&body(&got.record)));
+    // The file's start line, then the record.
+    assert!(lines[0].starts_with("{\"start\":"), "{}", lines[0]);
+    assert_eq!(lines.get(1), Some(&body(&got.record)));
 }

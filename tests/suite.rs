@@ -25,6 +25,7 @@ mod bench_cli;
 mod cli;
 mod conformance;
 mod connections;
+mod context_keys;
 mod convert_props;
 mod decision_cache;
 mod decision_log;

@@ -370,6 +370,7 @@ async fn every_check_of_a_token_is_enforced_and_named() {
             let text = std::fs::read_to_string(&log).ok()?;
             let records: Vec<Json> = text
                 .lines()
+                .filter(|l| !common::is_mark(l))
                 .map(|l| serde_json::from_str(l).unwrap())
                 .collect();
             records
@@ -388,7 +389,8 @@ async fn every_check_of_a_token_is_enforced_and_named() {
     assert_eq!(good["decision"], "allow");
     assert_eq!(
         good["tokens"],
-        json!([{"kind": "subject", "issuer": IDP, "subject": "alice", "jti": "jti-1", "kid": "ed-1"}])
+        json!([{"kind": "subject", "issuer": IDP, "subject": "alice", "jti": "jti-1", "kid": "ed-1",
+                "scopes": ["docs:read", "docs:list"], "binding": "act"}])
     );
     assert_eq!(
         good["delegation"][0]["delegator"],
@@ -412,6 +414,140 @@ async fn every_check_of_a_token_is_enforced_and_named() {
             .filter(|r| r["request_id"] == "bad")
             .all(|r| r["error"]["reason"] == "token_invalid")
     );
+}
+
+/// A token grants the scopes it carries (none, when it carries none), and
+/// makes a verified chain only for a principal it names: its `act.sub`, its
+/// `may_act.sub`, or its own `sub`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_grants_only_its_scopes_and_binds_only_the_principal_it_names() {
+    let ed = ed25519("ed-1");
+    let setup = start(&[&ed], &[]).await;
+    let server = &setup.server;
+    let with = |edit: &dyn Fn(&mut Json)| {
+        let mut claims = alice(json!({"sub": "summarizer"}));
+        edit(&mut claims);
+        sign(&ed, &claims)
+    };
+    let in_scope = || {
+        vec![DelegationHop {
+            delegator: uid("User", "alice"),
+            scopes: vec!["docs:read".into()],
+            ..Default::default()
+        }]
+    };
+    // No `scope`, or an empty one: the caller cannot name scopes itself.
+    for (name, token) in [
+        (
+            "no-scope",
+            with(&|c| drop(c.as_object_mut().unwrap().remove("scope"))),
+        ),
+        ("empty-scope", with(&|c| c["scope"] = json!(""))),
+    ] {
+        let mut req = read_for(&token, name);
+        req.delegation = in_scope();
+        let status = decide(server, req).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{name}: {status:?}"
+        );
+        assert!(status.message().contains("docs:read"), "{name}: {status:?}");
+        // Without a sent chain the chain has no scopes to allow with.
+        assert!(
+            !decide(server, read_for(&token, name)).await.unwrap(),
+            "{name}"
+        );
+    }
+    // No `act`: alice's token names no agent, so the chain it makes for
+    // whichever agent sent it is not verified, and the policy denies.
+    let unbound = with(&|c| drop(c.as_object_mut().unwrap().remove("act")));
+    assert!(!decide(server, read_for(&unbound, "unbound")).await.unwrap());
+    // `may_act` names the agent alice lets act for her.
+    let may_act = with(&|c| {
+        c.as_object_mut().unwrap().remove("act");
+        c["may_act"] = json!({"sub": "summarizer"});
+    });
+    assert!(decide(server, read_for(&may_act, "may-act")).await.unwrap());
+    let someone_else = with(&|c| {
+        c.as_object_mut().unwrap().remove("act");
+        c["may_act"] = json!({"sub": "other-agent"});
+    });
+    let status = decide(server, read_for(&someone_else, "may-act-other"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("may_act.sub"), "{status:?}");
+
+    let records: Vec<Json> = eventually("the records", Duration::from_secs(10), || {
+        let log = setup.log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let records: Vec<Json> = text
+                .lines()
+                .filter(|l| !common::is_mark(l))
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            records
+                .iter()
+                .any(|r| r["request_id"] == "may-act-other")
+                .then_some(records)
+        }
+    })
+    .await;
+    let by_id = |id: &str| records.iter().find(|r| r["request_id"] == id).unwrap();
+    assert_eq!(by_id("unbound")["tokens"][0]["binding"], "none");
+    assert_eq!(by_id("may-act")["tokens"][0]["binding"], "may_act");
+    // Both outcomes are recorded: the refusal, then the deny.
+    let no_scope: Vec<&Json> = records
+        .iter()
+        .filter(|r| r["request_id"] == "no-scope")
+        .collect();
+    assert_eq!(no_scope.len(), 2, "{no_scope:?}");
+    assert_eq!(
+        no_scope[0]["error"]["reason"], "delegation_invalid",
+        "{:?}",
+        no_scope[0]
+    );
+    assert_eq!(no_scope[1]["decision"], "deny", "{:?}", no_scope[1]);
+}
+
+/// Once tokens are configured, `context.token` is the server's on every
+/// front-end, whether or not a request sends a token: AuthZEN cannot send
+/// one, so there a caller could always have written its own claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_front_end_lets_a_caller_write_the_tokens_claims() {
+    let ed = ed25519("ed-1");
+    let setup = start(&[&ed], &[]).await;
+    let server = &setup.server;
+    let mut forged = read_for("", "forged-without-token");
+    forged.context_json = r#"{"token": {"scope": ["docs:read"]}}"#.into();
+    let status = decide(server, forged).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("context.token"), "{status:?}");
+
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "http://{}/access/v1/evaluation",
+            server.authzen_addr
+        ))
+        .header("content-type", "application/json")
+        .body(
+            json!({
+                "subject": {"type": "Agent", "id": "summarizer"},
+                "action": {"name": "read"},
+                "resource": {"type": "Doc", "id": "plan"},
+                "context": {"token": {"scope": ["docs:read"]}},
+            })
+            .to_string(),
+        )
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 400);
+    let body = answer.text().await.unwrap();
+    assert!(body.contains("context.token"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,8 +662,13 @@ async fn ext_authz_verifies_a_bearer_subject_token() {
             ..Default::default()
         }),
     };
-    let good = sign(&ed, &alice(Json::Null));
-    let mut forged_claims = alice(Json::Null);
+    // Alice's token lets the web workload act for her (`may_act`); one
+    // that names no workload makes no verified chain for it.
+    let mut claims = alice(Json::Null);
+    claims["may_act"] = json!({"sub": "spiffe://td/ns/shop/sa/web"});
+    let good = sign(&ed, &claims);
+    let unbound = sign(&ed, &alice(Json::Null));
+    let mut forged_claims = claims.clone();
     forged_claims["sub"] = json!("mallory");
     let forged = {
         let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
@@ -547,6 +688,7 @@ async fn ext_authz_verifies_a_bearer_subject_token() {
         None,
         Some(format!("Basic {good}")),
         Some(format!("Bearer {forged}")),
+        Some(format!("Bearer {unbound}")),
     ] {
         let denied = client
             .check(check(header.clone()))

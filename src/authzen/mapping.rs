@@ -20,11 +20,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value as Json};
 
-use crate::config::AuthzenConfig;
+use crate::config::{AuthzenConfig, ContextKeysConfig};
 use crate::engine::type_name;
 use crate::pipeline::{
-    Context, DELEGATION_KEY, DecisionRequest, DelegationHop, InvalidField, PURPOSE_KEY, Rejected,
-    Submitted, Uid,
+    Context, DecisionRequest, DelegationHop, InvalidField, Rejected, Submitted, Uid,
 };
 
 /// The context key action properties reach policies under.
@@ -41,10 +40,14 @@ pub(super) struct Mapping {
     /// The full action type, e.g. `Ns::Action`.
     action_type: String,
     types: BTreeMap<String, String>,
+    /// The context keys AuthZEN's context carries the delegation chain and
+    /// purpose under: the server's own (`[context_keys]`).
+    delegation_key: String,
+    purpose_key: String,
 }
 
-impl From<&AuthzenConfig> for Mapping {
-    fn from(c: &AuthzenConfig) -> Self {
+impl Mapping {
+    pub(super) fn new(c: &AuthzenConfig, keys: &ContextKeysConfig) -> Self {
         let prefix = if c.namespace.is_empty() {
             String::new()
         } else {
@@ -54,6 +57,8 @@ impl From<&AuthzenConfig> for Mapping {
             action_type: format!("{prefix}{}", c.action_type),
             prefix,
             types: c.types.clone(),
+            delegation_key: keys.delegation.clone(),
+            purpose_key: keys.purpose.clone(),
         }
     }
 }
@@ -302,13 +307,18 @@ impl Mapping {
             }
             context.insert(ACTION_KEY.to_string(), Json::Object(props));
         }
-        if let Some(chain) = context.remove(DELEGATION_KEY) {
+        if let Some(chain) = context.remove(&self.delegation_key) {
             req.delegation = self.delegation(&chain)?;
         }
-        match context.remove(PURPOSE_KEY) {
+        match context.remove(&self.purpose_key) {
             None | Some(Json::Null) => {}
             Some(Json::String(p)) => req.purpose = p,
-            Some(_) => return Err(InvalidField::new("context.purpose", "must be a string")),
+            Some(_) => {
+                return Err(InvalidField::new(
+                    format!("context.{}", self.purpose_key),
+                    "must be a string",
+                ));
+            }
         }
         req.context = Context::Record(context);
 
@@ -344,7 +354,7 @@ mod tests {
             ..AuthzenConfig::default()
         };
         c.types.insert("todo-list".into(), "Todo::List".into());
-        Mapping::from(&c)
+        Mapping::new(&c, &ContextKeysConfig::default())
     }
 
     fn convert(m: &Mapping, body: Json) -> Result<DecisionRequest, InvalidField> {

@@ -80,7 +80,7 @@ impl Authzen {
     pub(crate) fn new(pipeline: Pipeline, config: &Config, budget: Arc<BufferBudget>) -> Self {
         Self {
             pipeline,
-            mapping: Arc::new(Mapping::from(&config.authzen)),
+            mapping: Arc::new(Mapping::new(&config.authzen, &config.context_keys)),
             max_body_bytes: config.authzen.max_body_bytes,
             budget,
             base_url: Some(config.authzen.base_url.as_str())
@@ -488,15 +488,12 @@ async fn evaluations(State(az): State<Arc<Authzen>>, request: Request) -> Respon
     // a batch over `limits.max_batch_size` as a whole.
     let submitted: Vec<Submitted> = items
         .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let prefix = format!("evaluations[{i}]");
-            match item {
-                Json::Object(item) => az.convert(Parts::take(item).or(&defaults), &http, &prefix),
-                _ => {
-                    let e = InvalidField::new(prefix, "must be a JSON object");
-                    http.rejected(e, Reason::InvalidRequest)
-                }
+        // The pipeline names each item's errors `evaluations[i]`.
+        .map(|item| match item {
+            Json::Object(item) => az.convert(Parts::take(item).or(&defaults), &http, ""),
+            _ => {
+                let e = InvalidField::new("", "must be a JSON object");
+                http.rejected(e, Reason::InvalidRequest)
             }
         })
         .collect();

@@ -4,8 +4,10 @@
 //! or the known actions), and decides each one through the pipeline with
 //! the request's other inputs, as `/evaluation` would; the results are the
 //! candidates it allows, so they are exact by construction. Every candidate
-//! is decided (and recorded) on every page, so `total` is exact and a page
-//! is a slice of one ordered list.
+//! is decided on every page, so `total` is exact and a page is a slice of
+//! one ordered list. A search is one record, not one per candidate: its
+//! query, revision and results, so that searches cannot rotate other
+//! decisions out of the log.
 //!
 //! A page token is the offset of the next result and a digest of the query
 //! (every input but the token) and the policy digest: a token is rejected
@@ -260,6 +262,38 @@ fn listing(
     })
 }
 
+/// How many results the record lists by id; past that, their count and
+/// digest stand for them.
+const RECORDED_IDS: usize = 100;
+
+/// A search's results, for its record: their count, the SHA-256 of their
+/// ids (one per line, in order), and the ids themselves when few.
+fn summarize(allowed: &[String]) -> Json {
+    let mut hasher = Sha256::new();
+    for id in allowed {
+        hasher.update(id.as_bytes());
+        hasher.update(b"\n");
+    }
+    let mut summary = json!({
+        "count": allowed.len(),
+        "sha256": hex::encode(hasher.finalize()),
+    });
+    if allowed.len() <= RECORDED_IDS {
+        summary["ids"] = json!(allowed);
+    }
+    summary
+}
+
+/// The query as sent: subject, action and resource (the context goes to
+/// the record's `context`, where the log's masking applies).
+fn query_of(parts: &Parts<'_>) -> Json {
+    json!({
+        "subject": parts.subject.as_deref(),
+        "action": parts.action.as_deref(),
+        "resource": parts.resource.as_deref(),
+    })
+}
+
 fn empty() -> Json {
     json!({"page": {"next_token": "", "count": 0, "total": 0}, "results": []})
 }
@@ -337,11 +371,11 @@ impl Authzen {
             resource: probe_resource.map(Cow::Owned),
             context: parts.context.clone(),
         };
-        let probe = self.mapping.request(probe, &http.request_id, "");
-        if probe.is_err() {
+        let probe = match self.mapping.request(probe, &http.request_id, "") {
+            Ok(probe) => probe,
             // Refused (and recorded) through the pipeline, as `/evaluation` would be.
-            return self.single(http, Some(snapshot), probe, false).await;
-        }
+            refused => return self.single(http, Some(snapshot), refused, false).await,
+        };
         let digest = query_digest(kind, &parts, page.limit, &snapshot);
         let offset = match page.token.as_deref().map(|t| offset(t, &digest)) {
             None => 0,
@@ -353,7 +387,7 @@ impl Authzen {
             http.call
                 .span
                 .record("cedar.policy_revision", snapshot.revision.as_str());
-            return self.found(http, kind, "unknown_type", 0, &empty());
+            return self.found(http, kind, "unknown_type", 0, &empty(), None);
         }
 
         let searched = match kind {
@@ -383,18 +417,38 @@ impl Authzen {
         http.call
             .span
             .record("cedar.policy_revision", snapshot.revision.as_str());
+        let call = http.call.clone().summarized();
         match self
-            .decide_candidates(http, kind, &parts, &snapshot, &ids)
+            .decide_candidates(http, &call, kind, &parts, &snapshot, &ids)
             .await
         {
-            Ok(allowed) => {
+            Ok((allowed, refused)) => {
+                let summary = json!({
+                    "kind": key,
+                    "query": query_of(&parts),
+                    "candidates": ids.len(),
+                    "refused": refused,
+                    "results": summarize(&allowed),
+                    "page": {"offset": offset, "limit": page.limit},
+                });
+                let decision_id = self
+                    .pipeline
+                    .record_summary(&probe, &call, &snapshot, !allowed.is_empty(), summary)
+                    .await;
                 let body = listing(kind, &allowed, &authzen_type, offset, page.limit, &digest);
                 let outcome = if allowed.is_empty() {
                     "empty"
                 } else {
                     "results"
                 };
-                self.found(http, kind, outcome, allowed.len(), &body)
+                self.found(
+                    http,
+                    kind,
+                    outcome,
+                    allowed.len(),
+                    &body,
+                    decision_id.as_deref(),
+                )
             }
             Err(error) => http.answer(
                 status::http_status(error.reason),
@@ -413,27 +467,35 @@ impl Authzen {
         outcome: &'static str,
         results: usize,
         body: &Json,
+        decision_id: Option<&str>,
     ) -> axum::response::Response {
         http.call
             .span
             .record("cedar.search.results", results as u64);
         self.pipeline.metrics().search(kind.key(), outcome);
-        http.answer(axum::http::StatusCode::OK, body, &[])
+        let headers: Vec<(&'static str, &str)> = decision_id
+            .map(|id| (crate::pipeline::DECISION_ID_HEADER, id))
+            .into_iter()
+            .collect();
+        http.answer(axum::http::StatusCode::OK, body, &headers)
     }
 
-    /// The ids in `ids` whose evaluation allows, in order; each is decided
-    /// and recorded through the pipeline, in batches of at most
-    /// `limits.max_batch_size` against the one snapshot. A candidate the
-    /// pipeline refuses is not a result.
+    /// The ids in `ids` whose evaluation allows, in order, and how many
+    /// the pipeline refused; each is decided through the pipeline on
+    /// `call` (which records them once, as the search), in batches of at
+    /// most `limits.max_batch_size` against the one snapshot. A candidate
+    /// the pipeline refuses is not a result.
     async fn decide_candidates(
         &self,
         http: &Http,
+        call: &crate::pipeline::Call,
         kind: Kind,
         parts: &Parts<'_>,
         snapshot: &Arc<Snapshot>,
         ids: &[String],
-    ) -> Result<Vec<String>, crate::pipeline::DecisionError> {
+    ) -> Result<(Vec<String>, usize), crate::pipeline::DecisionError> {
         let mut allowed = Vec::new();
+        let mut refused = 0;
         for chunk in ids.chunks(self.pipeline.max_batch_size().max(1)) {
             let filled: Vec<Json> = chunk
                 .iter()
@@ -462,18 +524,20 @@ impl Authzen {
                     Some(Arc::clone(snapshot)),
                     items,
                     Ok(Vec::new()),
-                    &http.call,
+                    call,
                     http.timeout,
                     BatchStop::Never,
                 )
                 .await?;
             for (id, answer) in chunk.iter().zip(&answers) {
-                if matches!(answer, Ok(o) if o.decision.allow) {
-                    allowed.push(id.clone());
+                match answer {
+                    Ok(o) if o.decision.allow => allowed.push(id.clone()),
+                    Ok(_) => {}
+                    Err(_) => refused += 1,
                 }
             }
         }
-        Ok(allowed)
+        Ok((allowed, refused))
     }
 }
 

@@ -35,6 +35,14 @@ struct VerifyArgs {
     /// Accept records after the last checkpoint (recovery after a crash).
     #[arg(long)]
     allow_unsigned_tail: bool,
+    /// The log's oldest files were rotated away (or it was written before
+    /// start lines): accept a first file that starts after the genesis.
+    #[arg(long)]
+    start_rotated: bool,
+    /// The instance the log must be (`decision_log.instance_id`, or the id
+    /// the server logged at start): another replica's log fails.
+    #[arg(long, value_name = "ID")]
+    instance: Option<String>,
 }
 
 /// 0 when the log is intact, 1 when it is not, 64 when it cannot be read.
@@ -58,13 +66,24 @@ fn run_verify(args: VerifyArgs) -> Exit {
     let options = VerifyOptions {
         keys,
         allow_unsigned_tail: args.allow_unsigned_tail,
+        start_rotated: args.start_rotated,
+        instance: args.instance,
     };
     match verify::verify(&args.files, &options) {
         Ok(v) => {
             println!(
-                "verified {} records, {} checkpoints",
-                v.records, v.checkpoints
+                "verified {} records, {} checkpoints{}",
+                v.records,
+                v.checkpoints,
+                v.instance
+                    .as_ref()
+                    .map_or(String::new(), |i| format!(", instance {i}"))
             );
+            for (first, last) in &v.gaps {
+                eprintln!(
+                    "note: seqs {first} to {last} were never written: the writer recorded the gap (a failed write; counted in cedar_pdp_decision_log_dropped_total)"
+                );
+            }
             if options.keys.is_empty() && v.checkpoints > 0 {
                 eprintln!("note: checkpoint signatures were not checked (no --public-key)");
             }

@@ -7,9 +7,15 @@
 //! line: `{...canonical record...,"hash":"<hex>"}`. A checker can strip that
 //! member from the line and hash the rest, byte for byte.
 //!
-//! A checkpoint is a line `{"checkpoint":{hash,key_id,seq,timestamp},
-//! "signature":<base64>}`: an Ed25519 signature over the canonical JSON of
-//! the `checkpoint` object, which names the last record written before it.
+//! A checkpoint is a line `{"checkpoint":{hash,instance,key_id,seq,
+//! timestamp},"signature":<base64>}`: an Ed25519 signature over the
+//! canonical JSON of the `checkpoint` object, which names the last record
+//! written before it. Two more marks have the same shape: `start`, the
+//! first line of every file, names the record before the file
+//! (`prev_seq`, `prev_hash`; 0 and [`GENESIS`] at the chain's beginning),
+//! and `gap` names records the writer linked but could not write
+//! (`first_seq`..`last_seq`, and `hash`, the last one's). Every mark names
+//! the log's `instance`, so one replica's log never passes for another's.
 //!
 //! The request path serializes a record once, canonically, without `seq`
 //! and `prev_hash` ([`Body`]); the writer thread, which alone knows the
@@ -240,23 +246,46 @@ impl Signer {
     }
 
     /// A signed checkpoint line for `head`, `\n` included.
-    pub fn checkpoint(&self, head: &Head, timestamp: &str) -> Vec<u8> {
+    pub fn checkpoint(&self, head: &Head, timestamp: &str, instance: &str) -> Vec<u8> {
         let body = json!({
             "seq": head.seq,
             "hash": head.hash,
             "timestamp": timestamp,
-            "key_id": self.key_id,
+            "instance": instance,
         });
-        // INVARIANT: strings and an integer always serialize.
-        let signed = canonical::to_vec(&body).unwrap_or_default();
-        let signature = self.key.sign(&signed);
-        let signature = base64::engine::general_purpose::STANDARD.encode(signature.as_ref());
-        let mut line = Vec::with_capacity(signed.len() + 120);
-        line.extend_from_slice(b"{\"checkpoint\":");
-        line.extend_from_slice(&signed);
-        line.extend_from_slice(format!(",\"signature\":\"{signature}\"}}\n").as_bytes());
-        line
+        mark_line(Some(self), CHECKPOINT, body)
     }
+}
+
+const CHECKPOINT: &str = "checkpoint";
+/// The first line of every file.
+pub(super) const START: &str = "start";
+/// Records linked but never written.
+pub(super) const GAP: &str = "gap";
+
+/// The line of a mark (`start`, `gap`, `checkpoint`), `\n` included:
+/// `body` in canonical JSON under `tag`, signed when there is a `signer`.
+pub(super) fn mark_line(signer: Option<&Signer>, tag: &str, mut body: Json) -> Vec<u8> {
+    if let Some(signer) = signer {
+        body["key_id"] = Json::String(signer.key_id.clone());
+    }
+    // INVARIANT: strings and integers always serialize.
+    let signed = canonical::to_vec(&body).unwrap_or_default();
+    let mut line = Vec::with_capacity(signed.len() + 120);
+    line.extend_from_slice(format!("{{\"{tag}\":").as_bytes());
+    line.extend_from_slice(&signed);
+    if let Some(signer) = signer {
+        let signature = signer.key.sign(&signed);
+        let signature = base64::engine::general_purpose::STANDARD.encode(signature.as_ref());
+        line.extend_from_slice(format!(",\"signature\":\"{signature}\"").as_bytes());
+    }
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+/// A new log's instance id: a UUIDv7, so ids sort by when logs began.
+pub(super) fn new_instance() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// A key checkpoints are verified with: `log verify --public-key`.
@@ -312,8 +341,12 @@ impl PublicKey {
 pub(crate) enum Line {
     Record(RecordLine),
     Checkpoint(CheckpointLine),
-    /// The `.head` file's one line.
-    Head(Head),
+    /// The first line of a file.
+    Start(Mark),
+    /// Records the writer linked but could not write.
+    Gap(Mark),
+    /// The `.head` file's one line, and the log's instance if it names one.
+    Head(Head, Option<String>),
     /// JSON without chain members: a record from before the chain, or one
     /// written by hand.
     Unchained,
@@ -338,8 +371,46 @@ pub(crate) struct RecordLine {
 pub(crate) struct CheckpointLine {
     pub head: Head,
     pub key_id: String,
+    /// `None` in checkpoints written before instances.
+    pub instance: Option<String>,
     pub signed: Vec<u8>,
     pub signature: Option<Vec<u8>>,
+}
+
+/// A `start` or `gap` mark: its members, and the bytes its signature
+/// covers.
+#[derive(Debug)]
+pub(crate) struct Mark {
+    pub body: Json,
+    pub key_id: Option<String>,
+    pub signed: Vec<u8>,
+    pub signature: Option<Vec<u8>>,
+}
+
+impl Mark {
+    pub(crate) fn seq(&self, key: &str) -> Option<u64> {
+        self.body.get(key).and_then(Json::as_u64)
+    }
+
+    pub(crate) fn text(&self, key: &str) -> Option<&str> {
+        self.body.get(key).and_then(Json::as_str)
+    }
+
+    /// The chain position it names: `prev_*` of a start, `last_seq` and
+    /// `hash` of a gap.
+    pub(crate) fn names(&self, seq: &str, hash: &str) -> Option<Head> {
+        let h = self.text(hash).filter(|h| is_hex64(h))?;
+        Some(Head {
+            seq: self.seq(seq)?,
+            hash: h.to_string(),
+        })
+    }
+}
+
+fn signature_of(map: &serde_json::Map<String, Json>) -> Option<Vec<u8>> {
+    map.get("signature")
+        .and_then(Json::as_str)
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
 }
 
 fn is_hex64(s: &str) -> bool {
@@ -356,26 +427,37 @@ pub(crate) fn parse_line(bytes: &[u8]) -> Line {
         return Line::Invalid("not a JSON object".to_string());
     };
     if let Some(head) = map.get("chain_head") {
+        let instance = head["instance"].as_str().map(str::to_string);
         return match head_of(head) {
-            Some(head) => Line::Head(head),
+            Some(head) => Line::Head(head, instance),
             None => Line::Invalid("a `chain_head` without `seq` and `hash`".to_string()),
         };
     }
-    if let Some(cp) = map.get("checkpoint") {
+    if let Some(cp) = map.get(CHECKPOINT) {
         let Some(head) = head_of(cp) else {
             return Line::Invalid("a checkpoint without `seq` and `hash`".to_string());
         };
         let key_id = cp["key_id"].as_str().unwrap_or_default().to_string();
-        let signature = map
-            .get("signature")
-            .and_then(Json::as_str)
-            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
         return Line::Checkpoint(CheckpointLine {
             head,
             key_id,
+            instance: cp["instance"].as_str().map(str::to_string),
             signed: canonical::to_vec(cp).unwrap_or_default(),
-            signature,
+            signature: signature_of(map),
         });
+    }
+    for (tag, wrap) in [(START, Line::Start as fn(Mark) -> Line), (GAP, Line::Gap)] {
+        if let Some(body) = map.get(tag) {
+            if !body.is_object() {
+                return Line::Invalid(format!("a `{tag}` that is not an object"));
+            }
+            return wrap(Mark {
+                key_id: body["key_id"].as_str().map(str::to_string),
+                signed: canonical::to_vec(body).unwrap_or_default(),
+                signature: signature_of(map),
+                body: body.clone(),
+            });
+        }
     }
     let (Some(seq), Some(prev_hash), Some(hash)) = (
         map.get(SEQ).and_then(Json::as_u64),
@@ -430,13 +512,15 @@ pub(crate) fn head_path(log: &Path) -> PathBuf {
 
 /// Writes `head` to `path` durably: a temporary file, fsynced, renamed over
 /// it, and the directory fsynced.
-pub(super) fn write_head(path: &Path, head: &Head) -> io::Result<()> {
+pub(super) fn write_head(path: &Path, head: &Head, instance: &str) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let line = format!(
-        "{{\"chain_head\":{{\"hash\":\"{}\",\"seq\":{}}}}}\n",
-        head.hash, head.seq
+        "{{\"chain_head\":{{\"hash\":\"{}\",\"instance\":{},\"seq\":{}}}}}\n",
+        head.hash,
+        Json::String(instance.to_string()),
+        head.seq
     );
     {
         let mut file = File::create(&tmp)?;
@@ -453,6 +537,20 @@ pub(super) struct Resumed {
     pub head: Head,
     /// The log's last line is a checkpoint of `head`.
     pub covered: bool,
+    /// The log's instance, from its `.head` file or its live file's start;
+    /// `None`: a new log, or one from before instances.
+    pub instance: Option<String>,
+}
+
+impl Resumed {
+    /// A new chain.
+    pub(super) fn genesis() -> Self {
+        Self {
+            head: Head::genesis(),
+            covered: false,
+            instance: None,
+        }
+    }
 }
 
 /// Why an existing log cannot be continued.
@@ -497,9 +595,13 @@ pub(super) fn resume(path: &Path) -> Result<Resumed, ResumeError> {
     }
     let from_log = from_log.flatten();
     let head_file = head_path(path);
+    let mut instance = first_start(path).map_err(io_error)?;
     let from_head = match std::fs::read(&head_file) {
         Ok(bytes) => match parse_line(bytes.trim_ascii_end()) {
-            Line::Head(head) => Some(head),
+            Line::Head(head, named) => {
+                instance = instance.or(named);
+                Some(head)
+            }
             _ => {
                 tracing::warn!(file = %head_file.display(), "decision log head file is unreadable; ignored");
                 None
@@ -513,7 +615,7 @@ pub(super) fn resume(path: &Path) -> Result<Resumed, ResumeError> {
             });
         }
     };
-    Ok(match (from_log, from_head) {
+    let mut resumed = match (from_log, from_head) {
         (Some(log), Some(head)) if head.seq > log.head.seq => {
             tracing::warn!(
                 log_seq = log.head.seq,
@@ -522,19 +624,63 @@ pub(super) fn resume(path: &Path) -> Result<Resumed, ResumeError> {
             );
             Resumed {
                 head,
-                covered: false,
+                ..Resumed::genesis()
             }
         }
         (Some(log), _) => log,
         (None, Some(head)) => Resumed {
             head,
-            covered: false,
+            ..Resumed::genesis()
         },
-        (None, None) => Resumed {
-            head: Head::genesis(),
-            covered: false,
-        },
-    })
+        (None, None) => Resumed::genesis(),
+    };
+    resumed.instance = instance;
+    Ok(resumed)
+}
+
+/// The instance the start line of the live file names (or of `path.1`,
+/// when rotation left the live file empty).
+fn first_start(path: &Path) -> io::Result<Option<String>> {
+    let mut rotated = path.as_os_str().to_os_string();
+    rotated.push(".1");
+    for file in [path.to_path_buf(), PathBuf::from(rotated)] {
+        match start_of(&file)? {
+            None => continue,
+            Some(Line::Start(mark)) => return Ok(mark.text("instance").map(str::to_string)),
+            Some(_) => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+/// The first line of the file at `path`, understood; `None` when it is
+/// missing or empty.
+fn start_of(path: &Path) -> io::Result<Option<Line>> {
+    // A pipe or a device has no first line to read back (and opening a
+    // FIFO to read would wait for a writer).
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut line = Vec::new();
+    match File::open(path) {
+        Ok(f) => {
+            io::BufRead::read_until(&mut io::BufReader::new(f.take(64 * 1024)), b'\n', &mut line)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    Ok((!line.is_empty()).then(|| parse_line(line.trim_ascii_end())))
+}
+
+/// When the file at `path` started, from its start line.
+pub(super) fn started_at(path: &Path) -> Option<std::time::SystemTime> {
+    match start_of(path).ok()?? {
+        Line::Start(mark) => humantime::parse_rfc3339(mark.text("timestamp")?).ok(),
+        _ => None,
+    }
 }
 
 /// What a log's last line says about its chain; `None` for a record from
@@ -544,14 +690,31 @@ fn interpret(path: &Path, last: &[u8]) -> Result<Option<Resumed>, ResumeError> {
         Line::Checkpoint(cp) => Ok(Some(Resumed {
             head: cp.head,
             covered: true,
+            instance: None,
         })),
         Line::Record(r) if r.hash_ok => Ok(Some(Resumed {
             head: Head {
                 seq: r.seq,
                 hash: r.hash,
             },
-            covered: false,
+            ..Resumed::genesis()
         })),
+        // A start or gap last: the chain goes on from what it names.
+        Line::Start(mark) | Line::Gap(mark) => {
+            let named = mark
+                .names("prev_seq", "prev_hash")
+                .or_else(|| mark.names("last_seq", "hash"));
+            match named {
+                Some(head) => Ok(Some(Resumed {
+                    head,
+                    ..Resumed::genesis()
+                })),
+                None => Err(ResumeError::NotARecord {
+                    path: path.display().to_string(),
+                    reason: "a start or gap line that names no record".to_string(),
+                }),
+            }
+        }
         Line::Record(r) => Err(ResumeError::Tampered {
             path: path.display().to_string(),
             seq: r.seq,
@@ -560,7 +723,7 @@ fn interpret(path: &Path, last: &[u8]) -> Result<Option<Resumed>, ResumeError> {
             tracing::warn!(file = %path.display(), "the decision log holds records from before the hash chain; a new chain starts at seq 1");
             Ok(None)
         }
-        Line::Head(_) => Err(ResumeError::NotARecord {
+        Line::Head(..) => Err(ResumeError::NotARecord {
             path: path.display().to_string(),
             reason: "a chain head".to_string(),
         }),
@@ -690,6 +853,7 @@ mod tests {
                 seq: 9,
                 hash: GENESIS.into(),
             },
+            "test",
         )
         .unwrap();
         assert_eq!(resume(&path).unwrap().head.seq, 9);

@@ -414,6 +414,9 @@ struct Fields<'a> {
     hash: Option<Cow<'a, str>>,
     #[serde(borrow)]
     checkpoint: Option<Checkpoint<'a>>,
+    /// A file's start or a gap mark: shipped as its own event.
+    start: Option<serde::de::IgnoredAny>,
+    gap: Option<serde::de::IgnoredAny>,
 }
 
 /// Emits `line` as a log record: the body is the line itself, so a copy
@@ -429,6 +432,15 @@ fn emit(logger: &SdkLogger, line: &[u8]) -> bool {
     };
     let mut record = logger.create_log_record();
     let timestamp = match &fields.checkpoint {
+        None if fields.start.is_some() || fields.gap.is_some() => {
+            let name = if fields.start.is_some() {
+                "cedar.start"
+            } else {
+                "cedar.gap"
+            };
+            record.set_event_name(name);
+            None
+        }
         Some(checkpoint) => {
             record.set_event_name("cedar.checkpoint");
             record.add_attribute("cedar.seq", seq_value(checkpoint.seq));

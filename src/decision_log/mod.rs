@@ -65,6 +65,14 @@ pub enum DecisionLogError {
     Resume(#[from] ResumeError),
     #[error("`decision_log.signing_key`: {0}")]
     SigningKey(#[from] KeyError),
+    #[error(
+        "`decision_log.instance_id` is `{configured}`, but the log at `{path}` is instance `{found}`: move the log aside, or set `instance_id = \"{found}\"` to continue it"
+    )]
+    Instance {
+        path: String,
+        found: String,
+        configured: String,
+    },
 }
 
 /// A record in the queue, serialized, holding its room until the writer is
@@ -205,13 +213,7 @@ impl DecisionLog {
         };
         let (sink, resumed): (Box<dyn sink::Sink>, Resumed) = match config.sink {
             // Standard output has no tail to read: each run is a new chain.
-            LogSink::Stdout => (
-                Box::new(std::io::stdout()),
-                Resumed {
-                    head: chain::Head::genesis(),
-                    covered: false,
-                },
-            ),
+            LogSink::Stdout => (Box::new(std::io::stdout()), Resumed::genesis()),
             LogSink::File => {
                 // Before the file opens for appending: a cut-off last line
                 // is removed.
@@ -237,7 +239,26 @@ impl DecisionLog {
             }
             None => (None, None, None),
         };
-        let writer = sink::Writer::new(sink, resumed, signer, config.checkpoint_interval, feed);
+        let instance = match (config.instance_id.as_str(), resumed.instance.clone()) {
+            ("", found) => found.unwrap_or_else(chain::new_instance),
+            (configured, Some(found)) if found != configured => {
+                return Err(DecisionLogError::Instance {
+                    path: config.path.display().to_string(),
+                    found,
+                    configured: configured.to_string(),
+                });
+            }
+            (configured, _) => configured.to_string(),
+        };
+        tracing::info!(%instance, "decision log instance");
+        let writer = sink::Writer::new(
+            sink,
+            resumed,
+            signer,
+            config.checkpoint_interval,
+            feed,
+            instance,
+        );
         let (tx, rx) = crossbeam_channel::unbounded::<Queued>();
         let dropped = Arc::new(AtomicU64::new(0));
         let writer_dropped = Arc::clone(&dropped);

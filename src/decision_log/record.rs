@@ -138,6 +138,11 @@ pub struct DecisionRecord {
     /// `{uid, attrs}`: replay applies them as evaluation did.
     #[serde(skip_serializing_if = "Json::is_null")]
     pub properties: Json,
+    /// An AuthZEN search, recorded once for all its candidates: its kind,
+    /// the query as sent, how many candidates were decided (and refused),
+    /// and the results (their ids up to 100, their count and a digest).
+    #[serde(skip_serializing_if = "Json::is_null")]
+    pub search: Json,
     /// `sha256:<hex>` of the schema file the request was checked against.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schema_digest: Option<String>,
@@ -323,6 +328,7 @@ pub(crate) mod tests {
             purpose: String::new(),
             tokens: Json::Null,
             properties: Json::Null,
+            search: Json::Null,
             entities: None,
             shared_entities: None,
             schema_digest: None,

@@ -51,6 +51,15 @@ pub(super) trait Sink: Write + Send {
     fn side_dir(&self) -> Option<PathBuf> {
         None
     }
+
+    /// Whether nothing was written to the file at hand: it needs its start.
+    fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Counts side-file bytes against the file that names them, so a log
+    /// and its side files rotate together.
+    fn charge(&mut self, _bytes: u64) {}
 }
 
 impl Sink for io::Stdout {
@@ -120,7 +129,46 @@ impl RotatingFile {
         }
         self.file = append(&self.path)?;
         self.written = 0;
-        fsync::dir(&self.path)
+        fsync::dir(&self.path)?;
+        self.prune_side_files();
+        Ok(())
+    }
+
+    /// Removes the side files no kept file names. Each file names only side
+    /// files touched since it started (the writer touches a side file the
+    /// first time a file names it), so those last touched before the oldest
+    /// kept file started are named by no kept file. A clock stepped back
+    /// while the writer runs could prune one early; `replay` names the
+    /// record it leaves unreplayable.
+    fn prune_side_files(&self) {
+        let oldest = (1..=self.max_files)
+            .rev()
+            .map(|n| self.numbered(n))
+            .chain(std::iter::once(self.path.clone()))
+            .find(|p| p.exists());
+        let started = oldest.and_then(|p| chain::started_at(&p));
+        let (Some(started), Some(dir)) = (started, self.side_dir()) else {
+            return;
+        };
+        // Side files' mtimes are set from the same clock, after the start
+        // line of the file that names them took its time.
+        let cutoff = started;
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut removed = 0u64;
+        for entry in entries.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < cutoff);
+            if stale && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(removed, dir = %dir.display(), "decision log side files no kept file names were removed");
+        }
     }
 }
 
@@ -162,6 +210,18 @@ impl Sink for RotatingFile {
         dir.push(super::SIDE_DIR_SUFFIX);
         Some(PathBuf::from(dir))
     }
+
+    fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+
+    fn charge(&mut self, bytes: u64) {
+        self.written = self.written.saturating_add(bytes);
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
 }
 
 /// How many bytes of lines the writer gathers before it writes them.
@@ -191,6 +251,13 @@ pub(super) struct Writer {
     stored: HashSet<String>,
     /// Where written lines are offered for export, if anywhere.
     export: Option<Feed>,
+    /// The log's instance, which every mark names.
+    instance: String,
+    /// The file at hand has no start line yet.
+    needs_start: bool,
+    /// Records linked but not written since the last gap mark: the first
+    /// seq, and the head after the last.
+    lost: Option<(u64, chain::Head)>,
     /// The lines in `buf`, for `export`: offered once the sink took them,
     /// so an exported record is always one the log holds.
     exporting: Vec<Vec<u8>>,
@@ -204,8 +271,12 @@ impl Writer {
         signer: Option<Signer>,
         interval: Duration,
         export: Option<Feed>,
+        instance: String,
     ) -> Self {
         Self {
+            needs_start: sink.is_empty(),
+            instance,
+            lost: None,
             sink,
             chain: Chain::new(resumed.head),
             signer,
@@ -264,6 +335,7 @@ impl Writer {
         if self.sink.is_full(self.buf.len()) {
             self.rotate(dropped);
         }
+        self.marks();
         for (digest, bytes) in &body.side {
             self.store(digest, bytes);
         }
@@ -289,18 +361,28 @@ impl Writer {
         let path = dir.join(format!("{digest}.json"));
         let written = (|| {
             if path.exists() {
-                return Ok(());
+                // Named again: it lives as long as the file at hand.
+                return File::options()
+                    .append(true)
+                    .open(&path)?
+                    .set_modified(SystemTime::now())
+                    .map(|()| 0);
             }
             std::fs::create_dir_all(&dir)?;
             let tmp = dir.join(format!(".{digest}.tmp"));
             let mut file = File::create(&tmp)?;
             file.write_all(bytes)?;
+            // The writer's clock, not the file system's coarser one: what
+            // pruning compares with start lines.
+            file.set_modified(SystemTime::now())?;
             file.sync_all()?;
             std::fs::rename(&tmp, &path)?;
-            fsync::dir(&path)
+            fsync::dir(&path)?;
+            Ok(bytes.len() as u64)
         })();
         match written {
-            Ok(()) => {
+            Ok(bytes) => {
+                self.sink.charge(bytes);
                 // Bounded: past this many, files are checked for again.
                 if self.stored.len() >= 65_536 {
                     self.stored.clear();
@@ -313,19 +395,46 @@ impl Writer {
 
     /// Buffers a signed checkpoint of the head, unless one is already last.
     fn checkpoint(&mut self) {
+        if self.signer.is_none() || self.covered || self.chain.head().seq == 0 {
+            return;
+        }
+        self.marks();
         let Some(signer) = &self.signer else {
             return;
         };
-        if self.covered || self.chain.head().seq == 0 {
-            return;
+        let line = signer.checkpoint(self.chain.head(), &now(), &self.instance);
+        self.push_mark(line);
+        self.covered = true;
+    }
+
+    /// Buffers the marks owed before the next line: the file's start, then
+    /// a gap for records linked but never written.
+    fn marks(&mut self) {
+        if self.needs_start {
+            let head = self.chain.head();
+            let body = serde_json::json!({
+                "prev_seq": head.seq, "prev_hash": head.hash,
+                "instance": self.instance, "timestamp": now(),
+            });
+            let line = chain::mark_line(self.signer.as_ref(), chain::START, body);
+            self.push_mark(line);
+            self.needs_start = false;
         }
-        let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-        let line = signer.checkpoint(self.chain.head(), &now);
+        if let Some((first, last)) = self.lost.take() {
+            let body = serde_json::json!({
+                "first_seq": first, "last_seq": last.seq, "hash": last.hash,
+                "instance": self.instance, "timestamp": now(),
+            });
+            let line = chain::mark_line(self.signer.as_ref(), chain::GAP, body);
+            self.push_mark(line);
+        }
+    }
+
+    fn push_mark(&mut self, line: Vec<u8>) {
         self.buf.extend_from_slice(&line);
         if self.export.is_some() {
             self.exporting.push(line);
         }
-        self.covered = true;
     }
 
     /// Hands the buffered lines to the sink. Records that do not reach it
@@ -358,6 +467,16 @@ impl Writer {
                 // Lines the log does not hold are not shipped either.
                 self.exporting.clear();
                 dropped.fetch_add(self.buffered, Ordering::Relaxed);
+                // The chain linked them: a gap mark will say they are gone
+                // (and that the torn line before it is not a record).
+                let head = self.chain.head().clone();
+                let first = self
+                    .lost
+                    .as_ref()
+                    .map_or(head.seq + 1 - self.buffered, |(first, _)| *first);
+                self.lost = Some((first, head));
+                // A start line that did not reach the file is owed again.
+                self.needs_start = self.sink.is_empty();
                 self.torn = true;
                 if !self.failing {
                     self.failing = true;
@@ -387,7 +506,7 @@ impl Writer {
     fn sync_head(&mut self) -> io::Result<()> {
         self.sink.sync()?;
         match self.sink.head_file() {
-            Some(path) => chain::write_head(&path, self.chain.head()),
+            Some(path) => chain::write_head(&path, self.chain.head(), &self.instance),
             None => Ok(()),
         }
     }
@@ -400,7 +519,12 @@ impl Writer {
             .and_then(|()| self.sink.rotate())
             .and_then(|()| self.sync_head());
         match rotated {
-            Ok(()) => self.dirty = false,
+            Ok(()) => {
+                self.dirty = false;
+                self.needs_start = true;
+                // Each file touches the side files it names.
+                self.stored.clear();
+            }
             // The records go on into the file at hand.
             Err(e) => tracing::error!("decision log rotation failed: {e}"),
         }
@@ -481,16 +605,14 @@ mod tests {
         .unwrap();
         drop(tx);
         let dropped = AtomicU64::new(0);
-        let resumed = Resumed {
-            head: chain::Head::genesis(),
-            covered: false,
-        };
+        let resumed = Resumed::genesis();
         let writer = Writer::new(
             Box::new(Unsyncable(Vec::new())),
             resumed,
             None,
             Duration::from_secs(10),
             None,
+            "test".into(),
         );
         let (written, e) = writer.drain(&rx, &dropped).unwrap_err();
         assert_eq!(written, 1);
@@ -525,16 +647,14 @@ mod tests {
     fn only_lines_the_sink_took_are_offered_for_export() {
         let (feed, lines, counters) = super::super::export::Feed::channel(16);
         let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let resumed = Resumed {
-            head: chain::Head::genesis(),
-            covered: false,
-        };
+        let resumed = Resumed::genesis();
         let mut writer = Writer::new(
             Box::new(Flaky(Vec::new(), failing.clone())),
             resumed,
             None,
             Duration::from_secs(10),
             Some(feed),
+            "test".into(),
         );
         let dropped = AtomicU64::new(0);
         let body = |id: &str| {
@@ -557,6 +677,93 @@ mod tests {
             "{line}"
         );
         assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    /// Takes part of a write and fails, when told to: a torn line.
+    struct Tearing(
+        std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    );
+
+    impl Write for Tearing {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut taken = self.0.lock().unwrap();
+            if self.1.swap(false, Ordering::Relaxed) {
+                taken.extend_from_slice(&buf[..buf.len() / 2]);
+                return Err(io::Error::other("disk full"));
+            }
+            taken.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink for Tearing {
+        fn sync(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn is_empty(&self) -> bool {
+            self.0.lock().unwrap().is_empty()
+        }
+    }
+
+    /// Records lost to a failed write leave a torn line and a gap mark
+    /// after it; `log verify` goes on past the gap, and names it.
+    #[test]
+    fn a_torn_write_leaves_a_gap_mark_that_verify_accounts_for() {
+        let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tear = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writer = Writer::new(
+            Box::new(Tearing(taken.clone(), tear.clone())),
+            Resumed::genesis(),
+            None,
+            Duration::from_secs(10),
+            None,
+            "test".into(),
+        );
+        let dropped = AtomicU64::new(0);
+        let body = |n: u64| {
+            let mut r = super::super::record::tests::record(serde_json::json!({}));
+            r.decision_id = format!("d{n}");
+            Body::of(&r).unwrap()
+        };
+        for n in 1..=3 {
+            writer.append(&body(n), &dropped);
+        }
+        writer.flush(&dropped).unwrap();
+        for n in 4..=6 {
+            writer.append(&body(n), &dropped);
+        }
+        tear.store(true, Ordering::Relaxed);
+        assert!(writer.flush(&dropped).is_err());
+        for n in 7..=8 {
+            writer.append(&body(n), &dropped);
+        }
+        writer.flush(&dropped).unwrap();
+        let bytes = taken.lock().unwrap().clone();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.log");
+        std::fs::write(&path, &bytes).unwrap();
+        let options = super::super::verify::VerifyOptions {
+            allow_unsigned_tail: true,
+            ..Default::default()
+        };
+        let verified = super::super::verify::verify(std::slice::from_ref(&path), &options).unwrap();
+        assert_eq!(verified.last_seq, 8);
+        // Seq 4 may have reached the file whole before the tear.
+        let (first, last) = verified.gaps[0];
+        assert!((4..=5).contains(&first) && last == 6, "{:?}", verified.gaps);
+        // Without the gap mark, the torn line is a problem.
+        let text = String::from_utf8(bytes).unwrap();
+        let unmarked: String = text
+            .lines()
+            .filter(|l| !l.starts_with("{\"gap\":"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, unmarked).unwrap();
+        assert!(super::super::verify::verify(&[path], &options).is_err());
     }
 
     #[test]

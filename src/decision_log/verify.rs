@@ -2,11 +2,15 @@
 //!
 //! Files are put in chain order by the `seq` of their first record, so
 //! rotated files can be given in any order. Then one pass, streaming, checks
-//! that each record's `seq` follows the last, that its `prev_hash` is the
-//! last one's `hash`, that its `hash` holds, and that each checkpoint names
-//! the record before it and carries a good signature. The first problem
-//! ends the check; it is classified (edited, deleted, reordered, inserted)
-//! by a second look at the lines after it.
+//! that each file begins with a start line naming the record before it (the
+//! genesis, for the first, unless its beginning was rotated away), that
+//! each record's `seq` follows the last, that its `prev_hash` is the last
+//! one's `hash`, that its `hash` holds, that each checkpoint names the
+//! record before it, that every mark carries a good signature and the same
+//! instance, and that a torn line is followed by the gap mark that
+//! accounts for it. The first problem ends the check; it is classified
+//! (edited, deleted, reordered, inserted) by a second look at the lines
+//! after it.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
@@ -110,6 +114,11 @@ pub struct VerifyOptions {
     pub keys: Vec<PublicKey>,
     /// Accept records after the last checkpoint (recovery after a crash).
     pub allow_unsigned_tail: bool,
+    /// The log's beginning was rotated away (or predates start lines): the
+    /// first file may start after the genesis.
+    pub start_rotated: bool,
+    /// The instance the log must be; `None`: the one its first mark names.
+    pub instance: Option<String>,
 }
 
 /// What a log that verified holds.
@@ -123,6 +132,11 @@ pub struct Verified {
     pub unsigned_tail: u64,
     /// A cut-off last line was ignored (only with `allow_unsigned_tail`).
     pub cut: Option<Loc>,
+    /// The instance its marks name; `None` for a log from before instances.
+    pub instance: Option<String>,
+    /// Records the writer linked but could not write, as its gap marks
+    /// say: first and last seq of each run.
+    pub gaps: Vec<(u64, u64)>,
 }
 
 /// A file, and where its chain starts.
@@ -170,15 +184,22 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions) -> Result<Verified, Ve
         for (n, line) in lines(path)?.enumerate() {
             let (bytes, _) = line.map_err(io_error(path))?;
             match chain::parse_line(&bytes) {
-                Line::Head(head) if n == 0 => {
+                Line::Head(head, instance) if n == 0 => {
                     heads.push((
                         head,
+                        instance,
                         Loc {
                             file: name.clone(),
                             line: 1,
                         },
                     ));
                     break;
+                }
+                Line::Start(mark) if n == 0 => {
+                    if let Some(prev) = mark.seq("prev_seq") {
+                        first_seq = Some(prev + 1);
+                        break;
+                    }
                 }
                 Line::Record(r) => {
                     first_seq = Some(r.seq);
@@ -188,7 +209,7 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions) -> Result<Verified, Ve
             }
         }
         // A file without records sorts first, so its lines are reported.
-        if heads.last().is_none_or(|(_, at)| at.file != name) {
+        if heads.last().is_none_or(|(_, _, at)| at.file != name) {
             parts.push(Part {
                 path: path.clone(),
                 name,
@@ -206,6 +227,8 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions) -> Result<Verified, Ve
         since_checkpoint: 0,
         last_checkpoint: None,
         ends_with_checkpoint: false,
+        started: false,
+        torn: None,
     };
     for (index, part) in parts.iter().enumerate() {
         let last_part = index + 1 == parts.len();
@@ -229,6 +252,7 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions) -> Result<Verified, Ve
             }
             check.line(&bytes, at, index, n)?;
         }
+        check.untorn()?;
     }
     check.end()
 }
@@ -237,14 +261,20 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions) -> Result<Verified, Ve
 struct Check<'a> {
     options: &'a VerifyOptions,
     parts: &'a [Part],
-    /// Heads from `.head` files, and where they were given.
-    heads: Vec<(Head, Loc)>,
+    /// Heads from `.head` files, the instance each names, and where they
+    /// were given.
+    heads: Vec<(Head, Option<String>, Loc)>,
     /// The last record that checked out: its seq, hash and place.
     last: Option<(u64, String, Loc)>,
     verified: Verified,
     since_checkpoint: u64,
     last_checkpoint: Option<Loc>,
     ends_with_checkpoint: bool,
+    /// A start line was seen: every later file must have one.
+    started: bool,
+    /// A line that is no line the writer writes whole, waiting for the gap
+    /// mark that accounts for it.
+    torn: Option<(Loc, String)>,
 }
 
 impl Check<'_> {
@@ -268,28 +298,245 @@ impl Check<'_> {
     }
 
     fn line(&mut self, bytes: &[u8], at: Loc, part: usize, n: usize) -> Result<(), VerifyError> {
-        match chain::parse_line(bytes) {
+        let line = chain::parse_line(bytes);
+        if !matches!(line, Line::Gap(_)) {
+            self.untorn()?;
+        }
+        if n == 0
+            && !matches!(line, Line::Start(_))
+            && (self.started || (part == 0 && !self.options.start_rotated))
+        {
+            let detail = if part == 0 {
+                "the log does not begin with a start line: its oldest records were removed, or it was written before start lines (`--start-rotated` accepts a log whose beginning was rotated away)"
+            } else {
+                "the file does not begin with a start line: its beginning was removed"
+            };
+            return Err(self.problem(self.expected(), at, ProblemKind::Deleted, detail));
+        }
+        match line {
             Line::Record(r) => self.record(r, at, part, n),
             Line::Checkpoint(cp) => self.checkpoint(cp, at),
+            Line::Start(mark) if n == 0 => self.start(&mark, at, part),
+            Line::Start(_) => Err(self.problem(
+                self.expected(),
+                at,
+                ProblemKind::Inserted,
+                "a start line inside a file",
+            )),
+            Line::Gap(mark) => self.gap(&mark, at),
             Line::Unchained => Err(self.problem(
                 self.expected(),
                 at,
                 ProblemKind::Inserted,
                 "a record without `seq`, `prev_hash` and `hash`: not written into this chain",
             )),
-            Line::Head(_) => Err(self.problem(
+            Line::Head(..) => Err(self.problem(
                 self.expected(),
                 at,
                 ProblemKind::Inserted,
                 "a chain head inside a log file",
             )),
-            Line::Invalid(reason) => Err(self.problem(
+            // Only a gap mark right after it can account for it.
+            Line::Invalid(reason) => {
+                self.torn = Some((at, reason));
+                Ok(())
+            }
+        }
+    }
+
+    /// Fails on a torn line that no gap mark followed.
+    fn untorn(&mut self) -> Result<(), VerifyError> {
+        match self.torn.take() {
+            None => Ok(()),
+            Some((at, reason)) => Err(self.problem(
                 self.expected(),
                 at,
                 ProblemKind::Inserted,
-                format!("not a decision record or checkpoint: {reason}"),
+                format!("not a decision record or mark: {reason}"),
             )),
         }
+    }
+
+    /// Whether a mark's signature holds (when keys are given): a problem
+    /// naming `what` when not.
+    fn signed(
+        &self,
+        key_id: &str,
+        signed: &[u8],
+        signature: Option<&[u8]>,
+        seq: Option<u64>,
+        at: &Loc,
+        what: &str,
+    ) -> Result<(), VerifyError> {
+        if self.options.keys.is_empty() {
+            return Ok(());
+        }
+        let Some(key) = self.options.keys.iter().find(|k| k.key_id() == key_id) else {
+            return Err(self.problem(
+                seq,
+                at.clone(),
+                ProblemKind::Checkpoint,
+                format!("{what} signed by key `{key_id}`, which is none of the keys given"),
+            ));
+        };
+        if !signature.is_some_and(|s| key.verifies(signed, s)) {
+            return Err(self.problem(
+                seq,
+                at.clone(),
+                ProblemKind::Checkpoint,
+                format!("the signature of the {what} does not verify: it was forged or edited"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Holds a mark's instance to the log's: the first one named (or the
+    /// one asked for) is the log's.
+    fn same_instance(
+        &mut self,
+        named: Option<&str>,
+        seq: Option<u64>,
+        at: &Loc,
+        what: &str,
+    ) -> Result<(), VerifyError> {
+        let ours = self
+            .verified
+            .instance
+            .clone()
+            .or_else(|| self.options.instance.clone());
+        match (named, ours) {
+            (Some(named), Some(ours)) if named != ours => Err(self.problem(
+                seq,
+                at.clone(),
+                ProblemKind::Inserted,
+                format!("the {what} is of instance `{named}`, the log of instance `{ours}`: another log's lines"),
+            )),
+            (Some(named), _) => {
+                // A `.head` file given beside the log must be this log's.
+                if let Some((_, Some(head), head_at)) =
+                    self.heads.iter().find(|(_, h, _)| h.as_deref().is_some_and(|h| h != named))
+                {
+                    return Err(self.problem(
+                        None,
+                        head_at.clone(),
+                        ProblemKind::Inserted,
+                        format!("the chain head is of instance `{head}`, the log of instance `{named}`: the log is another replica's"),
+                    ));
+                }
+                self.verified.instance = Some(named.to_string());
+                Ok(())
+            }
+            (None, Some(ours)) => Err(self.problem(
+                seq,
+                at.clone(),
+                ProblemKind::Inserted,
+                format!("the {what} names no instance, in a log of instance `{ours}`"),
+            )),
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// A file's start line: it names the record before the file.
+    fn start(&mut self, mark: &chain::Mark, at: Loc, part: usize) -> Result<(), VerifyError> {
+        let expected = self.expected();
+        let key_id = mark.key_id.clone().unwrap_or_default();
+        self.signed(
+            &key_id,
+            &mark.signed,
+            mark.signature.as_deref(),
+            expected,
+            &at,
+            "start line",
+        )?;
+        self.same_instance(mark.text("instance"), expected, &at, "start line")?;
+        let Some(prev) = mark.names("prev_seq", "prev_hash") else {
+            return Err(self.problem(
+                expected,
+                at,
+                ProblemKind::Inserted,
+                "a start line without `prev_seq` and `prev_hash`",
+            ));
+        };
+        self.started = true;
+        match self.last.clone() {
+            None => {
+                let genesis = prev.seq == 0 && prev.hash == GENESIS;
+                if !genesis && part == 0 && !self.options.start_rotated {
+                    return Err(self.problem(
+                        Some(prev.seq + 1),
+                        at,
+                        ProblemKind::Deleted,
+                        format!("the log begins after seq {}: the files before it were rotated away or deleted (`--start-rotated` accepts a log whose beginning was rotated away)", prev.seq),
+                    ));
+                }
+                self.verified.first_seq = prev.seq + 1;
+                self.last = Some((prev.seq, prev.hash, at));
+            }
+            Some((last_seq, last_hash, last_at)) => {
+                if prev.seq > last_seq {
+                    let missing = if prev.seq == last_seq + 1 {
+                        format!("seq {prev_seq} is missing", prev_seq = prev.seq)
+                    } else {
+                        format!("seqs {} to {} are missing", last_seq + 1, prev.seq)
+                    };
+                    return Err(self.problem(Some(last_seq + 1), at, ProblemKind::Deleted, format!("the file starts after seq {}, but the one before ends at seq {last_seq}, at {last_at}: {missing}", prev.seq)));
+                }
+                if prev.seq != last_seq || prev.hash != last_hash {
+                    return Err(self.problem(Some(prev.seq), at, ProblemKind::Relinked, format!("the start line names seq {} and another hash than the record before it, seq {last_seq} at {last_at}", prev.seq)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A gap mark: records from `first_seq` to `last_seq` were linked but
+    /// not written; the chain goes on from `last_seq`'s `hash`. Those of
+    /// them written before the tear were checked as any.
+    fn gap(&mut self, mark: &chain::Mark, at: Loc) -> Result<(), VerifyError> {
+        let expected = self.expected();
+        let key_id = mark.key_id.clone().unwrap_or_default();
+        self.signed(
+            &key_id,
+            &mark.signed,
+            mark.signature.as_deref(),
+            expected,
+            &at,
+            "gap mark",
+        )?;
+        self.same_instance(mark.text("instance"), expected, &at, "gap mark")?;
+        let (Some(first), Some(last)) = (mark.seq("first_seq"), mark.names("last_seq", "hash"))
+        else {
+            return Err(self.problem(
+                expected,
+                at,
+                ProblemKind::Inserted,
+                "a gap mark without `first_seq`, `last_seq` and `hash`",
+            ));
+        };
+        let Some((seq, hash, _)) = self.last.clone() else {
+            return Err(self.problem(
+                expected,
+                at,
+                ProblemKind::Inserted,
+                "a gap mark before any record",
+            ));
+        };
+        let fits = first <= seq + 1 && seq <= last.seq && (seq < last.seq || hash == last.hash);
+        if !fits {
+            return Err(self.problem(
+                expected,
+                at,
+                ProblemKind::Relinked,
+                format!("the gap mark accounts for seqs {first} to {}, but the chain stands at seq {seq}", last.seq),
+            ));
+        }
+        self.torn = None;
+        if last.seq > seq {
+            self.verified.gaps.push((seq + 1, last.seq));
+        }
+        self.ends_with_checkpoint = false;
+        self.last = Some((last.seq, last.hash, at));
+        Ok(())
     }
 
     fn record(&mut self, r: RecordLine, at: Loc, part: usize, n: usize) -> Result<(), VerifyError> {
@@ -347,7 +594,7 @@ impl Check<'_> {
                 }
             }
         }
-        for (head, head_at) in &self.heads {
+        for (head, _, head_at) in &self.heads {
             if head.seq == seq && head.hash != r.hash {
                 return Err(self.problem(
                     Some(seq),
@@ -438,31 +685,15 @@ impl Check<'_> {
 
     fn checkpoint(&mut self, cp: chain::CheckpointLine, at: Loc) -> Result<(), VerifyError> {
         let seq = Some(cp.head.seq);
-        if !self.options.keys.is_empty() {
-            let Some(key) = self.options.keys.iter().find(|k| k.key_id() == cp.key_id) else {
-                return Err(self.problem(
-                    seq,
-                    at,
-                    ProblemKind::Checkpoint,
-                    format!(
-                        "signed by key `{}`, which is none of the keys given",
-                        cp.key_id
-                    ),
-                ));
-            };
-            let good = cp
-                .signature
-                .as_ref()
-                .is_some_and(|s| key.verifies(&cp.signed, s));
-            if !good {
-                return Err(self.problem(
-                    seq,
-                    at,
-                    ProblemKind::Checkpoint,
-                    "the signature does not verify: the checkpoint was forged or edited",
-                ));
-            }
-        }
+        self.signed(
+            &cp.key_id,
+            &cp.signed,
+            cp.signature.as_deref(),
+            seq,
+            &at,
+            "checkpoint",
+        )?;
+        self.same_instance(cp.instance.as_deref(), seq, &at, "checkpoint")?;
         match &self.last {
             None => {
                 return Err(self.problem(
@@ -496,10 +727,21 @@ impl Check<'_> {
     }
 
     fn end(mut self) -> Result<Verified, VerifyError> {
-        let Some((last_seq, _, last_at)) = self.last.clone() else {
+        let Some((last_seq, _, last_at)) = self.last.clone().filter(|_| self.verified.records > 0)
+        else {
             return Err(VerifyError::NoRecords);
         };
-        for (head, head_at) in &self.heads {
+        if let (Some(asked), None) = (&self.options.instance, &self.verified.instance) {
+            return Err(self.problem(None, last_at, ProblemKind::Inserted, format!("the log names no instance, not `{asked}`: it was written before instances, or its marks were removed")));
+        }
+        for (_, named, head_at) in &self.heads {
+            if let (Some(named), Some(ours)) = (named, &self.verified.instance)
+                && named != ours
+            {
+                return Err(self.problem(None, head_at.clone(), ProblemKind::Inserted, format!("the chain head is of instance `{named}`, the log of instance `{ours}`: the log is another replica's")));
+            }
+        }
+        for (head, _, head_at) in &self.heads {
             if head.seq > last_seq {
                 let missing = if head.seq == last_seq + 1 {
                     format!("seq {} is missing", head.seq)

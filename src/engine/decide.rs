@@ -64,6 +64,13 @@ impl<'a> Scratch<'a> {
     pub fn lookups(&self) -> &EntityLookups {
         &self.lookups
     }
+
+    /// The instant time-bound links were judged at, if any was: what a
+    /// record of the decision is stamped with, so `replay` judges them at
+    /// the same instant.
+    pub fn judged_at(&self) -> Option<std::time::SystemTime> {
+        self.clock.was_read().then(|| self.clock.now())
+    }
 }
 
 impl Engine {

@@ -152,6 +152,13 @@ impl DecisionCache {
             key.bytes(19, hop.purpose.as_bytes());
             key.bytes(20, &[u8::from(hop.verified)]);
         }
+        // What the token grants and whom it binds change what policies see.
+        if let Some(token) = &verified.token_chain {
+            for scope in &token.scopes {
+                key.bytes(24, scope.as_bytes());
+            }
+            key.bytes(25, token.binding.name().as_bytes());
+        }
         key.bytes(21, req.purpose.as_bytes());
         // The policies see the time: an answer holds for its second only.
         if let Some((_, now)) = &verified.server_time {

@@ -12,6 +12,7 @@ use serde_json::{Map, Value as Json, json};
 
 use super::error::{DecisionError, InvalidField};
 use super::request::DelegationHop;
+use super::verified::TokenChain;
 
 /// How the server bounds delegation chains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +119,10 @@ fn entity(uid: &EntityUid) -> Json {
 /// their delegators parsed into `delegators`): the origin, the depth, every
 /// actor, the effective scopes (absent when no hop narrows), the earliest
 /// expiry (absent when no hop expires), the purposes given, and whether
-/// every hop came from a verified token.
+/// every hop came from a verified `token` that names the principal.
+///
+/// With a token, the scopes are at most what it grants: `[]` when it
+/// grants none, even with no hop narrowing.
 ///
 /// `actors` are `Type::"id"` strings, not entities: a chain mixes people
 /// and agents, and under a schema a Cedar set holds one type.
@@ -126,6 +130,7 @@ pub(super) fn context(
     principal: &EntityUid,
     hops: &[DelegationHop],
     delegators: &[EntityUid],
+    token: Option<&TokenChain>,
 ) -> Json {
     let mut record = Map::new();
     if let Some(origin) = delegators.first() {
@@ -140,8 +145,10 @@ pub(super) fn context(
     record.insert("actors".into(), json!(actors));
     // Checked: each narrowing hop lists a subset of the one before, so the
     // last one is the intersection.
-    if let Some(last) = hops.iter().rev().find(|h| !h.scopes.is_empty()) {
-        let scopes: BTreeSet<&String> = last.scopes.iter().collect();
+    // Every sent hop is within the token's grant (`token_claims::combine`).
+    let narrowest = hops.iter().rev().find(|h| !h.scopes.is_empty());
+    if let Some(scopes) = narrowest.map(|h| &h.scopes).or(token.map(|t| &t.scopes)) {
+        let scopes: BTreeSet<&String> = scopes.iter().collect();
         record.insert("scopes".into(), json!(scopes));
     }
     if let Some(earliest) = hops.iter().filter_map(|h| h.expires_at).min() {
@@ -156,7 +163,11 @@ pub(super) fn context(
         .filter(|p| !p.is_empty())
         .collect();
     record.insert("purposes".into(), json!(purposes));
-    record.insert("verified".into(), json!(hops.iter().all(|h| h.verified)));
+    let bound = token.is_none_or(|t| t.binding.holds());
+    record.insert(
+        "verified".into(),
+        json!(bound && hops.iter().all(|h| h.verified)),
+    );
     Json::Object(record)
 }
 
@@ -186,6 +197,7 @@ mod tests {
     use std::str::FromStr;
 
     use super::*;
+    use crate::pipeline::verified::Binding;
     use crate::pipeline::{Reason, Uid};
 
     const RULES: DelegationRules = DelegationRules {
@@ -277,7 +289,7 @@ mod tests {
             .map(|h| h.delegator.parse("d").unwrap())
             .collect();
         let principal = EntityUid::from_str(r#"Agent::"tool""#).unwrap();
-        let c = context(&principal, &hops, &uids);
+        let c = context(&principal, &hops, &uids, None);
         assert_eq!(
             c["origin"],
             json!({"__entity": {"type": "User", "id": "alice"}})
@@ -296,11 +308,24 @@ mod tests {
         assert_eq!(c["purposes"], json!(["support"]));
         // No hop narrows or expires: no scopes, no expiry.
         let plain = [hop("alice", &[], None, now)];
-        let c = context(&principal, &plain, &uids[..1]);
+        let c = context(&principal, &plain, &uids[..1], None);
         assert!(
             c.get("scopes").is_none() && c.get("expires_at").is_none(),
             "{c}"
         );
+        // A token grants what it carries, none when it carries none; one
+        // that does not name the principal leaves the chain unverified.
+        let mut verified = plain.clone();
+        verified[0].verified = true;
+        for (binding, holds) in [(Binding::Act, true), (Binding::Unbound, false)] {
+            let token = TokenChain {
+                scopes: Vec::new(),
+                binding,
+            };
+            let c = context(&principal, &verified, &uids[..1], Some(&token));
+            assert_eq!(c["scopes"], json!([]), "{c}");
+            assert_eq!(c["verified"], holds, "{binding:?}: {c}");
+        }
     }
 
     #[test]

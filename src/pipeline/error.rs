@@ -335,9 +335,15 @@ impl DecisionError {
     }
 
     /// The same error about batch item `i`: its field path gains `requests[i]`.
-    pub fn in_item(mut self, i: usize) -> Self {
-        let prefix = format!("requests[{i}]");
+    pub fn in_item(mut self, i: usize, items: &str) -> Self {
+        let prefix = format!("{items}[{i}]");
         match self.field.take() {
+            // The item itself: the path is the prefix.
+            Some(field) if field.is_empty() => {
+                let rest = self.message.strip_prefix("``").unwrap_or(&self.message);
+                self.message = format!("`{prefix}`{rest}");
+                self.field = Some(prefix);
+            }
             // A field error reads `field`: message; its path gains the prefix.
             Some(field)
                 if matches!(self.reason, Reason::InvalidRequest | Reason::LimitExceeded)
@@ -377,10 +383,11 @@ mod tests {
 
     #[test]
     fn item_errors_name_their_item() {
-        let e = DecisionError::invalid(InvalidField::new("principal", "is required")).in_item(2);
+        let e = DecisionError::invalid(InvalidField::new("principal", "is required"))
+            .in_item(2, "requests");
         assert_eq!(e.message, "`requests[2].principal`: is required");
         assert_eq!(e.field.as_deref(), Some("requests[2].principal"));
-        let e = DecisionError::not_ready().in_item(0);
+        let e = DecisionError::not_ready().in_item(0, "requests");
         assert_eq!(e.message, "`requests[0]`: no policy set is loaded yet");
     }
 

@@ -127,8 +127,9 @@ impl Evaluator<'_> {
                 .as_deref()
                 .and_then(|k| cache.get(k))
                 .filter(|hit| {
+                    // The instant read here is the one the record names.
                     hit.changes_at
-                        .is_none_or(|at| verified.now.unwrap_or_else(SystemTime::now) < at)
+                        .is_none_or(|at| *verified.now.get_or_insert_with(SystemTime::now) < at)
                 });
             if screened.key.is_some() {
                 metrics.decision_cache(screened.hit.is_some());
@@ -181,13 +182,19 @@ impl Evaluator<'_> {
         }
         let has_workload = req.workload.is_some();
         let now = verified.now;
-        let mut q = server_context::query(req, verified, &[]).map_err(DecisionError::invalid)?;
+        let keys = server_context::ServerKeys {
+            names: &opts.context_keys,
+            tokens: opts.tokens.is_some(),
+        };
+        let mut q =
+            server_context::query(req, verified, &[], keys).map_err(DecisionError::invalid)?;
         let shared_json = shared.map_or(&[][..], |s| &s.json);
         opts.limits
             .check_query(&q, shared_json)
             .map_err(DecisionError::limit)?;
         if let Some(s) = subject.take() {
-            *subject = Some(s.with_query(&q.context, &q.entities, has_workload));
+            let workload_key = has_workload.then_some(opts.context_keys.workload.as_str());
+            *subject = Some(s.with_query(&q.context, &q.entities, workload_key));
         }
         server_context::add_caller(
             opts.caller_key.as_deref(),
@@ -209,6 +216,9 @@ impl Evaluator<'_> {
             .cached(self.entities.map(|(c, _)| c))
             .shared(shared.map(|s| &s.entities));
         let decided = snapshot.engine.decide(q, &mut scratch);
+        if let Some(s) = subject.as_mut() {
+            s.judged(scratch.judged_at());
+        }
         if let Some((_, metrics)) = self.entities {
             let lookups = scratch.lookups();
             metrics.entity_cache(lookups.hits, lookups.misses);

@@ -46,7 +46,7 @@ impl Pipeline {
         tracing::error!(request_id, panic = %what, "a decision panicked; refused as `internal`");
         let mut error = DecisionError::internal(format!("the decision panicked: {what}"));
         if let Some(i) = item {
-            error = error.in_item(i);
+            error = error.in_item(i, at.call.api.items());
         }
         let req = DecisionRequest {
             request_id: request_id.to_string(),

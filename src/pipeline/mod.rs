@@ -52,8 +52,7 @@ use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Span;
 
-use crate::config::{Config, OnForbidError};
-pub(crate) use crate::config::{DELEGATION_KEY, PURPOSE_KEY};
+use crate::config::{Config, ContextKeysConfig, OnForbidError};
 use crate::decision_log::{DecisionLog, EntitySet, Slots};
 use crate::engine::{Decision, EntityCache, SharedEntities};
 use crate::identity::PeerFacts;
@@ -110,6 +109,8 @@ pub struct PipelineOptions {
     pub tokens: Option<Arc<TokenVerifier>>,
     /// Context key for the server's time; `None`: not given.
     pub server_time_key: Option<String>,
+    /// The context keys the server sets from fields and tokens.
+    pub context_keys: ContextKeysConfig,
 }
 
 impl PipelineOptions {
@@ -139,6 +140,7 @@ impl PipelineOptions {
             tokens: None,
             server_time_key: Some(config.evaluation.server_time_key.clone())
                 .filter(|k| !k.is_empty()),
+            context_keys: config.context_keys.clone(),
         }
     }
 }
@@ -332,6 +334,43 @@ impl Pipeline {
             .map_err(|_| DecisionError::overloaded(self.opts.max_in_flight))
     }
 
+    /// The one record of a call whose decisions were not recorded each
+    /// ([`Call::summarized`]): `req` is its query, `allow` its outcome, and
+    /// `summary` what it found, under the record's `search`. Returns the
+    /// record's decision id; `None` without a decision log.
+    pub async fn record_summary(
+        &self,
+        req: &DecisionRequest,
+        call: &Call,
+        snapshot: &Snapshot,
+        allow: bool,
+        summary: Json,
+    ) -> Option<String> {
+        let log = self.log.as_ref()?;
+        let decision_id = new_decision_id();
+        let decision = Decision {
+            allow,
+            determining_policies: Vec::new(),
+            errors: Vec::new(),
+            dropped_properties: Vec::new(),
+            shadow: None,
+            changes_at: None,
+        };
+        let context = match &req.context {
+            request::Context::Record(map) => map.clone(),
+            request::Context::Json(text) => serde_json::from_str(text).unwrap_or_default(),
+        };
+        let subject = Subject::of(req, &Verified::NONE).with_query(&context, &[], None);
+        let mut record = subject.decided(&decision, &decision_id, call, &call.span, snapshot);
+        record.search = summary;
+        // Replay decides one request; a search is many.
+        record.replayable = false;
+        log.mask(&mut record);
+        let mut slots = log.reserve(1).await;
+        slots.submit(record);
+        Some(decision_id)
+    }
+
     /// Room in the decision log for `n` records, waited for until `deadline`.
     async fn reserve(&self, n: usize, deadline: Instant) -> Result<Option<Slots>, ()> {
         match &self.log {
@@ -488,7 +527,7 @@ impl Pipeline {
                 let span = span::authorize(Some(&call.span));
                 self.refuse(
                     item,
-                    e.clone().in_item(i),
+                    e.clone().in_item(i, call.api.items()),
                     At::refused(call, &span, snapshot),
                 );
             }
@@ -521,7 +560,8 @@ impl Pipeline {
             Err(e) => return Err(refuse_all(items, e, Some(&snapshot))),
         };
         let deadline = call.started + timeout;
-        let slots = match self.reserve(items.len(), deadline).await {
+        let recorded = if call.records_each { items.len() } else { 0 };
+        let slots = match self.reserve(recorded, deadline).await {
             Ok(slots) => slots,
             Err(()) => {
                 let e = DecisionError::deadline(timeout);
@@ -573,7 +613,7 @@ impl Pipeline {
                             snapshot: Some(snapshot),
                             slots: slots.as_mut(),
                         };
-                        self.refuse(item, e.clone().in_item(i), at);
+                        self.refuse(item, e.clone().in_item(i, call.api.items()), at);
                     }
                     return Err(e);
                 }
@@ -583,7 +623,7 @@ impl Pipeline {
         for (i, item) in items.into_iter().enumerate() {
             let span = span::authorize(Some(&call.span));
             let answer = if Instant::now() >= deadline {
-                let e = DecisionError::deadline(timeout).in_item(i);
+                let e = DecisionError::deadline(timeout).in_item(i, call.api.items());
                 let at = At {
                     call,
                     span: &span,
@@ -679,7 +719,7 @@ impl Pipeline {
     ) -> Answer {
         span::record_request(span, &req);
         span::record_peer(span, &call.peer);
-        let audit = self.log.is_some();
+        let audit = self.log.is_some() && call.records_each;
         let request_id = req.request_id.clone();
         let shared = item.and_then(|i| i.shared);
         let mut subject = audit.then(|| {
@@ -698,7 +738,7 @@ impl Pipeline {
                 )
             })
             .map_err(|e| match item {
-                Some(i) => e.in_item(i.index),
+                Some(i) => e.in_item(i.index, call.api.items()),
                 None => e,
             });
         match decided {
@@ -767,7 +807,11 @@ impl Pipeline {
     ) -> Box<Refusal> {
         span::record_request(at.span, &req);
         span::record_peer(at.span, &at.call.peer);
-        let subject = self.log.as_ref().map(|_| Subject::of(&req, verified));
+        let subject = self
+            .log
+            .as_ref()
+            .filter(|_| at.call.records_each)
+            .map(|_| Subject::of(&req, verified));
         self.failed(subject, req.request_id, error, at)
     }
 

@@ -12,7 +12,6 @@ use super::error::DecisionError;
 use super::request::{Call, DecisionRequest, Uid};
 use super::span;
 use super::verified::{TokenFacts, Verified};
-use crate::config::WORKLOAD_KEY;
 use crate::decision_log::{
     Caller, DecisionRecord, EntityRef, EntitySet, RECORD_VERSION, RecordDroppedProperty,
     RecordError, RecordFailure, ShadowRecord,
@@ -46,6 +45,12 @@ fn tokens(tokens: &[TokenFacts]) -> Json {
                 if let Some(jti) = &t.jti {
                     facts["jti"] = Json::String(jti.clone());
                 }
+                if let Some(scopes) = &t.scopes {
+                    facts["scopes"] = serde_json::json!(scopes);
+                }
+                if let Some(binding) = t.binding {
+                    facts["binding"] = Json::String(binding.name().into());
+                }
                 facts
             })
             .collect(),
@@ -67,6 +72,10 @@ pub(super) struct Subject {
     properties: Json,
     entities: Option<EntitySet>,
     shared: Option<EntitySet>,
+    /// The instant the request's tokens, chain and grants were judged at:
+    /// the record's timestamp, so that an allow is never stamped after the
+    /// grant that allowed it expired.
+    judged_at: Option<SystemTime>,
 }
 
 fn entity_ref(uid: Option<&Uid>) -> EntityRef {
@@ -112,23 +121,30 @@ impl Subject {
             },
             entities: None,
             shared: None,
+            judged_at: verified.now,
         }
     }
 
-    /// Records the converted query: its context (`context.workload` is also
+    /// Records the converted query: its context (the workload's key is also
     /// the record's own `workload` field) and its entities.
     pub(super) fn with_query(
         mut self,
         context: &Map<String, Json>,
         entities: &[Json],
-        has_workload: bool,
+        workload_key: Option<&str>,
     ) -> Self {
-        if has_workload {
-            self.workload = context.get(WORKLOAD_KEY).cloned().unwrap_or(Json::Null);
+        if let Some(key) = workload_key {
+            self.workload = context.get(key).cloned().unwrap_or(Json::Null);
         }
         self.context = Json::Object(context.clone());
         self.entities = Some(EntitySet::Inline(Arc::new(entities.to_vec())));
         self
+    }
+
+    /// The instant evaluation judged time-bound links at, when the request
+    /// had not read the clock before.
+    pub(super) fn judged(&mut self, at: Option<SystemTime>) {
+        self.judged_at = self.judged_at.or(at);
     }
 
     /// Adds a key the server put in the context after conversion.
@@ -165,7 +181,10 @@ impl Subject {
         DecisionRecord {
             record_version: RECORD_VERSION,
             decision_id,
-            timestamp: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            timestamp: humantime::format_rfc3339_micros(
+                self.judged_at.unwrap_or_else(SystemTime::now),
+            )
+            .to_string(),
             trace_id,
             span_id,
             request_id: self.request_id,
@@ -186,6 +205,7 @@ impl Subject {
             purpose: self.purpose,
             tokens: self.tokens,
             properties: self.properties,
+            search: Json::Null,
             entities: self.entities,
             shared_entities: self.shared,
             schema_digest: snapshot.and_then(|s| s.schema_digest.clone()),

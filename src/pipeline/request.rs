@@ -223,6 +223,14 @@ impl Api {
             Self::Authzen => "authzen",
         }
     }
+    /// What a batch's items are called on this API's wire, for error paths:
+    /// gRPC's `requests[i]`, AuthZEN's `evaluations[i]`.
+    pub fn items(self) -> &'static str {
+        match self {
+            Self::Grpc => "requests",
+            Self::Authzen => "evaluations",
+        }
+    }
 }
 
 /// What the transport knows about one call, shared by its decisions.
@@ -237,6 +245,9 @@ pub struct Call {
     /// The span the call's decisions are recorded on.
     pub span: tracing::Span,
     pub started: Instant,
+    /// Whether each decision gets its own record. A search decides many
+    /// candidates and records them once, as one summary.
+    pub records_each: bool,
 }
 
 impl Call {
@@ -248,12 +259,20 @@ impl Call {
             traceparent,
             span,
             started: Instant::now(),
+            records_each: true,
         }
     }
 
     /// The same call, as having come through `api`.
     pub fn through(mut self, api: Api) -> Self {
         self.api = api;
+        self
+    }
+
+    /// The same call, its decisions recorded by the caller as one summary
+    /// ([`crate::pipeline::Pipeline::record_summary`]), not each on its own.
+    pub fn summarized(mut self) -> Self {
+        self.records_each = false;
         self
     }
 }

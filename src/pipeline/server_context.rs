@@ -1,8 +1,9 @@
 //! What the server adds to a request, and what it holds the request to:
 //! caller binding, the Cedar query with the server's context keys (from the
 //! request's fields and what screening verified), and the verified caller
-//! facts. A request's own context may set none of those keys: config's one
-//! table names the fields' keys, and [`Reserved`] says what each key is for.
+//! facts. A request's own context may set none of the keys the server
+//! vouches for (`[context_keys]` names them, [`Reserved`] says what each is
+//! for); `purpose`, which only the caller declares, stays the caller's.
 
 use cedar_policy::EntityUid;
 use serde_json::{Map, Value as Json, json};
@@ -11,7 +12,7 @@ use super::delegation;
 use super::error::{DecisionError, InvalidField};
 use super::request::{Context, DecisionRequest, Uid, parse_entities_json};
 use super::verified::Verified;
-use crate::config::{DELEGATION_KEY, PURPOSE_KEY, RESERVED_CONTEXT_KEYS, TOKEN_KEY, WORKLOAD_KEY};
+use crate::config::ContextKeysConfig;
 use crate::engine::Query;
 use crate::identity::PeerFacts;
 
@@ -123,6 +124,29 @@ pub(super) fn add_caller(
     Ok(())
 }
 
+/// The `purpose` field under `key`. A context that already says the same
+/// purpose is how callers declared it before the field existed; a
+/// different one is a contradiction, not something to pick from.
+fn declare_purpose(
+    context: &mut Map<String, Json>,
+    key: &str,
+    purpose: String,
+) -> Result<(), InvalidField> {
+    match context.get(key) {
+        None => {
+            context.insert(key.to_string(), Json::String(purpose));
+            Ok(())
+        }
+        Some(Json::String(same)) if *same == purpose => Ok(()),
+        Some(other) => Err(InvalidField::new(
+            format!("context.{key}"),
+            format!(
+                "is {other}, but the `purpose` field is \"{purpose}\": declare the purpose once"
+            ),
+        )),
+    }
+}
+
 fn uid(uid: Option<&Uid>, field: &str) -> Result<EntityUid, InvalidField> {
     uid.ok_or_else(|| InvalidField::new(field, "is required"))?
         .parse(field)
@@ -133,8 +157,22 @@ impl DecisionRequest {
     /// set from `workload`, and `shared` (a batch's) entities appended. With
     /// nothing verified: what conversion alone makes of a request.
     pub fn into_query(self, shared: &[Json]) -> Result<Query, InvalidField> {
-        query(self, Verified::NONE, shared)
+        let names = ContextKeysConfig::default();
+        let keys = ServerKeys {
+            names: &names,
+            tokens: false,
+        };
+        query(self, Verified::NONE, shared, keys)
     }
+}
+
+/// The context keys the server sets, and whether it vouches for `token`:
+/// once tokens are configured, on every front-end, whether or not this
+/// request sent one, so no caller can write "verified" claims itself.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ServerKeys<'a> {
+    pub names: &'a ContextKeysConfig,
+    pub tokens: bool,
 }
 
 /// The Cedar query of `req`: uids parsed, context JSON parsed, the server's
@@ -144,7 +182,9 @@ pub(super) fn query(
     req: DecisionRequest,
     verified: Verified,
     shared: &[Json],
+    keys: ServerKeys<'_>,
 ) -> Result<Query, InvalidField> {
+    let names = keys.names;
     let principal = uid(req.principal.as_ref(), "principal")?;
     let action = uid(req.action.as_ref(), "action")?;
     let resource = uid(req.resource.as_ref(), "resource")?;
@@ -164,15 +204,16 @@ pub(super) fn query(
     };
     // Reserved even without their fields: a `workload` record a caller
     // forged in its context would otherwise pass for one binding had
-    // checked. `token` is the server's only with a subject token.
-    for key in RESERVED_CONTEXT_KEYS {
-        if key != TOKEN_KEY || verified.claims.is_some() {
-            Reserved::Field(key).check(&context)?;
-        }
+    // checked.
+    Reserved::Field(&names.workload).check(&context)?;
+    Reserved::Field(&names.delegation).check(&context)?;
+    if keys.tokens || verified.claims.is_some() {
+        Reserved::Field(&names.token).check(&context)?;
     }
     if let Some(workload) = &req.workload {
-        context.insert(WORKLOAD_KEY.to_string(), workload.to_json());
+        context.insert(names.workload.clone(), workload.to_json());
     }
+    let token_chain = verified.token_chain;
     let chain = verified.chain.unwrap_or(req.delegation);
     if !chain.is_empty() {
         let delegators = chain
@@ -181,15 +222,15 @@ pub(super) fn query(
             .map(|(i, h)| h.delegator.parse(&format!("delegation[{i}].delegator")))
             .collect::<Result<Vec<_>, _>>()?;
         context.insert(
-            DELEGATION_KEY.to_string(),
-            delegation::context(&principal, &chain, &delegators),
+            names.delegation.clone(),
+            delegation::context(&principal, &chain, &delegators, token_chain.as_ref()),
         );
     }
     if !req.purpose.is_empty() {
-        context.insert(PURPOSE_KEY.to_string(), Json::String(req.purpose));
+        declare_purpose(&mut context, &names.purpose, req.purpose)?;
     }
     if let Some(claims) = verified.claims {
-        context.insert(TOKEN_KEY.to_string(), Json::Object(claims));
+        context.insert(names.token.clone(), Json::Object(claims));
     }
     if let Some((key, now)) = verified.server_time {
         Reserved::ServerTime(&key).check(&context)?;

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use super::error::{DecisionError, InvalidField};
 use super::request::{DecisionRequest, DelegationHop, Uid};
-use super::verified::{TokenFacts, Verified};
+use super::verified::{Binding, TokenChain, TokenFacts, Verified};
 use crate::tokens::{self, TokenVerifier};
 
 fn verify_one(
@@ -29,7 +29,48 @@ fn facts(kind: &'static str, v: &tokens::Verified) -> TokenFacts {
         subject: v.subject.clone(),
         jti: v.jti.clone(),
         kid: v.kid.clone(),
+        scopes: None,
+        binding: None,
     }
+}
+
+/// How the subject token names `principal`. A token that names someone
+/// else (`act.sub`, or `may_act.sub` without `act`) is refused; one that
+/// names no one is [`Binding::Unbound`], which policies see as an
+/// unverified chain.
+fn bind(
+    subject: &tokens::Verified,
+    actor_type: &str,
+    principal: &Uid,
+) -> Result<Binding, DecisionError> {
+    let (named, claim, binding) = if let Some(current) = subject.actors.first() {
+        (
+            Uid::new(actor_type, current),
+            "the current actor (`act.sub`)",
+            Binding::Act,
+        )
+    } else if let Some(may) = &subject.may_act {
+        (
+            Uid::new(actor_type, may),
+            "who may act for it (`may_act.sub`)",
+            Binding::MayAct,
+        )
+    } else if Uid::new(&subject.principal_type, &subject.subject) == *principal {
+        return Ok(Binding::Subject);
+    } else {
+        return Ok(Binding::Unbound);
+    };
+    if named != *principal {
+        return Err(DecisionError::binding(
+            "subject_token",
+            format!(
+                "names {claim} `{}`, not the principal `{}`",
+                named.display(),
+                principal.display()
+            ),
+        ));
+    }
+    Ok(binding)
 }
 
 /// Verifies the request's tokens into `verified`: the tokens, the subject
@@ -82,19 +123,7 @@ pub(super) fn verify(
             .actor_type(&subject.issuer)
             .unwrap_or(&principal.type_name)
             .to_string();
-        if let Some(current) = subject.actors.first() {
-            let current = Uid::new(&actor_type, current);
-            if current != principal {
-                return Err(DecisionError::binding(
-                    "subject_token",
-                    format!(
-                        "names the current actor (`act.sub`) `{}`, not the principal `{}`",
-                        current.display(),
-                        principal.display()
-                    ),
-                ));
-            }
-        }
+        let binding = bind(&subject, &actor_type, &principal)?;
         let hop = |delegator: Uid, scopes: Vec<String>| DelegationHop {
             delegator,
             scopes,
@@ -104,14 +133,16 @@ pub(super) fn verify(
         };
         // The origin, then the earlier actors, earliest first; the current
         // actor is the principal, which the chain delegates to.
+        // A token grants the scopes it carries: none, when it carries none.
+        let granted = subject.scopes.clone().unwrap_or_default();
         let mut chain = vec![hop(
             Uid::new(&subject.principal_type, &subject.subject),
-            subject.scopes.clone().unwrap_or_default(),
+            granted.clone(),
         )];
         for earlier in subject.actors.iter().skip(1).rev() {
             chain.push(hop(Uid::new(&actor_type, earlier), Vec::new()));
         }
-        match combine(chain, req.delegation.clone()) {
+        match combine(chain, &granted, req.delegation.clone()) {
             Ok(chain) => verified.chain = Some(chain),
             Err(e) => {
                 // The sent chain contradicts the token's: the record names
@@ -121,7 +152,14 @@ pub(super) fn verify(
             }
         }
         verified.claims = Some(subject.claims.clone());
-        tokens.push(facts("subject", &subject));
+        verified.token_chain = Some(TokenChain {
+            scopes: granted.clone(),
+            binding,
+        });
+        let mut named = facts("subject", &subject);
+        named.scopes = Some(granted);
+        named.binding = Some(binding);
+        tokens.push(named);
     }
     verified.tokens = tokens;
     Ok(())
@@ -129,9 +167,11 @@ pub(super) fn verify(
 
 /// The token's chain, with what the request's own `delegation` adds: it
 /// must name the same delegators in the same order, and may only narrow
-/// (fewer scopes, an earlier expiry) and give purposes.
+/// (scopes within what the token `granted`, an earlier expiry) and give
+/// purposes.
 fn combine(
     token: Vec<DelegationHop>,
+    granted: &[String],
     sent: Vec<DelegationHop>,
 ) -> Result<Vec<DelegationHop>, DecisionError> {
     if sent.is_empty() {
@@ -169,14 +209,10 @@ fn combine(
                 ));
             }
             if !s.scopes.is_empty() {
-                if let Some(wider) = s
-                    .scopes
-                    .iter()
-                    .find(|x| !t.scopes.is_empty() && !t.scopes.contains(x))
-                {
+                if let Some(wider) = s.scopes.iter().find(|x| !granted.contains(x)) {
                     return Err(contradicts(
                         i,
-                        format!("scope `{wider}` is not in the token"),
+                        format!("scope `{wider}` is not in the token's `scope`"),
                     ));
                 }
                 t.scopes = s.scopes;
@@ -216,7 +252,8 @@ mod tests {
         narrower.verified = false;
         narrower.purpose = "summarize".into();
         narrower.expires_at = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(50));
-        let got = combine(token.clone(), vec![narrower]).unwrap();
+        let granted = ["read".to_string(), "write".to_string()];
+        let got = combine(token.clone(), &granted, vec![narrower.clone()]).unwrap();
         assert_eq!(got[0].scopes, ["read"]);
         assert_eq!(got[0].purpose, "summarize");
         assert!(got[0].verified);
@@ -229,9 +266,12 @@ mod tests {
             vec![hop("alice", &["admin"])],
             vec![hop("alice", &[]), hop("agent", &[])],
         ] {
-            let e = combine(token.clone(), sent).unwrap_err();
+            let e = combine(token.clone(), &granted, sent).unwrap_err();
             assert_eq!(e.reason, Reason::DelegationInvalid, "{e}");
             assert!(e.message.contains("contradicts"), "{e}");
         }
+        // A token without `scope` grants none: a sent hop cannot add any.
+        let e = combine(vec![hop("alice", &[])], &[], vec![narrower]).unwrap_err();
+        assert!(e.message.contains("not in the token's `scope`"), "{e}");
     }
 }

@@ -19,6 +19,49 @@ pub struct TokenFacts {
     pub jti: Option<String>,
     /// The key that verified it.
     pub kid: String,
+    /// A subject token's `scope`: what it grants (`[]` when it carries none).
+    pub scopes: Option<Vec<String>>,
+    /// A subject token's binding to the principal.
+    pub binding: Option<Binding>,
+}
+
+/// How a subject token names the request's principal. A token that does
+/// not still verifies, but its chain is not `verified` for policies: a
+/// token alice gave one agent must not pass for a grant to any principal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// The current actor, `act.sub`, is the principal.
+    Act,
+    /// `may_act.sub` lets the principal act for the subject.
+    MayAct,
+    /// `sub` is the principal itself.
+    Subject,
+    /// Nothing in the token names the principal.
+    Unbound,
+}
+
+impl Binding {
+    /// The record's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Act => "act",
+            Self::MayAct => "may_act",
+            Self::Subject => "subject",
+            Self::Unbound => "none",
+        }
+    }
+
+    pub fn holds(self) -> bool {
+        self != Self::Unbound
+    }
+}
+
+/// What the subject token says of the chain it made: the scopes it grants
+/// (the most any hop may list) and whether it names the principal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct TokenChain {
+    pub scopes: Vec<String>,
+    pub binding: Binding,
 }
 
 /// The server-proven facts of one request. Screening fills them in as it
@@ -33,6 +76,8 @@ pub(super) struct Verified {
     /// The chain the subject token made of the request's own; `None`: the
     /// request's own stands.
     pub chain: Option<Vec<DelegationHop>>,
+    /// With a subject token: what it grants and binds; `chain` is its chain.
+    pub token_chain: Option<TokenChain>,
     /// With `evaluation.server_time_key`: that key and the server's time
     /// (RFC 3339, whole seconds) when it screened the request, so the cache
     /// keys on the same second the policies see.
@@ -49,6 +94,7 @@ impl Verified {
         tokens: Vec::new(),
         claims: None,
         chain: None,
+        token_chain: None,
         server_time: None,
         now: None,
     };

@@ -106,6 +106,14 @@ impl Drop for TestServer {
     }
 }
 
+/// Whether a decision-log line is a mark (a file's start, a gap, a
+/// checkpoint) rather than a record.
+pub fn is_mark(line: &str) -> bool {
+    ["{\"start\":", "{\"gap\":", "{\"checkpoint\":"]
+        .iter()
+        .any(|m| line.starts_with(m))
+}
+
 /// A plain HTTP/1.0 GET against the admin listener: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
