@@ -81,7 +81,7 @@ fn bench(c: &mut Criterion) {
     });
 
     // The Cerbos-equivalent request: attributes travel in the request.
-    let peer_dir = root.join("../shared/peers/cedar-equivalent");
+    let peer_dir = root.join("tests/vendor/peers/cedar-equivalent");
     if peer_dir.is_dir() {
         let peer = build(read_dir(&peer_dir).unwrap(), &options, 1).unwrap();
         let json: serde_json::Value =

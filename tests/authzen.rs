@@ -373,11 +373,7 @@ async fn records_and_metrics_name_the_api_and_the_request_id() {
         let log = log.clone();
         async move {
             let text = std::fs::read_to_string(&log).ok()?;
-            let records: Vec<Json> = text
-                .lines()
-                .filter(|l| !common::is_mark(l))
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+            let records: Vec<Json> = common::records_in(&text);
             (records.len() >= 2).then_some(records)
         }
     })
@@ -738,11 +734,7 @@ when {
         let log = log.clone();
         async move {
             let text = std::fs::read_to_string(&log).ok()?;
-            let records: Vec<Json> = text
-                .lines()
-                .filter(|l| !common::is_mark(l))
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+            let records: Vec<Json> = common::records_in(&text);
             (records.len() >= 3).then_some(records)
         }
     })

@@ -14,11 +14,11 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use common::{TestServer, shared_dir, test_config};
+use common::{TestServer, test_config, vendor_dir};
 use serde_json::Value as Json;
 
 fn todo_cases() -> PathBuf {
-    shared_dir().join("corpus/authzen-interop/interop/authzen-todo-backend/test")
+    vendor_dir().join("authzen-interop/interop/authzen-todo-backend/test")
 }
 
 fn example(scenario: &str) -> PathBuf {
@@ -132,9 +132,8 @@ async fn draft_00_fails_only_where_it_puts_the_owner_outside_properties() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_gateway_scenario_passes_every_case() {
     let server = TestServer::start_with(test_config(&example("gateway"))).await;
-    let cases = shared_dir().join(
-        "corpus/authzen-interop/interop/authzen-api-gateways/test-harness/test/decisions.json",
-    );
+    let cases = vendor_dir()
+        .join("authzen-interop/interop/authzen-api-gateways/test-harness/test/decisions.json");
     let (passed, total, failures) = run_file(&server, &cases).await;
     println!("gateway decisions.json: {passed}/{total}");
     assert_eq!(total, 25);
@@ -142,9 +141,7 @@ async fn the_api_gateway_scenario_passes_every_case() {
 }
 
 fn search_cases(file: &str) -> PathBuf {
-    shared_dir()
-        .join("corpus/authzen-interop/interop")
-        .join(file)
+    vendor_dir().join("authzen-interop/interop").join(file)
 }
 
 /// The results of a search answer or an expectation, as a set of their JSON

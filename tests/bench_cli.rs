@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use cedar_pdp::grpc::proto::AuthorizeRequest;
 use common::binary::{self, Ran, bin};
-use common::{TestServer, shared_dir};
+use common::{TestServer, vendor_dir};
 use prost::Message;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -31,7 +31,7 @@ async fn bench(args: Vec<String>) -> Ran {
 }
 
 fn peer_dir() -> std::path::PathBuf {
-    shared_dir().join("peers/cedar-equivalent")
+    vendor_dir().join("peers/cedar-equivalent")
 }
 
 fn args(addr: &str, request: &Path, extra: &[&str]) -> Vec<String> {

@@ -29,7 +29,7 @@ use cedar_pdp::engine::CompileOptions;
 use cedar_pdp::grpc::proto::{self, Decision};
 use cedar_pdp::policy_store::{LoadOptions, build, read_dir};
 use cedar_policy::{PolicySet, Schema, ValidationMode, ValidationWarning, Validator};
-use common::{TestServer, shared_dir, test_config};
+use common::{TestServer, cedar_corpus, test_config};
 use corpus::{CorpusTest, entity_ref, json_files_under};
 use serde_json::Value as Json;
 use tokio::sync::Semaphore;
@@ -137,7 +137,7 @@ struct CaseOutcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cedar_integration_corpus() {
-    let root = shared_dir().join("corpus/cedar-integration-tests");
+    let root = cedar_corpus();
     assert!(
         root.join("README.md").is_file(),
         "`{}` does not hold the Cedar integration corpus",

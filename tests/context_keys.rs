@@ -13,7 +13,6 @@
 use crate::common;
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use cedar_pdp::grpc::proto::{self, AuthorizeRequest};
 use common::{TestServer, request, test_config};
@@ -122,28 +121,13 @@ async fn a_schema_with_its_own_purpose_decides_as_cedar_does() {
     );
     // AuthZEN carries the purpose in its context: the same decisions.
     for context in &contexts {
-        let text = reqwest::Client::new()
-            .post(format!(
-                "http://{}/access/v1/evaluation",
-                server.authzen_addr
-            ))
-            .header("content-type", "application/json")
-            .body(
-                json!({
-                    "subject": {"type": "User", "id": "alice"},
-                    "action": {"name": "read"},
-                    "resource": {"type": "Doc", "id": "d"},
-                    "context": context,
-                })
-                .to_string(),
-            )
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = json!({
+            "subject": {"type": "User", "id": "alice"},
+            "action": {"name": "read"},
+            "resource": {"type": "Doc", "id": "d"},
+            "context": context,
+        });
+        let (_, text) = common::authzen_evaluation(server.authzen_addr, &body).await;
         let answer: Json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
         assert_eq!(
             answer["decision"],

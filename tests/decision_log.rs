@@ -335,12 +335,9 @@ async fn the_file_sink_rotates_by_size() {
     assert_eq!(last["decision_id"], ids.last().unwrap().as_str());
 }
 
-/// Side files rotate with the log files that name them: their bytes count
-/// against the file, and those no kept file names are pruned, so the log
-/// and its side files stay within (max_files + 1) files' worth. Every side
-/// file a kept record names is still there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn side_files_rotate_and_are_pruned_with_the_log() {
+/// A policy directory that allows everything, and a config that logs
+/// beside it.
+fn allow_all() -> (tempfile::TempDir, std::path::PathBuf, Config) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("p.cedar"),
@@ -348,7 +345,17 @@ async fn side_files_rotate_and_are_pruned_with_the_log() {
     )
     .unwrap();
     let log = dir.path().join("decisions.log");
-    let mut config = logging_config(dir.path(), &log);
+    let config = logging_config(dir.path(), &log);
+    (dir, log, config)
+}
+
+/// Side files rotate with the log files that name them: their bytes count
+/// against the file, and those no kept file names are pruned, so the log
+/// and its side files stay within (max_files + 1) files' worth. Every side
+/// file a kept record names is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_files_rotate_and_are_pruned_with_the_log() {
+    let (dir, log, mut config) = allow_all();
     config.decision_log.max_inline_entities_bytes = 1024;
     config.decision_log.max_file_bytes = 32 * 1024;
     config.decision_log.max_files = 1;
@@ -413,14 +420,7 @@ async fn side_files_rotate_and_are_pruned_with_the_log() {
 /// once drops stop, it is ready again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_required_log_that_drops_records_makes_the_server_not_ready() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("p.cedar"),
-        r#"@id("any") permit (principal, action, resource);"#,
-    )
-    .unwrap();
-    let log = dir.path().join("decisions.log");
-    let mut config = logging_config(dir.path(), &log);
+    let (_dir, _log, mut config) = allow_all();
     config.decision_log.required = true;
     config.decision_log.on_full = cedar_pdp::config::OnFull::Drop;
     config.decision_log.queue_capacity = 1;

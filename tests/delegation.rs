@@ -232,11 +232,7 @@ async fn the_server_holds_the_chain_to_its_rules_and_policies_see_it() {
         let log = log.clone();
         async move {
             let text = std::fs::read_to_string(&log).ok()?;
-            let records: Vec<Json> = text
-                .lines()
-                .filter(|l| !common::is_mark(l))
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+            let records: Vec<Json> = common::records_in(&text);
             (records.len() >= 12).then_some(records)
         }
     })

@@ -28,7 +28,7 @@ use cedar_pdp::engine::{
 use cedar_pdp::policy_store::{LoadOptions, build, read_dir};
 use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Context, Entities, EntityUid, Request};
-use common::shared_dir;
+use common::cedar_corpus;
 use corpus::{CorpusTest, entity_ref, json_files_under};
 use serde_json::{Value as Json, json};
 use tenants::{Rng, uid};
@@ -314,7 +314,7 @@ fn corpus_case(root: &Path, rel: &str) -> Tally {
 
 #[test]
 fn corpus_answers_match_the_whole_set() {
-    let root = shared_dir().join("corpus/cedar-integration-tests");
+    let root = cedar_corpus();
     let mut files = json_files_under(&root.join("tests"));
     files.extend(json_files_under(&root.join("corpus-tests")));
     let (left, right) = files.split_at(files.len() / 2);

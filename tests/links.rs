@@ -249,11 +249,7 @@ async fn records_are_stamped_when_their_grants_were_judged() {
     server.stop().await.unwrap();
 
     let text = std::fs::read_to_string(&log).unwrap();
-    let records: Vec<serde_json::Value> = text
-        .lines()
-        .filter(|l| !common::is_mark(l))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records: Vec<serde_json::Value> = common::records_in(&text);
     let mut allows = 0;
     for r in &records {
         let at = humantime::parse_rfc3339(r["timestamp"].as_str().unwrap()).unwrap();

@@ -604,11 +604,7 @@ when { context has workload && context.workload.namespace == "shop" &&
         let log = log.clone();
         async move {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let records: Vec<serde_json::Value> = text
-                .lines()
-                .filter(|l| !common::is_mark(l))
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+            let records: Vec<serde_json::Value> = common::records_in(&text);
             (records.len() >= 5).then_some(records)
         }
     })

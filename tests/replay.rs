@@ -296,7 +296,6 @@ async fn replay_reproduces_every_decision_and_names_exactly_what_a_change_alters
     let lines: Vec<Json> = ran
         .stdout
         .lines()
-        .filter(|l| !common::is_mark(l))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let ids: BTreeSet<String> = lines

@@ -89,12 +89,7 @@ async fn shadow_policies_are_counted_and_recorded_and_never_answer() {
     drop(client);
     server.stop().await.unwrap();
 
-    let records: Vec<Json> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .filter(|l| !common::is_mark(l))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records: Vec<Json> = common::records_in(&std::fs::read_to_string(&log).unwrap());
     assert_eq!(records.len(), 10);
     for (i, id) in ids.iter().enumerate() {
         let (_, live, shadow) = &cases[i % cases.len()];

@@ -365,11 +365,7 @@ async fn open_streams_close_at_shutdown_before_the_log_drains() {
     assert!(started.elapsed() < Duration::from_secs(20));
 
     let text = std::fs::read_to_string(&log).unwrap();
-    let records: Vec<serde_json::Value> = text
-        .lines()
-        .filter(|l| !common::is_mark(l))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records: Vec<serde_json::Value> = common::records_in(&text);
     assert_eq!(records.len(), 2, "{text}");
     assert_eq!(records[0]["request_id"], "before-stop");
     assert_eq!(records[1]["error"]["reason"], "shutting_down");

@@ -216,6 +216,24 @@ async fn decide(server: &TestServer, req: AuthorizeRequest) -> Result<bool, toni
         .map(|r| r.into_inner().decision == proto::Decision::Allow as i32)
 }
 
+/// The log's records, once the one of `request_id` is written.
+async fn records_through(log: &Path, request_id: &str) -> Vec<Json> {
+    eventually("the records", Duration::from_secs(10), || {
+        let log = log.to_path_buf();
+        async move {
+            // A line being written may be cut: read again.
+            let text = std::fs::read_to_string(&log).ok()?;
+            let whole = text.rsplit_once('\n').map_or("", |(whole, _)| whole);
+            let records = common::records_in(whole);
+            records
+                .iter()
+                .any(|r| r["request_id"] == request_id)
+                .then_some(records)
+        }
+    })
+    .await
+}
+
 fn unauthenticated(result: Result<bool, tonic::Status>, says: &str, token: &str) {
     let status = result.expect_err("refused");
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
@@ -364,22 +382,7 @@ async fn every_check_of_a_token_is_enforced_and_named() {
     assert!(status.message().contains("another-workload"), "{status:?}");
 
     // The record names each token and never holds one.
-    let records: Vec<Json> = eventually("the records", Duration::from_secs(10), || {
-        let log = setup.log.clone();
-        async move {
-            let text = std::fs::read_to_string(&log).ok()?;
-            let records: Vec<Json> = text
-                .lines()
-                .filter(|l| !common::is_mark(l))
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
-            records
-                .iter()
-                .any(|r| r["request_id"] == "impostor")
-                .then_some(records)
-        }
-    })
-    .await;
+    let records = records_through(&setup.log, "impostor").await;
     let text = std::fs::read_to_string(&setup.log).unwrap();
     for token in [&good, &by_rsa, &deep] {
         assert!(!text.contains(token.rsplit('.').next().unwrap()));
@@ -479,22 +482,7 @@ async fn a_token_grants_only_its_scopes_and_binds_only_the_principal_it_names() 
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("may_act.sub"), "{status:?}");
 
-    let records: Vec<Json> = eventually("the records", Duration::from_secs(10), || {
-        let log = setup.log.clone();
-        async move {
-            let text = std::fs::read_to_string(&log).ok()?;
-            let records: Vec<Json> = text
-                .lines()
-                .filter(|l| !common::is_mark(l))
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-            records
-                .iter()
-                .any(|r| r["request_id"] == "may-act-other")
-                .then_some(records)
-        }
-    })
-    .await;
+    let records = records_through(&setup.log, "may-act-other").await;
     let by_id = |id: &str| records.iter().find(|r| r["request_id"] == id).unwrap();
     assert_eq!(by_id("unbound")["tokens"][0]["binding"], "none");
     assert_eq!(by_id("may-act")["tokens"][0]["binding"], "may_act");
@@ -526,27 +514,14 @@ async fn no_front_end_lets_a_caller_write_the_tokens_claims() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("context.token"), "{status:?}");
 
-    let answer = reqwest::Client::new()
-        .post(format!(
-            "http://{}/access/v1/evaluation",
-            server.authzen_addr
-        ))
-        .header("content-type", "application/json")
-        .body(
-            json!({
-                "subject": {"type": "Agent", "id": "summarizer"},
-                "action": {"name": "read"},
-                "resource": {"type": "Doc", "id": "plan"},
-                "context": {"token": {"scope": ["docs:read"]}},
-            })
-            .to_string(),
-        )
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status().as_u16(), 400);
-    let body = answer.text().await.unwrap();
+    let body = json!({
+        "subject": {"type": "Agent", "id": "summarizer"},
+        "action": {"name": "read"},
+        "resource": {"type": "Doc", "id": "plan"},
+        "context": {"token": {"scope": ["docs:read"]}},
+    });
+    let (status, body) = common::authzen_evaluation(server.authzen_addr, &body).await;
+    assert_eq!(status, 400, "{body}");
     assert!(body.contains("context.token"), "{body}");
 }
 

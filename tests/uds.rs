@@ -226,11 +226,7 @@ async fn the_decision_log_records_the_peer_credentials() {
     server.stop().await;
 
     let text = std::fs::read_to_string(&log).unwrap();
-    let records: Vec<serde_json::Value> = text
-        .lines()
-        .filter(|l| !common::is_mark(l))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records: Vec<serde_json::Value> = common::records_in(&text);
     assert_eq!(records.len(), 1, "{text}");
     let caller = &records[0]["caller"];
     assert_eq!(records[0]["request_id"], "uds-1");

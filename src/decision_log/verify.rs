@@ -436,19 +436,24 @@ impl Check<'_> {
         }
     }
 
+    /// A mark's signature (when keys are given) and instance hold.
+    fn mark_holds(
+        &mut self,
+        mark: &chain::Mark,
+        expected: Option<u64>,
+        at: &Loc,
+        what: &str,
+    ) -> Result<(), VerifyError> {
+        let key_id = mark.key_id.clone().unwrap_or_default();
+        let signature = mark.signature.as_deref();
+        self.signed(&key_id, &mark.signed, signature, expected, at, what)?;
+        self.same_instance(mark.text("instance"), expected, at, what)
+    }
+
     /// A file's start line: it names the record before the file.
     fn start(&mut self, mark: &chain::Mark, at: Loc, part: usize) -> Result<(), VerifyError> {
         let expected = self.expected();
-        let key_id = mark.key_id.clone().unwrap_or_default();
-        self.signed(
-            &key_id,
-            &mark.signed,
-            mark.signature.as_deref(),
-            expected,
-            &at,
-            "start line",
-        )?;
-        self.same_instance(mark.text("instance"), expected, &at, "start line")?;
+        self.mark_holds(mark, expected, &at, "start line")?;
         let Some(prev) = mark.names("prev_seq", "prev_hash") else {
             return Err(self.problem(
                 expected,
@@ -494,16 +499,7 @@ impl Check<'_> {
     /// them written before the tear were checked as any.
     fn gap(&mut self, mark: &chain::Mark, at: Loc) -> Result<(), VerifyError> {
         let expected = self.expected();
-        let key_id = mark.key_id.clone().unwrap_or_default();
-        self.signed(
-            &key_id,
-            &mark.signed,
-            mark.signature.as_deref(),
-            expected,
-            &at,
-            "gap mark",
-        )?;
-        self.same_instance(mark.text("instance"), expected, &at, "gap mark")?;
+        self.mark_holds(mark, expected, &at, "gap mark")?;
         let (Some(first), Some(last)) = (mark.seq("first_seq"), mark.names("last_seq", "hash"))
         else {
             return Err(self.problem(

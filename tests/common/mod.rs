@@ -106,6 +106,29 @@ impl Drop for TestServer {
     }
 }
 
+/// POSTs `body` to the AuthZEN `/access/v1/evaluation` at `addr`: the
+/// status and the body's text.
+pub async fn authzen_evaluation(addr: SocketAddr, body: &serde_json::Value) -> (u16, String) {
+    let answer = reqwest::Client::new()
+        .post(format!("http://{addr}/access/v1/evaluation"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.text().await.unwrap())
+}
+
+/// The decision records in a log file's text, past its marks.
+pub fn records_in(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !is_mark(l))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a record ({e}): {l}")))
+        .collect()
+}
+
 /// Whether a decision-log line is a mark (a file's start, a gap, a
 /// checkpoint) rather than a record.
 pub fn is_mark(line: &str) -> bool {
@@ -224,15 +247,30 @@ pub fn write_atomic(dir: &Path, name: &str, text: &str) {
     std::fs::rename(&tmp, &path).unwrap();
 }
 
-/// The crate root's sibling `shared/` folder; fails clearly when missing.
-pub fn shared_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    assert!(
-        dir.is_dir(),
-        "`{}` is missing: the conformance corpus lives in ../shared next to the crate root",
-        dir.display()
-    );
-    dir
+/// Third-party test data kept in this repository (`tests/vendor/`, whose
+/// README gives each part's origin and licence).
+pub fn vendor_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vendor")
+}
+
+/// Cedar's integration corpus, unpacked once per test process from its
+/// archive into a temporary directory under the target directory.
+pub fn cedar_corpus() -> PathBuf {
+    static UNPACKED: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = UNPACKED.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("cedar-corpus-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("a temporary directory under the target directory");
+        let archive = vendor_dir().join("cedar-integration-tests.tar.gz");
+        let file = std::fs::File::open(&archive)
+            .unwrap_or_else(|e| panic!("`{}`: {e}", archive.display()));
+        tar::Archive::new(flate2::read::GzDecoder::new(file))
+            .unpack(dir.path())
+            .unwrap_or_else(|e| panic!("unpacking `{}`: {e}", archive.display()));
+        dir
+    });
+    dir.path().join("cedar-integration-tests")
 }
 
 /// What the build should report, found another way than `build.rs` does:
