@@ -174,8 +174,11 @@ pub(crate) async fn serve(
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_page))
-        .with_state(AdminState { metrics, readiness });
-    http::serve(listener, app, limits, None, shutdown).await;
+        .with_state(AdminState {
+            metrics: metrics.clone(),
+            readiness,
+        });
+    http::serve(listener, app, limits, None, metrics, shutdown).await;
 }
 
 async fn metrics_page(State(state): State<AdminState>) -> impl IntoResponse {

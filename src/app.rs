@@ -18,13 +18,14 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower_layer::{Identity, Stack};
 
 use crate::admin::{self, Readiness};
 use crate::authzen::{self, Authzen};
 use crate::config::{Config, LogExport};
 use crate::decision_log::{DecisionLog, DecisionLogError, FinishError, LogWriter, warn_on_drops};
 use crate::grpc::proto::{self, authorizer_server::AuthorizerServer};
-use crate::grpc::{AuthorizerService, ExtAuthzService};
+use crate::grpc::{AuthorizerService, BudgetLayer, ExtAuthzService};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineOptions, StreamCloser};
 use crate::policy_store::{
@@ -34,6 +35,8 @@ use crate::policy_tests;
 use crate::state_metrics::StateCollector;
 use crate::telemetry::{self, Telemetry, TelemetryError};
 use crate::tokens::{JwksError, TokenVerifier};
+use crate::transport::budget::BufferBudget;
+use crate::transport::conns::{ConnTimeouts, Registry};
 use crate::transport::http::HttpLimits;
 use crate::transport::{self, Listener, ReloadingTls, TlsAccept, TlsError};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -133,8 +136,9 @@ pub struct App {
 /// The services `run` serves, with how each listener accepts.
 #[derive(Debug)]
 struct Services {
-    grpc: Router,
+    grpc: Router<Stack<BudgetLayer, Identity>>,
     grpc_tls: Option<TlsAccept>,
+    grpc_conns: Arc<Registry>,
     ext_authz: bool,
     authzen: Authzen,
     authzen_limits: HttpLimits,
@@ -278,7 +282,8 @@ impl App {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit)
         });
-        let authzen = Authzen::new(pipeline.clone(), &config);
+        let budget = BufferBudget::new(config.limits.max_buffered_bytes);
+        let authzen = Authzen::new(pipeline.clone(), &config, Arc::clone(&budget));
         let authorizer = AuthorizerServer::new(AuthorizerService::over(pipeline))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
@@ -290,6 +295,10 @@ impl App {
         // drains its open calls, which `request_timeout` and
         // `stream_max_age` bound.
         let grpc = Server::builder()
+            .layer(BudgetLayer::new(budget, metrics.clone(), l.request_timeout))
+            // Bytes received ahead of the budget, per stream and connection.
+            .initial_stream_window_size(transport::H2_STREAM_WINDOW)
+            .initial_connection_window_size(transport::H2_CONNECTION_WINDOW)
             .max_concurrent_streams(l.max_concurrent_streams_per_connection)
             .http2_keepalive_interval(Some(l.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(l.http2_keepalive_timeout))
@@ -309,6 +318,15 @@ impl App {
         let services = Services {
             grpc,
             grpc_tls: tls.as_ref().map(accept),
+            grpc_conns: Registry::new(
+                l.max_connections,
+                ConnTimeouts {
+                    first_request: l.first_request_timeout,
+                    idle: l.connection_idle_timeout,
+                },
+                "grpc",
+                metrics.clone(),
+            ),
             ext_authz: ext_authz_on,
             authzen,
             authzen_limits: HttpLimits {
@@ -389,6 +407,7 @@ impl App {
         if let Some(log) = self.log.take() {
             running.drop_warnings = Some(tokio::spawn(warn_on_drops(log, Duration::from_secs(10))));
         }
+        let metrics = self.metrics.clone();
         running.authzen = listeners.authzen.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, tls = services.authzen_tls.is_some(), "AuthZEN listener: /access/v1/evaluation(s)");
@@ -399,6 +418,7 @@ impl App {
                     services.authzen_limits,
                     services.authzen,
                     services.authzen_tls,
+                    metrics,
                     stopping,
                 )
             })
@@ -420,7 +440,7 @@ impl App {
                 .reloads
                 .push(tls.clone().spawn_watcher(*interval, self.metrics.clone()));
         }
-        let incoming = transport::incoming(listeners.grpc, services.grpc_tls);
+        let incoming = transport::incoming(listeners.grpc, services.grpc_tls, services.grpc_conns);
         running.admin = listeners.admin.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin listener: /metrics /healthz /readyz");

@@ -273,14 +273,16 @@ impl Default for ExtAuthzConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// A request's headers must arrive within this, and so must the next
-    /// request on a kept-alive connection.
+    /// A connection's first request must arrive within this (its headers,
+    /// complete), and so must each next one.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// A connection that moves no byte for this long is closed.
+    /// Kept for HTTP/2 clients of the admin port, which is HTTP/1.1 only:
+    /// a connection with no request open for this long is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Connections open at once; more are answered `503` and closed.
+    /// Connections open at once; at the cap the idlest is closed to admit
+    /// a new one, which is answered `503` only when all are busy.
     pub max_connections: usize,
 }
 
@@ -306,15 +308,19 @@ pub struct AuthzenConfig {
     pub namespace: String,
     /// Entity type of actions, under `namespace`.
     pub action_type: String,
-    /// A request's headers must arrive within this, and so must the next
-    /// request on a kept-alive connection.
+    /// A connection's first request must arrive within this (its headers,
+    /// complete), and on HTTP/1.1 so must each next one.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// A connection that moves no byte for this long is closed.
+    /// An HTTP/2 connection with no request open for this long is closed;
+    /// PINGs do not count.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Connections open at once; more are answered `503` and closed.
+    /// Connections open at once; at the cap the idlest is closed to admit
+    /// a new one, which is answered `503` only when all are busy.
     pub max_connections: usize,
+    /// The largest request body, in bytes.
+    pub max_body_bytes: usize,
     /// AuthZEN type strings that are not Cedar names (`todo-list`), mapped
     /// to Cedar entity types (full names, not put under `namespace`).
     pub types: BTreeMap<String, String>,
@@ -334,6 +340,7 @@ impl Default for AuthzenConfig {
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1_024,
+            max_body_bytes: 1024 * 1024,
             types: BTreeMap::new(),
             open_properties: BTreeMap::new(),
         }
@@ -555,6 +562,22 @@ pub struct LimitsConfig {
     /// Memory for request entities parsed before, by their exact JSON and
     /// the policy snapshot (exact too); 0 turns it off.
     pub entity_cache_bytes: u64,
+    /// Bytes of request bodies buffered at once, across every connection
+    /// and front-end, charged as they arrive; past it a request is refused
+    /// (`RESOURCE_EXHAUSTED`, HTTP 429) rather than read.
+    pub max_buffered_bytes: usize,
+    /// gRPC connections open at once; at the cap the idlest is closed to
+    /// admit a new one, and a new one is refused only when all are busy.
+    pub max_connections: usize,
+    /// A gRPC connection that has not opened its first call this long
+    /// after it was accepted (and any TLS handshake finished) is closed:
+    /// it covers the HTTP/2 preface.
+    #[serde(with = "humantime_serde")]
+    pub first_request_timeout: Duration,
+    /// A gRPC connection with no call open for this long is closed; PINGs
+    /// do not count.
+    #[serde(with = "humantime_serde")]
+    pub connection_idle_timeout: Duration,
 }
 
 /// `[decision_log]`: one JSON record per decision, written off the request path.
@@ -765,6 +788,10 @@ impl Default for LimitsConfig {
             request_timeout: Duration::from_secs(5),
             decision_cache_bytes: 32 * 1024 * 1024,
             entity_cache_bytes: 16 * 1024 * 1024,
+            max_buffered_bytes: 32 * 1024 * 1024,
+            max_connections: 4_096,
+            first_request_timeout: Duration::from_secs(10),
+            connection_idle_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -1128,7 +1155,7 @@ impl Config {
 
     fn validate_limits(&self, problems: &mut Vec<String>) {
         let l = &self.limits;
-        let checks: [(&str, usize, usize, usize); 12] = [
+        let checks: [(&str, usize, usize, usize); 13] = [
             (
                 "max_entities_per_request",
                 l.max_entities_per_request,
@@ -1170,6 +1197,7 @@ impl Config {
                 64 * 1024,
             ),
             ("max_streams", l.max_streams, 1, 100_000),
+            ("max_connections", l.max_connections, 1, 1_000_000),
             (
                 "max_concurrent_streams_per_connection",
                 l.max_concurrent_streams_per_connection as usize,
@@ -1187,10 +1215,19 @@ impl Config {
             ("stream_idle_timeout", l.stream_idle_timeout),
             ("stream_max_age", l.stream_max_age),
             ("http2_keepalive_timeout", l.http2_keepalive_timeout),
+            ("first_request_timeout", l.first_request_timeout),
+            ("connection_idle_timeout", l.connection_idle_timeout),
         ] {
             if value.is_zero() {
                 problems.push(format!("`limits.{key}`: must be more than 0s"));
             }
+        }
+        // A request of the largest size allowed must fit in the budget.
+        let largest = (l.max_message_bytes + 5).max(self.authzen.max_body_bytes);
+        if l.max_buffered_bytes < largest || l.max_buffered_bytes > 64 * 1024 * 1024 * 1024 {
+            problems.push(format!(
+                "`limits.max_buffered_bytes`: must be between {largest} (`limits.max_message_bytes` and a gRPC message header, or `authzen.max_body_bytes`) and 64 GiB"
+            ));
         }
         for (key, value) in [
             ("http2_keepalive_interval", l.http2_keepalive_interval),
@@ -1333,6 +1370,10 @@ impl Config {
         }
         if !(1..=100_000).contains(&a.max_connections) {
             problems.push("`authzen.max_connections`: must be between 1 and 100000".to_string());
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&a.max_body_bytes) {
+            problems
+                .push("`authzen.max_body_bytes`: must be between 1 KiB and 256 MiB".to_string());
         }
     }
 }

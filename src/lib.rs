@@ -26,7 +26,8 @@
 //! - [`replay`]: recorded decisions evaluated again, against their revision or a candidate set.
 //! - [`telemetry`]: log output setup.
 //! - [`transport`]: TCP, Unix socket and reloading TLS listeners, the peer facts they prove,
-//!   and the bounded HTTP server behind the admin and AuthZEN listeners.
+//!   the bounds on their connections, the request-buffer budget, and the bounded HTTP
+//!   server behind the admin and AuthZEN listeners.
 //! - [`identity`]: SPIFFE IDs and the caller facts handed to policies.
 //! - [`tokens`]: JWTs verified against the configured issuers' JWKS files; a leaf.
 //! - [`error_chain`]: an error with its sources, as one line.

@@ -56,6 +56,12 @@ struct BuildLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -75,6 +81,7 @@ pub struct Metrics {
     searches: Family<SearchLabels, Counter>,
     tls_handshake_failures: Counter,
     shadow_disagreements: Family<ShadowLabels, Counter>,
+    connections_closed: Family<ConnectionLabels, Counter>,
     registry: Registry,
 }
 
@@ -105,6 +112,7 @@ impl Metrics {
         let searches = Family::<SearchLabels, Counter>::default();
         let tls_handshake_failures = Counter::default();
         let shadow_disagreements = Family::<ShadowLabels, Counter>::default();
+        let connections_closed = Family::<ConnectionLabels, Counter>::default();
         let mut registry = Registry::default();
         // Set by build.rs; read here so this module stays a leaf.
         let build_info = Family::<BuildLabels, Gauge>::default();
@@ -176,6 +184,11 @@ impl Metrics {
             searches.clone(),
         );
         registry.register(
+            "cedar_pdp_connections_closed",
+            "Connections the server closed or refused, by listener (grpc, authzen, admin) and reason: no_request (none within the first-request timeout), idle (none open for the idle timeout, PINGs aside), evicted (the idlest, for a new one at the cap), refused (at the cap with every connection busy)",
+            connections_closed.clone(),
+        );
+        registry.register(
             "cedar_pdp_shadow_disagreements",
             "Decisions the shadow policies would have answered differently, by live and shadow decision",
             shadow_disagreements.clone(),
@@ -193,6 +206,7 @@ impl Metrics {
             searches,
             tls_handshake_failures,
             shadow_disagreements,
+            connections_closed,
             registry,
         }
     }
@@ -228,6 +242,13 @@ impl Metrics {
         let result = if ok { "success" } else { "failure" };
         self.tls_reloads
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Records a connection the server closed (or refused) on `listener`.
+    pub fn connection_closed(&self, listener: &'static str, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ConnectionLabels { listener, reason })
             .inc();
     }
 

@@ -211,7 +211,7 @@ async fn an_evaluation_maps_to_cedar_and_a_deny_is_a_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_400_with_error_and_message() {
-    let (server, _dir) = start(|c| c.limits.max_message_bytes = 1024).await;
+    let (server, _dir) = start(|c| c.authzen.max_body_bytes = 1024).await;
     let url = format!("http://{}/access/v1/evaluation", server.authzen_addr);
     let ok = ask("alice", "read", doc("d1"));
     let json_post = |body: String| {
@@ -258,7 +258,7 @@ async fn bad_input_is_a_400_with_error_and_message() {
             "too large",
             json_post(format!("{{\"pad\": \"{}\"}}", "x".repeat(2000))),
             "limit_exceeded",
-            "`limits.max_message_bytes`",
+            "`authzen.max_body_bytes`",
         ),
     ];
     let mut bad = |name: &'static str, edit: &dyn Fn(&mut Json), field: &'static str| {

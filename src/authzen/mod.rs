@@ -37,12 +37,14 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::Config;
 use crate::identity::PeerFacts;
+use crate::metrics::Metrics;
 use crate::pipeline::{
     Admission, Answer, Api, BatchStop, Call, DecisionError, DecisionRequest, InvalidField,
     Pipeline, Reason, Rejected, Submitted, span,
 };
 use crate::policy_store::Snapshot;
 use crate::transport::TlsAccept;
+use crate::transport::budget::{BufferBudget, Charge};
 use crate::transport::http::{self, HttpLimits};
 use mapping::{Mapping, Parts};
 use search::Kind;
@@ -58,12 +60,14 @@ pub const METADATA_PATH: &str = "/.well-known/authzen-configuration";
 const REQUEST_ID_HEADER: &str = "x-request-id";
 use crate::pipeline::{DECISION_ID_HEADER, REVISION_HEADER};
 
-/// The AuthZEN front-end: the pipeline, the mapping and the body limit.
+/// The AuthZEN front-end: the pipeline, the mapping, the body limit and
+/// the process-wide budget bodies are read into.
 #[derive(Clone, Debug)]
 pub(crate) struct Authzen {
     pipeline: Pipeline,
     mapping: Arc<Mapping>,
     max_body_bytes: usize,
+    budget: Arc<BufferBudget>,
     /// `authzen.base_url`, when configured.
     base_url: Option<Arc<str>>,
     /// `https` when the listener does TLS, else `http`.
@@ -71,12 +75,14 @@ pub(crate) struct Authzen {
 }
 
 impl Authzen {
-    /// The front-end `config` describes, over `pipeline`.
-    pub(crate) fn new(pipeline: Pipeline, config: &Config) -> Self {
+    /// The front-end `config` describes, over `pipeline`, reading bodies
+    /// into `budget`.
+    pub(crate) fn new(pipeline: Pipeline, config: &Config, budget: Arc<BufferBudget>) -> Self {
         Self {
             pipeline,
             mapping: Arc::new(Mapping::new(&config.authzen, &config.context_keys)),
-            max_body_bytes: config.limits.max_message_bytes,
+            max_body_bytes: config.authzen.max_body_bytes,
+            budget,
             base_url: Some(config.authzen.base_url.as_str())
                 .filter(|u| !u.is_empty())
                 .map(Arc::from),
@@ -112,9 +118,10 @@ pub(crate) async fn serve(
     limits: HttpLimits,
     authzen: Authzen,
     tls: Option<TlsAccept>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    http::serve(listener, authzen.router(), limits, tls, shutdown).await;
+    http::serve(listener, authzen.router(), limits, tls, metrics, shutdown).await;
 }
 
 struct Headers<'a>(&'a HeaderMap);
@@ -211,12 +218,16 @@ fn json_response(status: StatusCode, body: &Json) -> Response {
 type BodyError = (InvalidField, Reason);
 
 /// The body as a JSON object: `Content-Type: application/json`, at most
-/// `limit` bytes (counted as they arrive, so a large body is never held),
-/// all of it by `deadline`.
+/// `limit` bytes, all of it by `deadline`. Its bytes are charged to
+/// `charge` before they are held: a declared length at once, before any is
+/// read, and a chunked body as its buffer grows; past the budget it is
+/// refused (`buffer_budget`), not read. The caller keeps the charge until
+/// the request is answered.
 async fn read_object(
     request: Request,
     limit: usize,
     deadline: Instant,
+    charge: &mut Charge,
 ) -> Result<Map<String, Json>, BodyError> {
     let invalid = |m: &str| (InvalidField::new("body", m), Reason::InvalidRequest);
     let content_type = request
@@ -240,9 +251,15 @@ async fn read_object(
         (
             InvalidField::new(
                 "body",
-                format!("is larger than {limit} bytes (`limits.max_message_bytes`)"),
+                format!("is larger than {limit} bytes (`authzen.max_body_bytes`)"),
             ),
             Reason::LimitExceeded,
+        )
+    };
+    let exhausted = |e: crate::transport::budget::Exhausted| {
+        (
+            InvalidField::new("body", e.to_string()),
+            Reason::BufferBudget,
         )
     };
     let declared = request
@@ -253,13 +270,26 @@ async fn read_object(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
+    let mut bytes = Vec::new();
+    if let Some(n) = declared.and_then(|n| usize::try_from(n).ok()) {
+        charge.take(n).map_err(exhausted)?;
+        bytes.reserve_exact(n);
+    }
     let read = async {
         let mut stream = request.into_body().into_data_stream();
-        let mut bytes = Vec::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| invalid(&format!("cannot be read: {e}")))?;
-            if bytes.len() + chunk.len() > limit {
+            let need = bytes.len() + chunk.len();
+            if need > limit {
                 return Err(too_large());
+            }
+            if need > bytes.capacity() {
+                // INVARIANT: the charge covers the buffer's capacity.
+                let grown = need.max(bytes.capacity().saturating_mul(2)).min(limit);
+                charge
+                    .take(grown.saturating_sub(charge.held()))
+                    .map_err(exhausted)?;
+                bytes.reserve_exact(grown - bytes.len());
             }
             bytes.extend_from_slice(&chunk);
         }
@@ -409,7 +439,8 @@ impl Authzen {
 
 async fn evaluation(State(az): State<Arc<Authzen>>, request: Request) -> Response {
     let http = Http::start(&az.pipeline, &request, span::authorize(None));
-    let body = match read_object(request, az.max_body_bytes, http.deadline()).await {
+    let mut charge = az.budget.charge();
+    let body = match read_object(request, az.max_body_bytes, http.deadline(), &mut charge).await {
         Ok(body) => body,
         Err(e) => return az.refuse_body(&http, e).await,
     };
@@ -424,7 +455,9 @@ async fn evaluation(State(az): State<Arc<Authzen>>, request: Request) -> Respons
 
 async fn evaluations(State(az): State<Arc<Authzen>>, request: Request) -> Response {
     let http = Http::start(&az.pipeline, &request, span::batch());
-    let mut body = match read_object(request, az.max_body_bytes, http.deadline()).await {
+    let mut charge = az.budget.charge();
+    let mut body = match read_object(request, az.max_body_bytes, http.deadline(), &mut charge).await
+    {
         Ok(body) => body,
         Err(e) => return az.refuse_body(&http, e).await,
     };
@@ -503,7 +536,9 @@ async fn search_action(State(az): State<Arc<Authzen>>, request: Request) -> Resp
 
 async fn search_on(az: Arc<Authzen>, request: Request, kind: Kind) -> Response {
     let http = Http::start(&az.pipeline, &request, span::search(kind.key()));
-    let response = match read_object(request, az.max_body_bytes, http.deadline()).await {
+    let mut charge = az.budget.charge();
+    let response = match read_object(request, az.max_body_bytes, http.deadline(), &mut charge).await
+    {
         Ok(body) => az.search(&http, kind, body).await,
         Err(e) => az.refuse_body(&http, e).await,
     };

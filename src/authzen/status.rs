@@ -28,7 +28,9 @@ pub(super) fn http_status(reason: Reason) -> StatusCode {
         Reason::NotReady | Reason::StreamMaxAge | Reason::ShuttingDown => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        Reason::Overloaded | Reason::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
+        Reason::Overloaded | Reason::TooManyStreams | Reason::BufferBudget => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         Reason::Deadline | Reason::StreamIdle => StatusCode::GATEWAY_TIMEOUT,
         Reason::Cancelled => {
             StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)

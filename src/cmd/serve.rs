@@ -11,7 +11,7 @@ use super::Exit;
 use crate::app::{App, Listeners};
 use crate::config::{Config, ConfigError, ListenAddr, LogFormat, Settings};
 use crate::telemetry;
-use crate::transport::{Listener, UnixSocket};
+use crate::transport::{self, Listener, UnixSocket};
 
 /// Flags of `serve`. Each overrides the config key named in its help.
 #[derive(Debug, Default, Args)]
@@ -102,6 +102,13 @@ pub(super) fn run(args: ServeArgs) -> Exit {
             }
         }
     };
+    let nofile = transport::fds::raise_nofile();
+    tracing::info!(
+        soft = ?nofile.after,
+        was = ?nofile.before,
+        hard = ?nofile.hard,
+        "open-file limit (RLIMIT_NOFILE)"
+    );
     // So does the OTLP exporter of decision records.
     let built = {
         let _enter = runtime.enter();

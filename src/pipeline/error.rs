@@ -91,6 +91,7 @@ pub enum Reason {
     NotReady,
     Overloaded,
     TooManyStreams,
+    BufferBudget,
     StreamIdle,
     StreamMaxAge,
     ShuttingDown,
@@ -101,7 +102,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in documentation order.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Self::InvalidRequest,
         Self::InvalidPath,
         Self::LimitExceeded,
@@ -115,6 +116,7 @@ impl Reason {
         Self::NotReady,
         Self::Overloaded,
         Self::TooManyStreams,
+        Self::BufferBudget,
         Self::StreamIdle,
         Self::StreamMaxAge,
         Self::ShuttingDown,
@@ -139,6 +141,7 @@ impl Reason {
             Self::NotReady => "not_ready",
             Self::Overloaded => "overloaded",
             Self::TooManyStreams => "too_many_streams",
+            Self::BufferBudget => "buffer_budget",
             Self::StreamIdle => "stream_idle",
             Self::StreamMaxAge => "stream_max_age",
             Self::ShuttingDown => "shutting_down",
@@ -162,7 +165,7 @@ impl Reason {
             Self::TokenInvalid => Code::Unauthenticated,
             Self::BindingMismatch => Code::PermissionDenied,
             Self::NotReady | Self::StreamMaxAge | Self::ShuttingDown => Code::Unavailable,
-            Self::Overloaded | Self::TooManyStreams => Code::ResourceExhausted,
+            Self::Overloaded | Self::TooManyStreams | Self::BufferBudget => Code::ResourceExhausted,
             Self::Deadline | Self::StreamIdle => Code::DeadlineExceeded,
             Self::Cancelled => Code::Cancelled,
             Self::Internal => Code::Internal,

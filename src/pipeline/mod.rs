@@ -26,11 +26,14 @@
 //!   pool), and the guards that record calls dropped on the way.
 //! - `inline`, `pool`: the gate that keeps small evaluations on the async
 //!   worker, and the threads the rest runs on.
+//! - `guard`: a panic on the decision path becomes a recorded `internal`
+//!   refusal of exactly its call or item.
 
 mod cache;
 mod delegation;
 pub mod error;
 mod evaluate;
+mod guard;
 mod inline;
 pub mod limits;
 mod pool;
@@ -462,9 +465,24 @@ impl Pipeline {
             }
         };
         let (mut req, invalid) = split(pending.take());
-        let (verified, screened) = self
-            .evaluator()
-            .screen(&snapshot, &mut req, invalid, true, &call.peer);
+        let request_id = req.request_id.clone();
+        let screening = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.evaluator()
+                .screen(&snapshot, &mut req, invalid, true, &call.peer)
+        }));
+        let (verified, screened) = match screening {
+            Ok(screened) => screened,
+            Err(payload) => {
+                let mut slots = slots;
+                let at = At {
+                    call,
+                    span: &call.span,
+                    snapshot: Some(&snapshot),
+                    slots: slots.as_mut(),
+                };
+                return Err(self.panicked(&request_id, None, payload.as_ref(), at));
+            }
+        };
         let ready = Ready {
             snapshot,
             req,
@@ -643,19 +661,56 @@ impl Pipeline {
         span: &Span,
         slots: Option<&mut Slots>,
     ) -> Answer {
-        // A request that did not convert still faces binding first.
-        let (mut req, invalid) = split(req);
-        let cacheable = item.is_none_or(|i| i.shared.is_none());
-        let (verified, screened) = self
-            .evaluator()
-            .screen(snapshot, &mut req, invalid, cacheable, &call.peer);
-        self.settle(snapshot, req, verified, screened, item, call, span, slots)
+        let request_id = match &req {
+            Ok(r) => r.request_id.clone(),
+            Err(rejected) => rejected.request.request_id.clone(),
+        };
+        let at = At {
+            call,
+            span,
+            snapshot: Some(snapshot),
+            slots,
+        };
+        self.guarded(&request_id, item.map(|i| i.index), at, |slots| {
+            // A request that did not convert still faces binding first.
+            let (mut req, invalid) = split(req);
+            let cacheable = item.is_none_or(|i| i.shared.is_none());
+            let (verified, screened) = self
+                .evaluator()
+                .screen(snapshot, &mut req, invalid, cacheable, &call.peer);
+            self.settle(snapshot, req, verified, screened, item, call, span, slots)
+        })
     }
 
     /// Finishes a screened request: evaluation (unless screening settled
-    /// it), the span, the metric and the record.
+    /// it), the span, the metric and the record; a panic on the way is an
+    /// `internal` refusal of this request alone.
     #[expect(clippy::too_many_arguments, reason = "one decision's whole state")]
     fn settle(
+        &self,
+        snapshot: &Snapshot,
+        req: DecisionRequest,
+        verified: Verified,
+        screened: Result<Screened, DecisionError>,
+        item: Option<Item<'_>>,
+        call: &Call,
+        span: &Span,
+        slots: Option<&mut Slots>,
+    ) -> Answer {
+        let request_id = req.request_id.clone();
+        let at = At {
+            call,
+            span,
+            snapshot: Some(snapshot),
+            slots,
+        };
+        self.guarded(&request_id, item.map(|i| i.index), at, |slots| {
+            self.settle_unguarded(snapshot, req, verified, screened, item, call, span, slots)
+        })
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one decision's whole state")]
+    fn settle_unguarded(
         &self,
         snapshot: &Snapshot,
         req: DecisionRequest,
@@ -701,7 +756,17 @@ impl Pipeline {
             });
         match decided {
             Ok(decision) => {
+                #[cfg(test)]
+                guard::inject(&request_id);
                 let decision_id = new_decision_id();
+                // Built before anything is counted: should it panic, the
+                // request is counted once, as refused.
+                let record = match (slots.as_ref(), subject) {
+                    (Some(_), Some(subject)) => {
+                        Some(subject.decided(&decision, &decision_id, call, span, snapshot))
+                    }
+                    _ => None,
+                };
                 span::record_decision(span, &decision, &decision_id, &snapshot.revision);
                 self.metrics
                     .decision(call.api.as_str(), decision.allow, call.started.elapsed());
@@ -713,8 +778,8 @@ impl Pipeline {
                     self.metrics
                         .shadow_disagreement(decision.allow, shadow.allow);
                 }
-                if let (Some(slots), Some(subject)) = (slots.as_mut(), subject) {
-                    slots.submit(subject.decided(&decision, &decision_id, call, span, snapshot));
+                if let (Some(slots), Some(record)) = (slots.as_mut(), record) {
+                    slots.submit(record);
                 }
                 Ok(Outcome {
                     why: why::why(&decision, unverified_chain),
@@ -772,19 +837,24 @@ impl Pipeline {
         at: At<'_, '_>,
     ) -> Box<Refusal> {
         let decision_id = new_decision_id();
+        // The record is built before the count: should it panic, the guard
+        // counts the request once.
+        let logged = self.log.as_ref().zip(subject).map(|(log, subject)| {
+            let mut record = subject.failed(&error, &decision_id, at.call, at.span, at.snapshot);
+            // The span gets the message as masked for the record: Cedar
+            // quotes values in its errors, and traces leave the host too.
+            log.mask(&mut record);
+            (log, record)
+        });
         self.metrics.request_error(
             at.call.api.as_str(),
             error.code().label(),
             error.reason.as_str(),
         );
-        let Some((log, subject)) = self.log.as_ref().zip(subject) else {
+        let Some((log, record)) = logged else {
             span::record_failure(at.span, &error);
             return self.refusal(error, decision_id, request_id, at.snapshot);
         };
-        let mut record = subject.failed(&error, &decision_id, at.call, at.span, at.snapshot);
-        // The span gets the message as masked for the record: Cedar quotes
-        // values in its errors, and traces leave the host too.
-        log.mask(&mut record);
         let message = record.error.as_ref().map(|e| e.message.as_str());
         span::record_failure_as(at.span, &error, message.unwrap_or(&error.message));
         match at.slots {

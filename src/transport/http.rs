@@ -1,31 +1,34 @@
 //! A small HTTP server for the admin and AuthZEN listeners: HTTP/1.1, and
 //! h2c (prior knowledge) when asked, optionally over TLS (h2 or HTTP/1.1 by
-//! ALPN, with the gRPC listener's reloading material). It is bounded so that slow or idle
-//! clients cannot hold it: a cap on open connections, a deadline for each
-//! request's headers (which also bounds the wait for the next request on a
-//! kept-alive connection), a cap on HTTP/2 streams per connection, and an
-//! idle timeout for a connection that moves no bytes at all. Every request
-//! carries the connection's [`PeerFacts`] as an extension.
+//! ALPN, with the gRPC listener's reloading material). It is bounded so that
+//! slow or idle clients cannot hold it: a first request's headers must
+//! arrive within `header_read_timeout` (and, on HTTP/1.1, each next one's
+//! too), an HTTP/2 connection with no request open for `idle_timeout` is
+//! closed (PINGs do not count), HTTP/2 streams per connection are capped,
+//! and at the connection cap the idlest connection is closed to admit a new
+//! one ([`super::conns`]). Every request carries the connection's
+//! [`PeerFacts`] as an extension.
 
 use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use axum::extract::Request;
+use axum::http::Version;
+use axum::middleware::{self, Next};
 use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::TlsAccept;
+use super::conns::{Activity, ConnTimeouts, Registration, Registry};
 use crate::identity::PeerFacts;
+use crate::metrics::Metrics;
 
 /// What one client may cost the server.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +43,10 @@ pub struct HttpLimits {
     pub name: &'static str,
 }
 
+/// The most an HTTP/1.1 connection reads ahead: its headers, or a body's
+/// next bytes before the handler charges them to the buffer budget.
+const H1_READ_BUFFER: usize = 64 * 1024;
+
 /// The answer to a connection over the cap, written without waiting.
 const BUSY: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
@@ -52,9 +59,18 @@ pub async fn serve(
     router: Router,
     limits: HttpLimits,
     tls: Option<TlsAccept>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let registry = Registry::new(
+        limits.max_connections,
+        ConnTimeouts {
+            first_request: limits.header_read_timeout,
+            idle: limits.idle_timeout,
+        },
+        limits.name,
+        metrics,
+    );
     let (stop, stopping) = watch::channel(());
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -72,11 +88,13 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+        // At the cap the idlest connection makes room; refused only when
+        // every open one has a request in progress.
+        let Some(slot) = registry.admit() else {
             tracing::debug!(
                 listener = limits.name,
                 max = limits.max_connections,
-                "connection refused: too many open"
+                "connection refused: every open one is busy"
             );
             let _ = stream.try_write(BUSY);
             continue;
@@ -101,7 +119,7 @@ async fn connection(
     limits: HttpLimits,
     tls: Option<TlsAccept>,
     stopping: watch::Receiver<()>,
-    _slot: OwnedSemaphorePermit,
+    slot: Registration,
 ) {
     let _ = stream.set_nodelay(true);
     let peer = PeerFacts {
@@ -109,12 +127,14 @@ async fn connection(
         ..PeerFacts::default()
     };
     match tls {
-        None => serve_connection(stream, peer, router, limits, stopping).await,
+        None => serve_connection(stream, peer, router, limits, stopping, &slot).await,
         // The handshake is bounded by `tls.handshake_timeout`, and a
         // failure is counted and logged there.
         Some(tls) => {
             if let Some((stream, peer)) = super::handshake_http(stream, peer, &tls).await {
-                serve_connection(stream, peer, router, limits, stopping).await;
+                // The first request's clock starts once the handshake is done.
+                slot.activity().moved();
+                serve_connection(stream, peer, router, limits, stopping, &slot).await;
             }
         }
     }
@@ -126,13 +146,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     router: Router,
     limits: HttpLimits,
     mut stopping: watch::Receiver<()>,
+    slot: &Registration,
 ) {
-    let router = router.layer(Extension(peer));
-    let progress = Arc::new(Progress::new());
-    let io = TokioIo::new(Watched {
-        io: stream,
-        progress: Arc::clone(&progress),
-    });
+    let activity = Arc::clone(slot.activity());
+    let h1_wait = limits.header_read_timeout;
+    let counted = Arc::clone(&activity);
+    let router = router
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let activity = Arc::clone(&counted);
+            track(activity, h1_wait, request, next)
+        }))
+        .layer(Extension(peer));
+    let io = TokioIo::new(stream);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     match limits.http2_max_streams {
         None => builder = builder.http1_only(),
@@ -140,12 +165,16 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             builder
                 .http2()
                 .timer(TokioTimer::new())
+                .initial_stream_window_size(super::H2_STREAM_WINDOW)
+                .initial_connection_window_size(super::H2_CONNECTION_WINDOW)
                 .max_concurrent_streams(streams);
         }
     }
     builder
         .http1()
         .timer(TokioTimer::new())
+        // What one connection reads ahead of its handler (headers included).
+        .max_buf_size(H1_READ_BUFFER)
         .header_read_timeout(limits.header_read_timeout);
     let conn = builder.serve_connection(io, TowerToHyperService::new(router));
     let mut conn = std::pin::pin!(conn);
@@ -159,8 +188,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 return;
             }
             // Dropping the connection closes the socket.
-            () = progress.idle_for(limits.idle_timeout) => {
-                tracing::debug!(listener = limits.name, timeout = ?limits.idle_timeout, "connection idle; closed");
+            closed = activity.closing() => {
+                tracing::debug!(listener = limits.name, reason = closed.as_str(), "connection closed by the server");
+                slot.closed(closed);
                 return;
             }
             _ = stopping.changed(), if !draining => {
@@ -171,78 +201,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     }
 }
 
-/// When a connection last moved a byte.
-struct Progress {
-    start: Instant,
-    /// Milliseconds after `start`.
-    last: AtomicU64,
-}
-
-impl Progress {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last: AtomicU64::new(0),
-        }
+/// Counts `request` as open on its connection until it is answered. An
+/// HTTP/1.1 connection then waits for its next request's headers only as
+/// long as for the first's.
+async fn track(
+    activity: Arc<Activity>,
+    h1_wait: Duration,
+    request: Request,
+    next: Next,
+) -> axum::response::Response {
+    if request.version() < Version::HTTP_2 {
+        activity.set_idle_limit(h1_wait);
     }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Ordering::Relaxed);
-    }
-
-    /// Completes once no byte has moved for `limit`.
-    async fn idle_for(&self, limit: Duration) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
-            let due = last + limit;
-            if Instant::now() >= due {
-                return;
-            }
-            tokio::time::sleep_until(due.into()).await;
-        }
-    }
-}
-
-/// An I/O stream that records its progress.
-struct Watched<T> {
-    io: T,
-    progress: Arc<Progress>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.progress.touch();
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.progress.touch();
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+    let _open = activity.request();
+    next.run(request).await
 }

@@ -1,11 +1,19 @@
 //! Listeners: TCP or a Unix socket, optionally TLS. Each accepted connection
 //! carries the [`PeerFacts`] the transport proved, which tonic hands to every
-//! request on it as an extension. [`http`] serves the admin and AuthZEN
+//! request on it as an extension. Every listener bounds its connections
+//! ([`conns`]): a first-request timeout, an idle timeout that counts
+//! requests (gRPC's are read off its HTTP/2 frames, [`h2_frames`]), and a
+//! cap that evicts the idlest. [`http`] serves the admin and AuthZEN
 //! endpoints.
 
+pub mod budget;
+pub mod conns;
+pub mod fds;
+mod h2_frames;
 pub mod http;
 pub mod tls;
 
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -21,7 +29,16 @@ use tonic::transport::server::Connected;
 
 use crate::identity::{PeerFacts, UnixPeer};
 use crate::metrics::Metrics;
+use conns::{Closed, Registration, Registry};
+use h2_frames::StreamCounter;
 pub use tls::{ReloadingTls, SvidError, TlsError};
+
+/// The HTTP/2 flow-control windows of every listener: how much a client
+/// may send ahead of what the server has taken (and charged to the buffer
+/// budget). Small, since clients are near: the budget bounds the rest.
+pub const H2_STREAM_WINDOW: u32 = 64 * 1024;
+/// See [`H2_STREAM_WINDOW`].
+pub const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
 
 /// Where the gRPC server accepts connections.
 #[derive(Debug)]
@@ -121,10 +138,29 @@ impl Drop for UnixSocket {
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-/// One accepted (and, with TLS, handshaken) connection.
+/// One accepted (and, with TLS, handshaken) connection. It ends itself
+/// (its reads fail) when its place in the listener's [`Registry`] says so.
 pub struct Conn {
     io: Box<dyn Io>,
     facts: PeerFacts,
+    slot: Registration,
+    streams: StreamCounter,
+    closing: Pin<Box<dyn Future<Output = Closed> + Send>>,
+    closed: Option<Closed>,
+}
+
+impl Conn {
+    fn new(io: Box<dyn Io>, facts: PeerFacts, slot: Registration) -> Self {
+        let activity = Arc::clone(slot.activity());
+        Self {
+            io,
+            facts,
+            slot,
+            streams: StreamCounter::default(),
+            closing: Box::pin(async move { activity.closing().await }),
+            closed: None,
+        }
+    }
 }
 
 impl Connected for Conn {
@@ -141,7 +177,27 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.closed.is_none()
+            && let Poll::Ready(closed) = this.closing.as_mut().poll(cx)
+        {
+            tracing::debug!(peer = ?this.facts.addr, reason = closed.as_str(), "gRPC connection closed by the server");
+            this.slot.closed(closed);
+            this.closed = Some(closed);
+        }
+        if let Some(closed) = this.closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connection closed: {}", closed.as_str()),
+            )));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *this.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) {
+            this.streams
+                .read(&buf.filled()[before..], this.slot.activity());
+        }
+        polled
     }
 }
 
@@ -151,7 +207,12 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        let polled = Pin::new(&mut *this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.streams.written(&buf[..n], this.slot.activity());
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -159,7 +220,20 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let polled = Pin::new(&mut *this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            let mut left = n;
+            for b in bufs {
+                let take = left.min(b.len());
+                this.streams.written(&b[..take], this.slot.activity());
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -184,10 +258,16 @@ pub struct TlsAccept {
     pub metrics: Arc<Metrics>,
 }
 
-/// Accepts connections until the returned stream is dropped. Handshakes run
-/// on their own tasks, so a slow client cannot hold up others; accept errors
-/// (such as running out of file descriptors) are logged and retried.
-pub fn incoming(listener: Listener, tls: Option<TlsAccept>) -> ReceiverStream<io::Result<Conn>> {
+/// Accepts connections until the returned stream is dropped, each holding a
+/// place in `conns` (at the cap the idlest open one is evicted; when all
+/// are busy the new one is closed). Handshakes run on their own tasks, so a
+/// slow client cannot hold up others; accept errors (such as running out
+/// of file descriptors) are logged and retried.
+pub fn incoming(
+    listener: Listener,
+    tls: Option<TlsAccept>,
+    conns: Arc<Registry>,
+) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         // Owns the listener (and so the socket file) until the server stops.
@@ -204,9 +284,13 @@ pub fn incoming(listener: Listener, tls: Option<TlsAccept>) -> ReceiverStream<io
                     continue;
                 }
             };
+            let Some(slot) = conns.admit() else {
+                tracing::debug!(peer = ?facts.addr, "gRPC connection refused: every open one is busy");
+                continue;
+            };
             match &tls {
                 None => {
-                    if tx.send(Ok(Conn { io, facts })).await.is_err() {
+                    if tx.send(Ok(Conn::new(io, facts, slot))).await.is_err() {
                         return;
                     }
                 }
@@ -214,7 +298,7 @@ pub fn incoming(listener: Listener, tls: Option<TlsAccept>) -> ReceiverStream<io
                     let tx = tx.clone();
                     let tls = tls.clone();
                     tokio::spawn(async move {
-                        if let Some(conn) = handshake(io, facts, &tls).await {
+                        if let Some(conn) = handshake(io, facts, slot, &tls).await {
                             let _ = tx.send(Ok(conn)).await;
                         }
                     });
@@ -252,12 +336,16 @@ async fn accept(listener: &Listener) -> io::Result<(Box<dyn Io>, PeerFacts)> {
     }
 }
 
-async fn handshake(io: Box<dyn Io>, facts: PeerFacts, tls: &TlsAccept) -> Option<Conn> {
+async fn handshake(
+    io: Box<dyn Io>,
+    facts: PeerFacts,
+    slot: Registration,
+    tls: &TlsAccept,
+) -> Option<Conn> {
     let (stream, facts) = tls_accept(tls.tls.acceptor(), io, facts, tls).await?;
-    Some(Conn {
-        io: Box::new(stream),
-        facts,
-    })
+    // The first request's clock starts once the handshake is done.
+    slot.activity().moved();
+    Some(Conn::new(Box::new(stream), facts, slot))
 }
 
 /// The TLS handshake of an HTTP listener (h2 or HTTP/1.1 by ALPN), bounded
