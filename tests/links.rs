@@ -224,6 +224,18 @@ async fn links_expire_and_start_on_time_with_no_reload_and_no_stale_cache() {
 async fn records_are_stamped_when_their_grants_were_judged() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("grants.cedar"), TEMPLATE).unwrap();
+    // Permits that never apply but take milliseconds to evaluate: the time
+    // between judging the grant and writing the record, where a stamp taken
+    // late falls after the expiry.
+    let slow: String = (0..3000)
+        .map(|i| {
+            format!(
+                "permit (principal, action, resource) when {{ \"{}\" like \"*a*b*c*d*e*f*g*{i}\" }};\n",
+                "abcdefg".repeat(12)
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("slow.cedar"), slow).unwrap();
     std::fs::write(dir.path().join("schema.cedarschema"), SCHEMA).unwrap();
     let expires_at = ceil_second(SystemTime::now() + Duration::from_secs(3));
     let mut expiring = link("grant-7f3a", "summarizer", "q3-plan");
