@@ -1,12 +1,12 @@
 //! The config file (TOML). Every command-line flag has a key here; flags win.
 //!
 //! [`Config::read`] only parses, so that flags can still change a key (a bad
-//! `listen` in the file is fixed by `--listen`); then [`Config::settings`]
-//! checks everything once, reporting every problem together, and returns the
-//! typed [`Settings`] the server starts from.
+//! `listen` in the file is fixed by `--listen`); then [`ConfigFile::settings`]
+//! checks everything once, reporting every problem together (unknown keys
+//! too), and returns the typed [`Settings`] the server starts from.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use serde::Deserialize;
 /// and verified tokens. Each can be renamed, so that a schema written with a
 /// key of its own keeps it (docs/security.md, "Context keys").
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct ContextKeysConfig {
     /// The `workload` field; always the server's.
     pub workload: String,
@@ -56,7 +56,7 @@ impl ContextKeysConfig {
 
 /// The whole configuration of `cedar-pdp serve`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Config {
     /// gRPC listen address: `host:port`, or `unix:///path/to.sock`.
     pub listen: String,
@@ -93,7 +93,7 @@ pub enum ListenAddr {
 
 /// `[unix_socket]`: the socket file, when `listen` is `unix://`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct UnixSocketConfig {
     /// File mode of the socket, in octal, e.g. `"0660"`.
     pub mode: String,
@@ -109,7 +109,7 @@ impl Default for UnixSocketConfig {
 
 /// `[tls]`: TLS on the gRPC listener. Off while `cert` is empty.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct TlsConfig {
     /// PEM certificate chain of the server (e.g. its SVID).
     pub cert: PathBuf,
@@ -163,7 +163,7 @@ pub enum ClientAuth {
 
 /// `[caller]`: what the transport proved about the caller, and how it is used.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct CallerConfig {
     /// Context key under which verified caller facts reach policies; empty
     /// keeps them out of the context (they are still logged and traced).
@@ -194,7 +194,7 @@ pub enum BindWorkload {
 
 /// `[ext_authz]`: how an Envoy `CheckRequest` becomes a Cedar request.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct ExtAuthzConfig {
     /// Serve `envoy.service.auth.v3.Authorization` beside the Authorizer.
     pub enabled: bool,
@@ -237,7 +237,6 @@ pub struct ExtAuthzConfig {
 
 /// One `[[ext_authz.routes]]` entry.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct ExtAuthzRoute {
     /// HTTP method; empty matches any.
     #[serde(default)]
@@ -271,7 +270,7 @@ impl Default for ExtAuthzConfig {
 
 /// `[admin]`: what one client of the admin listener may cost it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct AdminConfig {
     /// A request's headers must arrive within this, and so must the next
     /// request on a kept-alive connection.
@@ -297,7 +296,7 @@ impl Default for AdminConfig {
 /// `[authzen]`: the AuthZEN listener's mapping to Cedar and its bounds on
 /// each client.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct AuthzenConfig {
     /// The `policy_decision_point` the metadata names, e.g.
     /// `https://pdp.example.com`; empty: `http://` and the request's `Host`.
@@ -342,11 +341,25 @@ impl Default for AuthzenConfig {
 
 /// `[log]`: process logs (not decision records).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter, e.g. `info` or `cedar_pdp=debug`. `RUST_LOG` wins.
     pub level: String,
+    /// ANSI colour in text logs.
+    pub color: LogColor,
+}
+
+/// When text logs are coloured.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogColor {
+    /// Only when stderr is a terminal and `NO_COLOR` is unset or empty, so
+    /// a redirected log holds no escape codes.
+    #[default]
+    Auto,
+    Always,
+    Never,
 }
 
 /// Log line format.
@@ -360,7 +373,7 @@ pub enum LogFormat {
 
 /// `[reload]`: when the policy directory is re-read.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct ReloadConfig {
     /// Quiet time after the last file event before reloading.
     #[serde(with = "humantime_serde")]
@@ -382,7 +395,7 @@ pub struct ReloadConfig {
 
 /// `[validation]`: how strictly a policy set is checked before it goes live.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct ValidationConfig {
     /// Validate policies strictly against the schema, when there is one.
     /// Turning this off keeps the schema for parsing requests only.
@@ -409,7 +422,7 @@ pub enum SchemaRequirement {
 
 /// `[delegation]`: how the server bounds a request's delegation chain.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct DelegationConfig {
     /// Hops a chain may have at most.
     pub max_depth: usize,
@@ -428,7 +441,7 @@ impl Default for DelegationConfig {
 
 /// `[tokens]`: the issuers whose JWTs the server verifies.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct TokensConfig {
     /// Tolerance for `exp`, `nbf` and `iat`.
     #[serde(with = "humantime_serde")]
@@ -456,7 +469,6 @@ impl Default for TokensConfig {
 
 /// One `[[tokens.issuers]]` entry.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     /// The `iss` its tokens carry.
     pub issuer: String,
@@ -473,7 +485,7 @@ pub struct IssuerConfig {
 
 /// `[evaluation]`: how a Cedar answer becomes the server's.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct EvaluationConfig {
     pub on_forbid_error: OnForbidError,
     /// The context key the server's time (a `datetime`, whole seconds)
@@ -494,7 +506,7 @@ pub enum OnForbidError {
 
 /// `[limits]`: bounds on what one call may cost.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct LimitsConfig {
     /// Most items in one `BatchAuthorize`.
     pub max_batch_size: usize,
@@ -559,7 +571,7 @@ pub struct LimitsConfig {
 
 /// `[decision_log]`: one JSON record per decision, written off the request path.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct DecisionLogConfig {
     pub enabled: bool,
     pub sink: LogSink,
@@ -637,7 +649,7 @@ pub enum OnFull {
 
 /// `[otel]`: OpenTelemetry span export. The standard `OTEL_*` variables win.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct OtelConfig {
     /// OTLP endpoint; empty (and no `OTEL_EXPORTER_OTLP_*ENDPOINT`) means no
     /// exporter runs and decision spans cost nothing.
@@ -713,6 +725,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: "info".to_string(),
+            color: LogColor::Auto,
         }
     }
 }
@@ -799,10 +812,35 @@ pub struct Settings {
     pub unix_socket_mode: u32,
 }
 
+/// A config file as read: its values, which flags may still change, and
+/// the keys in it that no setting reads, reported with the values' problems.
+#[derive(Clone, Debug)]
+pub struct ConfigFile {
+    pub config: Config,
+    /// Dotted paths (`tls.cerf`, `tokens.issuers[0].aud`), in file order.
+    pub unknown_keys: Vec<String>,
+}
+
+impl ConfigFile {
+    /// Checks every key, once the flags have applied, and returns the typed
+    /// settings; unknown keys are problems like bad values, in one report.
+    pub fn settings(self) -> Result<Settings, ConfigError> {
+        self.config.settings_reporting(self.unknown_keys)
+    }
+
+    /// Checks every key as [`ConfigFile::settings`] does, but resolves no
+    /// host name: for commands that read the file but listen on nothing.
+    pub fn checked(self) -> Result<Config, ConfigError> {
+        self.config.check(&self.unknown_keys)?;
+        Ok(self.config)
+    }
+}
+
 impl Config {
     /// Reads a TOML config file without checking its values: flags may still
-    /// override them. Unknown keys and wrong types are errors already.
-    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+    /// override them. Wrong types are errors already; unknown keys are
+    /// collected for [`ConfigFile::settings`].
+    pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -811,27 +849,36 @@ impl Config {
     }
 
     /// Parses TOML without checking its values; see [`Config::read`].
-    fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Ok(toml::from_str(text)?)
+    fn from_toml(text: &str) -> Result<ConfigFile, ConfigError> {
+        let mut unknown_keys = Vec::new();
+        // Not serde's `deny_unknown_fields`: it stops at the first.
+        let config = serde_ignored::deserialize(toml::Deserializer::parse(text)?, |path| {
+            unknown_keys.push(dotted(&path));
+        })?;
+        Ok(ConfigFile {
+            config,
+            unknown_keys,
+        })
     }
 
     /// Checks every key, once the flags have applied, and returns the typed
-    /// settings.
+    /// settings. Host names in listen addresses are resolved here.
     pub fn settings(self) -> Result<Settings, ConfigError> {
-        self.validate()?;
+        self.settings_reporting(Vec::new())
+    }
+
+    /// [`Config::settings`], with the unknown keys of the file reported first.
+    fn settings_reporting(self, unknown_keys: Vec<String>) -> Result<Settings, ConfigError> {
+        self.check(&unknown_keys)?;
         let listen = self.listen_addr()?;
-        let admin_listen = match self.admin_listen.as_str() {
-            "" => None,
-            addr => Some(addr.parse().map_err(|e| {
-                ConfigError::Invalid(vec![format!("`admin_listen`: `{addr}`: {e}")])
-            })?),
+        let tcp = |key: &str, addr: &str| match addr {
+            "" => Ok(None),
+            addr => resolve(addr)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid(vec![format!("`{key}`: {e}")])),
         };
-        let authzen_listen = match self.authzen_listen.as_str() {
-            "" => None,
-            addr => Some(addr.parse().map_err(|e| {
-                ConfigError::Invalid(vec![format!("`authzen_listen`: `{addr}`: {e}")])
-            })?),
-        };
+        let admin_listen = tcp("admin_listen", &self.admin_listen)?;
+        let authzen_listen = tcp("authzen_listen", &self.authzen_listen)?;
         let unix_socket_mode = self
             .unix_socket_mode()
             .map_err(|p| ConfigError::Invalid(vec![p]))?;
@@ -855,12 +902,9 @@ impl Config {
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
-        self.listen.parse().map(ListenAddr::Tcp).map_err(|e| {
-            ConfigError::Invalid(vec![format!(
-                "`listen`: `{}` is not an address like `127.0.0.1:50051` or `unix:///path`: {e}",
-                self.listen
-            )])
-        })
+        resolve(&self.listen)
+            .map(ListenAddr::Tcp)
+            .map_err(|e| ConfigError::Invalid(vec![format!("`listen`: {e}")]))
     }
 
     /// The socket file mode, e.g. `0o660`.
@@ -887,23 +931,49 @@ impl Config {
         }
     }
 
+    /// [`Config::validate`], with a file's unknown keys reported first.
+    fn check(&self, unknown_keys: &[String]) -> Result<(), ConfigError> {
+        let mut problems: Vec<String> = unknown_keys
+            .iter()
+            .map(|key| format!("`{key}`: unknown key"))
+            .collect();
+        if let Err(ConfigError::Invalid(p)) = self.validate() {
+            problems.extend(p);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
     /// Checks every key and reports all problems together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        if let Err(ConfigError::Invalid(p)) = self.listen_addr() {
-            problems.extend(p);
-        }
-        if !self.admin_listen.is_empty() && self.admin_listen.parse::<SocketAddr>().is_err() {
+        // The form only: names are resolved once, by `settings`, at start.
+        if self.listen.strip_prefix("unix://").is_none() && host_port(&self.listen).is_err() {
             problems.push(format!(
-                "`admin_listen`: `{}` is not an address like `127.0.0.1:9464` (empty disables it)",
-                self.admin_listen
+                "`listen`: `{}` is not an address like `127.0.0.1:50051`, `localhost:50051` or `unix:///path`",
+                self.listen
+            ));
+        } else if let Some(path) = self.listen.strip_prefix("unix://")
+            && !path.starts_with('/')
+        {
+            problems.push(format!(
+                "`listen`: `{}` must name an absolute path, like `unix:///run/cedar-pdp.sock`",
+                self.listen
             ));
         }
-        if !self.authzen_listen.is_empty() && self.authzen_listen.parse::<SocketAddr>().is_err() {
-            problems.push(format!(
-                "`authzen_listen`: `{}` is not an address like `127.0.0.1:8180` (empty disables it)",
-                self.authzen_listen
-            ));
+        for (key, value, example) in [
+            ("admin_listen", &self.admin_listen, "127.0.0.1:9464"),
+            ("authzen_listen", &self.authzen_listen, "127.0.0.1:8180"),
+        ] {
+            if !value.is_empty() && host_port(value).is_err() {
+                problems.push(format!(
+                    "`{key}`: `{value}` is not an address like `{example}` or `localhost:{}` (empty disables it)",
+                    example.rsplit(':').next().unwrap_or_default()
+                ));
+            }
         }
         if let Err(p) = self.unix_socket_mode() {
             problems.push(p);
@@ -1337,6 +1407,64 @@ impl Config {
     }
 }
 
+/// A config path as written in TOML: `tokens.issuers[0].aud`.
+fn dotted(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", dotted(parent)),
+        Path::Map { parent, key } => match dotted(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => dotted(parent),
+    }
+}
+
+/// A TCP listen address split into host and port: `127.0.0.1:50051`,
+/// `[::1]:50051` or `localhost:50051`.
+fn host_port(addr: &str) -> Result<(&str, u16), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{addr}` has no `:port`"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("`{addr}`: `{port}` is not a port number"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let ipv6 = host.parse::<std::net::Ipv6Addr>().is_ok();
+    if host.is_empty() || (!ipv6 && host.contains([':', '/', ' ', '[', ']'])) {
+        return Err(format!("`{addr}` has no host"));
+    }
+    Ok((host, port))
+}
+
+/// A listen address, with a host name resolved to the address it binds:
+/// the first IPv4 address the resolver returns, else its first address (so
+/// `localhost` is `127.0.0.1` wherever it also names `::1`).
+pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse() {
+        return Ok(a);
+    }
+    let (host, port) = host_port(addr).map_err(|e| {
+        format!("{e}; expected an address like `127.0.0.1:50051` or `localhost:50051`")
+    })?;
+    let found: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("`{addr}`: cannot resolve `{host}`: {e}"))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| found.first())
+        .copied()
+        .ok_or_else(|| format!("`{addr}`: `{host}` resolves to no address"))
+}
+
 /// The `{name}` placeholders of a template.
 fn placeholders(template: &str) -> impl Iterator<Item = &str> {
     template
@@ -1351,9 +1479,9 @@ impl FromStr for Config {
     type Err = ConfigError;
 
     fn from_str(text: &str) -> Result<Self, ConfigError> {
-        let config = Self::from_toml(text)?;
-        config.validate()?;
-        Ok(config)
+        let file = Self::from_toml(text)?;
+        file.config.check(&file.unknown_keys)?;
+        Ok(file.config)
     }
 }
 

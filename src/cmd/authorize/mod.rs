@@ -41,7 +41,8 @@ pub(super) struct AuthorizeArgs {
     #[arg(long, value_name = "URL")]
     authzen: Option<String>,
     /// The server's config file, whose `[authzen]` mapping (namespace,
-    /// action type, types) turns the Cedar names into AuthZEN ones.
+    /// action type, types) turns the Cedar names into AuthZEN ones; with
+    /// `--authzen`, `CEDAR_PDP_CONFIG` when not given.
     #[arg(long, value_name = "FILE", requires = "authzen")]
     config: Option<PathBuf>,
 }
@@ -88,7 +89,13 @@ pub(super) fn run(args: AuthorizeArgs) -> Exit {
     };
     let answer = match args.authzen.clone() {
         Some(url) => {
-            let config = match super::checked_config(args.config.as_deref()) {
+            // Not clap's `env`: that would make the variable need `--authzen`.
+            let path = args
+                .config
+                .clone()
+                .or_else(|| std::env::var_os("CEDAR_PDP_CONFIG").map(PathBuf::from))
+                .filter(|p| !p.as_os_str().is_empty());
+            let config = match super::checked_config(path.as_deref()) {
                 Ok(c) => c,
                 Err(e) => return super::usage(&e),
             };
