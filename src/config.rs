@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_path_to_error::Segment;
 
 /// `[context_keys]`: the context keys the server sets from request fields
 /// and verified tokens. Each can be renamed, so that a schema written with a
@@ -813,25 +814,28 @@ pub struct Settings {
 }
 
 /// A config file as read: its values, which flags may still change, and
-/// the keys in it that no setting reads, reported with the values' problems.
+/// its own problems (unknown keys, values of the wrong type), which are
+/// reported with the checks' problems in one list.
 #[derive(Clone, Debug)]
 pub struct ConfigFile {
+    /// The values; a value of the wrong type is left at its default.
     pub config: Config,
-    /// Dotted paths (`tls.cerf`, `tokens.issuers[0].aud`), in file order.
-    pub unknown_keys: Vec<String>,
+    /// Each names its dotted path (`tls.cerf`, `tokens.issuers[0].aud`);
+    /// unknown keys first, in key order.
+    pub problems: Vec<String>,
 }
 
 impl ConfigFile {
     /// Checks every key, once the flags have applied, and returns the typed
     /// settings; unknown keys are problems like bad values, in one report.
     pub fn settings(self) -> Result<Settings, ConfigError> {
-        self.config.settings_reporting(self.unknown_keys)
+        self.config.settings_reporting(self.problems)
     }
 
     /// Checks every key as [`ConfigFile::settings`] does, but resolves no
     /// host name: for commands that read the file but listen on nothing.
     pub fn checked(self) -> Result<Config, ConfigError> {
-        self.config.check(&self.unknown_keys)?;
+        self.config.check(&self.problems)?;
         Ok(self.config)
     }
 }
@@ -848,17 +852,39 @@ impl Config {
         Self::from_toml(&text)
     }
 
-    /// Parses TOML without checking its values; see [`Config::read`].
+    /// Parses TOML without checking its values; see [`Config::read`]. Only
+    /// a TOML syntax error stops it: unknown keys and values of the wrong
+    /// type are collected, all of them, for the report.
     fn from_toml(text: &str) -> Result<ConfigFile, ConfigError> {
-        let mut unknown_keys = Vec::new();
-        // Not serde's `deny_unknown_fields`: it stops at the first.
-        let config = serde_ignored::deserialize(toml::Deserializer::parse(text)?, |path| {
-            unknown_keys.push(dotted(&path));
-        })?;
-        Ok(ConfigFile {
-            config,
-            unknown_keys,
-        })
+        let mut table: toml::Table = toml::from_str(text)?;
+        let mut wrong = Vec::new();
+        // Each failed pass drops the value it failed on, so this ends, and
+        // every wrong value is named, not only the first serde meets.
+        loop {
+            let mut unknown = Vec::new();
+            let value = toml::Value::Table(table.clone());
+            // Not serde's `deny_unknown_fields`: it stops at the first.
+            let mut note = |path: serde_ignored::Path<'_>| {
+                unknown.push(format!("`{}`: unknown key", dotted(&path)));
+            };
+            let ignoring = serde_ignored::Deserializer::new(value, &mut note);
+            match serde_path_to_error::deserialize::<_, Config>(ignoring) {
+                Ok(config) => {
+                    unknown.extend(wrong);
+                    return Ok(ConfigFile {
+                        config,
+                        problems: unknown,
+                    });
+                }
+                Err(e) => {
+                    let path: Vec<Segment> = e.path().iter().cloned().collect();
+                    wrong.push(format!("`{}`: {}", e.path(), e.inner().message()));
+                    if !drop_value(&mut table, &path) {
+                        return Err(ConfigError::Invalid(wrong));
+                    }
+                }
+            }
+        }
     }
 
     /// Checks every key, once the flags have applied, and returns the typed
@@ -867,9 +893,9 @@ impl Config {
         self.settings_reporting(Vec::new())
     }
 
-    /// [`Config::settings`], with the unknown keys of the file reported first.
-    fn settings_reporting(self, unknown_keys: Vec<String>) -> Result<Settings, ConfigError> {
-        self.check(&unknown_keys)?;
+    /// [`Config::settings`], with the file's own problems reported first.
+    fn settings_reporting(self, file_problems: Vec<String>) -> Result<Settings, ConfigError> {
+        self.check(&file_problems)?;
         let listen = self.listen_addr()?;
         let tcp = |key: &str, addr: &str| match addr {
             "" => Ok(None),
@@ -931,12 +957,9 @@ impl Config {
         }
     }
 
-    /// [`Config::validate`], with a file's unknown keys reported first.
-    fn check(&self, unknown_keys: &[String]) -> Result<(), ConfigError> {
-        let mut problems: Vec<String> = unknown_keys
-            .iter()
-            .map(|key| format!("`{key}`: unknown key"))
-            .collect();
+    /// [`Config::validate`], with a file's own problems reported first.
+    fn check(&self, file_problems: &[String]) -> Result<(), ConfigError> {
+        let mut problems = file_problems.to_vec();
         if let Err(ConfigError::Invalid(p)) = self.validate() {
             problems.extend(p);
         }
@@ -1423,6 +1446,38 @@ fn dotted(path: &serde_ignored::Path<'_>) -> String {
     }
 }
 
+/// Removes the value at `path` from `table`; false when there is none. An
+/// array element goes with its whole array: dropping it alone would renumber
+/// the rest, and their problems would name the wrong index.
+fn drop_value(table: &mut toml::Table, path: &[Segment]) -> bool {
+    let path = match path.last() {
+        Some(Segment::Seq { .. }) => &path[..path.len() - 1],
+        _ => path,
+    };
+    let Some((Segment::Map { key }, parents)) = path.split_last() else {
+        return false;
+    };
+    table_at(table, parents)
+        .and_then(|t| t.remove(key))
+        .is_some()
+}
+
+/// The table at `path` (keys and array indices) under `table`.
+fn table_at<'a>(table: &'a mut toml::Table, path: &[Segment]) -> Option<&'a mut toml::Table> {
+    let Some((first, mut rest)) = path.split_first() else {
+        return Some(table);
+    };
+    let Segment::Map { key } = first else {
+        return None;
+    };
+    let mut value = table.get_mut(key)?;
+    while let Some((Segment::Seq { index }, after)) = rest.split_first() {
+        value = value.as_array_mut()?.get_mut(*index)?;
+        rest = after;
+    }
+    table_at(value.as_table_mut()?, rest)
+}
+
 /// A TCP listen address split into host and port: `127.0.0.1:50051`,
 /// `[::1]:50051` or `localhost:50051`.
 fn host_port(addr: &str) -> Result<(&str, u16), String> {
@@ -1480,7 +1535,7 @@ impl FromStr for Config {
 
     fn from_str(text: &str) -> Result<Self, ConfigError> {
         let file = Self::from_toml(text)?;
-        file.config.check(&file.unknown_keys)?;
+        file.config.check(&file.problems)?;
         Ok(file.config)
     }
 }
@@ -1580,7 +1635,9 @@ mod tests {
 
     #[test]
     fn values_are_checked_only_when_settings_are_taken() {
-        let mut config = Config::from_toml("listen = \"nope\"\nadmin_listen = \"\"\n").unwrap();
+        let mut config = Config::from_toml("listen = \"nope\"\nadmin_listen = \"\"\n")
+            .unwrap()
+            .config;
         assert!(matches!(
             config.clone().settings(),
             Err(ConfigError::Invalid(p)) if p.len() == 1 && p[0].contains("`listen`: `nope`")
@@ -1668,7 +1725,7 @@ mod tests {
         assert_eq!(on.decision_log.export, LogExport::Otlp);
         assert!(matches!(
             "[decision_log]\nexport = \"kafka\"\n".parse::<Config>(),
-            Err(ConfigError::Parse(_))
+            Err(ConfigError::Invalid(p)) if p[0].starts_with("`decision_log.export`: unknown variant `kafka`")
         ));
     }
 
@@ -1676,7 +1733,77 @@ mod tests {
     fn rejects_unknown_keys() {
         assert!(matches!(
             "lisen = \"x\"".parse::<Config>(),
+            Err(ConfigError::Invalid(p)) if p == ["`lisen`: unknown key"]
+        ));
+        // TOML that does not parse stops there: nothing after it is reliable.
+        assert!(matches!(
+            "listen = [".parse::<Config>(),
             Err(ConfigError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn reports_every_unknown_key_and_wrong_value_in_one_run() {
+        let text = r#"
+            lisen = "127.0.0.1:1"
+            [tls]
+            cerf = "a"
+            [delegation]
+            max_depth = 0
+            max_scopes = "many"
+            [[ext_authz.routes]]
+            path_prefix = "/a"
+            action = "read"
+            verb = "GET"
+        "#;
+        let Err(ConfigError::Invalid(problems)) = text.parse::<Config>() else {
+            unreachable!("expected Invalid")
+        };
+        assert_eq!(
+            problems,
+            [
+                "`ext_authz.routes[0].verb`: unknown key",
+                "`lisen`: unknown key",
+                "`tls.cerf`: unknown key",
+                "`delegation.max_scopes`: invalid type: string \"many\", expected usize",
+                "`delegation.max_depth`: 0 is not in 1..=64",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_flag_can_fix_a_value_but_not_an_unknown_key() {
+        let file = Config::from_toml("lisen = \"x\"\nlisten = \"nope\"\n").unwrap();
+        let mut config = file.config.clone();
+        config.listen = "127.0.0.1:7".into();
+        let fixed = ConfigFile { config, ..file };
+        assert!(matches!(
+            fixed.settings(),
+            Err(ConfigError::Invalid(p)) if p == ["`lisen`: unknown key"]
+        ));
+    }
+
+    #[test]
+    fn listen_addresses_take_host_names() {
+        assert_eq!(
+            resolve("localhost:7").unwrap().ip(),
+            std::net::Ipv4Addr::LOCALHOST
+        );
+        assert_eq!(resolve("[::1]:7").unwrap(), "[::1]:7".parse().unwrap());
+        for bad in ["localhost", "localhost:x", ":7", "a b:7"] {
+            assert!(resolve(bad).is_err(), "{bad}");
+        }
+        // `.invalid` never resolves (RFC 6761).
+        let e = resolve("pdp.invalid:7").unwrap_err();
+        assert!(e.contains("cannot resolve `pdp.invalid`"), "{e}");
+        let config: Config = "listen = \"localhost:7\"\nadmin_listen = \"localhost:8\"\n"
+            .parse()
+            .unwrap();
+        let settings = config.settings().unwrap();
+        assert_eq!(
+            settings.listen,
+            ListenAddr::Tcp("127.0.0.1:7".parse().unwrap())
+        );
+        assert_eq!(settings.admin_listen, Some("127.0.0.1:8".parse().unwrap()));
     }
 }

@@ -31,7 +31,9 @@ pub(super) struct ServeArgs {
     admin_listen: Option<String>,
     /// AuthZEN HTTP address (/access/v1/evaluation, ...); empty disables
     /// [config: authzen_listen] [default: 127.0.0.1:8180].
-    #[arg(long, value_name = "ADDR")]
+    // The variable lets a container be asked for AuthZEN on every interface
+    // without restating the image's command (deploy/Dockerfile).
+    #[arg(long, value_name = "ADDR", env = "CEDAR_PDP_AUTHZEN_LISTEN")]
     authzen_listen: Option<String>,
     /// Log format [config: log.format] [default: text].
     #[arg(long, value_enum)]
@@ -51,12 +53,12 @@ impl ServeArgs {
     fn settings(self) -> Result<Settings, ConfigError> {
         let ConfigFile {
             mut config,
-            unknown_keys,
+            problems,
         } = match &self.config {
             Some(path) => Config::read(path)?,
             None => ConfigFile {
                 config: Config::default(),
-                unknown_keys: Vec::new(),
+                problems: Vec::new(),
             },
         };
         if let Some(p) = self.policies {
@@ -80,11 +82,7 @@ impl ServeArgs {
         if let Some(c) = self.color {
             config.log.color = c;
         }
-        ConfigFile {
-            config,
-            unknown_keys,
-        }
-        .settings()
+        ConfigFile { config, problems }.settings()
     }
 }
 
