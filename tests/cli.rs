@@ -358,6 +358,38 @@ fn cedar_pdp_config_is_read_by_every_command_that_reads_config() {
     assert!(ran.stderr.contains("`validation.schema`"), "{ran:?}");
 }
 
+/// How the container image is asked for AuthZEN off its loopback
+/// (deploy/README.md); here on a loopback port, as every test listens.
+#[tokio::test]
+async fn cedar_pdp_authzen_listen_opens_the_authzen_listener() {
+    use std::io::{Read as _, Write as _};
+    let dir = good_dir();
+    let port = binary::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut served = Served::start_with_config_env(
+        dir.path(),
+        &format!("policies = {:?}\nadmin_listen = \"\"\n", dir.path()),
+        &[("CEDAR_PDP_AUTHZEN_LISTEN", &addr)],
+        DEADLINE,
+    )
+    .await;
+    // The listener is bound before gRPC health says SERVING.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream
+        .write_all(
+            b"GET /.well-known/authzen-configuration HTTP/1.1\r\nhost: pdp\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("policy_decision_point"), "{response}");
+    served.send_sigterm();
+    let status = served.wait_exit(DEADLINE).await;
+    assert!(status.success(), "{}", served.log());
+}
+
 #[test]
 fn logs_to_a_file_have_no_colour_unless_asked() {
     let dir = good_dir();
