@@ -842,8 +842,8 @@ impl ConfigFile {
 
 impl Config {
     /// Reads a TOML config file without checking its values: flags may still
-    /// override them. Wrong types are errors already; unknown keys are
-    /// collected for [`ConfigFile::settings`].
+    /// override them. Only TOML that does not parse is an error here;
+    /// unknown keys and wrong types are collected for [`ConfigFile::settings`].
     pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -896,18 +896,29 @@ impl Config {
     /// [`Config::settings`], with the file's own problems reported first.
     fn settings_reporting(self, file_problems: Vec<String>) -> Result<Settings, ConfigError> {
         self.check(&file_problems)?;
-        let listen = self.listen_addr()?;
-        let tcp = |key: &str, addr: &str| match addr {
-            "" => Ok(None),
+        // Every name that does not resolve is reported, not only the first.
+        let mut problems = Vec::new();
+        let listen = self
+            .listen_addr()
+            .map_err(|e| match e {
+                ConfigError::Invalid(p) => problems.extend(p),
+                other => problems.push(other.to_string()),
+            })
+            .ok();
+        let mut tcp = |key: &str, addr: &str| match addr {
+            "" => None,
             addr => resolve(addr)
-                .map(Some)
-                .map_err(|e| ConfigError::Invalid(vec![format!("`{key}`: {e}")])),
+                .map_err(|e| problems.push(format!("`{key}`: {e}")))
+                .ok(),
         };
-        let admin_listen = tcp("admin_listen", &self.admin_listen)?;
-        let authzen_listen = tcp("authzen_listen", &self.authzen_listen)?;
+        let admin_listen = tcp("admin_listen", &self.admin_listen);
+        let authzen_listen = tcp("authzen_listen", &self.authzen_listen);
         let unix_socket_mode = self
             .unix_socket_mode()
             .map_err(|p| ConfigError::Invalid(vec![p]))?;
+        let Some(listen) = listen.filter(|_| problems.is_empty()) else {
+            return Err(ConfigError::Invalid(problems));
+        };
         Ok(Settings {
             config: self,
             listen,
@@ -1501,7 +1512,7 @@ fn host_port(addr: &str) -> Result<(&str, u16), String> {
 /// A listen address, with a host name resolved to the address it binds:
 /// the first IPv4 address the resolver returns, else its first address (so
 /// `localhost` is `127.0.0.1` wherever it also names `::1`).
-pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = addr.parse() {
         return Ok(a);
     }
@@ -1805,5 +1816,21 @@ mod tests {
             ListenAddr::Tcp("127.0.0.1:7".parse().unwrap())
         );
         assert_eq!(settings.admin_listen, Some("127.0.0.1:8".parse().unwrap()));
+        // Every name that does not resolve, in one report.
+        let config: Config = "listen = \"a.invalid:1\"\nauthzen_listen = \"b.invalid:2\"\n"
+            .parse()
+            .unwrap();
+        let Err(ConfigError::Invalid(problems)) = config.settings() else {
+            unreachable!("expected Invalid")
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("`listen`: `a.invalid:1`"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("`authzen_listen`: `b.invalid:2`"),
+            "{problems:?}"
+        );
     }
 }

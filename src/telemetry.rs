@@ -195,7 +195,7 @@ fn tracer_provider(config: &OtelConfig) -> Result<Option<SdkTracerProvider>, Tel
 
 /// Whether log lines to stderr carry ANSI colour: `auto` only on a terminal
 /// and without `NO_COLOR` (no-color.org), so redirected logs stay plain.
-pub fn colored(color: LogColor) -> bool {
+fn colored(color: LogColor) -> bool {
     match color {
         LogColor::Always => true,
         LogColor::Never => false,
