@@ -1,23 +1,24 @@
 //! The config file (TOML). Every command-line flag has a key here; flags win.
 //!
 //! [`Config::read`] only parses, so that flags can still change a key (a bad
-//! `listen` in the file is fixed by `--listen`); then [`Config::settings`]
-//! checks everything once, reporting every problem together, and returns the
-//! typed [`Settings`] the server starts from.
+//! `listen` in the file is fixed by `--listen`); then [`ConfigFile::settings`]
+//! checks everything once, reporting every problem together (unknown keys
+//! too), and returns the typed [`Settings`] the server starts from.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_path_to_error::Segment;
 
 /// `[context_keys]`: the context keys the server sets from request fields
 /// and verified tokens. Each can be renamed, so that a schema written with a
 /// key of its own keeps it (docs/security.md, "Context keys").
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct ContextKeysConfig {
     /// The `workload` field; always the server's.
     pub workload: String,
@@ -56,7 +57,7 @@ impl ContextKeysConfig {
 
 /// The whole configuration of `cedar-pdp serve`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Config {
     /// gRPC listen address: `host:port`, or `unix:///path/to.sock`.
     pub listen: String,
@@ -93,7 +94,7 @@ pub enum ListenAddr {
 
 /// `[unix_socket]`: the socket file, when `listen` is `unix://`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct UnixSocketConfig {
     /// File mode of the socket, in octal, e.g. `"0660"`.
     pub mode: String,
@@ -109,7 +110,7 @@ impl Default for UnixSocketConfig {
 
 /// `[tls]`: TLS on the gRPC listener. Off while `cert` is empty.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct TlsConfig {
     /// PEM certificate chain of the server (e.g. its SVID).
     pub cert: PathBuf,
@@ -163,7 +164,7 @@ pub enum ClientAuth {
 
 /// `[caller]`: what the transport proved about the caller, and how it is used.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct CallerConfig {
     /// Context key under which verified caller facts reach policies; empty
     /// keeps them out of the context (they are still logged and traced).
@@ -194,7 +195,7 @@ pub enum BindWorkload {
 
 /// `[ext_authz]`: how an Envoy `CheckRequest` becomes a Cedar request.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct ExtAuthzConfig {
     /// Serve `envoy.service.auth.v3.Authorization` beside the Authorizer.
     pub enabled: bool,
@@ -237,7 +238,6 @@ pub struct ExtAuthzConfig {
 
 /// One `[[ext_authz.routes]]` entry.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct ExtAuthzRoute {
     /// HTTP method; empty matches any.
     #[serde(default)]
@@ -271,7 +271,7 @@ impl Default for ExtAuthzConfig {
 
 /// `[admin]`: what one client of the admin listener may cost it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct AdminConfig {
     /// A connection's first request must arrive within this (its headers,
     /// complete), and so must each next one.
@@ -299,7 +299,7 @@ impl Default for AdminConfig {
 /// `[authzen]`: the AuthZEN listener's mapping to Cedar and its bounds on
 /// each client.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct AuthzenConfig {
     /// The `policy_decision_point` the metadata names, e.g.
     /// `https://pdp.example.com`; empty: `http://` and the request's `Host`.
@@ -349,11 +349,25 @@ impl Default for AuthzenConfig {
 
 /// `[log]`: process logs (not decision records).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter, e.g. `info` or `cedar_pdp=debug`. `RUST_LOG` wins.
     pub level: String,
+    /// ANSI colour in text logs.
+    pub color: LogColor,
+}
+
+/// When text logs are coloured.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogColor {
+    /// Only when stderr is a terminal and `NO_COLOR` is unset or empty, so
+    /// a redirected log holds no escape codes.
+    #[default]
+    Auto,
+    Always,
+    Never,
 }
 
 /// Log line format.
@@ -367,7 +381,7 @@ pub enum LogFormat {
 
 /// `[reload]`: when the policy directory is re-read.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct ReloadConfig {
     /// Quiet time after the last file event before reloading.
     #[serde(with = "humantime_serde")]
@@ -389,7 +403,7 @@ pub struct ReloadConfig {
 
 /// `[validation]`: how strictly a policy set is checked before it goes live.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct ValidationConfig {
     /// Validate policies strictly against the schema, when there is one.
     /// Turning this off keeps the schema for parsing requests only.
@@ -416,7 +430,7 @@ pub enum SchemaRequirement {
 
 /// `[delegation]`: how the server bounds a request's delegation chain.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct DelegationConfig {
     /// Hops a chain may have at most.
     pub max_depth: usize,
@@ -435,7 +449,7 @@ impl Default for DelegationConfig {
 
 /// `[tokens]`: the issuers whose JWTs the server verifies.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct TokensConfig {
     /// Tolerance for `exp`, `nbf` and `iat`.
     #[serde(with = "humantime_serde")]
@@ -463,7 +477,6 @@ impl Default for TokensConfig {
 
 /// One `[[tokens.issuers]]` entry.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     /// The `iss` its tokens carry.
     pub issuer: String,
@@ -480,7 +493,7 @@ pub struct IssuerConfig {
 
 /// `[evaluation]`: how a Cedar answer becomes the server's.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct EvaluationConfig {
     pub on_forbid_error: OnForbidError,
     /// The context key the server's time (a `datetime`, whole seconds)
@@ -501,7 +514,7 @@ pub enum OnForbidError {
 
 /// `[limits]`: bounds on what one call may cost.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct LimitsConfig {
     /// Most items in one `BatchAuthorize`.
     pub max_batch_size: usize,
@@ -582,7 +595,7 @@ pub struct LimitsConfig {
 
 /// `[decision_log]`: one JSON record per decision, written off the request path.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct DecisionLogConfig {
     pub enabled: bool,
     pub sink: LogSink,
@@ -660,7 +673,7 @@ pub enum OnFull {
 
 /// `[otel]`: OpenTelemetry span export. The standard `OTEL_*` variables win.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct OtelConfig {
     /// OTLP endpoint; empty (and no `OTEL_EXPORTER_OTLP_*ENDPOINT`) means no
     /// exporter runs and decision spans cost nothing.
@@ -736,6 +749,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: "info".to_string(),
+            color: LogColor::Auto,
         }
     }
 }
@@ -826,10 +840,38 @@ pub struct Settings {
     pub unix_socket_mode: u32,
 }
 
+/// A config file as read: its values, which flags may still change, and
+/// its own problems (unknown keys, values of the wrong type), which are
+/// reported with the checks' problems in one list.
+#[derive(Clone, Debug)]
+pub struct ConfigFile {
+    /// The values; a value of the wrong type is left at its default.
+    pub config: Config,
+    /// Each names its dotted path (`tls.cerf`, `tokens.issuers[0].aud`);
+    /// unknown keys first, in key order.
+    pub problems: Vec<String>,
+}
+
+impl ConfigFile {
+    /// Checks every key, once the flags have applied, and returns the typed
+    /// settings; unknown keys are problems like bad values, in one report.
+    pub fn settings(self) -> Result<Settings, ConfigError> {
+        self.config.settings_reporting(self.problems)
+    }
+
+    /// Checks every key as [`ConfigFile::settings`] does, but resolves no
+    /// host name: for commands that read the file but listen on nothing.
+    pub fn checked(self) -> Result<Config, ConfigError> {
+        self.config.check(&self.problems)?;
+        Ok(self.config)
+    }
+}
+
 impl Config {
     /// Reads a TOML config file without checking its values: flags may still
-    /// override them. Unknown keys and wrong types are errors already.
-    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+    /// override them. Only TOML that does not parse is an error here;
+    /// unknown keys and wrong types are collected for [`ConfigFile::settings`].
+    pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -837,31 +879,73 @@ impl Config {
         Self::from_toml(&text)
     }
 
-    /// Parses TOML without checking its values; see [`Config::read`].
-    fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Ok(toml::from_str(text)?)
+    /// Parses TOML without checking its values; see [`Config::read`]. Only
+    /// a TOML syntax error stops it: unknown keys and values of the wrong
+    /// type are collected, all of them, for the report.
+    fn from_toml(text: &str) -> Result<ConfigFile, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        let mut wrong = Vec::new();
+        // Each failed pass drops the value it failed on, so this ends, and
+        // every wrong value is named, not only the first serde meets.
+        loop {
+            let mut unknown = Vec::new();
+            let value = toml::Value::Table(table.clone());
+            // Not serde's `deny_unknown_fields`: it stops at the first.
+            let mut note = |path: serde_ignored::Path<'_>| {
+                unknown.push(format!("`{}`: unknown key", dotted(&path)));
+            };
+            let ignoring = serde_ignored::Deserializer::new(value, &mut note);
+            match serde_path_to_error::deserialize::<_, Config>(ignoring) {
+                Ok(config) => {
+                    unknown.extend(wrong);
+                    return Ok(ConfigFile {
+                        config,
+                        problems: unknown,
+                    });
+                }
+                Err(e) => {
+                    let path: Vec<Segment> = e.path().iter().cloned().collect();
+                    wrong.push(format!("`{}`: {}", e.path(), e.inner().message()));
+                    if !drop_value(&mut table, &path) {
+                        return Err(ConfigError::Invalid(wrong));
+                    }
+                }
+            }
+        }
     }
 
     /// Checks every key, once the flags have applied, and returns the typed
-    /// settings.
+    /// settings. Host names in listen addresses are resolved here.
     pub fn settings(self) -> Result<Settings, ConfigError> {
-        self.validate()?;
-        let listen = self.listen_addr()?;
-        let admin_listen = match self.admin_listen.as_str() {
+        self.settings_reporting(Vec::new())
+    }
+
+    /// [`Config::settings`], with the file's own problems reported first.
+    fn settings_reporting(self, file_problems: Vec<String>) -> Result<Settings, ConfigError> {
+        self.check(&file_problems)?;
+        // Every name that does not resolve is reported, not only the first.
+        let mut problems = Vec::new();
+        let listen = self
+            .listen_addr()
+            .map_err(|e| match e {
+                ConfigError::Invalid(p) => problems.extend(p),
+                other => problems.push(other.to_string()),
+            })
+            .ok();
+        let mut tcp = |key: &str, addr: &str| match addr {
             "" => None,
-            addr => Some(addr.parse().map_err(|e| {
-                ConfigError::Invalid(vec![format!("`admin_listen`: `{addr}`: {e}")])
-            })?),
+            addr => resolve(addr)
+                .map_err(|e| problems.push(format!("`{key}`: {e}")))
+                .ok(),
         };
-        let authzen_listen = match self.authzen_listen.as_str() {
-            "" => None,
-            addr => Some(addr.parse().map_err(|e| {
-                ConfigError::Invalid(vec![format!("`authzen_listen`: `{addr}`: {e}")])
-            })?),
-        };
+        let admin_listen = tcp("admin_listen", &self.admin_listen);
+        let authzen_listen = tcp("authzen_listen", &self.authzen_listen);
         let unix_socket_mode = self
             .unix_socket_mode()
             .map_err(|p| ConfigError::Invalid(vec![p]))?;
+        let Some(listen) = listen.filter(|_| problems.is_empty()) else {
+            return Err(ConfigError::Invalid(problems));
+        };
         Ok(Settings {
             config: self,
             listen,
@@ -882,12 +966,9 @@ impl Config {
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
-        self.listen.parse().map(ListenAddr::Tcp).map_err(|e| {
-            ConfigError::Invalid(vec![format!(
-                "`listen`: `{}` is not an address like `127.0.0.1:50051` or `unix:///path`: {e}",
-                self.listen
-            )])
-        })
+        resolve(&self.listen)
+            .map(ListenAddr::Tcp)
+            .map_err(|e| ConfigError::Invalid(vec![format!("`listen`: {e}")]))
     }
 
     /// The socket file mode, e.g. `0o660`.
@@ -914,23 +995,46 @@ impl Config {
         }
     }
 
+    /// [`Config::validate`], with a file's own problems reported first.
+    fn check(&self, file_problems: &[String]) -> Result<(), ConfigError> {
+        let mut problems = file_problems.to_vec();
+        if let Err(ConfigError::Invalid(p)) = self.validate() {
+            problems.extend(p);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
     /// Checks every key and reports all problems together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        if let Err(ConfigError::Invalid(p)) = self.listen_addr() {
-            problems.extend(p);
-        }
-        if !self.admin_listen.is_empty() && self.admin_listen.parse::<SocketAddr>().is_err() {
+        // The form only: names are resolved once, by `settings`, at start.
+        if self.listen.strip_prefix("unix://").is_none() && host_port(&self.listen).is_err() {
             problems.push(format!(
-                "`admin_listen`: `{}` is not an address like `127.0.0.1:9464` (empty disables it)",
-                self.admin_listen
+                "`listen`: `{}` is not an address like `127.0.0.1:50051`, `localhost:50051` or `unix:///path`",
+                self.listen
+            ));
+        } else if let Some(path) = self.listen.strip_prefix("unix://")
+            && !path.starts_with('/')
+        {
+            problems.push(format!(
+                "`listen`: `{}` must name an absolute path, like `unix:///run/cedar-pdp.sock`",
+                self.listen
             ));
         }
-        if !self.authzen_listen.is_empty() && self.authzen_listen.parse::<SocketAddr>().is_err() {
-            problems.push(format!(
-                "`authzen_listen`: `{}` is not an address like `127.0.0.1:8180` (empty disables it)",
-                self.authzen_listen
-            ));
+        for (key, value, example) in [
+            ("admin_listen", &self.admin_listen, "127.0.0.1:9464"),
+            ("authzen_listen", &self.authzen_listen, "127.0.0.1:8180"),
+        ] {
+            if !value.is_empty() && host_port(value).is_err() {
+                problems.push(format!(
+                    "`{key}`: `{value}` is not an address like `{example}` or `localhost:{}` (empty disables it)",
+                    example.rsplit(':').next().unwrap_or_default()
+                ));
+            }
         }
         if let Err(p) = self.unix_socket_mode() {
             problems.push(p);
@@ -1378,6 +1482,96 @@ impl Config {
     }
 }
 
+/// A config path as written in TOML: `tokens.issuers[0].aud`.
+fn dotted(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", dotted(parent)),
+        Path::Map { parent, key } => match dotted(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => dotted(parent),
+    }
+}
+
+/// Removes the value at `path` from `table`; false when there is none. An
+/// array element goes with its whole array: dropping it alone would renumber
+/// the rest, and their problems would name the wrong index.
+fn drop_value(table: &mut toml::Table, path: &[Segment]) -> bool {
+    let path = match path.last() {
+        Some(Segment::Seq { .. }) => &path[..path.len() - 1],
+        _ => path,
+    };
+    let Some((Segment::Map { key }, parents)) = path.split_last() else {
+        return false;
+    };
+    table_at(table, parents)
+        .and_then(|t| t.remove(key))
+        .is_some()
+}
+
+/// The table at `path` (keys and array indices) under `table`.
+fn table_at<'a>(table: &'a mut toml::Table, path: &[Segment]) -> Option<&'a mut toml::Table> {
+    let Some((first, mut rest)) = path.split_first() else {
+        return Some(table);
+    };
+    let Segment::Map { key } = first else {
+        return None;
+    };
+    let mut value = table.get_mut(key)?;
+    while let Some((Segment::Seq { index }, after)) = rest.split_first() {
+        value = value.as_array_mut()?.get_mut(*index)?;
+        rest = after;
+    }
+    table_at(value.as_table_mut()?, rest)
+}
+
+/// A TCP listen address split into host and port: `127.0.0.1:50051`,
+/// `[::1]:50051` or `localhost:50051`.
+fn host_port(addr: &str) -> Result<(&str, u16), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{addr}` has no `:port`"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("`{addr}`: `{port}` is not a port number"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let ipv6 = host.parse::<std::net::Ipv6Addr>().is_ok();
+    if host.is_empty() || (!ipv6 && host.contains([':', '/', ' ', '[', ']'])) {
+        return Err(format!("`{addr}` has no host"));
+    }
+    Ok((host, port))
+}
+
+/// A listen address, with a host name resolved to the address it binds:
+/// the first IPv4 address the resolver returns, else its first address (so
+/// `localhost` is `127.0.0.1` wherever it also names `::1`).
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse() {
+        return Ok(a);
+    }
+    let (host, port) = host_port(addr).map_err(|e| {
+        format!("{e}; expected an address like `127.0.0.1:50051` or `localhost:50051`")
+    })?;
+    let found: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("`{addr}`: cannot resolve `{host}`: {e}"))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| found.first())
+        .copied()
+        .ok_or_else(|| format!("`{addr}`: `{host}` resolves to no address"))
+}
+
 /// The `{name}` placeholders of a template.
 fn placeholders(template: &str) -> impl Iterator<Item = &str> {
     template
@@ -1392,9 +1586,9 @@ impl FromStr for Config {
     type Err = ConfigError;
 
     fn from_str(text: &str) -> Result<Self, ConfigError> {
-        let config = Self::from_toml(text)?;
-        config.validate()?;
-        Ok(config)
+        let file = Self::from_toml(text)?;
+        file.config.check(&file.problems)?;
+        Ok(file.config)
     }
 }
 
@@ -1493,7 +1687,9 @@ mod tests {
 
     #[test]
     fn values_are_checked_only_when_settings_are_taken() {
-        let mut config = Config::from_toml("listen = \"nope\"\nadmin_listen = \"\"\n").unwrap();
+        let mut config = Config::from_toml("listen = \"nope\"\nadmin_listen = \"\"\n")
+            .unwrap()
+            .config;
         assert!(matches!(
             config.clone().settings(),
             Err(ConfigError::Invalid(p)) if p.len() == 1 && p[0].contains("`listen`: `nope`")
@@ -1581,7 +1777,7 @@ mod tests {
         assert_eq!(on.decision_log.export, LogExport::Otlp);
         assert!(matches!(
             "[decision_log]\nexport = \"kafka\"\n".parse::<Config>(),
-            Err(ConfigError::Parse(_))
+            Err(ConfigError::Invalid(p)) if p[0].starts_with("`decision_log.export`: unknown variant `kafka`")
         ));
     }
 
@@ -1589,7 +1785,93 @@ mod tests {
     fn rejects_unknown_keys() {
         assert!(matches!(
             "lisen = \"x\"".parse::<Config>(),
+            Err(ConfigError::Invalid(p)) if p == ["`lisen`: unknown key"]
+        ));
+        // TOML that does not parse stops there: nothing after it is reliable.
+        assert!(matches!(
+            "listen = [".parse::<Config>(),
             Err(ConfigError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn reports_every_unknown_key_and_wrong_value_in_one_run() {
+        let text = r#"
+            lisen = "127.0.0.1:1"
+            [tls]
+            cerf = "a"
+            [delegation]
+            max_depth = 0
+            max_scopes = "many"
+            [[ext_authz.routes]]
+            path_prefix = "/a"
+            action = "read"
+            verb = "GET"
+        "#;
+        let Err(ConfigError::Invalid(problems)) = text.parse::<Config>() else {
+            unreachable!("expected Invalid")
+        };
+        assert_eq!(
+            problems,
+            [
+                "`ext_authz.routes[0].verb`: unknown key",
+                "`lisen`: unknown key",
+                "`tls.cerf`: unknown key",
+                "`delegation.max_scopes`: invalid type: string \"many\", expected usize",
+                "`delegation.max_depth`: 0 is not in 1..=64",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_flag_can_fix_a_value_but_not_an_unknown_key() {
+        let file = Config::from_toml("lisen = \"x\"\nlisten = \"nope\"\n").unwrap();
+        let mut config = file.config.clone();
+        config.listen = "127.0.0.1:7".into();
+        let fixed = ConfigFile { config, ..file };
+        assert!(matches!(
+            fixed.settings(),
+            Err(ConfigError::Invalid(p)) if p == ["`lisen`: unknown key"]
+        ));
+    }
+
+    #[test]
+    fn listen_addresses_take_host_names() {
+        assert_eq!(
+            resolve("localhost:7").unwrap().ip(),
+            std::net::Ipv4Addr::LOCALHOST
+        );
+        assert_eq!(resolve("[::1]:7").unwrap(), "[::1]:7".parse().unwrap());
+        for bad in ["localhost", "localhost:x", ":7", "a b:7"] {
+            assert!(resolve(bad).is_err(), "{bad}");
+        }
+        // `.invalid` never resolves (RFC 6761).
+        let e = resolve("pdp.invalid:7").unwrap_err();
+        assert!(e.contains("cannot resolve `pdp.invalid`"), "{e}");
+        let config: Config = "listen = \"localhost:7\"\nadmin_listen = \"localhost:8\"\n"
+            .parse()
+            .unwrap();
+        let settings = config.settings().unwrap();
+        assert_eq!(
+            settings.listen,
+            ListenAddr::Tcp("127.0.0.1:7".parse().unwrap())
+        );
+        assert_eq!(settings.admin_listen, Some("127.0.0.1:8".parse().unwrap()));
+        // Every name that does not resolve, in one report.
+        let config: Config = "listen = \"a.invalid:1\"\nauthzen_listen = \"b.invalid:2\"\n"
+            .parse()
+            .unwrap();
+        let Err(ConfigError::Invalid(problems)) = config.settings() else {
+            unreachable!("expected Invalid")
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("`listen`: `a.invalid:1`"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("`authzen_listen`: `b.invalid:2`"),
+            "{problems:?}"
+        );
     }
 }

@@ -18,6 +18,9 @@ pub(crate) struct FormatReport {
     pub unchanged: Vec<String>,
     /// Files that were (or, with `check`, would be) rewritten.
     pub changed: Vec<String>,
+    /// With `check`, the unified diff formatting would apply to each file of
+    /// `changed`. INVARIANT: empty, or one per `changed` entry, in its order.
+    pub diffs: Vec<String>,
     /// Files that could not be parsed or written, with where and why.
     pub failed: Vec<SourceProblem>,
 }
@@ -42,17 +45,38 @@ pub(crate) fn format_dir(
         .filter(|f| f.kind() == FileKind::Policies)
     {
         match format_file(file, check, &config) {
-            Ok(true) => report.changed.push(file.rel().to_string()),
-            Ok(false) => report.unchanged.push(file.rel().to_string()),
+            Ok(Some(formatted)) => {
+                if check {
+                    report
+                        .diffs
+                        .push(unified_diff(file.rel(), file.text(), &formatted));
+                }
+                report.changed.push(file.rel().to_string());
+            }
+            Ok(None) => report.unchanged.push(file.rel().to_string()),
             Err(problem) => report.failed.push(problem),
         }
     }
     Ok(report)
 }
 
-/// `Ok(true)` when the file's formatting differs (and, unless `check`, was
-/// rewritten).
-fn format_file(file: &SourceFile, check: bool, config: &Config) -> Result<bool, SourceProblem> {
+/// The unified diff from `before` to `after` of the file at `rel`, with
+/// `git diff`'s `a/` and `b/` headers, so `patch -p1` in the directory applies it.
+fn unified_diff(rel: &str, before: &str, after: &str) -> String {
+    similar::TextDiff::from_lines(before, after)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("a/{rel}"), &format!("b/{rel}"))
+        .to_string()
+}
+
+/// The formatted text when it differs from the file's (and, unless `check`,
+/// was written).
+fn format_file(
+    file: &SourceFile,
+    check: bool,
+    config: &Config,
+) -> Result<Option<String>, SourceProblem> {
     let text = file.text();
     let formatted = policies_str_to_pretty(text, config).map_err(|e| {
         // Cedar's parser locates a syntax error; the formatter does not.
@@ -65,14 +89,14 @@ fn format_file(file: &SourceFile, check: bool, config: &Config) -> Result<bool, 
         }
     })?;
     if formatted == text {
-        return Ok(false);
+        return Ok(None);
     }
     if !check {
         // Through the symlink: the file it names is the one the loader reads.
         write_atomic(file.target(), &formatted)
             .map_err(|e| unlocated(file, format!("cannot write: {e}")))?;
     }
-    Ok(true)
+    Ok(Some(formatted))
 }
 
 fn unlocated(file: &SourceFile, message: String) -> SourceProblem {

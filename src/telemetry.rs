@@ -18,7 +18,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
-use crate::config::{LogFormat, OtelConfig};
+use std::io::IsTerminal as _;
+
+use crate::config::{LogColor, LogFormat, OtelConfig};
 
 /// Target of the `cedar.authorize` and `cedar.policy_reload` spans.
 pub const SPAN_TARGET: &str = "cedar_pdp::spans";
@@ -191,11 +193,32 @@ fn tracer_provider(config: &OtelConfig) -> Result<Option<SdkTracerProvider>, Tel
     ))
 }
 
+/// Whether log lines to stderr carry ANSI colour: `auto` only on a terminal
+/// and without `NO_COLOR` (no-color.org), so redirected logs stay plain.
+fn colored(color: LogColor) -> bool {
+    match color {
+        LogColor::Always => true,
+        LogColor::Never => false,
+        LogColor::Auto => std::io::stderr().is_terminal() && env("NO_COLOR").is_none(),
+    }
+}
+
 /// Installs the global subscriber: logs, plus span export when configured.
 /// `RUST_LOG`, when set, overrides `level`. A second call changes nothing.
+/// Colour as `log.color = "auto"`.
 pub fn init(
     format: LogFormat,
     level: &str,
+    otel: &OtelConfig,
+) -> Result<Telemetry, TelemetryError> {
+    init_with_color(format, level, LogColor::Auto, otel)
+}
+
+/// [`init`], with colour as asked (see [`colored`]).
+pub fn init_with_color(
+    format: LogFormat,
+    level: &str,
+    color: LogColor,
     otel: &OtelConfig,
 ) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env()
@@ -206,7 +229,9 @@ pub fn init(
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colored(color));
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),

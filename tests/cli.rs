@@ -1,5 +1,6 @@
 //! The real binary: `--version`, `validate`, `serve` (and no subcommand),
-//! `authorize`, exit codes, config errors, JSON logs and SIGTERM.
+//! `authorize`, exit codes, config errors, JSON logs, colour, completions
+//! and SIGTERM.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -223,11 +224,11 @@ fn bad_config_exits_64_with_a_clear_message() {
     let cases: Vec<(Vec<&std::ffi::OsStr>, &str)> = vec![
         (
             vec!["serve".as_ref(), "--config".as_ref(), unknown.as_os_str()],
-            "unknown field `lisen`",
+            "`lisen`: unknown key",
         ),
         (
             vec!["--config".as_ref(), unknown.as_os_str()],
-            "unknown field `lisen`",
+            "`lisen`: unknown key",
         ),
         (
             vec!["serve".as_ref(), "--config".as_ref(), nope.as_os_str()],
@@ -243,7 +244,7 @@ fn bad_config_exits_64_with_a_clear_message() {
                 "--config".as_ref(),
                 unknown.as_os_str(),
             ],
-            "unknown field `lisen`",
+            "`lisen`: unknown key",
         ),
     ];
     for (args, want) in cases {
@@ -256,6 +257,194 @@ fn bad_config_exits_64_with_a_clear_message() {
             "{args:?}: {ran:?}"
         );
     }
+}
+
+#[test]
+fn every_unknown_key_and_bad_value_is_reported_in_one_run() {
+    let dir = good_dir();
+    let config = write(
+        dir.path(),
+        "c.toml",
+        "lisen = \"127.0.0.1:1\"\n[tls]\ncerf = \"a.pem\"\n\
+         [delegation]\nmax_depth = 0\nmax_scopes = \"many\"\n",
+    );
+    for cmd_name in ["serve", "validate"] {
+        let mut cmd = bin();
+        cmd.args([cmd_name, "--config"])
+            .arg(&config)
+            .arg("--policies")
+            .arg(dir.path());
+        let ran = run(cmd);
+        assert_eq!(ran.code(), Some(64), "{cmd_name}: {ran:?}");
+        for want in [
+            "`lisen`: unknown key",
+            "`tls.cerf`: unknown key",
+            "`delegation.max_scopes`: invalid type: string \"many\"",
+            "`delegation.max_depth`: 0 is not in 1..=64",
+        ] {
+            assert!(ran.stderr.contains(want), "{cmd_name}: no {want}: {ran:?}");
+        }
+    }
+}
+
+#[test]
+fn serve_listens_on_a_host_name() {
+    let dir = good_dir();
+    let mut served = Served::start_as(dir.path(), "localhost", &[], DEADLINE);
+    let allow = served.authorize(&args(&who(
+        "User::\"alice\"",
+        "Action::\"view\"",
+        "Photo::\"p\"",
+    )));
+    assert_eq!(allow.code(), Some(0), "{allow:?}");
+    assert!(allow.stdout.starts_with("ALLOW\n"), "{allow:?}");
+    assert!(served.terminate().success(), "{}", served.log());
+
+    // A name that does not resolve (RFC 6761 keeps `.invalid` so) is a
+    // config error that names it, not a panic or a bind error.
+    let mut cmd = bin();
+    cmd.args(["serve", "--listen", "pdp.invalid:50051", "--policies"])
+        .arg(dir.path());
+    let ran = run(cmd);
+    assert_eq!(ran.code(), Some(64), "{ran:?}");
+    assert!(
+        ran.stderr
+            .contains("`listen`: `pdp.invalid:50051`: cannot resolve `pdp.invalid`"),
+        "{ran:?}"
+    );
+}
+
+#[test]
+fn cedar_pdp_config_is_read_by_every_command_that_reads_config() {
+    let dir = good_dir();
+    let config = write(
+        dir.path(),
+        "c.toml",
+        "[validation]\nschema = \"sometimes\"\n",
+    );
+    let log = write(dir.path(), "empty.log", "");
+    let cases: [&[&str]; 3] = [
+        &["validate"],
+        &["test"],
+        &["replay", "--log", log.to_str().unwrap()],
+    ];
+    for extra in cases {
+        let mut cmd = bin();
+        cmd.args(extra)
+            .arg("--policies")
+            .arg(dir.path())
+            .env("CEDAR_PDP_CONFIG", &config);
+        let ran = run(cmd);
+        // replay's unusable input is 2 (its contract); the others' bad config 64.
+        let code = if extra[0] == "replay" { 2 } else { 64 };
+        assert_eq!(ran.code(), Some(code), "{extra:?}: {ran:?}");
+        assert!(
+            ran.stderr
+                .contains("`validation.schema`: unknown variant `sometimes`"),
+            "{extra:?}: {ran:?}"
+        );
+    }
+    // `authorize --authzen` reads the mapping from it, before any call.
+    let mut cmd = bin();
+    cmd.args(["authorize", "--authzen", "http://127.0.0.1:9"])
+        .args(args(&who(
+            "User::\"a\"",
+            "Action::\"view\"",
+            "Photo::\"p\"",
+        )))
+        .env("CEDAR_PDP_CONFIG", &config);
+    let ran = run(cmd);
+    assert_eq!(ran.code(), Some(64), "{ran:?}");
+    assert!(ran.stderr.contains("`validation.schema`"), "{ran:?}");
+}
+
+/// How the container image is asked for AuthZEN off its loopback
+/// (deploy/README.md); here on a loopback port, as every test listens.
+#[tokio::test]
+async fn cedar_pdp_authzen_listen_opens_the_authzen_listener() {
+    use std::io::{Read as _, Write as _};
+    let dir = good_dir();
+    let port = binary::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut served = Served::start_with_config_env(
+        dir.path(),
+        &format!("policies = {:?}\nadmin_listen = \"\"\n", dir.path()),
+        &[("CEDAR_PDP_AUTHZEN_LISTEN", &addr)],
+        DEADLINE,
+    )
+    .await;
+    // The listener is bound before gRPC health says SERVING.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream
+        .write_all(
+            b"GET /.well-known/authzen-configuration HTTP/1.1\r\nhost: pdp\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("policy_decision_point"), "{response}");
+    served.send_sigterm();
+    let status = served.wait_exit(DEADLINE).await;
+    assert!(status.success(), "{}", served.log());
+}
+
+#[test]
+fn logs_to_a_file_have_no_colour_unless_asked() {
+    let dir = good_dir();
+    for (extra, coloured) in [
+        (&[][..], false),
+        (&["--color", "never"][..], false),
+        (&["--color", "always"][..], true),
+    ] {
+        // stderr is a file here, not a terminal.
+        let mut served = Served::start(dir.path(), extra, DEADLINE);
+        assert!(served.terminate().success(), "{}", served.log());
+        let log = served.log();
+        assert!(log.contains("serving"), "{extra:?}: {log}");
+        assert_eq!(log.contains("\x1b["), coloured, "{extra:?}: {log:?}");
+    }
+}
+
+#[test]
+fn completions_name_every_subcommand() {
+    let mut cmd = bin();
+    cmd.args(["completions", "bash"]);
+    let ran = run(cmd);
+    assert_eq!(ran.code(), Some(0), "{ran:?}");
+    assert!(
+        ran.stdout.contains("complete -F _cedar__pdp ") && ran.stdout.contains(" cedar-pdp\n"),
+        "{}",
+        ran.stdout
+    );
+    for sub in [
+        "serve",
+        "validate",
+        "authorize",
+        "fmt",
+        "bench",
+        "test",
+        "log",
+        "replay",
+        "completions",
+    ] {
+        assert!(
+            ran.stdout.contains(&format!("cedar__pdp__subcmd__{sub}")),
+            "{sub} not in:\n{}",
+            ran.stdout
+        );
+    }
+    for shell in ["zsh", "fish"] {
+        let mut cmd = bin();
+        cmd.args(["completions", shell]);
+        let ran = run(cmd);
+        assert_eq!(ran.code(), Some(0), "{shell}: {ran:?}");
+        assert!(ran.stdout.contains("replay"), "{shell}: {}", ran.stdout);
+    }
+    let mut cmd = bin();
+    cmd.args(["completions", "tcsh"]);
+    assert_eq!(run(cmd).code(), Some(64));
 }
 
 #[test]
@@ -687,6 +876,24 @@ fn fmt_check_fails_on_unformatted_files_without_touching_them_and_fmt_fixes_them
         ran.stdout.contains("would reformat: ") && ran.stdout.contains("p.cedar"),
         "{ran:?}"
     );
+    // The diff it would apply, unified, and nothing for the tidy file.
+    let diff: String = ran
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("--- "))
+        .take_while(|l| !l.starts_with("2 file(s)"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        diff.starts_with("--- a/p.cedar\n+++ b/p.cedar\n@@ "),
+        "{ran:?}"
+    );
+    assert!(diff.contains(&format!("\n-{}", messy.trim_end())), "{diff}");
+    assert!(
+        diff.contains("\n+  principal == User::\"alice\",\n"),
+        "{diff}"
+    );
+    assert!(!diff.contains("tidy.cedar"), "{diff}");
     assert!(
         !ran.stdout
             .lines()

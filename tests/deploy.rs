@@ -486,3 +486,42 @@ fn host_triple() -> String {
         .unwrap()
         .to_string()
 }
+
+/// The image ships the release profile's binary as built, and that profile
+/// keeps symbols and debug info out of it (issue 33); the profiling profile
+/// keeps them, off the image. The image also offers AuthZEN's port, which
+/// `CEDAR_PDP_AUTHZEN_LISTEN` opens (tests/cli.rs runs that).
+#[test]
+fn the_image_ships_a_stripped_release_binary_and_can_serve_authzen() {
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(crate_dir().join("Cargo.toml")).unwrap()).unwrap();
+    let profile = |name: &str| manifest["profile"][name].as_table().unwrap().clone();
+    let release = profile("release");
+    assert_eq!(release["strip"].as_str(), Some("symbols"), "{release:?}");
+    assert_eq!(release["debug"].as_bool(), Some(false), "{release:?}");
+    let profiling = profile("profiling");
+    assert_eq!(profiling["inherits"].as_str(), Some("release"));
+    assert_eq!(profiling["strip"].as_str(), Some("none"));
+
+    let dockerfile = std::fs::read_to_string(crate_dir().join("deploy/Dockerfile")).unwrap();
+    let text = dockerfile.replace("\\\n", " ");
+    let build = text
+        .lines()
+        .find(|l| l.contains("cargo build"))
+        .expect("the Dockerfile builds the binary");
+    assert!(
+        build.contains("--release")
+            && !build.contains("--profile")
+            && build.contains("install -D -m 0755 target/release/cedar-pdp /out/cedar-pdp"),
+        "{build}"
+    );
+    let expose = text
+        .lines()
+        .find(|l| l.starts_with("EXPOSE "))
+        .expect("EXPOSE");
+    assert!(expose.split_whitespace().any(|p| p == "8180"), "{expose}");
+    assert!(
+        !text.contains("--authzen-listen"),
+        "a CMD flag would beat CEDAR_PDP_AUTHZEN_LISTEN"
+    );
+}

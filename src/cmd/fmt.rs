@@ -1,5 +1,5 @@
 //! `cedar-pdp fmt`: format the `.cedar` files of a policy directory, or with
-//! `--check` only report which would change.
+//! `--check` only show the diff of each that would change.
 
 use std::path::PathBuf;
 
@@ -15,7 +15,8 @@ pub(super) struct FmtArgs {
     /// Policy directory.
     #[arg(long, value_name = "DIR", default_value = "policies")]
     policies: PathBuf,
-    /// Change nothing; exit 1 when a file would change.
+    /// Change nothing; print the unified diff formatting would apply, and
+    /// exit 1 when a file would change.
     #[arg(long)]
     check: bool,
     /// Preferred line width.
@@ -35,9 +36,12 @@ pub(super) fn run(args: FmtArgs) -> Exit {
         }
     };
     let path = |rel: &str| dir.join(rel).display().to_string();
-    for rel in &report.changed {
+    for (i, rel) in report.changed.iter().enumerate() {
         if args.check {
             println!("would reformat: {}", path(rel));
+            if let Some(diff) = report.diffs.get(i) {
+                print!("{diff}");
+            }
         } else {
             println!("reformatted: {}", path(rel));
         }

@@ -9,6 +9,7 @@
 
 mod authorize;
 mod bench;
+mod completions;
 mod fmt;
 mod log;
 mod problems;
@@ -19,7 +20,7 @@ mod validate;
 
 use std::path::Path;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
 use crate::policy_store::LoadOptions;
@@ -99,6 +100,8 @@ enum Command {
     Log(log::LogArgs),
     /// Evaluate recorded decisions again, and report those that differ.
     Replay(replay::ReplayArgs),
+    /// Print a completion script for bash, zsh, fish, elvish or powershell.
+    Completions(completions::CompletionsArgs),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -126,6 +129,7 @@ pub fn main() -> std::process::ExitCode {
         Some(Command::Test(args)) => test::run(args),
         Some(Command::Log(args)) => log::run(args),
         Some(Command::Replay(args)) => replay::run(args),
+        Some(Command::Completions(args)) => completions::run(args, Cli::command()),
     };
     exit.into()
 }
@@ -136,10 +140,11 @@ fn load_options(config: Option<&Path>) -> Result<LoadOptions, ConfigError> {
     checked_config(config).map(|c| LoadOptions::from_config(&c))
 }
 
-/// The config file at `config`, checked, or the defaults.
+/// The config file at `config`, checked as `serve` checks it (unknown keys
+/// too) but with no host name resolved, or the defaults.
 fn checked_config(config: Option<&Path>) -> Result<Config, ConfigError> {
     match config {
-        Some(path) => Ok(Config::read(path)?.settings()?.config),
+        Some(path) => Config::read(path)?.checked(),
         None => Ok(Config::default()),
     }
 }

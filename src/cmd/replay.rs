@@ -30,7 +30,7 @@ pub(super) struct ReplayArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "policies")]
     source: Option<PathBuf>,
     /// Config file whose `[validation]` and `[evaluation]` the server ran with.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "CEDAR_PDP_CONFIG")]
     config: Option<PathBuf>,
     /// `text` (one line per difference) or `json` (one object per line).
     #[arg(long, value_enum, default_value_t = Format::Text)]

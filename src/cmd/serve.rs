@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use super::Exit;
 use crate::app::{App, Listeners};
-use crate::config::{Config, ConfigError, ListenAddr, LogFormat, Settings};
+use crate::config::{Config, ConfigError, ConfigFile, ListenAddr, LogColor, LogFormat, Settings};
 use crate::telemetry;
 use crate::transport::{self, Listener, UnixSocket};
 
@@ -31,7 +31,9 @@ pub(super) struct ServeArgs {
     admin_listen: Option<String>,
     /// AuthZEN HTTP address (/access/v1/evaluation, ...); empty disables
     /// [config: authzen_listen] [default: 127.0.0.1:8180].
-    #[arg(long, value_name = "ADDR")]
+    // The variable lets a container be asked for AuthZEN on every interface
+    // without restating the image's command (deploy/Dockerfile).
+    #[arg(long, value_name = "ADDR", env = "CEDAR_PDP_AUTHZEN_LISTEN")]
     authzen_listen: Option<String>,
     /// Log format [config: log.format] [default: text].
     #[arg(long, value_enum)]
@@ -39,15 +41,25 @@ pub(super) struct ServeArgs {
     /// Log filter, e.g. `info` [config: log.level] [default: info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// ANSI colour in text logs: `auto` only when stderr is a terminal and
+    /// `NO_COLOR` is unset [config: log.color] [default: auto].
+    #[arg(long, value_enum, value_name = "WHEN")]
+    color: Option<LogColor>,
 }
 
 impl ServeArgs {
     /// The config file (or the defaults) with these flags applied, then
     /// checked: a flag can fix a bad value in the file.
     fn settings(self) -> Result<Settings, ConfigError> {
-        let mut config = match &self.config {
+        let ConfigFile {
+            mut config,
+            problems,
+        } = match &self.config {
             Some(path) => Config::read(path)?,
-            None => Config::default(),
+            None => ConfigFile {
+                config: Config::default(),
+                problems: Vec::new(),
+            },
         };
         if let Some(p) = self.policies {
             config.policies = p;
@@ -67,7 +79,10 @@ impl ServeArgs {
         if let Some(l) = self.log_level {
             config.log.level = l;
         }
-        config.settings()
+        if let Some(c) = self.color {
+            config.log.color = c;
+        }
+        ConfigFile { config, problems }.settings()
     }
 }
 
@@ -94,7 +109,8 @@ pub(super) fn run(args: ServeArgs) -> Exit {
     // The gRPC span exporter binds to the runtime it is built in.
     let telemetry = {
         let _enter = runtime.enter();
-        match telemetry::init(config.log.format, &config.log.level, &config.otel) {
+        let log = &config.log;
+        match telemetry::init_with_color(log.format, &log.level, log.color, &config.otel) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("cedar-pdp: {e}");

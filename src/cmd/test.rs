@@ -23,7 +23,7 @@ pub(super) struct TestArgs {
     junit: Option<PathBuf>,
     /// Config file whose `[validation]`, `[limits]` and `[caller]` settings
     /// apply, as the server would apply them.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "CEDAR_PDP_CONFIG")]
     config: Option<PathBuf>,
 }
 

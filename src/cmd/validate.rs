@@ -17,7 +17,7 @@ pub(super) struct ValidateArgs {
     #[arg(long, value_name = "DIR", default_value = "policies")]
     policies: PathBuf,
     /// Config file whose `[validation]` settings apply.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "CEDAR_PDP_CONFIG")]
     config: Option<PathBuf>,
     /// `text` (`file:line:col: message` lines) or `json` (one object, for tools).
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]

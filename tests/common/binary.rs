@@ -100,6 +100,13 @@ impl Served {
     /// Starts `serve --policies dir --listen <free port> extra...` and waits
     /// until its health service says SERVING. Blocking; for `#[test]`s.
     pub fn start(dir: &Path, extra: &[&str], deadline: Duration) -> Self {
+        Self::start_as(dir, "127.0.0.1", extra, deadline)
+    }
+
+    /// As [`Served::start`], with `--listen` naming `host` (`localhost`, say)
+    /// instead of `127.0.0.1`; it is still reached at `127.0.0.1`, so the
+    /// name must resolve there.
+    pub fn start_as(dir: &Path, host: &str, extra: &[&str], deadline: Duration) -> Self {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -107,11 +114,12 @@ impl Served {
         runtime.block_on(Self::launch(deadline, |_, addr| {
             let logs = TempDir::new().unwrap();
             let stderr = logs.path().join("stderr.log");
+            let listen = addr.replacen("127.0.0.1", host, 1);
             let mut cmd = bin();
             cmd.arg("serve")
                 .arg("--policies")
                 .arg(dir)
-                .args(["--listen", addr])
+                .args(["--listen", &listen])
                 // A fixed default port would collide between parallel tests.
                 .args(["--authzen-listen", ""])
                 .args(extra);

@@ -51,7 +51,8 @@ pub(super) struct AuthorizeArgs {
     format: Format,
     /// The server's config file: with `--authzen`, its `[authzen]` mapping
     /// (namespace, action type, types) turns the Cedar names into AuthZEN
-    /// ones; with `--policies`, its load and limit settings apply.
+    /// ones; with `--policies`, its load and limit settings apply. With
+    /// either, `CEDAR_PDP_CONFIG` when not given.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -110,17 +111,23 @@ pub(super) fn run(args: AuthorizeArgs) -> Exit {
         eprintln!("cedar-pdp: `--config` applies with `--authzen` or `--policies`");
         return Exit::Usage;
     }
+    // Not clap's `env`: that would make the variable need a mode flag.
+    let config_path = args
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("CEDAR_PDP_CONFIG").map(PathBuf::from))
+        .filter(|p| !p.as_os_str().is_empty());
     let format = args.format;
     let answer = match (args.authzen.clone(), args.policies.clone()) {
         (Some(url), _) => {
-            let config = match super::checked_config(args.config.as_deref()) {
+            let config = match super::checked_config(config_path.as_deref()) {
                 Ok(c) => c,
                 Err(e) => return super::usage(&e),
             };
             runtime.block_on(authzen::call(&url, &config.authzen, args))
         }
         (None, Some(dir)) => {
-            let config = match super::checked_config(args.config.as_deref()) {
+            let config = match super::checked_config(config_path.as_deref()) {
                 Ok(c) => c,
                 Err(e) => return super::usage(&e),
             };
