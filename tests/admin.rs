@@ -246,39 +246,11 @@ async fn readiness_turns_stale_after_max_policy_age_of_failed_reloads() {
     .await;
 }
 
-/// Reads one HTTP/1.1 response (headers and a `content-length` body) from
-/// `stream`, leaving the connection open: its status, or `None` at EOF.
-async fn response(stream: &mut tokio::net::TcpStream) -> Option<u16> {
-    use tokio::io::AsyncReadExt;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let text = String::from_utf8_lossy(&raw).to_string();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if body.len() >= length {
-                return head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
-            }
-        }
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 async fn get(stream: &mut tokio::net::TcpStream, path: &str) -> Option<u16> {
     use tokio::io::AsyncWriteExt;
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
-    tokio::time::timeout(Duration::from_secs(10), response(stream))
+    tokio::time::timeout(Duration::from_secs(10), common::http_response(stream))
         .await
         .expect("an answer or a close within 10s")
 }

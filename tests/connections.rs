@@ -228,30 +228,7 @@ async fn a_silent_http1_connection_lasts_the_header_timeout() {
 async fn get(stream: &mut TcpStream, path: &str) -> Option<u16> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = async {
-        loop {
-            let text = String::from_utf8_lossy(&raw).to_string();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if body.len() >= length {
-                    return head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
-                }
-            }
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
+    let read = common::http_response(stream);
     tokio::time::timeout(Duration::from_secs(10), read)
         .await
         .expect("an answer or a close within 10s")

@@ -137,6 +137,34 @@ pub fn is_mark(line: &str) -> bool {
         .any(|m| line.starts_with(m))
 }
 
+/// Reads one HTTP/1.1 response (headers and a `content-length` body) from
+/// `stream`, leaving the connection open: its status, or `None` at EOF.
+pub async fn http_response(stream: &mut tokio::net::TcpStream) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&raw).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// A plain HTTP/1.0 GET against the admin listener: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
