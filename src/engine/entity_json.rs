@@ -308,18 +308,37 @@ mod tests {
 
     /// Every entities file of Cedar's integration corpus, with its schema
     /// and without one: the set, or the error, is the one Cedar's parse gives.
+    /// The corpus tests' files, by name, read from the vendored archive
+    /// (`tests/vendor/`) without unpacking it.
+    fn corpus_files() -> std::collections::BTreeMap<String, String> {
+        use std::io::Read as _;
+        let archive = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/vendor/cedar-integration-tests.tar.gz");
+        let file = std::fs::File::open(&archive).unwrap();
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        let mut files = std::collections::BTreeMap::new();
+        for entry in tar.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            if let Some(name) = path.strip_prefix("cedar-integration-tests/corpus-tests/") {
+                let mut text = String::new();
+                entry.read_to_string(&mut text).unwrap();
+                files.insert(name.to_string(), text);
+            }
+        }
+        files
+    }
+
     #[test]
     fn corpus_entity_files_parse_as_cedar_parses_them() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/corpus/cedar-integration-tests/corpus-tests");
+        let corpus = corpus_files();
         let (mut files, mut entities, mut typed) = (0, 0, 0);
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let Some(stem) = path.to_str().unwrap().strip_suffix(".entities.json") else {
+        for (name, text) in &corpus {
+            let Some(stem) = name.strip_suffix(".entities.json") else {
                 continue;
             };
-            let text = std::fs::read_to_string(&path).unwrap();
-            let schema_text = std::fs::read_to_string(format!("{stem}.cedarschema")).unwrap();
+            let path = std::path::Path::new(name);
+            let schema_text = corpus[&format!("{stem}.cedarschema")].clone();
             let schema = Schema::from_cedarschema_str(&schema_text).unwrap().0;
             for (schema, schema_text) in [(Some(&schema), Some(schema_text.as_str())), (None, None)]
             {
