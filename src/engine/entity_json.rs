@@ -343,13 +343,13 @@ mod tests {
             for (schema, schema_text) in [(Some(&schema), Some(schema_text.as_str())), (None, None)]
             {
                 let shapes = shapes(schema_text);
-                let cedar = cedar_parse(&text, schema);
-                let ours = parse_on(&text, schema, &shapes, 2);
+                let cedar = cedar_parse(text, schema);
+                let ours = parse_on(text, schema, &shapes, 2);
                 match (&ours, &cedar) {
                     (Ok(o), Ok(c)) => assert!(o.deep_eq(c), "{}", path.display()),
                     _ => assert_eq!(error_of(ours), error_of(cedar), "{}", path.display()),
                 }
-                let raw = serde_json::from_str::<Vec<&RawValue>>(&text).unwrap();
+                let raw = serde_json::from_str::<Vec<&RawValue>>(text).unwrap();
                 entities += raw.len();
                 typed += raw
                     .iter()
