@@ -201,6 +201,35 @@ impl App {
     /// pipeline and the services over it. Must run inside a Tokio runtime
     /// when decision records are exported over OTLP gRPC.
     pub fn build(config: Config) -> Result<Self, AppError> {
+        let otlp = [
+            Some(config.otel.endpoint.clone()),
+            std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").ok(),
+            std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|e| !e.is_empty())
+        .unwrap_or_else(|| "off".to_string());
+        tracing::info!(
+            decision_log = if config.decision_log.enabled {
+                match config.decision_log.sink {
+                    crate::config::LogSink::Stdout => "stdout".to_string(),
+                    crate::config::LogSink::File => config.decision_log.path.display().to_string(),
+                }
+            } else {
+                "off".to_string()
+            },
+            signed = !config.decision_log.signing_key.as_os_str().is_empty(),
+            %otlp,
+            authzen = if config.authzen_listen.is_empty() {
+                "off"
+            } else {
+                config.authzen_listen.as_str()
+            },
+            tls = config.tls.enabled(),
+            token_issuers = config.tokens.issuers.len(),
+            "features"
+        );
         let store = Arc::new(
             PolicyStore::new(config.policies.clone(), LoadOptions::from_config(&config)).test_gate(
                 config.reload.require_tests.then(|| {

@@ -595,6 +595,30 @@ fn serve_answers_authorize_and_stops_on_sigterm() {
         served.log()
     );
     assert!(served.log().contains("stopped"), "{}", served.log());
+    // Start-up says what loaded and what is on.
+    let log = served.log();
+    let loaded = log
+        .lines()
+        .find(|l| l.contains("policy set loaded"))
+        .unwrap_or_else(|| panic!("no load line:\n{log}"));
+    for field in [
+        "revision=sha256:",
+        "generation=1",
+        "policies=",
+        "templates=0",
+        "links=0",
+        "entities=",
+        "schema=",
+    ] {
+        assert!(loaded.contains(field), "{field} in {loaded}");
+    }
+    let features = log
+        .lines()
+        .find(|l| l.contains("features"))
+        .unwrap_or_else(|| panic!("no features line:\n{log}"));
+    for field in ["decision_log=\"off\"", "otlp=", "authzen=", "tls=false"] {
+        assert!(features.contains(field), "{field} in {features}");
+    }
 }
 
 /// `authorize --policies DIR` decides with no server, through the same

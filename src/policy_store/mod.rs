@@ -165,6 +165,20 @@ impl PolicyStore {
         status.last_success_at = Some(snapshot.loaded_at);
         self.live.store(Some(Arc::clone(&snapshot)));
         drop(status);
+        let engine = &snapshot.engine;
+        let grants = engine.grant_counts(SystemTime::now());
+        tracing::info!(
+            revision = %snapshot.revision,
+            generation = snapshot.generation,
+            commit = snapshot.git_commit.as_ref().map_or("", |c| c.id.as_str()),
+            policies = engine.policy_count(),
+            templates = engine.policies().templates().count(),
+            links = grants.active + grants.pending + grants.expired,
+            entities = engine.entity_count(),
+            schema = snapshot.schema_digest.as_deref().unwrap_or("none"),
+            warnings = snapshot.warnings.len(),
+            "policy set loaded"
+        );
         for w in &snapshot.warnings {
             tracing::warn!(revision = %snapshot.revision, "policy warning: {w}");
         }
