@@ -365,7 +365,7 @@ fn decision(answer: &Answer, reasons: bool) -> Json {
                 "id": outcome.decision_id,
                 "policy_revision": outcome.policy_revision,
                 "reason_admin": {
-                    "why": outcome.why,
+                    "why": outcome.why(),
                     "determining_policies": outcome.decision.determining_policies,
                     "errors": outcome.decision.errors.iter()
                         .map(|e| json!({"policy_id": e.policy_id, "message": e.message}))

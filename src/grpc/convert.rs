@@ -239,6 +239,7 @@ impl From<engine::PolicyError> for proto::EvaluationError {
 
 impl From<Outcome> for proto::AuthorizeResponse {
     fn from(o: Outcome) -> Self {
+        let why = o.why();
         let decision = if o.decision.allow {
             proto::Decision::Allow
         } else {
@@ -251,7 +252,7 @@ impl From<Outcome> for proto::AuthorizeResponse {
             decision_id: o.decision_id,
             policy_revision: o.policy_revision,
             request_id: o.request_id,
-            why: o.why,
+            why,
         }
     }
 }

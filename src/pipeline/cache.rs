@@ -18,7 +18,7 @@ use quick_cache::sync::Cache;
 use serde::Serialize;
 
 use super::request::{Context, DecisionRequest};
-use super::verified::Verified;
+use super::verified::{Binding, Verified};
 use crate::engine::Decision;
 use crate::identity::PeerFacts;
 
@@ -153,11 +153,12 @@ impl DecisionCache {
             key.bytes(20, &[u8::from(hop.verified)]);
         }
         // What the token grants and whom it binds change what policies see.
-        if let Some(token) = &verified.token_chain {
-            for scope in &token.scopes {
+        if let Some(token) = verified.subject_token() {
+            for scope in token.scopes.iter().flatten() {
                 key.bytes(24, scope.as_bytes());
             }
-            key.bytes(25, token.binding.name().as_bytes());
+            let binding = token.binding.map_or("", Binding::name);
+            key.bytes(25, binding.as_bytes());
         }
         key.bytes(21, req.purpose.as_bytes());
         // The policies see the time: an answer holds for its second only.

@@ -12,7 +12,7 @@ use serde_json::{Map, Value as Json, json};
 
 use super::error::{DecisionError, InvalidField};
 use super::request::DelegationHop;
-use super::verified::TokenChain;
+use super::verified::{Binding, TokenFacts};
 
 /// How the server bounds delegation chains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +130,7 @@ pub(super) fn context(
     principal: &EntityUid,
     hops: &[DelegationHop],
     delegators: &[EntityUid],
-    token: Option<&TokenChain>,
+    token: Option<&TokenFacts>,
 ) -> Json {
     let mut record = Map::new();
     if let Some(origin) = delegators.first() {
@@ -147,7 +147,8 @@ pub(super) fn context(
     // last one is the intersection.
     // Every sent hop is within the token's grant (`token_claims::combine`).
     let narrowest = hops.iter().rev().find(|h| !h.scopes.is_empty());
-    if let Some(scopes) = narrowest.map(|h| &h.scopes).or(token.map(|t| &t.scopes)) {
+    let granted = token.and_then(|t| t.scopes.as_ref());
+    if let Some(scopes) = narrowest.map(|h| &h.scopes).or(granted) {
         let scopes: BTreeSet<&String> = scopes.iter().collect();
         record.insert("scopes".into(), json!(scopes));
     }
@@ -163,12 +164,15 @@ pub(super) fn context(
         .filter(|p| !p.is_empty())
         .collect();
     record.insert("purposes".into(), json!(purposes));
-    let bound = token.is_none_or(|t| t.binding.holds());
-    record.insert(
-        "verified".into(),
-        json!(bound && hops.iter().all(|h| h.verified)),
-    );
+    record.insert("verified".into(), json!(verified(hops, token)));
     Json::Object(record)
+}
+
+/// Whether every hop of `hops` came from a verified `token` (the subject
+/// token that made the chain, if any) that names the principal.
+pub(super) fn verified(hops: &[DelegationHop], token: Option<&TokenFacts>) -> bool {
+    let bound = token.is_none_or(|t| t.binding.is_none_or(Binding::holds));
+    bound && hops.iter().all(|h| h.verified)
 }
 
 /// The chain as the decision record carries it, in order.
@@ -197,7 +201,6 @@ mod tests {
     use std::str::FromStr;
 
     use super::*;
-    use crate::pipeline::verified::Binding;
     use crate::pipeline::{Reason, Uid};
 
     const RULES: DelegationRules = DelegationRules {
@@ -318,9 +321,11 @@ mod tests {
         let mut verified = plain.clone();
         verified[0].verified = true;
         for (binding, holds) in [(Binding::Act, true), (Binding::Unbound, false)] {
-            let token = TokenChain {
-                scopes: Vec::new(),
-                binding,
+            let token = TokenFacts {
+                kind: super::super::verified::SUBJECT,
+                scopes: Some(Vec::new()),
+                binding: Some(binding),
+                ..TokenFacts::default()
             };
             let c = context(&principal, &verified, &uids[..1], Some(&token));
             assert_eq!(c["scopes"], json!([]), "{c}");

@@ -201,8 +201,17 @@ pub struct Outcome {
     pub decision_id: String,
     pub policy_revision: String,
     pub request_id: String,
-    /// Why a deny is one, in words; empty for an allow.
-    pub why: String,
+    /// The request's delegation chain is not verified: one reason a deny
+    /// may be one.
+    pub unverified_chain: bool,
+}
+
+impl Outcome {
+    /// Why a deny is one, in words; empty for an allow. Made when a
+    /// front-end answers with it, not for every decision.
+    pub fn why(&self) -> String {
+        why::why(&self.decision, self.unverified_chain)
+    }
 }
 
 /// A request that got no decision, identified as a decision is: the caller
@@ -731,12 +740,7 @@ impl Pipeline {
         });
         let unverified_chain = {
             let chain = verified.chain(&req);
-            let bound = verified
-                .token_chain
-                .as_ref()
-                .is_none_or(|t| t.binding.holds());
-            let verified_chain = bound && chain.iter().all(|h| h.verified);
-            !chain.is_empty() && !verified_chain
+            !chain.is_empty() && !delegation::verified(chain, verified.subject_token())
         };
         let decided = screened
             .and_then(|screened| {
@@ -782,7 +786,7 @@ impl Pipeline {
                     slots.submit(record);
                 }
                 Ok(Outcome {
-                    why: why::why(&decision, unverified_chain),
+                    unverified_chain,
                     decision,
                     decision_id,
                     policy_revision: snapshot.revision.clone(),

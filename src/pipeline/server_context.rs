@@ -213,8 +213,8 @@ pub(super) fn query(
     if let Some(workload) = &req.workload {
         context.insert(names.workload.clone(), workload.to_json());
     }
-    let token_chain = verified.token_chain;
-    let chain = verified.chain.unwrap_or(req.delegation);
+    let subject_token = verified.subject_token();
+    let chain = verified.chain.as_deref().unwrap_or(&req.delegation);
     if !chain.is_empty() {
         let delegators = chain
             .iter()
@@ -223,7 +223,7 @@ pub(super) fn query(
             .collect::<Result<Vec<_>, _>>()?;
         context.insert(
             names.delegation.clone(),
-            delegation::context(&principal, &chain, &delegators, token_chain.as_ref()),
+            delegation::context(&principal, chain, &delegators, subject_token),
         );
     }
     if !req.purpose.is_empty() {

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use super::error::{DecisionError, InvalidField};
 use super::request::{DecisionRequest, DelegationHop, Uid};
-use super::verified::{Binding, TokenChain, TokenFacts, Verified};
+use super::verified::{Binding, SUBJECT, TokenFacts, Verified};
 use crate::tokens::{self, TokenVerifier};
 
 fn verify_one(
@@ -152,11 +152,7 @@ pub(super) fn verify(
             }
         }
         verified.claims = Some(subject.claims.clone());
-        verified.token_chain = Some(TokenChain {
-            scopes: granted.clone(),
-            binding,
-        });
-        let mut named = facts("subject", &subject);
+        let mut named = facts(SUBJECT, &subject);
         named.scopes = Some(granted);
         named.binding = Some(binding);
         tokens.push(named);

@@ -9,6 +9,9 @@ use serde_json::{Map, Value as Json};
 
 use super::request::{DecisionRequest, DelegationHop};
 
+/// [`TokenFacts::kind`] of the subject token.
+pub(super) const SUBJECT: &str = "subject";
+
 /// A verified token, as the record names it (never the token itself).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TokenFacts {
@@ -56,14 +59,6 @@ impl Binding {
     }
 }
 
-/// What the subject token says of the chain it made: the scopes it grants
-/// (the most any hop may list) and whether it names the principal.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct TokenChain {
-    pub scopes: Vec<String>,
-    pub binding: Binding,
-}
-
 /// The server-proven facts of one request. Screening fills them in as it
 /// proves them, so a request refused halfway is recorded with what was
 /// proven before the refusal.
@@ -76,8 +71,6 @@ pub(super) struct Verified {
     /// The chain the subject token made of the request's own; `None`: the
     /// request's own stands.
     pub chain: Option<Vec<DelegationHop>>,
-    /// With a subject token: what it grants and binds; `chain` is its chain.
-    pub token_chain: Option<TokenChain>,
     /// With `evaluation.server_time_key`: that key and the server's time
     /// (RFC 3339, whole seconds) when it screened the request, so the cache
     /// keys on the same second the policies see.
@@ -94,10 +87,15 @@ impl Verified {
         tokens: Vec::new(),
         claims: None,
         chain: None,
-        token_chain: None,
         server_time: None,
         now: None,
     };
+
+    /// The verified subject token, which made `chain`: what it grants and
+    /// whom it binds.
+    pub(super) fn subject_token(&self) -> Option<&TokenFacts> {
+        self.tokens.iter().find(|t| t.kind == SUBJECT)
+    }
 
     /// The delegation chain the server holds `req` to.
     pub(super) fn chain<'a>(&'a self, req: &'a DecisionRequest) -> &'a [DelegationHop] {
