@@ -162,14 +162,7 @@ async fn a_grpc_connection_that_only_pings_is_closed_when_idle() {
         c.limits.first_request_timeout = Duration::from_millis(800);
     })
     .await;
-    let health = axum::http::Request::post(format!(
-        "http://{}/grpc.health.v1.Health/Check",
-        server.addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .unwrap();
+    let health = health_check(server.addr);
     for first in [Some(health), None] {
         let took = pings_until_closed(server.addr, first, Duration::from_secs(10)).await;
         assert!(took >= Duration::from_millis(600), "closed after {took:?}");
@@ -294,14 +287,7 @@ async fn at_the_grpc_cap_an_idle_connection_makes_room() {
         let driver = tokio::spawn(async move {
             let _ = connection.await;
         });
-        let health = axum::http::Request::post(format!(
-            "http://{}/grpc.health.v1.Health/Check",
-            server.addr
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
+        let health = health_check(server.addr);
         let mut ready = send.clone().ready().await.unwrap();
         let (response, _) = ready.send_request(health, true).unwrap();
         let mut body = tokio::time::timeout(Duration::from_secs(10), response)
@@ -333,4 +319,13 @@ async fn at_the_grpc_cap_an_idle_connection_makes_room() {
         !second.is_finished(),
         "only the idlest connection is closed"
     );
+}
+
+/// The headers of a gRPC health check on `addr`, its body to follow.
+fn health_check(addr: std::net::SocketAddr) -> axum::http::Request<()> {
+    axum::http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
 }

@@ -730,13 +730,6 @@ impl Check<'_> {
         if let (Some(asked), None) = (&self.options.instance, &self.verified.instance) {
             return Err(self.problem(None, last_at, ProblemKind::Inserted, format!("the log names no instance, not `{asked}`: it was written before instances, or its marks were removed")));
         }
-        for (_, named, head_at) in &self.heads {
-            if let (Some(named), Some(ours)) = (named, &self.verified.instance)
-                && named != ours
-            {
-                return Err(self.problem(None, head_at.clone(), ProblemKind::Inserted, format!("the chain head is of instance `{named}`, the log of instance `{ours}`: the log is another replica's")));
-            }
-        }
         for (head, _, head_at) in &self.heads {
             if head.seq > last_seq {
                 let missing = if head.seq == last_seq + 1 {

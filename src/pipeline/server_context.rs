@@ -207,7 +207,8 @@ pub(super) fn query(
     // checked.
     Reserved::Field(&names.workload).check(&context)?;
     Reserved::Field(&names.delegation).check(&context)?;
-    if keys.tokens || verified.claims.is_some() {
+    // Claims are only ever verified with issuers configured.
+    if keys.tokens {
         Reserved::Field(&names.token).check(&context)?;
     }
     if let Some(workload) = &req.workload {
