@@ -125,15 +125,20 @@ async fn authzen_client(addr: SocketAddr, payload: Bytes) -> (Held, Box<dyn Send
         write.write_all(&payload[..AUTHZEN_BODY - 1]).await
     };
     let mut answer = [0u8; 12];
-    let held = tokio::select! {
-        sent = sending => match sent {
-            Ok(()) => Held::Held,
-            Err(e) => Held::Refused(format!("write: {e}")),
-        },
-        read = read.read_exact(&mut answer) => match read {
+    let ended = tokio::select! {
+        sent = sending => Err(sent),
+        read = read.read_exact(&mut answer) => Ok(read),
+    };
+    let held = match ended {
+        Err(Ok(())) => Held::Held,
+        // The server answered and closed while this client still wrote:
+        // its answer is waiting to be read.
+        Err(Err(e)) => match read.read_exact(&mut answer).await {
             Ok(_) => Held::Refused(String::from_utf8_lossy(&answer[9..12]).to_string()),
-            Err(e) => Held::Refused(format!("read: {e}")),
+            Err(_) => Held::Refused(format!("write: {e}")),
         },
+        Ok(Ok(_)) => Held::Refused(String::from_utf8_lossy(&answer[9..12]).to_string()),
+        Ok(Err(e)) => Held::Refused(format!("read: {e}")),
     };
     (held, Box::new((read, write)))
 }
